@@ -1,0 +1,96 @@
+"""Test and demo signals, and the measurements used to check them.
+
+Used by the simulators (a caller that speaks, an assistant that answers) and by tests
+that check a tone survives the bridge. Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "FULL_SCALE",
+    "dominant_frequency_hz",
+    "level_dbfs",
+    "silence",
+    "speech_like",
+    "tone",
+    "tone_level_dbfs",
+]
+
+FULL_SCALE = 32767.0
+# Below this an RMS is reported as this floor instead of -inf, so levels stay comparable.
+_FLOOR_DBFS = -120.0
+
+
+def tone(freq_hz: float, ms: float, rate_hz: int, dbfs: float = -12.0, phase: float = 0.0) -> np.ndarray:
+    """A sine of `ms` milliseconds at `dbfs` RMS, as int16 samples."""
+    n = int(round(rate_hz * ms / 1000.0))
+    amplitude = FULL_SCALE * np.sqrt(2.0) * 10.0 ** (dbfs / 20.0)
+    t = np.arange(n, dtype=np.float64) / rate_hz
+    return np.round(amplitude * np.sin(2.0 * np.pi * freq_hz * t + phase)).astype(np.int16)
+
+
+def silence(ms: float, rate_hz: int) -> np.ndarray:
+    """`ms` milliseconds of digital silence as int16 samples."""
+    return np.zeros(int(round(rate_hz * ms / 1000.0)), dtype=np.int16)
+
+
+def speech_like(ms: float, rate_hz: int, dbfs: float = -18.0, seed: int = 1) -> np.ndarray:
+    """A voiced, syllable-rate-modulated signal that energy VADs treat as speech.
+
+    A 120 Hz glottal pulse train with harmonics up to 3.4 kHz, shaped by a 4 Hz
+    syllable envelope that never drops to silence inside the utterance.
+    """
+    n = int(round(rate_hz * ms / 1000.0))
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64) / rate_hz
+    f0 = 120.0 * (1.0 + 0.05 * np.sin(2.0 * np.pi * 0.7 * t))
+    phase = 2.0 * np.pi * np.cumsum(f0) / rate_hz
+    voiced = np.zeros(n)
+    for k in range(1, int(3400 // 120) + 1):
+        voiced += np.sin(k * phase) / k
+    envelope = 0.55 + 0.45 * np.sin(2.0 * np.pi * 4.0 * t - np.pi / 2.0) ** 2
+    signal = voiced * envelope + 0.02 * rng.standard_normal(n)
+    rms = float(np.sqrt(np.mean(signal**2))) or 1.0
+    scaled = signal / rms * FULL_SCALE * 10.0 ** (dbfs / 20.0)
+    return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
+
+
+def level_dbfs(pcm: np.ndarray) -> float:
+    """RMS level of int16 samples relative to a full-scale sine's peak (0 dBFS = 32767 RMS)."""
+    if pcm.size == 0:
+        return _FLOOR_DBFS
+    rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+    if rms <= 0.0:
+        return _FLOOR_DBFS
+    return max(_FLOOR_DBFS, 20.0 * np.log10(rms / FULL_SCALE))
+
+
+def dominant_frequency_hz(pcm: np.ndarray, rate_hz: int) -> float:
+    """Frequency of the strongest spectral peak (Hann window, parabolic interpolation)."""
+    x = pcm.astype(np.float64)
+    if x.size < 16:
+        return 0.0
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    spectrum[0] = 0.0
+    k = int(np.argmax(spectrum))
+    if 0 < k < spectrum.size - 1:
+        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
+        k = k + 0.5 * (a - c) / (a - 2.0 * b + c)
+    return float(k * rate_hz / x.size)
+
+
+def tone_level_dbfs(pcm: np.ndarray, freq_hz: float, rate_hz: int) -> float:
+    """Level of one frequency component in dBFS, by correlation with a sine and cosine."""
+    x = pcm.astype(np.float64)
+    if x.size == 0:
+        return _FLOOR_DBFS
+    t = np.arange(x.size) / rate_hz
+    c = np.dot(x, np.cos(2.0 * np.pi * freq_hz * t))
+    s = np.dot(x, np.sin(2.0 * np.pi * freq_hz * t))
+    amplitude = 2.0 * np.hypot(c, s) / x.size
+    rms = amplitude / np.sqrt(2.0)
+    if rms <= 0.0:
+        return _FLOOR_DBFS
+    return max(_FLOOR_DBFS, 20.0 * np.log10(rms / FULL_SCALE))
