@@ -1,0 +1,247 @@
+"""Configuration: read from the environment once at start-up, checked, and frozen.
+
+Only this module reads `os.environ` (through `run.py`). Everything else receives the
+slice of `Settings` it needs. A bad value raises `ConfigError`, which `run.py` prints
+as one line and turns into exit status 2 before any port is bound.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConfigError",
+    "FallbackSettings",
+    "KeepaliveSettings",
+    "Settings",
+    "TwilioSettings",
+    "VadSettings",
+    "VapiSettings",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration variable holds a value we cannot use."""
+
+    def __init__(self, name: str, value: str, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{name}={value!r} is not valid: expected {allowed}")
+
+
+def _mask(secret: str | None) -> str:
+    return "unset" if not secret else "***"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwilioSettings:
+    """What we need to check Twilio's requests."""
+
+    auth_token: str = field(repr=False)
+    account_sid: str | None
+    auth_token_generated: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"TwilioSettings(auth_token={_mask(self.auth_token)}, "
+            f"account_sid={self.account_sid!r}, generated={self.auth_token_generated})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VapiSettings:
+    """How to reach VAPI; `api_key` None means: start the built-in simulator."""
+
+    api_key: str | None = field(repr=False)
+    assistant_id: str
+    base_url: str
+    audio_format: str  # "pcm_s16le" (16 kHz) or "mulaw" (8 kHz, passed through)
+    replay_ms: int
+    connect_timeout_s: float
+
+    def __repr__(self) -> str:
+        return (
+            f"VapiSettings(api_key={_mask(self.api_key)}, assistant_id={self.assistant_id!r}, "
+            f"base_url={self.base_url!r}, audio_format={self.audio_format!r}, "
+            f"replay_ms={self.replay_ms})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeepaliveSettings:
+    """VAPI link liveness: ping every `interval_s`, dead without a pong in `pong_timeout_s`."""
+
+    interval_s: float
+    pong_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadSettings:
+    """Energy VAD thresholds; see audio/vad.py for the reasoning behind the defaults."""
+
+    threshold_db: float
+    min_level_dbfs: float
+    min_speech_ms: int
+    hangover_ms: int
+    echo_margin_db: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackSettings:
+    """What the caller hears when the bridge gives up on a call."""
+
+    say: str
+    dial: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The whole configuration, parsed once."""
+
+    host: str
+    port: int
+    public_url: str
+    twilio: TwilioSettings
+    vapi: VapiSettings
+    keepalive: KeepaliveSettings
+    vad: VadSettings
+    fallback: FallbackSettings
+    outbound_max_frames: int
+    playback_lead_ms: int
+    media_connect_timeout_s: float
+    log_format: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse and check every variable; raise ConfigError on the first bad one."""
+        r = _Reader(env)
+        port = r.integer("PORT", 3000, low=0, high=65535)
+        host = r.text("HOST", "0.0.0.0")
+        public_url = r.url("PUBLIC_URL", f"http://127.0.0.1:{port}", schemes=("http", "https"))
+        token = env.get("TWILIO_AUTH_TOKEN", "").strip()
+        generated = not token
+        if generated:
+            token = secrets.token_hex(16)
+        interval = r.number("KEEPALIVE_INTERVAL_S", 5.0, low=0.05, high=300.0)
+        pong_timeout = r.number("PONG_TIMEOUT_S", 2.0, low=0.05, high=300.0)
+        if pong_timeout >= interval:
+            raise ConfigError(
+                "PONG_TIMEOUT_S", env.get("PONG_TIMEOUT_S", str(pong_timeout)),
+                f"a number of seconds below KEEPALIVE_INTERVAL_S ({interval:g})",
+            )
+        return cls(
+            host=host,
+            port=port,
+            public_url=public_url.rstrip("/"),
+            twilio=TwilioSettings(
+                auth_token=token,
+                account_sid=r.optional("TWILIO_ACCOUNT_SID"),
+                auth_token_generated=generated,
+            ),
+            vapi=VapiSettings(
+                api_key=r.optional("VAPI_API_KEY"),
+                assistant_id=r.text("VAPI_ASSISTANT_ID", "simulated-assistant"),
+                base_url=r.url("VAPI_BASE_URL", "https://api.vapi.ai", schemes=("http", "https")).rstrip("/"),
+                audio_format=r.choice("VAPI_AUDIO_FORMAT", "pcm_s16le", ("pcm_s16le", "mulaw")),
+                replay_ms=r.integer("VAPI_REPLAY_MS", 2000, low=0, high=10000),
+                connect_timeout_s=r.number("VAPI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=60.0),
+            ),
+            keepalive=KeepaliveSettings(interval_s=interval, pong_timeout_s=pong_timeout),
+            vad=VadSettings(
+                threshold_db=r.number("VAD_THRESHOLD_DB", 12.0, low=1.0, high=60.0),
+                min_level_dbfs=r.number("VAD_MIN_LEVEL_DBFS", -45.0, low=-100.0, high=0.0),
+                min_speech_ms=r.integer("VAD_MIN_SPEECH_MS", 100, low=20, high=2000),
+                hangover_ms=r.integer("VAD_HANGOVER_MS", 400, low=20, high=5000),
+                echo_margin_db=r.number("VAD_ECHO_MARGIN_DB", 10.0, low=0.0, high=60.0),
+            ),
+            fallback=FallbackSettings(
+                say=r.text("FALLBACK_SAY", "Sorry, our assistant is unavailable right now. Please try again later."),
+                dial=r.optional("FALLBACK_DIAL"),
+            ),
+            outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
+            playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),
+            media_connect_timeout_s=r.number("MEDIA_CONNECT_TIMEOUT_S", 30.0, low=1.0, high=600.0),
+            log_format=r.choice("LOG_FORMAT", "console", ("json", "console")),
+            log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
+        )
+
+
+class _Reader:
+    """One small checker per kind of value; each error names the variable and what is allowed."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def optional(self, name: str) -> str | None:
+        return self._raw(name)
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def _parsed(self, name: str, default: T, parse: Callable[[str], T], allowed: str) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(name, raw, allowed) from None
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        allowed = f"an integer from {low} to {high}"
+
+        def parse(raw: str) -> int:
+            value = int(raw)
+            if not low <= value <= high:
+                raise ValueError(raw)
+            return value
+
+        return self._parsed(name, default, parse, allowed)
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        allowed = f"a number from {low:g} to {high:g}"
+
+        def parse(raw: str) -> float:
+            value = float(raw)
+            if not low <= value <= high:  # also rejects nan
+                raise ValueError(raw)
+            return value
+
+        return self._parsed(name, default, parse, allowed)
+
+    def choice(self, name: str, default: str, options: tuple[str, ...], *, upper: bool = False) -> str:
+        allowed = "one of " + ", ".join(options)
+
+        def parse(raw: str) -> str:
+            value = raw.upper() if upper else raw
+            if value not in options:
+                raise ValueError(raw)
+            return value
+
+        return self._parsed(name, default, parse, allowed)
+
+    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+        allowed = "an absolute URL starting with " + " or ".join(f"{s}://" for s in schemes) + " with no query"
+
+        def parse(raw: str) -> str:
+            parts = urlsplit(raw)
+            if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(raw)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+            return raw
+
+        return self._parsed(name, default, parse, allowed)

@@ -1,0 +1,165 @@
+"""SupervisedActor: a pykka ThreadingActor (a greenlet under gevent) that fails alone.
+
+pykka turns any BaseException escaping a handler (GreenletExit, gevent.Timeout,
+SystemExit) into ActorRegistry.stop_all(): every actor of every call would stop. Here
+such an exception becomes an ordinary failure of this actor only, and an actor killed
+while idle is marked stopped instead of lingering as a zombie that never answers.
+Every way of stopping is reported to the supervisor through the ChildHandle.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import gevent
+import gevent.queue
+import pykka
+from pykka import ActorRegistry
+
+from supervision.exits import Exit, ExitKind
+
+__all__ = ["ActorKilled", "ChildHandle", "SupervisedActor", "kill_actor"]
+
+
+class ActorKilled(Exception):
+    """A BaseException hit an actor's handler; carried as an ordinary failure."""
+
+
+class ChildHandle:
+    """What a supervisor gives each incarnation of a child: where to report how it ended."""
+
+    def __init__(self, child_id: str, incarnation: int, on_exit: Callable[[Exit], None] | None = None) -> None:
+        self.child_id = child_id
+        self.incarnation = incarnation
+        self.exit: Exit | None = None
+        self._on_exit = on_exit
+        self.stop_requested = False  # set by the supervisor before it stops the child
+
+    def report(self, exit_: Exit) -> None:
+        # The first report wins: on_stop after a failure must not turn it into NORMAL.
+        if self.exit is None:
+            self.exit = exit_
+            if self._on_exit is not None:
+                self._on_exit(exit_)
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """Base of every actor in the system.
+
+    Subclasses implement `on_receive` and may override `on_start` and `_close`; `_close`
+    runs exactly once whichever way the actor ends (pykka calls on_stop or on_failure,
+    never both, and neither when on_start fails).
+    """
+
+    # Non-daemon threads make start and stop O(live actors) on CPython 3.11/3.12.
+    use_daemon_thread = True
+    # A handler running longer than this is hung: the supervisor's watchdog kills the
+    # actor and it restarts. None: never. Handlers here never wait on I/O, so a second
+    # is far beyond any honest one.
+    handler_deadline_s: float | None = None
+
+    def __init__(self, handle: ChildHandle | None = None) -> None:
+        super().__init__()
+        self._handle = handle
+        self._closed = False
+        self.busy_since: float | None = None  # monotonic start of the running handler
+
+    def _close(self) -> None:
+        """Release what this actor holds. Runs once, in the actor's greenlet."""
+
+    def _close_once(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _report(self, exit_: Exit) -> None:
+        if self._handle is not None:
+            self._handle.report(exit_)
+
+    # pykka hooks -----------------------------------------------------------------
+
+    def on_stop(self) -> None:
+        stop_requested = self._handle is not None and self._handle.stop_requested
+        self._report(Exit(ExitKind.SHUTDOWN if stop_requested else ExitKind.NORMAL))
+        self._close_once()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        kind = ExitKind.KILLED if isinstance(exception_value, ActorKilled) else ExitKind.FAILED
+        self._report(Exit(kind, _describe(exception_value)))
+        self._close_once()
+
+    # pykka internals, overridden for containment --------------------------------
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        # gevent's own queue: cooperative like the patched queue.Queue, with less overhead.
+        return gevent.queue.Queue()
+
+    def _start_actor_loop(self) -> None:
+        # A plain greenlet instead of a (patched) Thread, kept so a watchdog can kill a
+        # hung actor; the kill arrives as GreenletExit and is contained below.
+        self._greenlet = gevent.spawn(self._actor_loop)
+
+    def kill(self, reason: str) -> None:
+        """Kill the actor's greenlet from outside (watchdog, chaos); it fails as KILLED."""
+        self._report(Exit(ExitKind.HUNG if reason.startswith("hung") else ExitKind.KILLED, reason))
+        greenlet = getattr(self, "_greenlet", None)
+        if greenlet is not None and not greenlet.dead:
+            greenlet.kill(block=False)
+
+    def _handle_receive(self, message: Any) -> Any:
+        self.busy_since = time.monotonic()
+        try:
+            return super()._handle_receive(message)
+        except Exception:
+            raise
+        except BaseException as exc:  # GreenletExit, gevent.Timeout, SystemExit, ...
+            raise ActorKilled(_describe(exc)) from exc
+        finally:
+            self.busy_since = None
+
+    def _actor_loop_setup(self) -> None:
+        try:
+            self.on_start()
+        except BaseException as exc:  # pykka would not call on_failure here
+            self._handle_failure(*sys.exc_info())
+            kind = ExitKind.FAILED if isinstance(exc, Exception) else ExitKind.KILLED
+            self._report(Exit(kind, "on_start: " + _describe(exc)))
+            self._close_once()
+
+    def _actor_loop(self) -> None:
+        try:
+            super()._actor_loop()
+        except BaseException as exc:
+            # Killed while waiting on its inbox (outside pykka's try): without this the
+            # actor stays registered and "alive" forever, and asks to it hang.
+            ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            self._report(Exit(ExitKind.KILLED, "while idle: " + _describe(exc)))
+            self._close_once()
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def kill_actor(ref: pykka.ActorRef[Any], reason: str) -> bool:
+    """Kill the actor behind `ref` if it is a live SupervisedActor; True if it was."""
+    actor = ref._actor_weakref()  # noqa: SLF001 - pykka keeps no public handle on the actor
+    if isinstance(actor, SupervisedActor):
+        actor.kill(reason)
+        return True
+    return False

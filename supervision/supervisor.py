@@ -1,0 +1,386 @@
+"""Supervisor: the generic behaviour. Subclasses supply children and react to outcomes.
+
+A supervisor starts its children in spec order and watches each incarnation with a
+death-watch greenlet (`actor_stopped.wait()`, which sees every way an actor can stop).
+When a child stops, its restart type decides whether it comes back; the strategy
+decides which siblings come back with it; the backoff decides when; the restart window
+decides whether to give up. Giving up stops every child in reverse order and then the
+supervisor itself, with an abnormal exit its own parent sees.
+
+Siblings never hold each other's refs: they send through the supervisor's ChildTable,
+which always points at the live incarnation, so a restarted child is reachable the
+moment it is back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.pool
+import pykka
+import structlog
+from pykka import ActorDeadError, ActorRegistry
+
+from supervision.actor import ChildHandle, SupervisedActor, kill_actor
+from supervision.exits import Exit, ExitKind
+from supervision.restarts import RestartWindow, backoff_delay_s
+from supervision.spec import AutoShutdown, ChildSpec, Restart, Strategy, SupervisorFlags
+
+__all__ = ["ChildState", "ChildTable", "StartChild", "Supervisor"]
+
+
+class ChildTable:
+    """Role -> live ref. Reading and telling are safe from any greenlet of the process."""
+
+    def __init__(self) -> None:
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self.dropped = 0  # messages sent to a child that was not there (restarting or gone)
+
+    def get(self, child_id: str) -> pykka.ActorRef[Any] | None:
+        return self._refs.get(child_id)
+
+    def tell(self, child_id: str, message: Any) -> bool:
+        """Send to the current incarnation; False (and counted) when there is none."""
+        ref = self._refs.get(child_id)
+        if ref is not None:
+            try:
+                ref.tell(message)
+                return True
+            except ActorDeadError:
+                pass
+        self.dropped += 1
+        return False
+
+    def _set(self, child_id: str, ref: pykka.ActorRef[Any] | None) -> None:
+        if ref is None:
+            self._refs.pop(child_id, None)
+        else:
+            self._refs[child_id] = ref
+
+
+@dataclass(slots=True)
+class ChildState:
+    """The supervisor's record of one child across its incarnations."""
+
+    spec: ChildSpec
+    state: str = "starting"  # starting | running | restarting | stopped
+    incarnation: int = 0
+    restarts: int = 0
+    attempt: int = 0  # backoff step; back to 0 after a stable run
+    started_at: float = 0.0
+    ref: pykka.ActorRef[Any] | None = None
+    handle: ChildHandle | None = None
+    last_exit: Exit | None = None
+    exits: dict[str, int] = field(default_factory=dict)  # exit kind -> count
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """edge → supervisor: add a child at run time (ask; the reply is its ref)."""
+
+    spec: ChildSpec
+
+
+@dataclass(frozen=True, slots=True)
+class _ChildExited:
+    child_id: str
+    incarnation: int
+    exit: Exit
+
+
+@dataclass(frozen=True, slots=True)
+class _RestartDue:
+    child_ids: tuple[str, ...]
+
+
+# How often the watchdog looks for children stuck in a handler.
+_WATCHDOG_PERIOD_S = 0.25
+
+
+class Supervisor(SupervisedActor):
+    """OTP-style supervisor actor. Override `init` (and the `on_*` hooks) to specialise."""
+
+    def __init__(
+        self,
+        flags: SupervisorFlags | None = None,
+        specs: Sequence[ChildSpec] = (),
+        *,
+        handle: ChildHandle | None = None,
+        log: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        name: str = "supervisor",
+    ) -> None:
+        super().__init__(handle)
+        self.flags = flags or SupervisorFlags()
+        self._initial_specs = tuple(specs)
+        self.children = ChildTable()
+        self.child_states: dict[str, ChildState] = {}  # insertion order = start order
+        self.name = name
+        self._log = log if log is not None else structlog.get_logger().bind(supervisor=name)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._window = RestartWindow(self.flags.intensity, self.flags.period_s)
+        self._greenlets = gevent.pool.Group()
+        self._stopping = False
+        self.gave_up = False
+
+    # Callbacks for subclasses ------------------------------------------------------
+
+    def init(self) -> tuple[SupervisorFlags, Sequence[ChildSpec]]:
+        """OTP's init/1: the flags and the children. Runs in the supervisor's greenlet."""
+        return self.flags, self._initial_specs
+
+    def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
+        """A child stopped; `restarting` says whether it will come back."""
+
+    def on_give_up(self, child_id: str, exit_: Exit) -> None:
+        """Restart intensity exceeded; runs before the children are stopped."""
+
+    def on_shutdown(self) -> None:
+        """Runs after every child has stopped, whatever the reason."""
+
+    def handle_message(self, message: Any) -> Any:
+        """Messages that are not the supervisor's own."""
+        self._log.warning("unexpected_message", message_type=type(message).__name__)
+        return None
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.flags, specs = self.init()
+        self._window = RestartWindow(self.flags.intensity, self.flags.period_s)
+        for spec in specs:
+            self._add(spec)
+        self._greenlets.spawn(self._watchdog)
+
+    def _close(self) -> None:
+        self._stopping = True
+        self._stop_children(list(self.child_states))
+        self._greenlets.kill(block=False)
+        self.on_shutdown()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case _ChildExited():
+                self._on_child_exited(message)
+            case _RestartDue():
+                self._on_restart_due(message.child_ids)
+            case StartChild():
+                return self._add(message.spec)
+            case _:
+                return self.handle_message(message)
+        return None
+
+    # Starting ----------------------------------------------------------------------
+
+    def _add(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+        if spec.id in self.child_states:
+            raise ValueError(f"duplicate child id {spec.id!r}")
+        self.child_states[spec.id] = ChildState(spec=spec)
+        self._start(spec.id)
+        return self.child_states[spec.id].ref
+
+    def _start(self, child_id: str) -> None:
+        child = self.child_states[child_id]
+        child.incarnation += 1
+        handle = ChildHandle(child_id, child.incarnation)
+        child.handle = handle
+        child.started_at = self._clock()
+        try:
+            ref = child.spec.start(handle)
+        except Exception as exc:
+            # A start function that raises is a failed incarnation like any other.
+            self._log.error("child_start_failed", child=child_id, exc_info=True)
+            child.state = "running"
+            self.actor_ref.tell(_ChildExited(child_id, child.incarnation, Exit(ExitKind.FAILED, f"start: {exc!r}")))
+            return
+        child.ref = ref
+        child.state = "running"
+        self.children._set(child_id, ref)  # noqa: SLF001 - the table is ours
+        self._greenlets.spawn(self._watch, child_id, child.incarnation, ref, handle)
+
+    def _watch(self, child_id: str, incarnation: int, ref: pykka.ActorRef[Any], handle: ChildHandle) -> None:
+        ref.actor_stopped.wait()
+        # pykka sets actor_stopped just before on_failure reports the reason.
+        for _ in range(3):
+            if handle.exit is not None:
+                break
+            gevent.sleep(0)
+        exit_ = handle.exit or Exit(ExitKind.VANISHED, "stopped without a report")
+        try:
+            self.actor_ref.tell(_ChildExited(child_id, incarnation, exit_))
+        except ActorDeadError:
+            pass
+
+    # Reacting to exits -------------------------------------------------------------
+
+    def _on_child_exited(self, message: _ChildExited) -> None:
+        child = self.child_states.get(message.child_id)
+        if child is None or self._stopping or child.incarnation != message.incarnation:
+            return
+        if child.state != "running":
+            return  # we stopped it on purpose (strategy or shutdown)
+        exit_ = message.exit
+        child.last_exit = exit_
+        child.exits[exit_.kind.value] = child.exits.get(exit_.kind.value, 0) + 1
+        child.ref = None
+        self.children._set(child.spec.id, None)  # noqa: SLF001
+        restart = _should_restart(child.spec.restart, exit_)
+        log = self._log.warning if exit_.abnormal else self._log.info
+        log(
+            "child_exited",
+            child=child.spec.id,
+            reason=exit_.kind.value,
+            detail=exit_.reason,
+            restarts=child.restarts,
+            restarting=restart,
+        )
+        self.on_child_exited(child.spec.id, exit_, restart)
+        if not restart:
+            child.state = "stopped"
+            if child.spec.restart is Restart.TEMPORARY:
+                del self.child_states[child.spec.id]
+            if child.spec.significant and self._auto_shutdown_due():
+                self._log.info("auto_shutdown", child=child.spec.id)
+                self.actor_ref.stop(block=False)
+            return
+        if not self._window.add(self._clock()):
+            self._give_up(child.spec.id, exit_)
+            return
+        self._schedule_restart(child, exit_)
+
+    def _auto_shutdown_due(self) -> bool:
+        significant = [c for c in self.child_states.values() if c.spec.significant]
+        if self.flags.auto_shutdown is AutoShutdown.ANY_SIGNIFICANT:
+            return True
+        if self.flags.auto_shutdown is AutoShutdown.ALL_SIGNIFICANT:
+            return all(c.state == "stopped" for c in significant)
+        return False
+
+    def _schedule_restart(self, failed: ChildState, exit_: Exit) -> None:
+        ids = list(self.child_states)
+        position = ids.index(failed.spec.id)
+        if self.flags.strategy is Strategy.ONE_FOR_ALL:
+            affected = ids
+        elif self.flags.strategy is Strategy.REST_FOR_ONE:
+            affected = ids[position:]
+        else:
+            affected = [failed.spec.id]
+        siblings = [
+            i for i in affected
+            if i != failed.spec.id and self.child_states[i].spec.restart is not Restart.TEMPORARY
+        ]
+        self._stop_children(siblings, restarting=True)
+        # A temporary sibling stopped by the strategy is gone for good, as in OTP.
+        for i in affected:
+            if i != failed.spec.id and self.child_states[i].spec.restart is Restart.TEMPORARY:
+                self._stop_children([i])
+        if self._clock() - failed.started_at >= failed.spec.backoff.reset_after_s:
+            failed.attempt = 0
+        delay = backoff_delay_s(failed.spec.backoff, failed.attempt, self._rng)
+        failed.attempt += 1
+        restart_ids = tuple(i for i in affected if i == failed.spec.id or i in siblings)
+        for i in restart_ids:
+            self.child_states[i].state = "restarting"
+        self._log.info("restart_scheduled", child=failed.spec.id, delay_s=round(delay, 3), with_=list(restart_ids))
+        self._greenlets.spawn(self._tell_later, delay, _RestartDue(restart_ids))
+
+    def _tell_later(self, delay_s: float, message: Any) -> None:
+        gevent.sleep(delay_s)
+        try:
+            self.actor_ref.tell(message)
+        except ActorDeadError:
+            pass
+
+    def _on_restart_due(self, child_ids: tuple[str, ...]) -> None:
+        if self._stopping:
+            return
+        for child_id in child_ids:
+            child = self.child_states.get(child_id)
+            if child is None or child.state != "restarting":
+                continue
+            child.restarts += 1
+            self._start(child_id)
+            self._log.info("child_restarted", child=child_id, restarts=child.restarts,
+                           reason=child.last_exit.kind.value if child.last_exit else "strategy")
+
+    def _give_up(self, child_id: str, exit_: Exit) -> None:
+        self.gave_up = True
+        self._log.error(
+            "supervisor_gave_up",
+            offender=child_id,
+            reason=exit_.kind.value,
+            detail=exit_.reason,
+            intensity=self.flags.intensity,
+            period_s=self.flags.period_s,
+        )
+        self.on_give_up(child_id, exit_)
+        self._report(Exit(ExitKind.FAILED, f"restart intensity exceeded by {child_id}"))
+        self.actor_ref.stop(block=False)
+
+    # Stopping ----------------------------------------------------------------------
+
+    def _stop_children(self, child_ids: Sequence[str], restarting: bool = False) -> None:
+        """Stop in reverse start order, each within its shutdown time, killing it after."""
+        for child_id in reversed(child_ids):
+            child = self.child_states.get(child_id)
+            if child is None or child.ref is None:
+                continue
+            ref, child.ref = child.ref, None
+            child.state = "restarting" if restarting else "stopped"
+            self.children._set(child_id, None)  # noqa: SLF001
+            if child.handle is not None:
+                child.handle.stop_requested = True
+            try:
+                ref.stop(block=True, timeout=child.spec.shutdown_s)
+            except pykka.Timeout:
+                self._log.error("child_shutdown_timeout", child=child_id, shutdown_s=child.spec.shutdown_s)
+                kill_actor(ref, "shutdown timeout")
+                ActorRegistry.unregister(ref)
+            except ActorDeadError:
+                pass
+
+    # Watchdog ----------------------------------------------------------------------
+
+    def _watchdog(self) -> None:
+        """Replace children stuck in one handler past their deadline (see SupervisedActor.busy_since)."""
+        while True:
+            gevent.sleep(_WATCHDOG_PERIOD_S)
+            now = time.monotonic()
+            for child in list(self.child_states.values()):
+                ref = child.ref
+                if ref is None or child.state != "running":
+                    continue
+                actor = ref._actor_weakref()  # noqa: SLF001
+                deadline = getattr(actor, "handler_deadline_s", None)
+                busy_since = getattr(actor, "busy_since", None)
+                if deadline and busy_since is not None and now - busy_since > deadline:
+                    self._log.error("child_hung", child=child.spec.id, busy_s=round(now - busy_since, 3))
+                    kill_actor(ref, f"hung for {now - busy_since:.2f}s in one handler")
+
+    # Introspection -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per child: state, restarts, last exit. Plain data, safe to read from any greenlet."""
+        return {
+            child_id: {
+                "state": child.state,
+                "restarts": child.restarts,
+                "last_exit": child.last_exit.kind.value if child.last_exit else None,
+            }
+            for child_id, child in self.child_states.items()
+        }
+
+
+def _should_restart(restart: Restart, exit_: Exit) -> bool:
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return exit_.abnormal
+    return False
