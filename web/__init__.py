@@ -1,0 +1,42 @@
+"""The HTTP and WebSocket surface: Twilio's webhooks and media sockets.
+
+`create_app` builds the Flask app from objects made in run.py; there is no module-level
+app. Blueprints: voice (TwiML webhooks), media (Twilio's media socket), health.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+
+from actors.registry import CallRegistry
+from observability.metrics import Metrics
+from protocols.signature import SignatureValidator
+from settings import FallbackSettings
+
+__all__ = ["WebContext", "create_app"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebContext:
+    """What the views need, stored on the app as app.extensions['bridge']."""
+
+    public_url: str
+    validator: SignatureValidator
+    calls: CallRegistry
+    metrics: Metrics
+    fallback: FallbackSettings
+    log: Any
+
+
+def create_app(context: WebContext) -> Flask:
+    from web import health, media, voice
+
+    app = Flask(__name__)
+    app.extensions["bridge"] = context
+    app.register_blueprint(voice.bp)
+    app.register_blueprint(media.bp)
+    app.register_blueprint(health.bp)
+    return app

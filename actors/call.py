@@ -1,0 +1,75 @@
+"""What belongs to a call rather than to any one of its actors.
+
+The Twilio socket, the caller audio kept for replay and the stream's identity must
+outlive the restart of any actor, so they live here. Actors get this object at start
+and use only the parts their role needs; the supervisor owns it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gevent.event
+
+from media.uplink import UplinkBuffer
+
+if TYPE_CHECKING:
+    from links.vapi import VapiConnector
+    from observability.metrics import Metrics
+    from supervision import ChildTable
+    from web.twilio_socket import TwilioSocket
+
+__all__ = ["CallContext", "CallSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSettings:
+    """The slice of Settings a call's actors use."""
+
+    audio_format: str  # "pcm_s16le" or "mulaw"
+    replay_ms: int
+    keepalive_interval_s: float
+    pong_timeout_s: float
+    outbound_max_frames: int
+    playback_lead_ms: int
+    vad_threshold_db: float
+    vad_min_level_dbfs: float
+    vad_min_speech_ms: int
+    vad_hangover_ms: int
+    vad_echo_margin_db: float
+    media_connect_timeout_s: float
+
+
+@dataclass(slots=True, eq=False)
+class CallContext:
+    """One call's shared resources and identity."""
+
+    call_sid: str
+    settings: CallSettings
+    log: Any  # structlog logger bound with call_sid
+    metrics: Metrics
+    connector: VapiConnector
+    on_finished: Callable[[CallContext], None] = lambda call: None
+    started_at: float = field(default_factory=time.time)
+    stream_sid: str | None = None
+    socket: TwilioSocket | None = None
+    uplink: UplinkBuffer = field(init=False)
+    vapi_greeted: bool = False  # a VAPI call of ours has already greeted the caller
+    vapi_links: int = 0
+    outcome: str | None = None
+    outcome_detail: str = ""
+    ended: gevent.event.Event = field(default_factory=gevent.event.Event)
+    children: ChildTable | None = None
+    supervisor: Any = None  # the CallSupervisor's ref, once started
+
+    def __post_init__(self) -> None:
+        self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
+
+    def set_outcome(self, outcome: str, detail: str = "") -> None:
+        """The first outcome wins: later ones are consequences of it."""
+        if self.outcome is None:
+            self.outcome = outcome
+            self.outcome_detail = detail

@@ -1,0 +1,222 @@
+"""Every message the call's actors exchange. Immutable: pykka does not copy messages.
+
+Events are in the past tense, commands in the imperative. Audio crosses actors as
+`bytes`, never as a numpy array (a frozen dataclass is only shallowly frozen).
+Each docstring reads "sender → receiver: meaning".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from supervision import Exit
+
+__all__ = [
+    "AssistantAudio",
+    "AssistantEndedCall",
+    "AssistantInterrupted",
+    "AssistantTurnStarted",
+    "AssistantUlaw",
+    "CallerAudio",
+    "CallerPcm",
+    "CallerPressedKey",
+    "CallerSpeechStarted",
+    "CallerSpeechStopped",
+    "EndCall",
+    "FarEndLevel",
+    "InjectFault",
+    "StreamStarted",
+    "TwilioFrameReceived",
+    "TwilioSocketAttached",
+    "TwilioSocketClosed",
+    "UplinkAudio",
+    "VapiEventReceived",
+    "VapiLinkLost",
+    "VapiLinkUp",
+]
+
+#
+# From the Twilio media socket (the web layer's reader greenlet).
+#
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioFrameReceived:
+    """socket reader → TwilioActor: one WebSocket message from Twilio, undecoded."""
+
+    frame: str | bytes
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSocketAttached:
+    """web → CallSupervisor: Twilio's media socket for this call is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSocketClosed:
+    """socket reader → CallSupervisor: Twilio's media socket closed."""
+
+
+#
+# Caller audio, inbound.
+#
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudio:
+    """TwilioActor → CodecActor: 20 ms of caller mu-law, gaps already filled."""
+
+    ulaw: bytes
+    stream_ms: int
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkAudio:
+    """CodecActor → VapiActor: one 20 ms frame in VAPI's format, numbered in the call's uplink buffer."""
+
+    seq: int
+    data: bytes
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPcm:
+    """CodecActor → VadActor: the same 20 ms decoded to 8 kHz int16."""
+
+    pcm8k: bytes
+    stream_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSpeechStarted:
+    """VadActor → TwilioActor: the caller started speaking."""
+
+    stream_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSpeechStopped:
+    """VadActor → TwilioActor: the caller stopped speaking."""
+
+    stream_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallerPressedKey:
+    """TwilioActor → VapiActor: a DTMF digit from the caller."""
+
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """TwilioActor → CallSupervisor: Twilio's `start` arrived."""
+
+    stream_sid: str
+
+
+#
+# Assistant audio, outbound.
+#
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantAudio:
+    """VapiActor's link → CodecActor: audio from VAPI in VAPI's format, any length."""
+
+    data: bytes
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantUlaw:
+    """CodecActor → TwilioActor: that audio as 8 kHz mu-law, with its level."""
+
+    ulaw: bytes
+    level_dbfs: float
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FarEndLevel:
+    """TwilioActor → VadActor: level of the assistant audio now playing (None: silent)."""
+
+    dbfs: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantTurnStarted:
+    """VapiActor → TwilioActor: VAPI began a new assistant turn."""
+
+    turn: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantInterrupted:
+    """VapiActor → TwilioActor: VAPI says the user interrupted; stop playing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantEndedCall:
+    """VapiActor → CallSupervisor: VAPI ended the call."""
+
+    reason: str
+
+
+#
+# The VAPI link (the VapiActor's own greenlets → the VapiActor).
+#
+
+
+@dataclass(frozen=True, slots=True)
+class VapiLinkUp:
+    """link greenlet → VapiActor: the VAPI call exists and its socket is open."""
+
+    link_id: int
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VapiLinkLost:
+    """link or keepalive greenlet → VapiActor: the link is dead; the actor must fail."""
+
+    link_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VapiEventReceived:
+    """link greenlet → VapiActor: one JSON event from VAPI, undecoded."""
+
+    link_id: int
+    text: str
+
+
+#
+# Call control.
+#
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """anyone → CallSupervisor: end the call, with the outcome to report."""
+
+    outcome: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InjectFault:
+    """admin/chaos → any actor: fail in the named way (raise, kill, hang, slow, sever, blackhole)."""
+
+    fault: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExitNotice:
+    """CallSupervisor internal: a child's exit, for the call's record."""
+
+    child_id: str
+    exit: Exit

@@ -1,0 +1,115 @@
+"""CallRegistry: the live calls of this process, and how recent ones ended.
+
+The web layer asks it to start a call (when Twilio asks for TwiML) and finds the call
+again when Twilio's media socket arrives. Each call runs as a temporary child of the
+root supervisor: a call that ends or gives up is never restarted, and never touches
+another call.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import pykka
+
+from actors.call import CallContext, CallSettings
+from actors.supervisor import CallSupervisor
+from links.vapi import VapiConnector
+from observability.metrics import Metrics
+from settings import Settings
+from supervision import ChildSpec, Restart
+from supervision.supervisor import StartChild
+
+__all__ = ["CallRegistry", "call_settings"]
+
+# How many ended calls we remember for /voice/after-stream, which Twilio asks within
+# seconds of the stream ending; bounded so months of calls cost no memory.
+_FINISHED_CAPACITY = 10_000
+# The root supervisor answers StartChild in microseconds; this only bounds a wedged one.
+_START_TIMEOUT_S = 5.0
+
+
+def call_settings(settings: Settings) -> CallSettings:
+    """The slice of Settings a call's actors need."""
+    return CallSettings(
+        audio_format=settings.vapi.audio_format,
+        replay_ms=settings.vapi.replay_ms,
+        keepalive_interval_s=settings.keepalive.interval_s,
+        pong_timeout_s=settings.keepalive.pong_timeout_s,
+        outbound_max_frames=settings.outbound_max_frames,
+        playback_lead_ms=settings.playback_lead_ms,
+        vad_threshold_db=settings.vad.threshold_db,
+        vad_min_level_dbfs=settings.vad.min_level_dbfs,
+        vad_min_speech_ms=settings.vad.min_speech_ms,
+        vad_hangover_ms=settings.vad.hangover_ms,
+        vad_echo_margin_db=settings.vad.echo_margin_db,
+        media_connect_timeout_s=settings.media_connect_timeout_s,
+    )
+
+
+class CallRegistry:
+    """Live calls by CallSid, plus the outcomes of recently ended ones."""
+
+    def __init__(
+        self,
+        *,
+        root: pykka.ActorRef[Any],
+        settings: CallSettings,
+        connector: VapiConnector,
+        metrics: Metrics,
+        log: Any,
+    ) -> None:
+        self._root = root
+        self._settings = settings
+        self._connector = connector
+        self._metrics = metrics
+        self._log = log
+        self._live: dict[str, CallContext] = {}
+        self._finished: OrderedDict[str, str] = OrderedDict()
+
+    def start_call(self, call_sid: str) -> CallContext:
+        """Start the call's actor tree, or return the live one (Twilio may retry a webhook)."""
+        existing = self._live.get(call_sid)
+        if existing is not None:
+            return existing
+        call = CallContext(
+            call_sid=call_sid,
+            settings=self._settings,
+            log=self._log.bind(call_sid=call_sid),
+            metrics=self._metrics,
+            connector=self._connector,
+            on_finished=self._on_finished,
+        )
+        self._live[call_sid] = call
+        self._metrics.live_calls.set(len(self._live))
+        spec = ChildSpec(
+            id=call_sid,
+            start=lambda handle: CallSupervisor.start(call, handle),
+            restart=Restart.TEMPORARY,
+            shutdown_s=10.0,
+        )
+        try:
+            self._root.ask(StartChild(spec), timeout=_START_TIMEOUT_S)
+        except Exception:
+            self._live.pop(call_sid, None)
+            self._metrics.live_calls.set(len(self._live))
+            raise
+        return call
+
+    def get(self, call_sid: str) -> CallContext | None:
+        return self._live.get(call_sid)
+
+    def outcome(self, call_sid: str) -> str | None:
+        """How a call ended, if it ended recently; None for a live or unknown call."""
+        return self._finished.get(call_sid)
+
+    def live(self) -> list[CallContext]:
+        return list(self._live.values())
+
+    def _on_finished(self, call: CallContext) -> None:
+        self._live.pop(call.call_sid, None)
+        self._metrics.live_calls.set(len(self._live))
+        self._finished[call.call_sid] = call.outcome or "completed"
+        while len(self._finished) > _FINISHED_CAPACITY:
+            self._finished.popitem(last=False)

@@ -1,0 +1,142 @@
+"""CallSupervisor: one per call; owns the call's four actors and decides how the call ends.
+
+The supervision itself is the generic Supervisor; this module supplies the callback
+data (which children, how each restarts) and the call's endings: the caller hangs up
+(Twilio `stop` or its socket closing), the assistant hangs up (VAPI's ended status),
+or the bridge gives up (restart intensity exceeded, no media socket in time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gevent
+
+from actors.call import CallContext
+from actors.codec import CodecActor
+from actors.messages import AssistantEndedCall, EndCall, StreamStarted, TwilioSocketAttached, TwilioSocketClosed
+from actors.twilio import TwilioActor
+from actors.vad import VadActor
+from actors.vapi import VapiActor
+from supervision import (
+    AutoShutdown,
+    Backoff,
+    ChildHandle,
+    ChildSpec,
+    Exit,
+    Restart,
+    Strategy,
+    Supervisor,
+    SupervisorFlags,
+)
+
+__all__ = ["CALL_FLAGS", "CallSupervisor"]
+
+# One for one: the four children hold independent state, and a codec hiccup is no
+# reason to drop a healthy VAPI link. Five restarts in ten seconds: chaos runs inject
+# faults on purpose and each recovers in well under a second, while a child that fails
+# on every start (a bad API key, a bug) exhausts it within about three seconds of
+# backoff and the caller hears the fallback instead of silence.
+CALL_FLAGS = SupervisorFlags(
+    strategy=Strategy.ONE_FOR_ONE,
+    intensity=5,
+    period_s=10.0,
+    auto_shutdown=AutoShutdown.ANY_SIGNIFICANT,
+)
+# Local actors come back almost at once: their state is small and the caller is live.
+_LOCAL_BACKOFF = Backoff(min_s=0.01, max_s=0.2, jitter=0.2, reset_after_s=5.0)
+# A VAPI link retries a remote service: give it room, but never more than a breath.
+_VAPI_BACKOFF = Backoff(min_s=0.1, max_s=2.0, jitter=0.2, reset_after_s=5.0)
+# Stopping a child: the VAPI link says goodbye (end-call and a close handshake).
+_SHUTDOWN_S = 2.0
+
+# Outcomes, as reported in logs, metrics and /voice/after-stream.
+COMPLETED = "completed"  # the caller hung up
+ASSISTANT_ENDED = "assistant-ended"
+GAVE_UP = "gave-up"
+
+
+class CallSupervisor(Supervisor):
+    """Supervises TwilioActor, VapiActor, CodecActor and VadActor for one call."""
+
+    def __init__(self, call: CallContext, handle: ChildHandle | None = None) -> None:
+        super().__init__(CALL_FLAGS, handle=handle, log=call.log.bind(actor="supervisor"), name="call")
+        self._call = call
+        call.children = self.children
+        call.supervisor = self.actor_ref
+
+    def init(self) -> tuple[SupervisorFlags, Sequence[ChildSpec]]:
+        call = self._call
+
+        def start(actor_class: Any) -> Any:
+            return lambda handle: actor_class.start(handle, call)
+
+        return CALL_FLAGS, [
+            ChildSpec(id="codec", start=start(CodecActor), backoff=_LOCAL_BACKOFF, shutdown_s=_SHUTDOWN_S),
+            ChildSpec(id="vad", start=start(VadActor), backoff=_LOCAL_BACKOFF, shutdown_s=_SHUTDOWN_S),
+            ChildSpec(id="vapi", start=start(VapiActor), backoff=_VAPI_BACKOFF, shutdown_s=_SHUTDOWN_S),
+            # Transient and significant: a crash restarts it, Twilio's `stop` ends the call.
+            ChildSpec(
+                id="twilio",
+                start=start(TwilioActor),
+                restart=Restart.TRANSIENT,
+                significant=True,
+                backoff=_LOCAL_BACKOFF,
+                shutdown_s=_SHUTDOWN_S,
+            ),
+        ]
+
+    def on_start(self) -> None:
+        super().on_start()
+        self._greenlets.spawn(self._await_media, self._call.settings.media_connect_timeout_s)
+        self._log.info("call_started")
+
+    def _await_media(self, timeout_s: float) -> None:
+        gevent.sleep(timeout_s)
+        if self._call.socket is None:
+            self._tell_self(EndCall(GAVE_UP, f"no media stream within {timeout_s:g}s"))
+
+    # Messages ------------------------------------------------------------------------
+
+    def handle_message(self, message: Any) -> Any:
+        match message:
+            case StreamStarted():
+                self._log.info("call_streaming", stream_sid=message.stream_sid)
+            case TwilioSocketAttached():
+                self._log.info("twilio_socket_attached")
+            case TwilioSocketClosed():
+                self._end(COMPLETED, "twilio socket closed")
+            case AssistantEndedCall():
+                self._end(ASSISTANT_ENDED, message.reason)
+            case EndCall():
+                self._end(message.outcome, message.detail)
+            case _:
+                return super().handle_message(message)
+        return None
+
+    def _end(self, outcome: str, detail: str) -> None:
+        self._call.set_outcome(outcome, detail)
+        self.actor_ref.stop(block=False)
+
+    # Supervision callbacks ------------------------------------------------------------
+
+    def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
+        if restarting:
+            self._call.metrics.restarts.labels(actor=child_id, reason=exit_.kind.value).inc()
+
+    def on_give_up(self, child_id: str, exit_: Exit) -> None:
+        self._call.set_outcome(GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
+
+    def on_shutdown(self) -> None:
+        call = self._call
+        call.set_outcome(COMPLETED, "supervisor stopped")
+        call.metrics.calls.labels(outcome=call.outcome or COMPLETED).inc()
+        self._log.info("call_ended", outcome=call.outcome, detail=call.outcome_detail)
+        # Record the outcome before closing: Twilio asks /voice/after-stream at once.
+        call.on_finished(call)
+        call.ended.set()
+        # When we end the call (assistant hung up, or we gave up), closing Twilio's
+        # socket makes Twilio fetch <Connect action>, which answers per the outcome.
+        if call.socket is not None:
+            call.socket.close(1000)

@@ -1,0 +1,196 @@
+"""TwilioActor: speaks Twilio Media Streams for the call.
+
+Inbound it parses each frame, keeps the caller's audio continuous in stream time and
+passes it to the codec. Outbound it queues the assistant's audio, sends a shallow lead
+of it with marks, and on barge-in clears Twilio's buffer and drops the rest of the turn.
+It is the only writer of the call's Twilio socket; the socket itself belongs to the call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from actors.base import CallActor
+from actors.call import CallContext
+from actors.messages import (
+    AssistantInterrupted,
+    AssistantTurnStarted,
+    AssistantUlaw,
+    CallerAudio,
+    CallerPressedKey,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    FarEndLevel,
+    InjectFault,
+    StreamStarted,
+    TwilioFrameReceived,
+)
+from audio.mulaw import ULAW_SILENCE
+from media.playback import FRAME_BYTES, MarkResult, Playback
+from media.stream_clock import FRAME_MS, StreamClock
+from protocols.errors import ProtocolError
+from protocols.twilio import Connected, Dtmf, Mark, Media, Start, Stop, encode_clear, encode_mark, encode_media, parse_event
+from supervision import ChildHandle
+
+__all__ = ["TwilioActor"]
+
+_SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_BYTES
+# After a barge-in the interrupted turn's audio keeps arriving until VAPI notices; it is
+# dropped until VAPI starts a new turn. If VAPI never says so, a pause this long in its
+# audio is taken as the end of the old turn, so a reply is never lost for good.
+_DISCARD_GIVE_UP_NS = 1_500_000_000
+# Far-end level changes smaller than this are not worth a message to the VAD.
+_LEVEL_STEP_DB = 3.0
+# Malformed frames: log the first few per call, then one in this many (the counter has all).
+_LOG_FIRST_MALFORMED = 10
+_LOG_EVERY_MALFORMED = 1000
+
+
+class TwilioActor(CallActor):
+    role = "twilio"
+
+    def __init__(self, handle: ChildHandle | None, call: CallContext) -> None:
+        super().__init__(handle, call)
+        settings = call.settings
+        self._playback = Playback(lead_ms=settings.playback_lead_ms, max_frames=settings.outbound_max_frames)
+        self._clock = StreamClock()
+        self._discarding = False
+        self._last_discard_ns = 0
+        self._far_end: float | None = None
+        self._malformed = 0
+        self._stream_ms = 0
+        # Bound once: the hot path calls these 50 times a second.
+        self._send_media = self._send_media_frame
+        self._send_mark = self._send_mark_frame
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case TwilioFrameReceived():
+                self._on_frame(message)
+            case AssistantUlaw():
+                self._on_assistant_audio(message)
+            case CallerSpeechStarted():
+                self._on_caller_speech(message)
+            case CallerSpeechStopped():
+                pass
+            case AssistantTurnStarted():
+                self._discarding = False
+            case AssistantInterrupted():
+                self._barge_in("vapi_user_interrupted")
+            case InjectFault():
+                self._inject(message)
+            case _:
+                self._unexpected_message(message)
+
+    # Inbound -------------------------------------------------------------------------
+
+    def _on_frame(self, message: TwilioFrameReceived) -> None:
+        try:
+            event = parse_event(message.frame)
+        except ProtocolError as exc:
+            self._count_malformed(exc)
+            return
+        match event:
+            case Media():
+                self._on_media(event, message.received_ns)
+            case Mark():
+                self._on_mark(event.name)
+            case Start():
+                self._call.stream_sid = event.stream_sid
+                self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
+                self._tell_supervisor(StreamStarted(event.stream_sid))
+            case Connected():
+                self._log.info("stream_connected", protocol=event.protocol, version=event.version)
+            case Dtmf():
+                self._log.info("dtmf_received", digit=event.digit)
+                self._call.metrics.dtmf.inc()
+                self._tell("vapi", CallerPressedKey(event.digit))
+            case Stop():
+                self._log.info("stream_stopped")
+                self._call.set_outcome("completed", "caller hung up")
+                # A normal exit of this significant child ends the call.
+                self.actor_ref.stop(block=False)
+
+    def _on_media(self, media: Media, received_ns: int) -> None:
+        gap = self._clock.admit(media.timestamp_ms, max(1, len(media.payload) * FRAME_MS // FRAME_BYTES))
+        if gap is None:
+            self._call.metrics.dropped.labels(reason="stale").inc()
+            return
+        if gap:
+            self._call.metrics.filled.inc(gap)
+            for n in range(gap, 0, -1):
+                self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
+        self._stream_ms = media.timestamp_ms
+        self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
+
+    def _count_malformed(self, exc: ProtocolError) -> None:
+        self._malformed += 1
+        self._call.metrics.malformed.labels(source="twilio", kind=exc.kind).inc()
+        if self._malformed <= _LOG_FIRST_MALFORMED or self._malformed % _LOG_EVERY_MALFORMED == 0:
+            self._log.warning("twilio_frame_malformed", kind=exc.kind, detail=str(exc), seen=self._malformed)
+
+    # Outbound ------------------------------------------------------------------------
+
+    def _on_assistant_audio(self, message: AssistantUlaw) -> None:
+        if self._discarding:
+            if message.received_ns - self._last_discard_ns < _DISCARD_GIVE_UP_NS:
+                self._last_discard_ns = message.received_ns
+                self._call.metrics.dropped.labels(reason="interrupted_turn").inc()
+                return
+            self._discarding = False
+        dropped = self._playback.enqueue(message.ulaw, message.level_dbfs)
+        if dropped:
+            self._call.metrics.dropped.labels(reason="outbound_overflow").inc(dropped)
+            self._log.warning("outbound_overflow", dropped=dropped, bound=self._call.settings.outbound_max_frames)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._call.stream_sid is None or self._call.socket is None:
+            return  # nothing to send to yet; the audio waits in the queue
+        self._playback.pump(self._send_media, self._send_mark)
+        self._update_far_end()
+
+    def _send_media_frame(self, ulaw: bytes) -> None:
+        socket = self._call.socket
+        if socket is not None:
+            socket.send_text(encode_media(self._call.stream_sid or "", ulaw))
+
+    def _send_mark_frame(self, name: str) -> None:
+        socket = self._call.socket
+        if socket is not None:
+            socket.send_text(encode_mark(self._call.stream_sid or "", name))
+
+    def _on_mark(self, name: str) -> None:
+        result = self._playback.on_mark(name)
+        if result == MarkResult.UNKNOWN:
+            self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()
+        self._pump()
+
+    def _update_far_end(self) -> None:
+        level = self._playback.far_end_dbfs
+        previous = self._far_end
+        if (level is None) != (previous is None) or (
+            level is not None and previous is not None and abs(level - previous) >= _LEVEL_STEP_DB
+        ):
+            self._far_end = level
+            self._tell("vad", FarEndLevel(level))
+
+    # Barge-in ------------------------------------------------------------------------
+
+    def _on_caller_speech(self, message: CallerSpeechStarted) -> None:
+        if self._playback.audible:
+            self._barge_in("caller_speech")
+
+    def _barge_in(self, cause: str) -> None:
+        if not self._playback.audible:
+            return
+        socket, stream_sid = self._call.socket, self._call.stream_sid
+        if socket is not None and stream_sid is not None:
+            socket.send_text(encode_clear(stream_sid))
+        dropped = self._playback.clear()
+        self._discarding = True
+        self._last_discard_ns = time.monotonic_ns()
+        self._call.metrics.barge_ins.inc()
+        self._log.info("barge_in", cause=cause, dropped_frames=dropped)
+        self._update_far_end()

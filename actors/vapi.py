@@ -1,0 +1,261 @@
+"""VapiActor: the call's link to VAPI over its WebSocket transport.
+
+On start it creates a VAPI call and opens its socket in a greenlet of its own, so the
+mailbox keeps draining meanwhile (the caller's audio waits in the call's uplink buffer).
+It sends the caller's audio as binary 20 ms frames, hands VAPI's audio to the codec
+and acts on VAPI's JSON events. A keepalive pings the socket; a missing pong, a closed
+socket or a failed send makes the actor fail, and its supervisor starts a new one with
+backoff. The new one asks VAPI not to greet again and first replays the caller audio
+the dead link may have swallowed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import gevent.pool
+import websocket
+
+from actors.base import CallActor
+from actors.call import CallContext
+from actors.messages import (
+    AssistantAudio,
+    AssistantEndedCall,
+    AssistantInterrupted,
+    AssistantTurnStarted,
+    CallerPressedKey,
+    InjectFault,
+    UplinkAudio,
+    VapiEventReceived,
+    VapiLinkLost,
+    VapiLinkUp,
+)
+from links.errors import VapiLinkDead, VapiUnavailable
+from protocols.errors import ProtocolError
+from protocols.vapi import (
+    MULAW8K,
+    PCM16K,
+    Hang,
+    SpeechUpdate,
+    StatusUpdate,
+    UserInterrupted,
+    dtmf_message,
+    encode_end_call,
+    parse_event,
+)
+from supervision import ChildHandle
+
+__all__ = ["VapiActor"]
+
+# A restarted link must not greet the caller a second time.
+_NO_SECOND_GREETING = "assistant-waits-for-user"
+# Closing handshake budget when we hang up: VAPI answers within milliseconds, and the
+# call is over for the caller either way.
+_CLOSE_TIMEOUT_S = 0.5
+
+
+class VapiActor(CallActor):
+    role = "vapi"
+
+    def __init__(self, handle: ChildHandle | None, call: CallContext) -> None:
+        super().__init__(handle, call)
+        self._greenlets = gevent.pool.Group()
+        self._ws: websocket.WebSocket | None = None
+        self._ready = False  # link up and replay sent: live frames may go out
+        self._dead = False  # the link is known broken: no goodbye is possible
+        self._link_id = call.vapi_links + 1
+        self._last_pong = 0.0
+        self._frames_in = 0
+
+    # Lifecycle -----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._call.vapi_links += 1
+        self._greenlets.spawn(self._open_link, self._link_id)
+
+    def _close(self) -> None:
+        self._greenlets.kill(block=True, timeout=1.0)
+        ws, self._ws = self._ws, None
+        if ws is None:
+            return
+        if not self._dead:
+            try:
+                # The recommended goodbye; closing the socket alone may leave the VAPI call live.
+                ws.send(encode_end_call())
+            except (websocket.WebSocketException, OSError):
+                pass
+        try:
+            ws.close(timeout=_CLOSE_TIMEOUT_S)
+        except (websocket.WebSocketException, OSError):
+            ws.shutdown()
+        self._log.info("vapi_link_closed", link=self._link_id, goodbye=not self._dead)
+
+    # Messages ------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case UplinkAudio():
+                self._on_uplink(message)
+            case VapiEventReceived():
+                if message.link_id == self._link_id:
+                    self._on_event(message.text)
+            case VapiLinkUp():
+                if message.link_id == self._link_id:
+                    self._on_link_up(message)
+            case VapiLinkLost():
+                if message.link_id == self._link_id:
+                    self._dead = True
+                    self._call.metrics.vapi_links.labels(event="lost").inc()
+                    raise VapiLinkDead(message.reason)
+            case CallerPressedKey():
+                self._send_text(dtmf_message(message.digit))
+                self._log.info("dtmf_forwarded", digit=message.digit)
+            case InjectFault():
+                self._on_fault(message)
+            case _:
+                self._unexpected_message(message)
+
+    def _on_uplink(self, message: UplinkAudio) -> None:
+        uplink = self._call.uplink
+        if not self._ready or message.seq <= uplink.sent_seq:
+            return  # not linked yet (the buffer keeps it), or already sent by the replay
+        self._send_binary(message.data)
+        uplink.mark_sent(message.seq)
+
+    def _on_link_up(self, message: VapiLinkUp) -> None:
+        call = self._call
+        replay = call.uplink.pending_replay()
+        for seq, data in replay:
+            self._send_binary(data)
+            call.uplink.mark_sent(seq)
+        self._ready = True
+        call.vapi_greeted = True
+        call.metrics.vapi_links.labels(event="created").inc()
+        self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20)
+
+    def _on_event(self, text: str) -> None:
+        try:
+            event = parse_event(text)
+        except ProtocolError as exc:
+            self._call.metrics.malformed.labels(source="vapi", kind=exc.kind).inc()
+            self._log.warning("vapi_event_malformed", kind=exc.kind)
+            return
+        match event:
+            case SpeechUpdate(status="started", role="assistant"):
+                self._tell("twilio", AssistantTurnStarted(event.turn))
+            case UserInterrupted():
+                self._tell("twilio", AssistantInterrupted())
+            case StatusUpdate(status="ended"):
+                reason = event.ended_reason or "ended"
+                self._log.info("vapi_call_ended", reason=reason)
+                self._tell_supervisor(AssistantEndedCall(reason))
+            case Hang():
+                # Only a slow model or voice: the call goes on.
+                self._log.info("vapi_assistant_slow")
+        self._call.metrics.vapi_events.labels(type=type(event).__name__).inc()
+
+    def _on_fault(self, message: InjectFault) -> None:
+        if message.fault == "sever":
+            self._log.warning("fault_injected", fault="sever")
+            if self._ws is not None:
+                self._ws.shutdown()
+        elif message.fault == "blackhole":
+            # Swallow everything from VAPI, pongs included: the keepalive must notice.
+            self._log.warning("fault_injected", fault="blackhole")
+            self._link_id = -self._link_id
+            self._greenlets.spawn(self._keepalive, self._link_id)
+        else:
+            self._inject(message)
+
+    # Sending (the actor's greenlet) ----------------------------------------------------
+
+    def _send_binary(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            ws.send_bytes(data)
+        except (websocket.WebSocketException, OSError) as exc:
+            self._dead = True
+            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
+
+    def _send_text(self, text: str) -> None:
+        ws = self._ws
+        if ws is None or not self._ready:
+            return
+        try:
+            ws.send(text)
+        except (websocket.WebSocketException, OSError) as exc:
+            self._dead = True
+            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
+
+    # The link's own greenlets ------------------------------------------------------------
+
+    def _open_link(self, link_id: int) -> None:
+        call = self._call
+        audio_format = PCM16K if call.settings.audio_format == "pcm_s16le" else MULAW8K
+        mode = _NO_SECOND_GREETING if call.vapi_greeted else None
+        try:
+            created = call.connector.create_call(audio_format, mode)
+            ws = call.connector.connect(created.websocket_url)
+        except VapiUnavailable as exc:
+            self._log.warning("vapi_unavailable", kind=exc.kind.value, detail=str(exc))
+            call.metrics.vapi_links.labels(event="refused").inc()
+            self._post(VapiLinkLost(link_id, str(exc)))
+            return
+        self._ws = ws
+        self._last_pong = time.monotonic()
+        self._post(VapiLinkUp(link_id, created.call_id))
+        self._greenlets.spawn(self._keepalive, link_id)
+        self._read(ws, link_id)
+
+    def _read(self, ws: websocket.WebSocket, link_id: int) -> None:
+        uplink = self._call.uplink
+        children = self._call.children
+        binary, text, pong = websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_PONG
+        try:
+            while True:
+                opcode, data = ws.recv_data(control_frame=True)
+                if self._link_id != link_id:
+                    continue  # blackholed: read and drop, as a silent network would
+                if opcode == binary:
+                    uplink.mark_alive()
+                    if children is not None:
+                        children.tell("codec", AssistantAudio(data, time.monotonic_ns()))
+                elif opcode == text:
+                    uplink.mark_alive()
+                    self._post(VapiEventReceived(link_id, data.decode("utf-8", "replace")))
+                elif opcode == pong:
+                    uplink.mark_alive()
+                    self._last_pong = time.monotonic()
+                elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                    self._post(VapiLinkLost(link_id, "closed by VAPI"))
+                    return
+        except (websocket.WebSocketException, OSError) as exc:
+            self._post(VapiLinkLost(link_id, f"read failed: {type(exc).__name__}"))
+
+    def _keepalive(self, link_id: int) -> None:
+        settings = self._call.settings
+        while True:
+            gevent.sleep(settings.keepalive_interval_s)
+            ws = self._ws
+            if ws is None:
+                return
+            sent_at = time.monotonic()
+            try:
+                ws.ping()
+            except (websocket.WebSocketException, OSError):
+                self._post(VapiLinkLost(link_id, "ping failed"))
+                return
+            gevent.sleep(settings.pong_timeout_s)
+            if self._last_pong < sent_at:
+                self._post(VapiLinkLost(link_id, f"no pong within {settings.pong_timeout_s:g}s"))
+                return
+
+    def _post(self, message: Any) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except Exception:  # noqa: BLE001 - the actor is stopping; its link goes with it
+            pass

@@ -1,0 +1,124 @@
+"""What the caller hears of the assistant, tracked by Twilio's marks.
+
+Assistant audio arrives from VAPI faster than real time. It waits here, and only a
+shallow lead (about 200 ms) goes to Twilio ahead of what Twilio has played, so a
+barge-in can drop the rest at once. After every few frames a mark goes out; Twilio
+echoes it when the audio before it has played. A mark echoed after a `clear` means that
+audio was cancelled, not played, so every mark name carries the clear epoch it was sent in.
+"Assistant audible" is derived from marks, never from our own send clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["FRAME_BYTES", "MarkResult", "Playback"]
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+FRAME_MS = 20
+# A mark every 2 frames keeps Twilio's buffer between lead-40 ms and lead: fine enough
+# that it never runs dry waiting for an echo, coarse enough to add only 25 small
+# messages a second.
+MARK_EVERY_FRAMES = 2
+
+
+class MarkResult:
+    PLAYED = "played"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+class Playback:
+    """Outbound queue, pacing by lead, and mark bookkeeping for one stream."""
+
+    def __init__(self, *, lead_ms: int, max_frames: int) -> None:
+        self._lead_ms = lead_ms
+        self._max_frames = max_frames
+        self._queue: deque[tuple[bytes, float]] = deque()
+        self._epoch = 0
+        self.sent_ms = 0  # stream of assistant audio handed to Twilio, this epoch
+        self.played_ms = 0  # of that, what Twilio's marks say has played
+        self._since_mark = 0
+        self._in_flight: deque[tuple[int, float]] = deque()  # (end ms, level) sent, not yet played
+        self.dropped_overflow = 0
+        self.marks_played = 0
+        self.marks_cancelled = 0
+
+    # Filling -----------------------------------------------------------------------
+
+    def enqueue(self, ulaw: bytes, level_dbfs: float) -> int:
+        """Queue assistant audio in 20 ms frames; returns how many old frames overflowed."""
+        dropped = 0
+        for start in range(0, len(ulaw), FRAME_BYTES):
+            self._queue.append((ulaw[start : start + FRAME_BYTES], level_dbfs))
+        # The bound only protects memory from a peer that never stops sending; a normal
+        # reply (tens of seconds) fits. Drop the oldest: the newest is closest to now.
+        while len(self._queue) > self._max_frames:
+            self._queue.popleft()
+            dropped += 1
+        self.dropped_overflow += dropped
+        return dropped
+
+    def pump(self, send_media: Callable[[bytes], None], send_mark: Callable[[str], None]) -> int:
+        """Send queued frames while Twilio holds less than the lead; returns frames sent."""
+        sent = 0
+        while self._queue and self.sent_ms - self.played_ms < self._lead_ms:
+            frame, level = self._queue.popleft()
+            send_media(frame)
+            self.sent_ms += len(frame) * FRAME_MS // FRAME_BYTES
+            self._in_flight.append((self.sent_ms, level))
+            self._since_mark += 1
+            sent += 1
+            if self._since_mark >= MARK_EVERY_FRAMES or not self._queue:
+                send_mark(f"{self._epoch}:{self.sent_ms}")
+                self._since_mark = 0
+        return sent
+
+    # Marks and clearing --------------------------------------------------------------
+
+    def on_mark(self, name: str) -> str:
+        """Account for an echoed mark: played, cancelled by a clear, or not ours."""
+        epoch_text, _, ms_text = name.partition(":")
+        try:
+            epoch, ms = int(epoch_text), int(ms_text)
+        except ValueError:
+            return MarkResult.UNKNOWN
+        if epoch != self._epoch:
+            self.marks_cancelled += 1
+            return MarkResult.CANCELLED
+        if ms > self.played_ms:
+            self.played_ms = min(ms, self.sent_ms)
+        while self._in_flight and self._in_flight[0][0] <= self.played_ms:
+            self._in_flight.popleft()
+        self.marks_played += 1
+        return MarkResult.PLAYED
+
+    def clear(self) -> int:
+        """Drop everything queued and start a new epoch; returns the frames dropped."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._in_flight.clear()
+        self._epoch += 1
+        self.sent_ms = 0
+        self.played_ms = 0
+        self._since_mark = 0
+        return dropped
+
+    # State ---------------------------------------------------------------------------
+
+    @property
+    def audible(self) -> bool:
+        """Twilio still has, or we still hold, assistant audio for the caller."""
+        return bool(self._queue) or self.sent_ms > self.played_ms
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
+
+    @property
+    def far_end_dbfs(self) -> float | None:
+        """Loudest level among frames sent but not yet played: what may echo back now."""
+        if not self._in_flight:
+            return None
+        return max(level for _, level in self._in_flight)

@@ -1,0 +1,48 @@
+"""structlog configuration: one JSON object per line, or readable console lines.
+
+Configured once by run.py. stdlib logging (pykka, gevent's server) goes through the same
+renderer, so every line of the process has one shape. Call context (call_sid, actor)
+is bound explicitly on loggers handed down, not through contextvars: every greenlet
+starts with an empty context.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging"]
+
+
+def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> Any:
+    """Set up structlog and stdlib logging; returns the root structlog logger."""
+    out = stream or sys.stdout
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level))
+    return structlog.get_logger("bridge")

@@ -1,0 +1,110 @@
+"""BridgeService: the whole server assembled from Settings, startable and stoppable.
+
+run.py uses it to serve; integration tests start one on an ephemeral port. It owns the
+root supervisor (above every call), the call registry, the HTTP server and, when no
+VAPI key is configured, the built-in VAPI simulator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from pykka import ActorRegistry
+
+from actors.registry import CallRegistry, call_settings
+from links.vapi import VapiConnector
+from observability.metrics import Metrics
+from protocols.signature import SignatureValidator
+from settings import Settings
+from supervision import Supervisor, SupervisorFlags
+from web import WebContext, create_app
+from web.server import make_server
+
+__all__ = ["BridgeService"]
+
+# The root only ever holds temporary children (calls), which are never restarted, so
+# its intensity is never consumed by them.
+_ROOT_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
+_SIMULATOR_KEY = "simulator-key"
+
+
+class BridgeService:
+    """Builds and runs the server. `start()` binds; `stop()` ends calls and unbinds."""
+
+    def __init__(self, settings: Settings, *, log: Any = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.log = log if log is not None else structlog.get_logger("bridge")
+        self.metrics = metrics or Metrics()
+        self.simulator: Any = None
+        self.root: Any = None
+        self.calls: CallRegistry | None = None
+        self.server: Any = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def start(self) -> None:
+        settings = self.settings
+        base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
+        if api_key is None:
+            from sims.vapi import VapiSimConfig, VapiSimulator
+
+            self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY))
+            self.simulator.start()
+            base_url, api_key = self.simulator.base_url, _SIMULATOR_KEY
+            self.log.info("vapi_simulator_started", base_url=base_url)
+        connector = VapiConnector(
+            base_url=base_url,
+            api_key=api_key,
+            assistant_id=settings.vapi.assistant_id,
+            timeout_s=settings.vapi.connect_timeout_s,
+        )
+        self.root = Supervisor.start(_ROOT_FLAGS, log=self.log.bind(actor="root"), name="root")
+        self.calls = CallRegistry(
+            root=self.root,
+            settings=call_settings(settings),
+            connector=connector,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        validator = SignatureValidator(settings.twilio.auth_token)
+        app = create_app(
+            WebContext(
+                public_url=settings.public_url,
+                validator=validator,
+                calls=self.calls,
+                metrics=self.metrics,
+                fallback=settings.fallback,
+                log=self.log,
+            )
+        )
+
+        def rejected(path: str) -> None:
+            self.metrics.malformed.labels(source="media_handshake", kind="bad_signature").inc()
+            self.log.warning("media_handshake_rejected", path=path)
+
+        self.server = make_server(
+            (settings.host, settings.port),
+            app,
+            public_url=settings.public_url,
+            validator=validator,
+            on_rejected=rejected,
+        )
+        self.server.start()
+        self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End every call, stop the root supervisor, close the listener and the simulator."""
+        if self.server is not None:
+            self.server.close()  # no new connections
+        if self.root is not None and self.root.is_alive():
+            self.root.stop(block=True, timeout=timeout_s)
+        if self.server is not None:
+            self.server.stop(timeout=timeout_s)
+        if self.simulator is not None:
+            self.simulator.stop()
+        leftover = ActorRegistry.get_all()
+        if leftover:
+            self.log.warning("actors_left_at_stop", count=len(leftover))

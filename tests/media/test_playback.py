@@ -1,0 +1,88 @@
+from media.playback import FRAME_BYTES, MarkResult, Playback
+
+
+class Wire:
+    def __init__(self):
+        self.sent = []
+
+    def media(self, frame):
+        self.sent.append(("media", len(frame)))
+
+    def mark(self, name):
+        self.sent.append(("mark", name))
+
+    def marks(self):
+        return [name for kind, name in self.sent if kind == "mark"]
+
+    def media_count(self):
+        return sum(1 for kind, _ in self.sent if kind == "media")
+
+
+def test_only_the_lead_goes_to_twilio_and_the_rest_waits_for_marks():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 50), -20.0)  # one second, arriving at once
+    playback.pump(wire.media, wire.mark)
+    assert wire.media_count() == 10
+    assert playback.queued_frames == 40
+    assert playback.on_mark(wire.marks()[0]) == MarkResult.PLAYED
+    playback.pump(wire.media, wire.mark)
+    assert wire.media_count() == 12
+
+
+def test_a_reply_longer_than_a_second_is_not_cut():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 500), -20.0)  # ten seconds
+    assert playback.dropped_overflow == 0
+    while playback.audible:
+        playback.pump(wire.media, wire.mark)
+        for name in wire.marks()[-5:]:
+            playback.on_mark(name)
+    assert wire.media_count() == 500
+
+
+def test_overflow_drops_the_oldest_frames_and_counts_them():
+    playback = Playback(lead_ms=200, max_frames=100)
+    assert playback.enqueue(bytes(FRAME_BYTES * 150), -20.0) == 50
+    assert playback.dropped_overflow == 50
+
+
+def test_marks_echoed_after_a_clear_are_cancelled_not_played():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 20), -20.0)
+    playback.pump(wire.media, wire.mark)
+    first, *rest = wire.marks()
+    assert playback.on_mark(first) == MarkResult.PLAYED  # echoed before the clear
+    assert playback.clear() == 10
+    assert [playback.on_mark(name) for name in rest] == [MarkResult.CANCELLED] * len(rest)
+    assert not playback.audible
+    assert playback.marks_played == 1 and playback.marks_cancelled == len(rest)
+
+
+def test_audible_follows_marks_not_the_send_clock():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 2), -20.0)
+    playback.pump(wire.media, wire.mark)
+    assert playback.queued_frames == 0
+    assert playback.audible  # sent, but Twilio has not played it yet
+    playback.on_mark(wire.marks()[-1])
+    assert not playback.audible
+
+
+def test_far_end_level_is_the_loudest_unplayed_frame():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 2), -30.0)
+    playback.enqueue(bytes(FRAME_BYTES * 2), -10.0)
+    playback.pump(wire.media, wire.mark)
+    assert playback.far_end_dbfs == -10.0
+    for name in wire.marks():
+        playback.on_mark(name)
+    assert playback.far_end_dbfs is None
+
+
+def test_foreign_mark_names_are_reported_unknown():
+    assert Playback(lead_ms=200, max_frames=10).on_mark("hello") == MarkResult.UNKNOWN

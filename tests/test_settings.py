@@ -1,0 +1,72 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settings import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_need_no_environment_and_make_a_development_token():
+    settings = Settings.from_env({})
+    assert settings.port == 3000
+    assert settings.vapi.base_url == "https://api.vapi.ai"
+    assert settings.vapi.audio_format == "pcm_s16le"
+    assert settings.keepalive.interval_s == 5.0 and settings.keepalive.pong_timeout_s == 2.0
+    assert settings.outbound_max_frames == 1500 and settings.vapi.replay_ms == 2000
+    assert settings.twilio.auth_token_generated and len(settings.twilio.auth_token) >= 32
+
+
+def test_secrets_never_appear_in_the_repr():
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "tok-secret-1", "VAPI_API_KEY": "key-secret-2"})
+    text = repr(settings)
+    assert "tok-secret-1" not in text and "key-secret-2" not in text
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("PUBLIC_URL", "ftp://x"),
+        ("PUBLIC_URL", "https://x.example/?q=1"),
+        ("VAPI_AUDIO_FORMAT", "opus"),
+        ("KEEPALIVE_INTERVAL_S", "nan"),
+        ("PONG_TIMEOUT_S", "9"),  # not below the 5 s interval
+        ("OUTBOUND_MAX_FRAMES", "10"),
+        ("LOG_FORMAT", "xml"),
+        ("VAD_THRESHOLD_DB", "-3"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_is_allowed(name, value):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert info.value.name == name
+    assert value in str(info.value) and "expected" in str(info.value)
+
+
+def test_run_py_exits_2_with_one_line_before_binding_a_port():
+    result = subprocess.run(
+        [sys.executable, "run.py"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PORT": "not-a-port"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PORT" in lines[0] and "not-a-port" in lines[0]
+
+
+def test_only_settings_reads_the_environment():
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", ".venv", "bench", "sims") or rel.name in ("settings.py", "run.py"):
+            continue
+        if "os.environ" in path.read_text() or "getenv(" in path.read_text():
+            offenders.append(str(rel))
+    assert offenders == []

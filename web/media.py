@@ -1,0 +1,69 @@
+"""Twilio's media socket: `/media/<CallSid>`.
+
+The handshake's signature was checked before the upgrade (web/server.py). The view
+hands the socket to the call and then reads it for the call's whole life, in its own
+greenlet: returning would close the socket under the caller. Each frame is passed on
+undecoded; a bad frame costs a log line and a counter, never the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, request
+
+from actors.messages import TwilioFrameReceived, TwilioSocketAttached, TwilioSocketClosed
+from protocols.twiml import is_call_sid
+from protocols.twilio import MAX_FRAME_BYTES
+from web.twilio_socket import FrameTooLarge, TwilioSocket
+
+__all__ = ["bp"]
+
+bp = Blueprint("media", __name__)
+
+
+@bp.route("/media/<call_sid>", websocket=True)
+def media(call_sid: str) -> tuple[str, int]:
+    ctx: Any = current_app.extensions["bridge"]
+    ws = request.environ.get("wsgi.websocket")
+    if ws is None:
+        return "a WebSocket upgrade is required\n", 400
+    if not is_call_sid(call_sid):
+        ws.close()
+        return "", 204
+    call = ctx.calls.get(call_sid) or ctx.calls.start_call(call_sid)
+    log = call.log.bind(actor="media_socket")
+    socket = TwilioSocket(ws, MAX_FRAME_BYTES)
+    if call.socket is not None:
+        # Twilio allows one bidirectional stream per call; a second one is not Twilio.
+        log.warning("duplicate_media_socket")
+        socket.close(1008)
+        socket.release()
+        return "", 204
+    call.socket = socket
+    call.supervisor.tell(TwilioSocketAttached())
+    _read(socket, call, ctx)
+    socket.release()
+    return "", 204
+
+
+def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
+    children = call.children
+    log = call.log.bind(actor="media_socket")
+    while not call.ended.is_set():
+        try:
+            frame = socket.receive()
+        except FrameTooLarge as exc:
+            ctx.metrics.malformed.labels(source="twilio", kind="oversize").inc()
+            log.warning("twilio_frame_malformed", kind="oversize", size=exc.size)
+            continue
+        if frame is None:
+            break
+        children.tell("twilio", TwilioFrameReceived(frame, time.monotonic_ns()))
+    log.info("media_socket_closed", code=socket.close_code)
+    if not call.ended.is_set():
+        try:
+            call.supervisor.tell(TwilioSocketClosed())
+        except Exception:  # noqa: BLE001 - the call is already gone
+            pass
