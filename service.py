@@ -32,8 +32,12 @@ _SIMULATOR_KEY = "simulator-key"
 class BridgeService:
     """Builds and runs the server. `start()` binds; `stop()` ends calls and unbinds."""
 
-    def __init__(self, settings: Settings, *, log: Any = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, log: Any = None, metrics: Metrics | None = None, listener: Any = None
+    ) -> None:
+        """`listener`: an already bound socket to serve on instead of HOST:PORT (tests)."""
         self.settings = settings
+        self._listener = listener
         self.log = log if log is not None else structlog.get_logger("bridge")
         self.metrics = metrics or Metrics()
         self.simulator: Any = None
@@ -86,7 +90,7 @@ class BridgeService:
             self.log.warning("media_handshake_rejected", path=path)
 
         self.server = make_server(
-            (settings.host, settings.port),
+            self._listener if self._listener is not None else (settings.host, settings.port),
             app,
             public_url=settings.public_url,
             validator=validator,

@@ -17,9 +17,19 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+class _CurrentStdout:
+    """Writes to whatever sys.stdout is now (test runners swap it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> Any:
     """Set up structlog and stdlib logging; returns the root structlog logger."""
-    out = stream or sys.stdout
+    out: Any = stream or _CurrentStdout()
     shared: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -3,3 +3,7 @@
 from gevent import monkey
 
 monkey.patch_all()
+
+from observability.logging import configure_logging  # noqa: E402
+
+configure_logging(fmt="console", level="INFO")
