@@ -67,7 +67,7 @@ class VapiActor(CallActor):
         self._dead = False  # the link is known broken: no goodbye is possible
         self._link_id = call.vapi_links + 1
         self._last_pong = 0.0
-        self._frames_in = 0
+        self._ping_seq = 0  # uplink frames sent before the last ping
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -220,15 +220,21 @@ class VapiActor(CallActor):
                 opcode, data = ws.recv_data(control_frame=True)
                 if self._link_id != link_id:
                     continue  # blackholed: read and drop, as a silent network would
+                # Signs of life count only once this link carries the uplink: before
+                # that, they say nothing about what the previous link swallowed.
                 if opcode == binary:
-                    uplink.mark_alive()
+                    if self._ready:
+                        uplink.mark_alive()
                     if children is not None:
                         children.tell("codec", AssistantAudio(data, time.monotonic_ns()))
                 elif opcode == text:
-                    uplink.mark_alive()
+                    if self._ready:
+                        uplink.mark_alive()
                     self._post(VapiEventReceived(link_id, data.decode("utf-8", "replace")))
                 elif opcode == pong:
-                    uplink.mark_alive()
+                    if self._ready:
+                        # A pong vouches for what was sent before its ping, not after.
+                        uplink.mark_alive(self._ping_seq)
                     self._last_pong = time.monotonic()
                 elif opcode == websocket.ABNF.OPCODE_CLOSE:
                     self._post(VapiLinkLost(link_id, "closed by VAPI"))
@@ -244,6 +250,7 @@ class VapiActor(CallActor):
             if ws is None:
                 return
             sent_at = time.monotonic()
+            self._ping_seq = self._call.uplink.sent_seq
             try:
                 ws.ping()
             except (websocket.WebSocketException, OSError):

@@ -33,9 +33,11 @@ class UplinkBuffer:
         if seq > self.sent_seq:
             self.sent_seq = seq
 
-    def mark_alive(self) -> None:
-        """The link answered: everything it was sent before now got there."""
-        self.alive_seq = self.sent_seq
+    def mark_alive(self, seq: int | None = None) -> None:
+        """The link answered: everything it was sent up to `seq` (default: all) got there."""
+        seq = self.sent_seq if seq is None else seq
+        if seq > self.alive_seq:
+            self.alive_seq = seq
 
     def pending_replay(self) -> list[tuple[int, bytes]]:
         """Frames after the last sign of life, oldest first, at most the capacity."""
