@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from audio import vad as vad_defaults
+
 __all__ = [
     "ConfigError",
     "FallbackSettings",
@@ -156,11 +158,11 @@ class Settings:
             ),
             keepalive=KeepaliveSettings(interval_s=interval, pong_timeout_s=pong_timeout),
             vad=VadSettings(
-                threshold_db=r.number("VAD_THRESHOLD_DB", 12.0, low=1.0, high=60.0),
-                min_level_dbfs=r.number("VAD_MIN_LEVEL_DBFS", -45.0, low=-100.0, high=0.0),
-                min_speech_ms=r.integer("VAD_MIN_SPEECH_MS", 100, low=20, high=2000),
-                hangover_ms=r.integer("VAD_HANGOVER_MS", 400, low=20, high=5000),
-                echo_margin_db=r.number("VAD_ECHO_MARGIN_DB", 10.0, low=0.0, high=60.0),
+                threshold_db=r.number("VAD_THRESHOLD_DB", vad_defaults.THRESHOLD_DB, low=1.0, high=60.0),
+                min_level_dbfs=r.number("VAD_MIN_LEVEL_DBFS", vad_defaults.MIN_LEVEL_DBFS, low=-100.0, high=0.0),
+                min_speech_ms=r.integer("VAD_MIN_SPEECH_MS", vad_defaults.MIN_SPEECH_MS, low=20, high=2000),
+                hangover_ms=r.integer("VAD_HANGOVER_MS", vad_defaults.HANGOVER_MS, low=20, high=5000),
+                echo_margin_db=r.number("VAD_ECHO_MARGIN_DB", vad_defaults.ECHO_MARGIN_DB, low=0.0, high=60.0),
             ),
             fallback=FallbackSettings(
                 say=r.text("FALLBACK_SAY", "Sorry, our assistant is unavailable right now. Please try again later."),

@@ -12,10 +12,12 @@ __all__ = [
     "FULL_SCALE",
     "dominant_frequency_hz",
     "level_dbfs",
+    "pink_noise",
     "silence",
     "speech_like",
     "tone",
     "tone_level_dbfs",
+    "white_noise",
 ]
 
 FULL_SCALE = 32767.0
@@ -52,6 +54,35 @@ def speech_like(ms: float, rate_hz: int, dbfs: float = -18.0, seed: int = 1) -> 
         voiced += np.sin(k * phase) / k
     envelope = 0.55 + 0.45 * np.sin(2.0 * np.pi * 4.0 * t - np.pi / 2.0) ** 2
     signal = voiced * envelope + 0.02 * rng.standard_normal(n)
+    rms = float(np.sqrt(np.mean(signal**2))) or 1.0
+    scaled = signal / rms * FULL_SCALE * 10.0 ** (dbfs / 20.0)
+    return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
+
+
+def white_noise(ms: float, rate_hz: int, dbfs: float = -40.0, seed: int = 0) -> np.ndarray:
+    """Gaussian white noise of `ms` milliseconds at `dbfs` RMS, as int16 samples."""
+    n = int(round(rate_hz * ms / 1000.0))
+    return _scaled(np.random.default_rng(seed).standard_normal(n), dbfs)
+
+
+def pink_noise(
+    ms: float, rate_hz: int, dbfs: float = -40.0, seed: int = 0, low_hz: float = 20.0
+) -> np.ndarray:
+    """Noise with a 1/f power spectrum from `low_hz` up, at `dbfs` RMS, as int16 samples.
+
+    Nothing below `low_hz`: true 1/f noise wanders without bound at the lowest
+    frequencies, which no microphone or phone line passes.
+    """
+    n = int(round(rate_hz * ms / 1000.0))
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / rate_hz)
+    shaped = np.zeros_like(spectrum)
+    passed = freqs >= low_hz
+    shaped[passed] = spectrum[passed] / np.sqrt(freqs[passed])
+    return _scaled(np.fft.irfft(shaped, n), dbfs)
+
+
+def _scaled(signal: np.ndarray, dbfs: float) -> np.ndarray:
     rms = float(np.sqrt(np.mean(signal**2))) or 1.0
     scaled = signal / rms * FULL_SCALE * 10.0 ** (dbfs / 20.0)
     return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)

@@ -1,0 +1,245 @@
+"""Energy voice activity detector for decoded 8 kHz int16 caller audio, one frame at a time.
+
+A frame counts as speech when its level is (1) above an absolute floor, (2) at least
+`threshold_db` above an adaptive noise floor and (3), while the assistant is audible,
+no more than `echo_margin_db` below the assistant's level, so its echo does not count.
+Speech must build up for `min_speech_ms` before STARTED (clicks and breaths are too
+short) and be absent for `hangover_ms` before STOPPED (pauses between words are shorter).
+
+The noise floor tracks the frame level in dB: it falls fast (the floor must be back at the
+noise within a pause), rises with time constant `noise_adapt_ms` while frames look like
+noise, and creeps up by only SPEECH_FLOOR_RISE_DB_PER_S while frames look like speech,
+so it cannot climb into a long utterance. The price: if the noise itself jumps by more
+than `threshold_db`, the floor needs (jump - threshold_db) / SPEECH_FLOOR_RISE_DB_PER_S
+seconds to catch up, and the detector reports speech until it has.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ECHO_HOLD_MS",
+    "ECHO_MARGIN_DB",
+    "HANGOVER_MS",
+    "MIN_LEVEL_DBFS",
+    "MIN_SPEECH_MS",
+    "NOISE_ADAPT_MS",
+    "NOISE_FALL_MS",
+    "NOISE_FLOOR_MIN_DBFS",
+    "SPEECH_FLOOR_RISE_DB_PER_S",
+    "THRESHOLD_DB",
+    "EnergyVad",
+    "VadParams",
+    "VadTransition",
+]
+
+# 20 ms frames of stationary noise vary by 0.5 dB RMS (white) to 1 dB (pink), peaking
+# 2-4 dB above their mean; speech at a normal level sits 20-40 dB above line noise.
+# 10 dB keeps noise out with a wide margin and still catches a soft talker on a noisy line.
+THRESHOLD_DB = 10.0
+# PSTN speech arrives at about -20 dBFS and quiet talkers at -35 dBFS; line and comfort
+# noise sits at -55 to -65 dBFS. Anything under -45 dBFS is not someone talking to us.
+MIN_LEVEL_DBFS = -45.0
+# A click straddling two frames lights up 40 ms and a breath 60-80 ms; one syllable is
+# 100-200 ms. Five frames separates them without delaying barge-in noticeably.
+MIN_SPEECH_MS = 100
+# Pauses between words and at commas run 100-300 ms; 400 ms ends a turn without
+# splitting an utterance at every breath.
+HANGOVER_MS = 400
+# Line echo comes back at least 6 dB down before cancellation (G.168's minimum echo
+# return loss) and usually 15-30 dB down; a caller barging in talks about as loud as
+# the assistant. 10 dB below the assistant separates the two with room on both sides.
+ECHO_MARGIN_DB = 10.0
+# Follows a fan, traffic or a change of room within 2-3 s, but is far slower than the
+# 4 Hz syllable rhythm, so it smooths over speech rather than following it.
+NOISE_ADAPT_MS = 1000
+
+# Time constant of the falling floor: back at the noise within a 200-300 ms pause
+# between words, yet one quiet or lost frame only moves it by a fifth of the gap.
+NOISE_FALL_MS = 100
+# How fast the floor may creep up while frames look like speech: a 30 s utterance with
+# no pause, 35 dB over the noise, still ends 20 dB over the floor. A noise step of 20 dB
+# is absorbed in (20 - 10) / 0.5 = 20 s.
+SPEECH_FLOOR_RISE_DB_PER_S = 0.5
+# The floor never goes below this. mu-law's smallest non-zero steps (+-8) are at -72
+# dBFS, so a quieter floor only means digital silence, where dB differences are noise.
+NOISE_FLOOR_MIN_DBFS = -70.0
+# The assistant's level is held this long after it was playing: echo returns one PSTN
+# round trip (plus jitter buffers) after the audio was played.
+ECHO_HOLD_MS = 200
+
+_RATE_HZ = 8000
+_FULL_SCALE = 32767.0
+_SILENT_DBFS = -120.0  # level reported for an all-zero frame, as audio.signals does
+
+
+class VadTransition(enum.Enum):
+    """A change of the caller's speaking state, reported by EnergyVad.process."""
+
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadParams:
+    """Tuning of EnergyVad; every default is a module constant that gives its reason."""
+
+    threshold_db: float = THRESHOLD_DB
+    """How far above the noise floor a frame must be to count as speech."""
+    min_level_dbfs: float = MIN_LEVEL_DBFS
+    """Absolute floor: quieter frames are never speech."""
+    min_speech_ms: int = MIN_SPEECH_MS
+    """Speech needed before STARTED; a non-speech frame takes one frame's worth back."""
+    hangover_ms: int = HANGOVER_MS
+    """Uninterrupted non-speech needed before STOPPED."""
+    echo_margin_db: float = ECHO_MARGIN_DB
+    """While the assistant is audible, speech must be louder than its level minus this."""
+    noise_adapt_ms: int = NOISE_ADAPT_MS
+    """Time constant of the noise floor tracker while frames look like noise."""
+
+    def __post_init__(self) -> None:
+        _require(self.threshold_db > 0.0, "threshold_db", self.threshold_db, "> 0")
+        _require(self.min_level_dbfs <= 0.0, "min_level_dbfs", self.min_level_dbfs, "<= 0")
+        _require(self.min_speech_ms >= 0, "min_speech_ms", self.min_speech_ms, ">= 0")
+        _require(self.hangover_ms >= 0, "hangover_ms", self.hangover_ms, ">= 0")
+        _require(self.echo_margin_db >= 0.0, "echo_margin_db", self.echo_margin_db, ">= 0")
+        _require(self.noise_adapt_ms > 0, "noise_adapt_ms", self.noise_adapt_ms, "> 0")
+
+
+def _require(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"VadParams.{name} must be {allowed}, got {value!r}")
+
+
+class EnergyVad:
+    """Decides, frame by frame, whether the caller is speaking.
+
+    Feed every caller frame in order, each exactly `frame_ms` long at 8 kHz. Pass the
+    level of the assistant audio being played to the caller at that moment (None when
+    nothing plays); it is held for ECHO_HOLD_MS to cover the echo's round trip.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_db_offset",
+        "_far_hold",
+        "_far_left",
+        "_floor",
+        "_frame_ms",
+        "_frame_samples",
+        "_hold_frames",
+        "_noise_fall",
+        "_noise_rise",
+        "_params",
+        "_quiet_ms",
+        "_speaking",
+        "_speech_ms",
+        "_speech_rise_db",
+    )
+
+    def __init__(self, params: VadParams, frame_ms: int = 20) -> None:
+        samples = _RATE_HZ * frame_ms // 1000
+        if frame_ms <= 0 or samples * 1000 != _RATE_HZ * frame_ms:
+            raise ValueError(f"frame_ms must be a whole number of 8 kHz samples, got {frame_ms!r}")
+        self._params = params
+        self._frame_ms = frame_ms
+        self._frame_samples = samples
+        self._buf = np.zeros(samples, dtype=np.float64)
+        # level_dbfs = 10*log10(sum(x^2)) - offset, with 0 dBFS = RMS of 32767.
+        self._db_offset = 10.0 * math.log10(samples * _FULL_SCALE * _FULL_SCALE)
+        self._noise_rise = 1.0 - math.exp(-frame_ms / params.noise_adapt_ms)
+        self._noise_fall = 1.0 - math.exp(-frame_ms / NOISE_FALL_MS)
+        self._speech_rise_db = SPEECH_FLOOR_RISE_DB_PER_S * frame_ms / 1000.0
+        # An assistant level gates its own frame and the ECHO_HOLD_MS after it.
+        self._hold_frames = -(-ECHO_HOLD_MS // frame_ms) + 1
+        self._far_hold: deque[float] = deque(maxlen=self._hold_frames)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state of a new detector: not speaking, noise floor unknown."""
+        self._floor: float | None = None
+        self._speaking = False
+        self._speech_ms = 0  # speech built up towards onset (leaky)
+        self._quiet_ms = 0  # uninterrupted non-speech while speaking
+        self._far_hold.clear()
+        self._far_left = 0  # frames the held assistant level still gates
+
+    @property
+    def speaking(self) -> bool:
+        """True between STARTED and STOPPED."""
+        return self._speaking
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """Current noise floor estimate (NOISE_FLOOR_MIN_DBFS before the first frame)."""
+        return NOISE_FLOOR_MIN_DBFS if self._floor is None else self._floor
+
+    def process(self, pcm8k: np.ndarray, far_end_dbfs: float | None = None) -> VadTransition | None:
+        """Take one frame of caller audio; return STARTED or STOPPED when the state changes."""
+        if len(pcm8k) != self._frame_samples:
+            raise ValueError(f"expected {self._frame_samples} samples, got {len(pcm8k)}")
+        buf = self._buf
+        buf[:] = pcm8k
+        energy = float(buf.dot(buf))
+        level = 10.0 * math.log10(energy) - self._db_offset if energy > 0.0 else _SILENT_DBFS
+        params = self._params
+
+        # Quieter than the held assistant level minus the margin: could be its echo.
+        if far_end_dbfs is not None:
+            self._far_hold.append(far_end_dbfs)
+            self._far_left = self._hold_frames - 1
+            echo_floor = max(self._far_hold) - params.echo_margin_db
+        elif self._far_left:
+            self._far_hold.append(-math.inf)
+            echo_floor = max(self._far_hold) - params.echo_margin_db
+            self._far_left -= 1
+            if not self._far_left:
+                self._far_hold.clear()
+        else:
+            echo_floor = -math.inf
+
+        floor = self._floor
+        if floor is None:
+            floor = max(level, NOISE_FLOOR_MIN_DBFS)
+        # Judge the frame against the floor as it was before this frame.
+        gap = level - floor
+        is_speech = (
+            gap >= params.threshold_db and level >= params.min_level_dbfs and level >= echo_floor
+        )
+        self._floor = self._track_floor(floor, max(level, NOISE_FLOOR_MIN_DBFS) - floor)
+        return self._advance(is_speech)
+
+    def _track_floor(self, floor: float, gap: float) -> float:
+        if gap < 0.0:
+            return floor + gap * self._noise_fall
+        if gap < self._params.threshold_db:
+            return floor + gap * self._noise_rise
+        return floor + self._speech_rise_db
+
+    def _advance(self, is_speech: bool) -> VadTransition | None:
+        frame_ms = self._frame_ms
+        if self._speaking:
+            if is_speech:
+                self._quiet_ms = 0
+                return None
+            self._quiet_ms += frame_ms
+            if self._quiet_ms < self._params.hangover_ms:
+                return None
+            self._speaking = False
+            self._speech_ms = 0
+            return VadTransition.STOPPED
+        if is_speech:
+            self._speech_ms += frame_ms
+            if self._speech_ms >= self._params.min_speech_ms:
+                self._speaking = True
+                self._quiet_ms = 0
+                return VadTransition.STARTED
+        elif self._speech_ms:
+            self._speech_ms = max(0, self._speech_ms - frame_ms)
+        return None

@@ -1,0 +1,227 @@
+import numpy as np
+import pytest
+
+from audio.signals import level_dbfs, pink_noise, silence, speech_like, white_noise
+from audio.vad import EnergyVad, VadParams, VadTransition
+
+RATE = 8000
+FRAME = 160  # 20 ms
+PARAMS = VadParams()
+STARTED, STOPPED = VadTransition.STARTED, VadTransition.STOPPED
+
+
+def run(pcm, far_dbfs=None, vad=None):
+    """Feed `pcm` frame by frame; return [(ms at the end of the frame, transition)]."""
+    vad = vad or EnergyVad(PARAMS)
+    events = []
+    for i in range(pcm.size // FRAME):
+        far = None if far_dbfs is None else far_dbfs[i]
+        transition = vad.process(pcm[i * FRAME : (i + 1) * FRAME], far)
+        if transition is not None:
+            events.append(((i + 1) * 20, transition))
+    return events
+
+
+def frame_levels(pcm):
+    return [level_dbfs(pcm[i : i + FRAME]) for i in range(0, pcm.size, FRAME)]
+
+
+def mix(*parts):
+    total = np.sum([p.astype(np.int32) for p in parts], axis=0)
+    return np.clip(total, -32768, 32767).astype(np.int16)
+
+
+def delayed(pcm, ms, gain_db):
+    n = RATE * ms // 1000
+    out = np.zeros_like(pcm)
+    out[n:] = np.round(pcm[:-n] * 10 ** (gain_db / 20))
+    return out
+
+
+def test_defaults_are_the_documented_constants():
+    assert PARAMS.threshold_db > 0 and PARAMS.min_speech_ms < PARAMS.hangover_ms
+    assert PARAMS.echo_margin_db < 20.0  # 20 dB-down echo must be rejected
+
+
+# Onset and end
+
+
+def test_speech_after_quiet_noise_starts_within_min_speech_plus_40_ms():
+    pcm = np.concatenate([white_noise(1000, RATE, -55.0), speech_like(2000, RATE, -20.0)])
+    pcm = mix(pcm, white_noise(3000, RATE, -55.0, seed=1))
+    (when, what), *_ = run(pcm)
+    assert what is STARTED
+    assert 1000 + PARAMS.min_speech_ms <= when <= 1000 + PARAMS.min_speech_ms + 40
+
+
+def test_speech_onset_halfway_through_a_frame_starts_within_min_speech_plus_40_ms():
+    pcm = np.concatenate([white_noise(1010, RATE, -55.0), speech_like(1990, RATE, -20.0)])
+    (when, what), *_ = run(pcm)
+    assert what is STARTED and when <= 1010 + PARAMS.min_speech_ms + 40
+
+
+def test_speech_stops_after_the_hangover():
+    pcm = np.concatenate([speech_like(2000, RATE, -20.0), silence(1000, RATE)])
+    pcm = np.concatenate([white_noise(1000, RATE, -55.0), pcm])
+    pcm = mix(pcm, white_noise(4000, RATE, -55.0, seed=1))
+    events = run(pcm)
+    assert [what for _, what in events] == [STARTED, STOPPED]
+    assert 3000 + PARAMS.hangover_ms <= events[1][0] <= 3000 + PARAMS.hangover_ms + 40
+
+
+def test_a_pause_shorter_than_the_hangover_does_not_end_speech():
+    word = speech_like(600, RATE, -20.0)
+    pause = silence(PARAMS.hangover_ms - 100, RATE)
+    speech = np.concatenate([silence(1000, RATE), word, pause, word, silence(1000, RATE)])
+    pcm = mix(speech, white_noise(speech.size * 1000 // RATE, RATE, -55.0))
+    assert [what for _, what in run(pcm)] == [STARTED, STOPPED]
+
+
+def test_long_speech_neither_stops_nor_lifts_the_noise_floor_into_it():
+    noise = white_noise(32000, RATE, -55.0)
+    speech = speech_like(30000, RATE, -20.0)
+    pcm = mix(noise, np.concatenate([silence(1000, RATE), speech, silence(1000, RATE)]))
+    vad = EnergyVad(PARAMS)
+    events = run(pcm[: 31000 * 8], vad=vad)
+    assert [what for _, what in events] == [STARTED]
+    assert vad.speaking
+    assert vad.noise_floor_dbfs < -20.0 - PARAMS.threshold_db - 5.0
+    # ...and once the speech ends, the floor drops back to the noise.
+    assert [what for _, what in run(pcm[31000 * 8 :], vad=vad)] == [STOPPED]
+    assert vad.noise_floor_dbfs == pytest.approx(-55.0, abs=3.0)
+
+
+# Noise, clicks and breaths never start speech
+
+
+@pytest.mark.parametrize("make", [white_noise, pink_noise])
+def test_sixty_seconds_of_stationary_noise_at_minus_35_dbfs_never_start(make):
+    vad = EnergyVad(PARAMS)
+    assert run(make(60000, RATE, -35.0, seed=3), vad=vad) == []
+    assert vad.noise_floor_dbfs == pytest.approx(-35.0, abs=2.0)
+
+
+def test_noise_that_appears_after_silence_never_starts_once_the_floor_has_met_it():
+    # A step of less than the threshold is followed at the noise time constant.
+    pcm = np.concatenate([white_noise(2000, RATE, -60.0), white_noise(10000, RATE, -52.0, seed=1)])
+    vad = EnergyVad(PARAMS)
+    assert run(pcm, vad=vad) == []
+    assert vad.noise_floor_dbfs == pytest.approx(-52.0, abs=1.5)
+
+
+def test_short_full_scale_clicks_every_500_ms_never_start():
+    pcm = white_noise(10000, RATE, -55.0).astype(np.int32)
+    for start in range(37, pcm.size, RATE // 2):  # 10 ms clicks, straddling frame borders
+        pcm[start : start + 80] = np.where(np.arange(80) % 2, 32767, -32768)
+    assert run(pcm.astype(np.int16)) == []
+
+
+def test_short_breaths_never_start():
+    pcm = white_noise(10000, RATE, -55.0)
+    for k, start in enumerate(range(1000, pcm.size - 480, RATE // 2)):
+        pcm[start : start + 480] = white_noise(60, RATE, -30.0, seed=10 + k)  # 60 ms
+    assert run(pcm) == []
+
+
+def test_speech_quieter_than_the_absolute_floor_never_starts():
+    quiet = speech_like(2000, RATE, PARAMS.min_level_dbfs - 3.0)
+    pcm = np.concatenate([silence(1000, RATE), quiet])
+    assert run(pcm) == []
+
+
+# Echo of the assistant, and barge-in over it
+
+
+def assistant_and_echo(ms, then_ms=1000):
+    """Levels of `ms` of assistant audio followed by `then_ms` of nothing playing (None),
+    and the caller-side audio over the same span: its echo, 20 dB down and 160 ms late
+    (a PSTN round trip plus jitter buffers), over line noise."""
+    assistant = np.concatenate([speech_like(ms, RATE, -20.0, seed=5), silence(then_ms, RATE)])
+    far = frame_levels(assistant[: RATE * ms // 1000]) + [None] * (then_ms // 20)
+    line = mix(delayed(assistant, 160, -20.0), white_noise(ms + then_ms, RATE, -55.0))
+    return far, line
+
+
+def test_the_assistants_own_audio_coming_back_20_db_down_never_starts():
+    far, line = assistant_and_echo(10000)
+    assert run(line, far) == []
+
+
+def test_the_echo_tail_after_the_assistant_stops_never_starts():
+    # The last 160 ms of echo arrive when nothing plays any more: the held level covers them.
+    far, line = assistant_and_echo(1000)
+    assert run(line, far) == []
+
+
+def test_the_same_echo_does_start_when_the_far_end_level_is_not_given():
+    _, line = assistant_and_echo(3000)
+    assert [what for _, what in run(line)] == [STARTED, STOPPED]
+
+
+def test_caller_talking_over_the_assistant_at_the_same_level_starts():
+    far, line = assistant_and_echo(10000)
+    caller = speech_like(2000, RATE, -20.0, seed=7)
+    pcm = mix(line, np.concatenate([silence(3000, RATE), caller, silence(6000, RATE)]))
+    events = run(pcm, far)
+    assert [what for _, what in events] == [STARTED, STOPPED]
+    assert events[0][0] <= 3000 + PARAMS.min_speech_ms + 40
+
+
+def test_echo_gating_ends_shortly_after_the_assistant_stops():
+    # 300 ms after the assistant's last frame, echo-level audio counts as speech again.
+    far, _ = assistant_and_echo(2000, then_ms=1300)
+    pcm = np.concatenate([white_noise(2300, RATE, -55.0), speech_like(1000, RATE, -35.0)])
+    events = run(pcm, far)
+    assert [what for _, what in events] == [STARTED]
+    assert events[0][0] <= 2300 + PARAMS.min_speech_ms + 40
+
+
+# State, parameters, input checks
+
+
+def test_reset_returns_to_a_fresh_detector():
+    pcm = np.concatenate([white_noise(1000, RATE, -55.0), speech_like(1000, RATE, -20.0)])
+    vad = EnergyVad(PARAMS)
+    run(pcm, vad=vad)
+    assert vad.speaking
+    vad.reset()
+    assert not vad.speaking
+    assert run(pcm, vad=vad) == run(pcm)
+
+
+def test_noise_floor_follows_the_noise_down_quickly():
+    pcm = np.concatenate([white_noise(2000, RATE, -40.0), white_noise(500, RATE, -60.0, seed=1)])
+    vad = EnergyVad(PARAMS)
+    run(pcm, vad=vad)
+    assert vad.noise_floor_dbfs == pytest.approx(-60.0, abs=1.5)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"threshold_db": 0.0},
+        {"min_level_dbfs": 3.0},
+        {"min_speech_ms": -20},
+        {"hangover_ms": -1},
+        {"echo_margin_db": -1.0},
+        {"noise_adapt_ms": 0},
+    ],
+)
+def test_invalid_params_are_refused_naming_the_field(field):
+    (name,) = field
+    with pytest.raises(ValueError, match=name):
+        VadParams(**field)
+
+
+def test_a_frame_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match="160"):
+        EnergyVad(PARAMS).process(np.zeros(159, dtype=np.int16))
+
+
+def test_other_frame_sizes_are_supported():
+    vad = EnergyVad(PARAMS, frame_ms=10)
+    pcm = np.concatenate([white_noise(1000, RATE, -55.0), speech_like(1000, RATE, -20.0)])
+    events = [vad.process(pcm[i : i + 80]) for i in range(0, pcm.size, 80)]
+    assert [e for e in events if e] == [STARTED]
+    with pytest.raises(ValueError):
+        EnergyVad(PARAMS, frame_ms=0)
