@@ -1,0 +1,158 @@
+"""What Twilio does with the frames a server sends on a Media Stream (reference/twilio.md §2).
+
+It checks each frame the way Twilio does (ERR-31950/31951), plays `media` on a real-time
+clock ("buffered and played in the order received"), echoes each `mark` when the play-out
+clock reaches it (at once if nothing is buffered), and on `clear` drops what is buffered
+and echoes every pending mark together.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent.event
+
+__all__ = ["BYTES_PER_S", "EventSender", "TwilioPlayback"]
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_S = 8000  # mu-law at 8 kHz: one byte per sample
+
+# Sends one event, False if the socket is gone. It gets a builder, not a message, so it
+# can number the event (`sequenceNumber`) under its send lock.
+EventSender = Callable[[Callable[[str], dict[str, Any]]], bool]
+
+class TwilioPlayback:
+    """The caller's ear: state written by the receiver greenlet and the mark clock greenlet."""
+
+    def __init__(self, stream_sid: str, send_event: EventSender, call_sid: str) -> None:
+        self.stream_sid = stream_sid
+        self.received_ulaw = bytearray()
+        self.media_events: list[tuple[float, int]] = []
+        self.clears: list[float] = []
+        self.cleared_bytes = 0
+        self.marks_echoed: list[tuple[float, str]] = []
+        self.errors: list[str] = []
+        self.media_arrived = gevent.event.Event()
+        self._send_event = send_event
+        self._call_sid = call_sid
+        self._playout_end = 0.0
+        self._pending_marks: deque[tuple[float, str]] = deque()
+        self._wakeup = gevent.event.Event()
+
+    @property
+    def playout_end(self) -> float:
+        """Monotonic time at which everything received so far will have played."""
+        return self._playout_end
+
+    def error(self, problem: str) -> None:
+        # A broken server may get every frame wrong: log the first, count the rest.
+        level = logging.INFO if not self.errors else logging.DEBUG
+        log.log(level, "caller_protocol_error call_sid=%s problem=%s", self._call_sid, problem)
+        self.errors.append(problem)
+
+    def on_binary(self) -> None:
+        self.error("binary frame (Twilio ERR-31950: binary frames are not allowed)")
+
+    def on_text(self, data: bytes) -> None:
+        arrived = time.monotonic()
+        try:
+            message = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            self.error(f"non-JSON text frame {data[:60]!r} (Twilio ERR-31951)")
+            return
+        if not isinstance(message, dict):
+            self.error(f"JSON that is not an object: {data[:60]!r} (Twilio ERR-31951)")
+            return
+        event = message.get("event")
+        if event not in ("media", "mark", "clear"):
+            self.error(f"unknown event {event!r} (Twilio ERR-31951)")
+            return
+        if message.get("streamSid") != self.stream_sid:
+            self.error(f"{event}: streamSid {message.get('streamSid')!r} is not this stream's (Twilio ERR-31951)")
+            return
+        if event == "media":
+            self._on_media(message, arrived)
+        elif event == "mark":
+            self._on_mark(message, arrived)
+        else:
+            self._on_clear(message, arrived)
+
+    def run_mark_clock(self, closed: gevent.event.Event) -> None:
+        """Echo each buffered mark when the play-out clock reaches it, until `closed`."""
+        while not closed.is_set():
+            self._wakeup.clear()
+            while self._pending_marks and self._pending_marks[0][0] <= time.monotonic():
+                self._echo_mark(self._pending_marks.popleft()[1])
+            timeout = self._pending_marks[0][0] - time.monotonic() if self._pending_marks else 1.0
+            self._wakeup.wait(timeout=max(0.0, timeout))
+
+    def wake(self) -> None:
+        """Let waiters re-check (the socket closed)."""
+        self._wakeup.set()
+        self.media_arrived.set()
+
+    # ---- events ----------------------------------------------------------------------
+
+    def _fields_ok(self, message: dict[str, Any], body: str | None, body_keys: set[str]) -> bool:
+        # Twilio rejects missing *and* unexpected fields (ERR-31951).
+        top = {"event", "streamSid"} | ({body} if body else set())
+        inner = message.get(body) if body else None
+        if set(message) != top or (body and (not isinstance(inner, dict) or set(inner) != body_keys)):
+            shape = {k: sorted(v) if isinstance(v, dict) else type(v).__name__ for k, v in message.items()}
+            self.error(f"{message['event']}: wrong fields {shape} (Twilio ERR-31951)")
+            return False
+        return True
+
+    def _on_media(self, message: dict[str, Any], arrived: float) -> None:
+        if not self._fields_ok(message, "media", {"payload"}):
+            return
+        try:
+            audio = base64.b64decode(message["media"]["payload"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            self.error("media: payload is not base64 (Twilio ERR-31951)")
+            return
+        self.received_ulaw += audio
+        self.media_events.append((arrived, len(audio)))
+        # Played in the order received, in real time, from when the previous audio ends.
+        self._playout_end = max(arrived, self._playout_end) + len(audio) / BYTES_PER_S
+        self.media_arrived.set()
+
+    def _on_mark(self, message: dict[str, Any], arrived: float) -> None:
+        if not self._fields_ok(message, "mark", {"name"}) or not isinstance(message["mark"]["name"], str):
+            return
+        name = message["mark"]["name"]
+        if not self._pending_marks and self._playout_end <= arrived:
+            self._echo_mark(name)  # nothing buffered: Twilio answers at once
+        else:
+            self._pending_marks.append((self._playout_end, name))
+            self._wakeup.set()
+
+    def _on_clear(self, message: dict[str, Any], arrived: float) -> None:
+        if not self._fields_ok(message, None, set()):
+            return
+        self.clears.append(arrived)
+        self.cleared_bytes += int(round(max(0.0, self._playout_end - arrived) * BYTES_PER_S))
+        self._playout_end = arrived
+        # Clearing the buffer sends back every mark still waiting in it.
+        while self._pending_marks:
+            self._echo_mark(self._pending_marks.popleft()[1])
+
+    def _echo_mark(self, name: str) -> None:
+        sent = self._send_event(
+            lambda seq: {
+                "event": "mark",
+                "sequenceNumber": seq,
+                "streamSid": self.stream_sid,
+                "mark": {"name": name},
+            }
+        )
+        if sent:
+            self.marks_echoed.append((time.monotonic(), name))

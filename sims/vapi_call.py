@@ -1,0 +1,398 @@
+"""One call of the VAPI simulator: the assistant on the far end of a `vapi.websocket` transport.
+
+It greets, finds the caller's utterances by level (in audio time, like an endpointer),
+answers each after a delay, reports barge-in as `user-interrupted`, and records what it
+saw for tests. Binary frames are raw audio in the call's format; text frames are flat JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.queue
+import numpy as np
+from geventwebsocket.exceptions import WebSocketError
+
+from audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
+from audio.signals import level_dbfs, speech_like, tone
+from sims._wsserver import send_close_frame
+
+if TYPE_CHECKING:
+    from geventwebsocket.websocket import WebSocket
+
+    from sims.vapi import VapiSimConfig
+
+__all__ = ["SimCall"]
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+_FRAME_S = FRAME_MS / 1000.0
+# The ClientInboundMessage union (vapi.md §1.6); anything else gets the socket closed.
+_CLIENT_TYPES = frozenset({"say", "add-message", "control", "end-call", "transfer", "send-transport-message"})
+# Two loud frames start an utterance: a single click is not speech.
+_SPEECH_START_MS = 40
+# In a burst, yield to the reader this often so a barge-in is seen mid-answer.
+_BURST_YIELD_FRAMES = 5
+# After our close frame, how long the peer gets to answer with its own.
+_CLOSE_WAIT_S = 1.0
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class _Endpointer:
+    """Utterance start/end from per-frame speech decisions, counted in audio time."""
+
+    def __init__(self, end_of_utterance_ms: int) -> None:
+        self._start_frames = _SPEECH_START_MS // FRAME_MS
+        self._end_frames = max(1, end_of_utterance_ms // FRAME_MS)
+        self._speaking = False
+        self._run = 0
+
+    def push(self, is_speech: bool) -> str | None:
+        """Feed one 20 ms frame; returns "started", "ended" or None."""
+        if not self._speaking:
+            self._run = self._run + 1 if is_speech else 0
+            if self._run >= self._start_frames:
+                self._speaking, self._run = True, 0
+                return "started"
+            return None
+        self._run = 0 if is_speech else self._run + 1
+        if self._run >= self._end_frames:
+            self._speaking, self._run = False, 0
+            return "ended"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Speech:
+    kind: str  # "greeting" | "answer" | "say"
+    due: float  # monotonic time to start speaking
+    ms: int
+    utterance_gen: int = 0  # answers only: dropped if the caller spoke again before `due`
+    end_call: bool = False
+
+
+class SimCall:
+    """What the simulator saw and did for one call, for tests to assert on.
+
+    Text frames that are not JSON objects with a `type` are recorded in `received_text` as
+    `{"type": None, "raw": text}`. `answers_sent` counts answers begun (interrupted ones
+    too); `peer_close_code` is the code of the client's close frame, if it sent one.
+    The socket runs in the server's handler greenlet (`_serve`), which spawns a reader and
+    a speaker into this call's own group; all of them end with the socket.
+    """
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        assistant_id: str,
+        audio_format: str,
+        sample_rate: int,
+        first_message_mode: str | None,
+        config: VapiSimConfig,
+    ) -> None:
+        self.call_id = call_id
+        self.assistant_id = assistant_id
+        self.audio_format = audio_format
+        self.sample_rate = sample_rate
+        self.first_message_mode = first_message_mode
+        self.connected = gevent.event.Event()
+        self.ended = gevent.event.Event()
+        self.received_audio = bytearray()
+        self.received_text: list[dict[str, Any]] = []
+        self.utterances = 0
+        self.answers_sent = 0
+        self.interruptions_sent = 0
+        self.greeted = False
+        self.ended_reason: str | None = None
+        self.peer_close_code: int | None = None
+
+        self._config = config
+        sample_bytes = 1 if audio_format == "mulaw" else 2
+        self._frame_bytes = sample_rate * FRAME_MS // 1000 * sample_bytes
+        self._group = gevent.pool.Group()
+        self._ws: WebSocket | None = None
+        self._finished = gevent.event.Event()  # the handler greenlet may return
+        self._cut = gevent.event.Event()  # stop the speech in progress now
+        self._requests: gevent.queue.Queue[_Speech] = gevent.queue.Queue()
+        self._endpointer = _Endpointer(config.end_of_utterance_ms)
+        self._pending = bytearray()
+        self._utterance_gen = 0
+        self._next_turn = 0
+        self._answers_completed = 0
+        self._speaking = False
+        self._playout_end = 0.0
+        self._close_deadline: float | None = None
+        self._blackholed = False
+
+    # ---- for tests -------------------------------------------------------------------
+
+    def received_pcm16(self) -> np.ndarray:
+        """All received audio decoded to int16 at the call's rate."""
+        if self.audio_format == "mulaw":
+            return ulaw_to_pcm16(bytes(self.received_audio))
+        usable = len(self.received_audio) // 2 * 2
+        return np.frombuffer(bytes(self.received_audio[:usable]), dtype="<i2").astype(np.int16)
+
+    def blackhole(self) -> None:
+        """Keep the TCP socket open but stop reading and sending: pings go unanswered."""
+        self._blackholed = True
+        self._cut.set()
+        self._group.kill(timeout=1.0)
+        log.info("vapi_sim_blackholed call_id=%s", self.call_id)
+
+    def sever(self) -> None:
+        """Drop the TCP connection without a close frame (no-op before it connects)."""
+        if self._ws is None or self._finished.is_set():
+            return
+        self._blackholed = True
+        self._cut.set()
+        self._group.kill(timeout=1.0)
+        sock = self._ws.handler.socket
+        try:
+            # Linger 0 makes the close a reset rather than an orderly FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._finished.set()
+        log.info("vapi_sim_severed call_id=%s", self.call_id)
+
+    def end_call(self, reason: str = "assistant-ended-call") -> None:
+        """The assistant hangs up: `status-update` ended, then a close frame."""
+        self._end(reason)
+
+    # ---- the socket's life (handler greenlet) ----------------------------------------
+
+    def _serve(self, ws: WebSocket) -> None:
+        """Run the call on `ws`; blocks for the socket's life, as the view must."""
+        self._ws = ws
+        self.connected.set()
+        log.debug("vapi_sim_connected call_id=%s format=%s", self.call_id, self.audio_format)
+        try:
+            self._group.spawn(self._read_loop)
+            self._group.spawn(self._speak_loop)
+            self._send_json({"type": "status-update", "status": "in-progress"})
+            if self.first_message_mode != "assistant-waits-for-user":
+                self._requests.put(_Speech(kind="greeting", due=time.monotonic(), ms=self._config.greeting_ms))
+            while not self._finished.wait(timeout=0.25):
+                if self._close_deadline is not None and time.monotonic() > self._close_deadline:
+                    break  # the peer never answered our close frame
+        finally:
+            self._finished.set()
+            self._group.kill(timeout=1.0)
+            self.peer_close_code = ws.handler.peer_close_code
+            # We send our own close frames; stop gevent-websocket adding a code-less one.
+            ws.closed = True
+            self.ended.set()
+            log.info("vapi_sim_ended call_id=%s reason=%s", self.call_id, self.ended_reason)
+
+    def _shutdown(self) -> None:
+        """Simulator stopping: close with 1001 unless faulted, and let the handler return."""
+        if self._ws is None:
+            self.ended.set()
+            return
+        if not self._blackholed:
+            self._close(CLOSE_GOING_AWAY)
+        self._finished.set()
+
+    def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            while True:
+                try:
+                    message = ws.receive()
+                except WebSocketError:
+                    message = None
+                if message is None:
+                    break
+                if isinstance(message, str):
+                    self._on_text(message)
+                else:
+                    self._on_audio(bytes(message))
+        except Exception:
+            log.exception("vapi_sim_reader_failed call_id=%s", self.call_id)
+        # The peer closed, or answered our close frame. (A blackhole kills this greenlet
+        # instead, so the socket stays open.)
+        self._finished.set()
+
+    # ---- inbound (reader greenlet) ---------------------------------------------------
+
+    def _on_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.received_text.append({"type": None, "raw": text})
+            self._close(CLOSE_POLICY, "invalid message")
+            return
+        self.received_text.append(message)
+        kind = message["type"]
+        if kind == "end-call":
+            self._end("customer-ended-call")
+        elif kind == "say":
+            end_call = bool(message.get("endCallAfterSpoken", False))
+            say = _Speech(kind="say", due=time.monotonic(), ms=self._config.reply_ms, end_call=end_call)
+            self._requests.put(say)
+        elif kind not in _CLIENT_TYPES:
+            # VAPI is reported to close on an invalid type (vapi.md §1.6).
+            log.info("vapi_sim_invalid_type call_id=%s type=%s", self.call_id, kind)
+            self._close(CLOSE_POLICY, "invalid message type")
+
+    def _on_audio(self, data: bytes) -> None:
+        self.received_audio += data
+        self._pending += data
+        frame_bytes = self._frame_bytes
+        threshold = self._config.speech_threshold_dbfs
+        while len(self._pending) >= frame_bytes:
+            frame = bytes(self._pending[:frame_bytes])
+            del self._pending[:frame_bytes]
+            event = self._endpointer.push(level_dbfs(self._decode(frame)) > threshold)
+            if event == "started":
+                self._on_speech_started()
+            elif event == "ended":
+                self._on_speech_ended()
+
+    def _on_speech_started(self) -> None:
+        self._utterance_gen += 1
+        if self._speaking and not self._cut.is_set():
+            self.interruptions_sent += 1
+            self._send_json({"type": "user-interrupted"})
+            self._cut.set()
+            # The bridge is expected to clear what the caller had buffered.
+            self._playout_end = time.monotonic()
+
+    def _on_speech_ended(self) -> None:
+        self.utterances += 1
+        self._send_json(
+            {
+                "type": "transcript",
+                "role": "user",
+                "transcriptType": "final",
+                "transcript": f"utterance {self.utterances}",
+            }
+        )
+        due = time.monotonic() + self._config.reply_delay_ms / 1000.0
+        answer = _Speech(kind="answer", due=due, ms=self._config.reply_ms, utterance_gen=self._utterance_gen)
+        self._requests.put(answer)
+
+    # ---- outbound (speaker greenlet) -------------------------------------------------
+
+    def _speak_loop(self) -> None:
+        while self._close_deadline is None:
+            try:
+                speech = self._requests.get(timeout=1.0)
+            except gevent.queue.Empty:
+                continue
+            delay = speech.due - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            if self._close_deadline is not None:
+                return
+            if speech.kind == "answer" and speech.utterance_gen != self._utterance_gen:
+                continue  # the caller went on talking: one longer utterance, answered at its end
+            if speech.kind == "greeting":
+                self.greeted = True
+            elif speech.kind == "answer":
+                self.answers_sent += 1
+            completed = self._speak(speech.ms)
+            if completed and speech.kind == "answer":
+                self._answers_completed += 1
+            limit = self._config.end_after_turns
+            if completed and (speech.end_call or (speech.kind == "answer" and self._answers_completed == limit)):
+                self._end("assistant-ended-call")
+                return
+
+    def _speak(self, ms: int) -> bool:
+        """Send one spoken turn; True if it played out without being cut."""
+        turn = self._next_turn
+        self._next_turn += 1
+        self._cut.clear()
+        self._speaking = True
+        try:
+            self._send_json({"type": "speech-update", "status": "started", "role": "assistant", "turn": turn})
+            audio = self._speech_audio(ms, turn)
+            start = time.monotonic()
+            self._playout_end = max(start, self._playout_end)
+            for index, offset in enumerate(range(0, len(audio), self._frame_bytes)):
+                if self._config.send_realtime:
+                    wait = start + index * _FRAME_S - time.monotonic()
+                    if wait > 0 and self._cut.wait(timeout=wait):
+                        break
+                elif index % _BURST_YIELD_FRAMES == 0:
+                    gevent.sleep(0)
+                if self._cut.is_set() or not self._send_audio(audio[offset : offset + self._frame_bytes]):
+                    break
+                self._playout_end = max(self._playout_end, time.monotonic()) + _FRAME_S
+            else:
+                # All sent; the caller is still hearing it until the play-out clock runs out.
+                self._cut.wait(timeout=max(0.0, self._playout_end - time.monotonic()))
+            return not self._cut.is_set()
+        finally:
+            self._speaking = False
+            if self._close_deadline is None:
+                self._send_json({"type": "speech-update", "status": "stopped", "role": "assistant", "turn": turn})
+
+    def _speech_audio(self, ms: int, turn: int) -> bytes:
+        config = self._config
+        if config.reply_tone_hz is None:
+            pcm = speech_like(ms, self.sample_rate, dbfs=config.reply_dbfs, seed=turn + 1)
+        else:
+            pcm = tone(config.reply_tone_hz, ms, self.sample_rate, dbfs=config.reply_dbfs)
+        return pcm16_to_ulaw(pcm) if self.audio_format == "mulaw" else pcm.astype("<i2").tobytes()
+
+    def _decode(self, frame: bytes) -> np.ndarray:
+        if self.audio_format == "mulaw":
+            return ulaw_to_pcm16(frame)
+        return np.frombuffer(frame, dtype="<i2")
+
+    # ---- writing and closing (any greenlet; the handler's send lock orders them) ------
+
+    def _send_json(self, message: dict[str, Any]) -> bool:
+        return self._send(json.dumps(message), binary=False)
+
+    def _send_audio(self, frame: bytes) -> bool:
+        return self._send(frame, binary=True)
+
+    def _send(self, payload: str | bytes, *, binary: bool) -> bool:
+        ws = self._ws
+        if ws is None or self._blackholed or self._close_deadline is not None or ws.closed:
+            return False
+        try:
+            ws.send(payload, binary=binary)
+        except WebSocketError:
+            self._finished.set()
+            return False
+        return True
+
+    def _end(self, reason: str) -> None:
+        if self._ws is None or self._close_deadline is not None or self._blackholed:
+            return
+        self.ended_reason = reason
+        self._send_json({"type": "status-update", "status": "ended", "endedReason": reason})
+        self._close(CLOSE_NORMAL)
+
+    def _close(self, code: int, reason: str = "") -> None:
+        ws = self._ws
+        if ws is None or self._close_deadline is not None or self._blackholed:
+            return
+        self._close_deadline = time.monotonic() + _CLOSE_WAIT_S
+        self._cut.set()
+        try:
+            send_close_frame(ws, code, reason)
+        except WebSocketError:
+            self._finished.set()
