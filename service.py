@@ -13,19 +13,16 @@ import structlog
 from pykka import ActorRegistry
 
 from actors.registry import CallRegistry, call_settings
+from actors.root import RootSupervisor
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from protocols.signature import SignatureValidator
 from settings import Settings
-from supervision import Supervisor, SupervisorFlags
 from web import WebContext, create_app
 from web.server import make_server
 
 __all__ = ["BridgeService"]
 
-# The root only ever holds temporary children (calls), which are never restarted, so
-# its intensity is never consumed by them.
-_ROOT_FLAGS = SupervisorFlags(intensity=10, period_s=60.0)
 _SIMULATOR_KEY = "simulator-key"
 
 
@@ -65,7 +62,11 @@ class BridgeService:
             assistant_id=settings.vapi.assistant_id,
             timeout_s=settings.vapi.connect_timeout_s,
         )
-        self.root = Supervisor.start(_ROOT_FLAGS, log=self.log.bind(actor="root"), name="root")
+        self.root = RootSupervisor.start(
+            log=self.log.bind(actor="root"),
+            metrics=self.metrics,
+            on_lost=lambda call_sid, exit_: self.calls.call_lost(call_sid, exit_) if self.calls else None,
+        )
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings),

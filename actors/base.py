@@ -15,7 +15,7 @@ from actors.call import CallContext
 from actors.messages import InjectFault
 from supervision import ChildHandle, SupervisedActor
 
-__all__ = ["CallActor", "ChaosError"]
+__all__ = ["CallActor", "ChaosError", "inject_fault"]
 
 # How long a "slow" fault stalls one handler: long enough to be felt, shorter than the
 # handler deadline, so the watchdog must not fire.
@@ -54,20 +54,25 @@ class CallActor(SupervisedActor):
 
     def _inject(self, message: InjectFault) -> None:
         """Common faults; subclasses add their own (sever, blackhole) before calling this."""
-        self._log.warning("fault_injected", fault=message.fault)
-        match message.fault:
-            case "raise":
-                raise ChaosError("injected failure")
-            case "kill":
-                # A BaseException inside a handler: pykka alone would stop every actor.
-                raise gevent.GreenletExit()
-            case "hang":
-                gevent.sleep(HANG_FAULT_S)
-            case "slow":
-                gevent.sleep(SLOW_FAULT_S)
-            case _:
-                self._log.warning("fault_not_applicable", fault=message.fault)
+        inject_fault(self._log, message.fault)
 
     def _unexpected_message(self, message: Any) -> None:
         self._unexpected += 1
         self._log.warning("unexpected_message", message_type=type(message).__name__)
+
+
+def inject_fault(log: Any, fault: str) -> None:
+    """Fail the calling handler in the named way (raise, kill, hang, slow)."""
+    log.warning("fault_injected", fault=fault)
+    match fault:
+        case "raise":
+            raise ChaosError("injected failure")
+        case "kill":
+            # A BaseException inside a handler: pykka alone would stop every actor.
+            raise gevent.GreenletExit()
+        case "hang":
+            gevent.sleep(HANG_FAULT_S)
+        case "slow":
+            gevent.sleep(SLOW_FAULT_S)
+        case _:
+            log.warning("fault_not_applicable", fault=fault)

@@ -62,11 +62,25 @@ class CallContext:
     outcome: str | None = None
     outcome_detail: str = ""
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
-    children: ChildTable | None = None
-    supervisor: Any = None  # the CallSupervisor's ref, once started
+    children: ChildTable | None = None  # the current CallSupervisor's children, by role
+    supervisor: Any = None  # the current CallSupervisor's ref
+    child_states: dict[str, Any] = field(default_factory=dict)  # its view of the children, read-only here
 
     def __post_init__(self) -> None:
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data about the live call, for the admin API."""
+        return {
+            "call_sid": self.call_sid,
+            "stream_sid": self.stream_sid,
+            "started_at": self.started_at,
+            "vapi_links": self.vapi_links,
+            "actors": {
+                child_id: {"state": state.state, "restarts": state.restarts}
+                for child_id, state in list(self.child_states.items())
+            },
+        }
 
     def set_outcome(self, outcome: str, detail: str = "") -> None:
         """The first outcome wins: later ones are consequences of it."""

@@ -14,11 +14,11 @@ from typing import Any
 import pykka
 
 from actors.call import CallContext, CallSettings
-from actors.supervisor import CallSupervisor
+from actors.supervisor import CallSupervisor, finish_call
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from settings import Settings
-from supervision import ChildSpec, Restart
+from supervision import Backoff, ChildSpec, Exit, Restart
 from supervision.supervisor import StartChild
 
 __all__ = ["CallRegistry", "call_settings"]
@@ -28,6 +28,8 @@ __all__ = ["CallRegistry", "call_settings"]
 _FINISHED_CAPACITY = 10_000
 # The root supervisor answers StartChild in microseconds; this only bounds a wedged one.
 _START_TIMEOUT_S = 5.0
+# A failed call supervisor comes back at once: the caller is on the line.
+_CALL_BACKOFF = Backoff(min_s=0.01, max_s=0.5, jitter=0.2, reset_after_s=10.0)
 
 
 def call_settings(settings: Settings) -> CallSettings:
@@ -86,8 +88,9 @@ class CallRegistry:
         spec = ChildSpec(
             id=call_sid,
             start=lambda handle: CallSupervisor.start(call, handle),
-            restart=Restart.TEMPORARY,
+            restart=Restart.TRANSIENT,
             shutdown_s=10.0,
+            backoff=_CALL_BACKOFF,
         )
         try:
             self._root.ask(StartChild(spec), timeout=_START_TIMEOUT_S)
@@ -106,6 +109,13 @@ class CallRegistry:
 
     def live(self) -> list[CallContext]:
         return list(self._live.values())
+
+    def call_lost(self, call_sid: str, exit_: Exit) -> None:
+        """The root gave up on a call whose supervisor kept failing: end it for the caller."""
+        call = self._live.get(call_sid)
+        if call is not None:
+            call.set_outcome("failed", f"call supervisor kept failing: {exit_.reason}")
+            finish_call(call, call.log)
 
     def _on_finished(self, call: CallContext) -> None:
         self._live.pop(call.call_sid, None)

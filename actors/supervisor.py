@@ -15,7 +15,15 @@ import gevent
 
 from actors.call import CallContext
 from actors.codec import CodecActor
-from actors.messages import AssistantEndedCall, EndCall, StreamStarted, TwilioSocketAttached, TwilioSocketClosed
+from actors.base import inject_fault
+from actors.messages import (
+    AssistantEndedCall,
+    EndCall,
+    InjectFault,
+    StreamStarted,
+    TwilioSocketAttached,
+    TwilioSocketClosed,
+)
 from actors.twilio import TwilioActor
 from actors.vad import VadActor
 from actors.vapi import VapiActor
@@ -31,7 +39,7 @@ from supervision import (
     SupervisorFlags,
 )
 
-__all__ = ["CALL_FLAGS", "CallSupervisor"]
+__all__ = ["CALL_FLAGS", "CallSupervisor", "finish_call"]
 
 # One for one: the four children hold independent state, and a codec hiccup is no
 # reason to drop a healthy VAPI link. Five restarts in ten seconds: chaos runs inject
@@ -58,13 +66,21 @@ GAVE_UP = "gave-up"
 
 
 class CallSupervisor(Supervisor):
-    """Supervises TwilioActor, VapiActor, CodecActor and VadActor for one call."""
+    """Supervises TwilioActor, VapiActor, CodecActor and VadActor for one call.
+
+    It is itself a transient child of the root: if it fails, the root starts a new one
+    for the same call, which starts fresh children around the same Twilio socket.
+    """
+
+    # Its longest handler stops four children, well under a second; three means stuck.
+    handler_deadline_s = 3.0
 
     def __init__(self, call: CallContext, handle: ChildHandle | None = None) -> None:
         super().__init__(CALL_FLAGS, handle=handle, log=call.log.bind(actor="supervisor"), name="call")
         self._call = call
         call.children = self.children
         call.supervisor = self.actor_ref
+        call.child_states = self.child_states
 
     def init(self) -> tuple[SupervisorFlags, Sequence[ChildSpec]]:
         call = self._call
@@ -111,6 +127,8 @@ class CallSupervisor(Supervisor):
                 self._end(ASSISTANT_ENDED, message.reason)
             case EndCall():
                 self._end(message.outcome, message.detail)
+            case InjectFault():
+                inject_fault(self._log, message.fault)
             case _:
                 return super().handle_message(message)
         return None
@@ -129,14 +147,26 @@ class CallSupervisor(Supervisor):
         self._call.set_outcome(GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
 
     def on_shutdown(self) -> None:
-        call = self._call
-        call.set_outcome(COMPLETED, "supervisor stopped")
-        call.metrics.calls.labels(outcome=call.outcome or COMPLETED).inc()
-        self._log.info("call_ended", outcome=call.outcome, detail=call.outcome_detail)
-        # Record the outcome before closing: Twilio asks /voice/after-stream at once.
-        call.on_finished(call)
-        call.ended.set()
-        # When we end the call (assistant hung up, or we gave up), closing Twilio's
-        # socket makes Twilio fetch <Connect action>, which answers per the outcome.
-        if call.socket is not None:
-            call.socket.close(1000)
+        exit_ = self._handle.exit if self._handle is not None else None
+        if exit_ is not None and exit_.abnormal:
+            # This incarnation failed: the root starts another for the same call, and
+            # the caller's socket stays open for it.
+            self._log.warning("call_supervisor_failed", reason=exit_.kind.value, detail=exit_.reason)
+            return
+        finish_call(self._call, self._log)
+
+
+def finish_call(call: CallContext, log: Any) -> None:
+    """Record how the call ended and release what it holds outside its actors."""
+    if call.ended.is_set():
+        return
+    call.set_outcome(COMPLETED, "supervisor stopped")
+    call.metrics.calls.labels(outcome=call.outcome or COMPLETED).inc()
+    log.info("call_ended", outcome=call.outcome, detail=call.outcome_detail)
+    # Record the outcome before closing: Twilio asks /voice/after-stream at once.
+    call.on_finished(call)
+    call.ended.set()
+    # When we end the call (assistant hung up, or we gave up), closing Twilio's socket
+    # makes Twilio fetch <Connect action>, which answers per the outcome.
+    if call.socket is not None:
+        call.socket.close(1000)

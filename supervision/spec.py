@@ -122,6 +122,11 @@ class SupervisorFlags:
     intensity: int = 3
     period_s: float = 10.0
     auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+    # True: each child has its own restart window, and a child that exceeds it is
+    # stopped for good instead of taking the supervisor and its siblings down. For a
+    # supervisor of independent work units (calls), where one unit's trouble must never
+    # end another's.
+    isolate_children: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, Strategy):

@@ -77,6 +77,7 @@ class ChildState:
     handle: ChildHandle | None = None
     last_exit: Exit | None = None
     exits: dict[str, int] = field(default_factory=dict)  # exit kind -> count
+    window: RestartWindow | None = None  # its own restart window, with isolate_children
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,9 @@ class Supervisor(SupervisedActor):
 
     def on_give_up(self, child_id: str, exit_: Exit) -> None:
         """Restart intensity exceeded; runs before the children are stopped."""
+
+    def on_child_gave_up(self, child_id: str, exit_: Exit) -> None:
+        """With isolate_children: this child exceeded its own intensity and stays stopped."""
 
     def on_shutdown(self) -> None:
         """Runs after every child has stopped, whatever the reason."""
@@ -250,7 +254,18 @@ class Supervisor(SupervisedActor):
                 self._log.info("auto_shutdown", child=child.spec.id)
                 self.actor_ref.stop(block=False)
             return
-        if not self._window.add(self._clock()):
+        if self.flags.isolate_children:
+            if child.window is None:
+                child.window = RestartWindow(self.flags.intensity, self.flags.period_s)
+            if not child.window.add(self._clock()):
+                self._log.error("child_gave_up", child=child.spec.id, intensity=self.flags.intensity,
+                                period_s=self.flags.period_s, reason=exit_.kind.value, detail=exit_.reason)
+                child.state = "stopped"
+                self.on_child_gave_up(child.spec.id, exit_)
+                if child.spec.restart is Restart.TEMPORARY or child.spec.restart is Restart.TRANSIENT:
+                    del self.child_states[child.spec.id]
+                return
+        elif not self._window.add(self._clock()):
             self._give_up(child.spec.id, exit_)
             return
         self._schedule_restart(child, exit_)
@@ -321,7 +336,9 @@ class Supervisor(SupervisedActor):
             period_s=self.flags.period_s,
         )
         self.on_give_up(child_id, exit_)
-        self._report(Exit(ExitKind.FAILED, f"restart intensity exceeded by {child_id}"))
+        # OTP ends a supervisor that gives up with reason `shutdown`: its parent restarts
+        # it only if it is permanent. The error itself was logged above.
+        self._report(Exit(ExitKind.SHUTDOWN, f"restart intensity exceeded by {child_id}"))
         self.actor_ref.stop(block=False)
 
     # Stopping ----------------------------------------------------------------------

@@ -30,7 +30,9 @@ def media(call_sid: str) -> tuple[str, int]:
     if ws is None:
         return "a WebSocket upgrade is required\n", 400
     if not is_call_sid(call_sid):
-        ws.close()
+        socket = TwilioSocket(ws, MAX_FRAME_BYTES)
+        socket.close(1008)
+        socket.release()
         return "", 204
     call = ctx.calls.get(call_sid) or ctx.calls.start_call(call_sid)
     log = call.log.bind(actor="media_socket")
@@ -49,7 +51,6 @@ def media(call_sid: str) -> tuple[str, int]:
 
 
 def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
-    children = call.children
     log = call.log.bind(actor="media_socket")
     while not call.ended.is_set():
         try:
@@ -60,7 +61,8 @@ def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
             continue
         if frame is None:
             break
-        children.tell("twilio", TwilioFrameReceived(frame, time.monotonic_ns()))
+        # Looked up per frame: a restarted CallSupervisor brings a new child table.
+        call.children.tell("twilio", TwilioFrameReceived(frame, time.monotonic_ns()))
     log.info("media_socket_closed", code=socket.close_code)
     if not call.ended.is_set():
         try:

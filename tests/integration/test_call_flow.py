@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import requests
@@ -149,16 +151,21 @@ def test_a_vapi_link_that_stops_answering_pings_is_replaced_and_audio_flows_agai
     assert caller.errors == []
 
 
-@pytest.mark.parametrize("role", ["codec", "vad", "vapi", "twilio"])
+@pytest.mark.parametrize("role", ["codec", "vad", "vapi", "twilio", "supervisor"])
 @pytest.mark.parametrize("fault", ["raise", "kill"])
-def test_a_crash_in_any_child_restarts_it_without_ending_the_call(bridge, vapi_sim, make_caller, role, fault):
+def test_a_crash_in_any_actor_restarts_it_without_ending_the_call(bridge, vapi_sim, make_caller, role, fault):
     caller = start_call(make_caller)
     sim_call_for(vapi_sim)
     caller.send_audio(silence(200, 8000))
     call = bridge.calls.get(caller.call_sid)
-    before = call.children.get(role)
-    call.children.tell(role, InjectFault(fault))
-    assert wait_until(lambda: call.children.get(role) not in (None, before), timeout=3)
+    if role == "supervisor":
+        before = call.supervisor
+        before.tell(InjectFault(fault))
+        assert wait_until(lambda: call.supervisor is not before and call.children.get("twilio"), timeout=3)
+    else:
+        before = call.children.get(role)
+        call.children.tell(role, InjectFault(fault))
+        assert wait_until(lambda: call.children.get(role) not in (None, before), timeout=3)
     reason = "killed" if fault == "kill" else "failed"
     assert bridge.metrics.value("bridge_actor_restarts_total", actor=role, reason=reason) == 1
     assert not caller.closed.is_set()
@@ -200,3 +207,33 @@ def test_when_vapi_keeps_refusing_the_bridge_gives_up_and_twilio_gets_the_fallba
     assert bridge.calls.outcome(caller.call_sid) == "gave-up"
     response = after_stream(bridge, caller.call_sid)
     assert "<Say>" in response.text and bridge.settings.fallback.say in response.text
+
+
+@pytest.mark.parametrize("role", ["codec", "vad", "vapi", "twilio"])
+def test_a_hung_actor_is_replaced_within_its_deadline_and_the_call_goes_on(bridge, vapi_sim, make_caller, role):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(200, 8000))
+    call = bridge.calls.get(caller.call_sid)
+    hung = call.children.get(role)
+    deadline = hung._actor_weakref().handler_deadline_s
+    started = time.monotonic()
+    call.children.tell(role, InjectFault("hang"))
+    # Keep the caller talking meanwhile: a hung actor must not take the call with it.
+    while call.children.get(role) in (None, hung) and time.monotonic() - started < deadline + 2:
+        caller.send_audio(silence(100, 8000))
+    assert time.monotonic() - started < deadline + 0.5
+    assert bridge.metrics.value("bridge_actor_restarts_total", actor=role, reason="hung") == 1
+    assert not caller.closed.is_set()
+    assert speak_and_wait_for_answer(caller)
+
+
+def test_a_slow_actor_is_not_mistaken_for_a_hung_one(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    call = bridge.calls.get(caller.call_sid)
+    codec = call.children.get("codec")
+    call.children.tell("codec", InjectFault("slow"))
+    caller.send_audio(silence(600, 8000))
+    assert call.children.get("codec") is codec
+    assert speak_and_wait_for_answer(caller)

@@ -245,3 +245,57 @@ def test_messages_to_a_restarting_child_are_dropped_and_counted():
     assert wait_until(lambda: table.get("a") is None)
     assert table.tell("a", "ping") is False
     assert table.dropped >= 1
+
+
+def test_with_isolated_children_one_child_exceeding_its_intensity_stops_alone():
+    log_ = []
+    sup = Supervisor.start(
+        SupervisorFlags(intensity=1, period_s=10, isolate_children=True),
+        [spec("a", log_, restart=Restart.TRANSIENT), spec("b", log_)],
+    )
+    state = sup._actor_weakref()
+    table = state.children
+    assert wait_until(lambda: table.get("b") is not None)
+    b = table.get("b")
+    table.tell("a", Crash())
+    assert wait_until(restarted(sup, "a", 1))
+    table.tell("a", Crash())
+    assert wait_until(lambda: "a" not in state.child_states)
+    assert sup.is_alive() and table.get("b") is b and b.ask("ping", timeout=1) == "pong"
+    assert not state.gave_up
+
+
+def test_a_supervisor_that_gives_up_is_not_restarted_by_a_transient_parent():
+    log_ = []
+    starts = []
+
+    def start_sup(h):
+        starts.append(1)
+        return Supervisor.start(SupervisorFlags(intensity=0), [spec("a", log_)], handle=h)
+
+    root = Supervisor.start(SupervisorFlags(), [ChildSpec(id="sup", restart=Restart.TRANSIENT, start=start_sup)])
+    assert wait_until(lambda: root._actor_weakref().children.get("sup") is not None)
+    sup = root._actor_weakref().children.get("sup")
+    assert wait_until(lambda: sup._actor_weakref().children.get("a") is not None)
+    sup._actor_weakref().children.tell("a", Crash())
+    assert wait_until(lambda: root._actor_weakref().child_states["sup"].state == "stopped")
+    assert len(starts) == 1
+
+
+class Fragile(Supervisor):
+    def handle_message(self, message):
+        if isinstance(message, Kill):
+            raise gevent.GreenletExit()
+        return super().handle_message(message)
+
+
+def test_a_supervisor_that_fails_is_restarted_by_a_transient_parent():
+    log_ = []
+    root = Supervisor.start(SupervisorFlags(), [ChildSpec(
+        id="sup", restart=Restart.TRANSIENT, backoff=FAST,
+        start=lambda h: Fragile.start(SupervisorFlags(), [spec("a", log_)], handle=h))])
+    assert wait_until(lambda: root._actor_weakref().children.get("sup") is not None)
+    sup = root._actor_weakref().children.get("sup")
+    sup.tell(Kill())  # a BaseException in the supervisor itself
+    assert wait_until(restarted(root, "sup", 1))
+    assert wait_until(lambda: root._actor_weakref().children.get("sup")._actor_weakref().children.get("a") is not None)
