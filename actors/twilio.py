@@ -165,6 +165,8 @@ class TwilioActor(CallActor):
         result = self._playback.on_mark(name)
         if result == MarkResult.UNKNOWN:
             self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()
+        else:
+            self._call.metrics.marks.labels(result=result).inc()
         self._pump()
 
     def _update_far_end(self) -> None:
@@ -189,6 +191,8 @@ class TwilioActor(CallActor):
         if socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
         dropped = self._playback.clear()
+        if dropped:
+            self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
         self._discarding = True
         self._last_discard_ns = time.monotonic_ns()
         self._call.metrics.barge_ins.inc()

@@ -32,6 +32,9 @@ class Metrics:
         self.vapi_links = Counter("bridge_vapi_links", "VAPI links, by event", ["event"], registry=r)
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)
+        self.marks = Counter(
+            "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, for tests and the admin API (0 when never set)."""

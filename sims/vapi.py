@@ -8,6 +8,7 @@ the HTTP side and the server; each call's assistant is a `SimCall` (`sims/vapi_c
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +49,9 @@ class VapiSimConfig:
     send_realtime: bool = False
     speech_threshold_dbfs: float = -40.0
     end_of_utterance_ms: int = 400
+    # False: the assistant talks on when the caller speaks over it and never sends
+    # `user-interrupted`, so only the bridge's own barge-in can stop what the caller hears.
+    interruptible: bool = True
 
 
 def _error(status: int, message: str | list[str]) -> tuple[Response, int]:
@@ -120,6 +124,7 @@ class VapiSimulator:
         self._group = gevent.pool.Group()
         # The server spawns its connection handlers here, so stop() can join and kill them.
         self._handlers = gevent.pool.Pool()
+        self.create_attempts: list[float] = []  # monotonic time of every POST /call
         self._server: WSGIServer | None = None
         self._app = Flask(__name__)
         self._app.add_url_rule("/call", "create_call", self._create_call, methods=["POST"])
@@ -192,6 +197,7 @@ class VapiSimulator:
         return "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
 
     def _create_call(self) -> tuple[Response, int]:
+        self.create_attempts.append(time.monotonic())
         # Cloudflare sits in front of api.vapi.ai and rejects an empty User-Agent first.
         if not request.headers.get("User-Agent", "").strip():
             return Response("error code: 1010", mimetype="text/plain"), 403

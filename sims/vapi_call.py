@@ -269,7 +269,7 @@ class SimCall:
 
     def _on_speech_started(self) -> None:
         self._utterance_gen += 1
-        if self._speaking and not self._cut.is_set():
+        if self._speaking and not self._cut.is_set() and self._config.interruptible:
             self.interruptions_sent += 1
             self._send_json({"type": "user-interrupted"})
             self._cut.set()

@@ -1,0 +1,131 @@
+"""What the caller hears and what VAPI hears, over real sockets: barge-in, echo, gaps, DTMF."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from audio.mulaw import ULAW_SILENCE, pcm16_to_ulaw
+from audio.signals import pink_noise, silence, speech_like, tone
+from sims.vapi import VapiSimConfig
+from tests.integration.conftest import API_KEY, wait_until
+from tests.integration.test_call_flow import sim_call_for, start_call
+
+# The assistant talks on over the caller (no user-interrupted): only the bridge's own
+# VAD can stop what the caller hears.
+STUBBORN = VapiSimConfig(api_key=API_KEY, greeting_ms=4000, reply_ms=4000, reply_delay_ms=200, interruptible=False)
+STUBBORN_REALTIME = VapiSimConfig(
+    api_key=API_KEY, greeting_ms=4000, reply_ms=4000, reply_delay_ms=200, interruptible=False, send_realtime=True
+)
+
+
+def wait_for_assistant_audio(caller, min_bytes=800, timeout=3.0):
+    """Keep the line alive (Twilio streams continuously) until assistant audio arrives."""
+    deadline = time.monotonic() + timeout
+    while len(caller.received_ulaw) < min_bytes and time.monotonic() < deadline:
+        caller.send_audio(silence(20, 8000))
+    return len(caller.received_ulaw) >= min_bytes
+
+
+@pytest.mark.parametrize("sim_config", [STUBBORN, STUBBORN_REALTIME], ids=["burst", "realtime"])
+def test_caller_speech_over_the_assistant_clears_twilio_within_150ms_and_drops_the_turn(
+    bridge, vapi_sim, make_caller, sim_config
+):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(400, 8000))  # a moment of line noise floor first
+    assert wait_for_assistant_audio(caller)
+    onset = time.monotonic()
+    caller.send_audio(speech_like(400, 8000, dbfs=-20.0))
+    assert caller.clears, "no clear was sent"
+    latency_ms = (caller.clears[0] - onset) * 1000
+    print("BARGE_IN_LATENCY_MS", round(latency_ms, 1))
+    assert latency_ms < 150, latency_ms
+    heard_at_clear = len(caller.received_ulaw)
+    # The assistant is still sending the interrupted greeting: none of it reaches the caller.
+    caller.send_audio(silence(1000, 8000))
+    assert len(caller.received_ulaw) == heard_at_clear
+    assert bridge.metrics.value("bridge_barge_ins_total") == 1
+    if sim_config.send_realtime:
+        # Still arriving from VAPI after the clear: dropped on arrival.
+        assert bridge.metrics.value("bridge_frames_dropped_total", reason="interrupted_turn") > 0
+    else:
+        # Arrived in one burst: what Twilio had not been sent yet was dropped at the clear.
+        assert bridge.metrics.value("bridge_frames_dropped_total", reason="barge_in") > 0
+    # Marks echoed after the clear are counted as cancelled, not played.
+    assert bridge.metrics.value("bridge_marks_total", result="cancelled") >= 1
+    assert bridge.metrics.value("bridge_marks_total", result="played") >= 1
+
+
+@pytest.mark.parametrize("sim_config", [STUBBORN])
+def test_stationary_noise_never_barges_in(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(pink_noise(3500, 8000, dbfs=-35.0, seed=3))
+    assert len(caller.received_ulaw) > 8000  # the assistant was audible throughout
+    assert caller.clears == []
+    assert bridge.metrics.value("bridge_barge_ins_total") == 0
+
+
+@pytest.mark.parametrize("sim_config", [STUBBORN])
+def test_the_assistants_own_echo_20db_down_never_barges_in(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    assert wait_for_assistant_audio(caller)
+    # What a speakerphone sends back: the assistant's 440 Hz, 20 dB below how it was sent.
+    caller.send_audio(tone(440.0, 3000, 8000, dbfs=STUBBORN.reply_dbfs - 20.0))
+    assert caller.clears == []
+    assert bridge.metrics.value("bridge_barge_ins_total") == 0
+
+
+@pytest.mark.parametrize("sim_config", [STUBBORN])
+def test_clicks_and_breaths_never_barge_in(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    assert wait_for_assistant_audio(caller)
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        click = np.zeros(4000, dtype=np.int16)  # 500 ms with a 10 ms full-scale click
+        click[:80] = 32000
+        caller.send_audio(click)
+        breath = (rng.standard_normal(480) * 32767 * 10 ** (-30 / 20)).astype(np.int16)  # 60 ms at -30 dBFS
+        caller.send_audio(np.concatenate([breath, np.zeros(3520, dtype=np.int16)]))
+    assert caller.clears == []
+
+
+@pytest.mark.parametrize("server_env", [{"VAPI_AUDIO_FORMAT": "mulaw"}])
+def test_a_gap_in_twilios_audio_reaches_vapi_as_silence_of_its_length(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    first, second = tone(500.0, 400, 8000, -18.0), tone(900.0, 400, 8000, -18.0)
+    caller.send_audio(first)
+    caller.skip_ms(200)  # Twilio dropped 10 frames under congestion
+    caller.send_audio(second)
+    expected = pcm16_to_ulaw(first) + bytes([ULAW_SILENCE]) * 1600 + pcm16_to_ulaw(second)
+    assert wait_until(lambda: expected in bytes(sim.received_audio), timeout=3)
+    assert bridge.metrics.value("bridge_gap_frames_filled_total") == 10
+
+
+def test_a_duplicate_or_stale_frame_is_dropped_and_counted(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(100, 8000))
+    stale = (
+        '{"event":"media","sequenceNumber":"99","streamSid":"%s","media":{"track":"inbound",'
+        '"chunk":"1","timestamp":"52","payload":"%s"}}' % (caller.stream_sid, "/" * 212 + "==")
+    )
+    caller.send_raw(stale)
+    assert wait_until(lambda: bridge.metrics.value("bridge_frames_dropped_total", reason="stale") == 1)
+
+
+def test_dtmf_from_the_caller_reaches_vapi_as_a_message(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    caller.send_audio(silence(100, 8000))
+    caller.send_dtmf("7")
+    assert wait_until(lambda: any(m.get("type") == "add-message" for m in sim.received_text), timeout=3)
+    message = next(m for m in sim.received_text if m.get("type") == "add-message")
+    assert message["message"]["role"] == "user" and "7" in message["message"]["content"]
+    assert bridge.metrics.value("bridge_dtmf_digits_total") == 1
