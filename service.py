@@ -83,6 +83,7 @@ class BridgeService:
                 metrics=self.metrics,
                 fallback=settings.fallback,
                 log=self.log,
+                admin_token=settings.admin.token,
             )
         )
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from audio import vad as vad_defaults
 
 __all__ = [
+    "AdminSettings",
     "ConfigError",
     "FallbackSettings",
     "KeepaliveSettings",
@@ -67,6 +68,8 @@ class VapiSettings:
     audio_format: str  # "pcm_s16le" (16 kHz) or "mulaw" (8 kHz, passed through)
     replay_ms: int
     connect_timeout_s: float
+    retry_budget_s: float
+    hold_sound_wav: str | None
 
     def __repr__(self) -> str:
         return (
@@ -104,6 +107,29 @@ class FallbackSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminSettings:
+    """Operator surfaces: the admin API (off without a token), chaos, records, draining."""
+
+    token: str | None = field(repr=False)
+    metrics_token: str | None = field(repr=False)
+    chaos_rate_per_min: float
+    chaos_seed: int | None
+    drain_timeout_s: float
+    max_calls: int | None
+    database_path: str
+    cost_twilio_per_min: float
+    cost_vapi_per_min: float
+
+    def __repr__(self) -> str:
+        return (
+            f"AdminSettings(token={_mask(self.token)}, metrics_token={_mask(self.metrics_token)}, "
+            f"chaos_rate_per_min={self.chaos_rate_per_min}, chaos_seed={self.chaos_seed}, "
+            f"drain_timeout_s={self.drain_timeout_s}, max_calls={self.max_calls}, "
+            f"database_path={self.database_path!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """The whole configuration, parsed once."""
 
@@ -115,6 +141,7 @@ class Settings:
     keepalive: KeepaliveSettings
     vad: VadSettings
     fallback: FallbackSettings
+    admin: AdminSettings
     outbound_max_frames: int
     playback_lead_ms: int
     media_connect_timeout_s: float
@@ -155,6 +182,8 @@ class Settings:
                 audio_format=r.choice("VAPI_AUDIO_FORMAT", "pcm_s16le", ("pcm_s16le", "mulaw")),
                 replay_ms=r.integer("VAPI_REPLAY_MS", 2000, low=0, high=10000),
                 connect_timeout_s=r.number("VAPI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=60.0),
+                retry_budget_s=r.number("VAPI_RETRY_BUDGET_S", 15.0, low=0.0, high=600.0),
+                hold_sound_wav=r.optional("HOLD_SOUND_WAV"),
             ),
             keepalive=KeepaliveSettings(interval_s=interval, pong_timeout_s=pong_timeout),
             vad=VadSettings(
@@ -167,6 +196,17 @@ class Settings:
             fallback=FallbackSettings(
                 say=r.text("FALLBACK_SAY", "Sorry, our assistant is unavailable right now. Please try again later."),
                 dial=r.optional("FALLBACK_DIAL"),
+            ),
+            admin=AdminSettings(
+                token=r.optional("ADMIN_TOKEN"),
+                metrics_token=r.optional("METRICS_TOKEN"),
+                chaos_rate_per_min=r.number("CHAOS_RATE", 0.0, low=0.0, high=600.0),
+                chaos_seed=r.integer("CHAOS_SEED", -1, low=-1, high=2**63 - 1) if r.optional("CHAOS_SEED") else None,
+                drain_timeout_s=r.number("DRAIN_TIMEOUT_S", 30.0, low=0.0, high=3600.0),
+                max_calls=r.integer("MAX_CALLS", 0, low=1, high=100_000) if r.optional("MAX_CALLS") else None,
+                database_path=r.text("DATABASE_PATH", "bridge.db"),
+                cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),
+                cost_vapi_per_min=r.number("COST_VAPI_PER_MIN", 0.03, low=0.0, high=100.0),
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),

@@ -14,6 +14,7 @@ from typing import Any
 import pykka
 
 from actors.call import CallContext, CallSettings
+from actors.messages import EndCall, InjectFault
 from actors.supervisor import CallSupervisor, finish_call
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
@@ -109,6 +110,28 @@ class CallRegistry:
 
     def live(self) -> list[CallContext]:
         return list(self._live.values())
+
+    def inject(self, call_sid: str, actor: str, fault: str) -> bool:
+        """Send a fault into one actor of a live call; False when the call or actor is absent."""
+        call = self._live.get(call_sid)
+        if call is None or call.children is None:
+            return False
+        message = InjectFault(fault)
+        if actor == "supervisor":
+            try:
+                call.supervisor.tell(message)
+            except Exception:  # noqa: BLE001 - it is restarting right now
+                return False
+            return True
+        return call.children.tell(actor, message)
+
+    def end_all(self, outcome: str, detail: str) -> None:
+        """Ask every live call to end (draining)."""
+        for call in list(self._live.values()):
+            try:
+                call.supervisor.tell(EndCall(outcome, detail))
+            except Exception:  # noqa: BLE001 - already ending
+                pass
 
     def call_lost(self, call_sid: str, exit_: Exit) -> None:
         """The root gave up on a call whose supervisor kept failing: end it for the caller."""

@@ -32,6 +32,7 @@ class Metrics:
         self.vapi_links = Counter("bridge_vapi_links", "VAPI links, by event", ["event"], registry=r)
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)
+        self.chaos = Counter("bridge_chaos_faults", "Faults injected on purpose", ["actor", "fault"], registry=r)
         self.marks = Counter(
             "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r
         )

@@ -29,14 +29,17 @@ class WebContext:
     metrics: Metrics
     fallback: FallbackSettings
     log: Any
+    admin_token: str | None = None
+    records: Any = None  # records.RecordStore, when call records are kept
 
 
 def create_app(context: WebContext) -> Flask:
-    from web import health, media, voice
+    from web import admin, health, media, voice
 
     app = Flask(__name__)
     app.extensions["bridge"] = context
     app.register_blueprint(voice.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
     return app

@@ -1,0 +1,31 @@
+"""Call records: one row per finished call in an embedded SQLite database.
+
+    model.py   CallRecord, the immutable record of one finished call
+    cost.py    CostRates and estimate_cost (per started Twilio minute, per VAPI second)
+    stats.py   percentile, for turn latency p50/p95
+    errors.py  RecordsError and its subclasses
+    schema.py  the versioned schema: open, refuse newer, migrate
+    rows.py    CallRecord <-> table row, with per-field checks
+    store.py   RecordStore: writes in one greenlet off the hot path, reads on demand
+"""
+
+from records.cost import CostRates, estimate_cost
+from records.errors import InvalidRecord, RecordsError, SchemaTooNew, StoreUnavailable
+from records.model import OUTCOMES, CallRecord
+from records.schema import CURRENT_VERSION
+from records.stats import percentile
+from records.store import RecordStore
+
+__all__ = [
+    "CURRENT_VERSION",
+    "OUTCOMES",
+    "CallRecord",
+    "CostRates",
+    "InvalidRecord",
+    "RecordStore",
+    "RecordsError",
+    "SchemaTooNew",
+    "StoreUnavailable",
+    "estimate_cost",
+    "percentile",
+]

@@ -1,0 +1,118 @@
+"""Every fault kind on every actor, injected through the admin API: the call survives.
+
+For each (actor, fault): the Twilio socket stays open, and audio flows again both ways
+within 1 s of the restart (a blackholed link within keepalive + pong timeout + 1 s of
+the fault, since nothing can notice it sooner).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from audio.signals import silence, tone
+from chaos.faults import applicable_pairs
+from sims.vapi import VapiSimConfig
+from tests.integration.conftest import API_KEY, wait_until
+from tests.integration.test_call_flow import sim_call_for, start_call
+
+TOKEN = "chaos-admin-token"
+# A quick assistant: short endpointing and reply delay, so "audio flows again" can be
+# seen within a second of a restart even when that restart is a new VAPI call.
+QUICK = VapiSimConfig(
+    api_key=API_KEY, greeting_ms=200, reply_ms=600, reply_delay_ms=0, end_of_utterance_ms=100
+)
+KEEPALIVE_S, PONG_TIMEOUT_S = 0.5, 0.3
+
+
+def restarted(bridge, call, actor, before):
+    if actor == "supervisor":
+        return call.supervisor is not before and call.children is not None and call.children.get("twilio")
+    return call.children.get(actor) not in (None, before)
+
+
+@pytest.mark.parametrize("server_env", [{"ADMIN_TOKEN": TOKEN}])
+@pytest.mark.parametrize("sim_config", [QUICK])
+@pytest.mark.parametrize("actor, fault", applicable_pairs())
+def test_every_fault_on_every_actor_recovers_with_audio_flowing_both_ways(
+    bridge, vapi_sim, make_caller, actor, fault
+):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(300, 8000))
+    call = bridge.calls.get(caller.call_sid)
+    before = call.supervisor if actor == "supervisor" else call.children.get(actor)
+    injected = time.monotonic()
+    response = requests.post(
+        f"http://127.0.0.1:{bridge.port}/admin/calls/{caller.call_sid}/chaos",
+        json={"actor": actor, "fault": fault},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
+    assert response.status_code == 202
+
+    if fault == "slow":
+        # A slow handler is no failure: nothing restarts, and audio keeps flowing.
+        caller.send_audio(silence(400, 8000))
+        assert (call.supervisor if actor == "supervisor" else call.children.get(actor)) is before
+        recovered = time.monotonic()
+    else:
+        while not restarted(bridge, call, actor, before) and time.monotonic() - injected < 6:
+            caller.send_audio(silence(20, 8000))
+        assert restarted(bridge, call, actor, before), "no restart"
+        recovered = time.monotonic()
+    assert not caller.closed.is_set()
+
+    # Audio again, both ways: the caller speaks briefly; VAPI hears it and answers.
+    sims_before = len(vapi_sim.calls)
+    heard_before = len(caller.received_ulaw)
+    latest = vapi_sim.calls[-1]
+    uplink_from = len(latest.received_audio)
+    uplink_at = downlink_at = None
+    caller.send_audio(tone(800.0, 100, 8000, -20.0))
+    while time.monotonic() - recovered < 3 and (uplink_at is None or downlink_at is None):
+        caller.send_audio(silence(20, 8000))
+        newest = vapi_sim.calls[-1]
+        if uplink_at is None and (newest is not latest or len(newest.received_audio) > uplink_from):
+            if newest.connected.is_set() and len(newest.received_audio) > (uplink_from if newest is latest else 0):
+                uplink_at = time.monotonic()
+        if downlink_at is None and len(caller.received_ulaw) > heard_before:
+            downlink_at = time.monotonic()
+    assert uplink_at is not None and downlink_at is not None, (uplink_at, downlink_at)
+    budget = 1.0
+    if fault == "blackhole":
+        recovered, budget = injected, KEEPALIVE_S + PONG_TIMEOUT_S + 1.0
+    assert uplink_at - recovered < budget, uplink_at - recovered
+    assert downlink_at - recovered < budget, downlink_at - recovered
+    assert not caller.closed.is_set()
+    assert bridge.calls.get(caller.call_sid) is call
+    del sims_before
+
+
+@pytest.mark.parametrize("server_env", [{"ADMIN_TOKEN": TOKEN}])
+@pytest.mark.parametrize("sim_config", [QUICK])
+def test_a_kill_in_one_call_leaves_a_concurrent_call_untouched(bridge, vapi_sim, make_caller):
+    victim = start_call(make_caller)
+    bystander = start_call(make_caller)
+    assert wait_until(lambda: len(vapi_sim.calls) == 2)
+    for sim_call in vapi_sim.calls:
+        assert sim_call.connected.wait(3)
+    other = bridge.calls.get(bystander.call_sid)
+    untouched = {role: other.children.get(role) for role in ("twilio", "vapi", "codec", "vad")}
+    supervisor = other.supervisor
+    for actor in ("twilio", "vapi", "codec", "vad", "supervisor"):
+        response = requests.post(
+            f"http://127.0.0.1:{bridge.port}/admin/calls/{victim.call_sid}/chaos",
+            json={"actor": actor, "fault": "kill"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
+        assert response.status_code in (202, 404)  # 404: that actor was mid-restart
+        victim.send_audio(silence(100, 8000))
+        bystander.send_audio(silence(100, 8000))
+    assert {role: other.children.get(role) for role in untouched} == untouched
+    assert other.supervisor is supervisor
+    assert all(ref.is_alive() for ref in untouched.values())
+    assert not bystander.closed.is_set() and not victim.closed.is_set()

@@ -1,0 +1,79 @@
+"""The admin API: live calls, their actor trees, and chaos on demand.
+
+Off (404) unless ADMIN_TOKEN is set; then every request needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, abort, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from chaos.faults import check_fault
+from protocols.twiml import is_call_sid
+
+__all__ = ["bp"]
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def _context() -> Any:
+    return current_app.extensions["bridge"]
+
+
+@bp.before_request
+def _authorize() -> None:
+    token = _context().admin_token
+    if not token:
+        abort(404)
+    given = request.headers.get("Authorization", "")
+    if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+        abort(401)
+
+
+@bp.get("/calls")
+def calls() -> ResponseReturnValue:
+    """Every live call with its actor tree."""
+    return jsonify({"calls": [call.snapshot() for call in _context().calls.live()]})
+
+
+@bp.get("/calls/<call_sid>")
+def call(call_sid: str) -> ResponseReturnValue:
+    """One call: live, or finished (from the call records)."""
+    ctx = _context()
+    live = ctx.calls.get(call_sid)
+    if live is not None:
+        return jsonify({"live": True, **live.snapshot()})
+    record = ctx.records.get(call_sid) if ctx.records is not None else None
+    if record is None:
+        abort(404)
+    return jsonify({"live": False, **record.to_json()})
+
+
+@bp.get("/history")
+def history() -> ResponseReturnValue:
+    """The latest finished calls, newest first."""
+    ctx = _context()
+    limit = request.args.get("limit", default=50, type=int) or 50
+    records = ctx.records.latest(limit) if ctx.records is not None else []
+    return jsonify({"calls": [record.to_json() for record in records]})
+
+
+@bp.post("/calls/<call_sid>/chaos")
+def chaos(call_sid: str) -> ResponseReturnValue:
+    """Inject one fault into one actor of a live call."""
+    ctx = _context()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return jsonify({"error": 'body must be JSON like {"actor": "vapi", "fault": "raise"}'}), 400
+    actor, fault = body.get("actor"), body.get("fault")
+    problem = check_fault(actor, fault)
+    if problem is not None:
+        return jsonify({"error": problem}), 400
+    if not is_call_sid(call_sid) or not ctx.calls.inject(call_sid, str(actor), str(fault)):
+        return jsonify({"error": "no such live call (or that actor is restarting)"}), 404
+    ctx.metrics.chaos.labels(actor=actor, fault=fault).inc()
+    ctx.log.warning("chaos_injected", call_sid=call_sid, actor=actor, fault=fault, source="admin")
+    return jsonify({"call_sid": call_sid, "actor": actor, "fault": fault}), 202
