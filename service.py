@@ -17,6 +17,7 @@ from actors.root import RootSupervisor
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from protocols.signature import SignatureValidator
+from records import CostRates, RecordStore
 from settings import Settings
 from web import WebContext, create_app
 from web.server import make_server
@@ -41,6 +42,7 @@ class BridgeService:
         self.root: Any = None
         self.calls: CallRegistry | None = None
         self.server: Any = None
+        self.records: RecordStore | None = None
 
     @property
     def port(self) -> int:
@@ -66,13 +68,22 @@ class BridgeService:
             log=self.log.bind(actor="root"),
             metrics=self.metrics,
             on_lost=lambda call_sid, exit_: self.calls.call_lost(call_sid, exit_) if self.calls else None,
+            on_restart=lambda call_sid, exit_: (
+                self.calls.supervisor_restarting(call_sid, exit_) if self.calls else None
+            ),
         )
+        self.records = RecordStore(settings.admin.database_path, log=self.log.bind(actor="records"))
+        self.records.start()
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings),
             connector=connector,
             metrics=self.metrics,
             log=self.log,
+            records=self.records,
+            rates=CostRates(
+                twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
+            ),
         )
         validator = SignatureValidator(settings.twilio.auth_token)
         app = create_app(
@@ -84,6 +95,7 @@ class BridgeService:
                 fallback=settings.fallback,
                 log=self.log,
                 admin_token=settings.admin.token,
+                records=self.records,
             )
         )
 
@@ -111,6 +123,8 @@ class BridgeService:
             self.server.stop(timeout=timeout_s)
         if self.simulator is not None:
             self.simulator.stop()
+        if self.records is not None:
+            self.records.stop()
         leftover = ActorRegistry.get_all()
         if leftover:
             self.log.warning("actors_left_at_stop", count=len(leftover))

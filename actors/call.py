@@ -8,6 +8,7 @@ and use only the parts their role needs; the supervisor owns it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from web.twilio_socket import TwilioSocket
 
 __all__ = ["CallContext", "CallSettings"]
+
+_EVENTS_KEPT = 20  # recent events per call, for the dashboard
+# Turn latencies kept per call for its record's percentiles; a long call keeps the latest.
+_TURNS_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,22 +69,61 @@ class CallContext:
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
     supervisor: Any = None  # the current CallSupervisor's ref
+    supervisor_restarts: int = 0
+    flags: Any = None  # the CallSupervisor's SupervisorFlags
+    # What a call record and the dashboard show; plain counters the actors bump.
+    barge_ins: int = 0
+    turns: int = 0
+    turn_ms: list[float] = field(default_factory=list)
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    latency_in_ms: float | None = None  # smoothed, for the dashboard
+    latency_out_ms: float | None = None
+    fault_at_ns: int | None = None  # an actor failed; cleared when caller audio reaches VAPI again
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT))
     child_states: dict[str, Any] = field(default_factory=dict)  # its view of the children, read-only here
 
     def __post_init__(self) -> None:
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
 
+    def event(self, kind: str, detail: str = "") -> None:
+        """Note something an operator would want to see on the dashboard."""
+        self.events.append({"t": time.time(), "kind": kind, "detail": detail})
+
+    def add_turn(self, latency_ms: float) -> None:
+        self.turns += 1
+        self.turn_ms.append(latency_ms)
+        if len(self.turn_ms) > _TURNS_KEPT:
+            del self.turn_ms[0]
+
     def snapshot(self) -> dict[str, Any]:
-        """Plain data about the live call, for the admin API."""
+        """Plain data about the live call, for the admin API and the dashboard."""
+        flags = self.flags
         return {
             "call_sid": self.call_sid,
             "stream_sid": self.stream_sid,
             "started_at": self.started_at,
-            "vapi_links": self.vapi_links,
+            "live": True,
+            "supervisor": {
+                "strategy": flags.strategy.value if flags else None,
+                "intensity": flags.intensity if flags else None,
+                "period_s": flags.period_s if flags else None,
+                "restarts": self.supervisor_restarts,
+            },
             "actors": {
                 child_id: {"state": state.state, "restarts": state.restarts}
                 for child_id, state in list(self.child_states.items())
             },
+            "vapi_links": self.vapi_links,
+            "barge_ins": self.barge_ins,
+            "turns": self.turns,
+            "latency": {
+                "bridge_in_ms": _round(self.latency_in_ms),
+                "bridge_out_ms": _round(self.latency_out_ms),
+                "turn_ms": _round(self.turn_ms[-1] if self.turn_ms else None),
+            },
+            "events": list(self.events),
         }
 
     def set_outcome(self, outcome: str, detail: str = "") -> None:
@@ -87,3 +131,7 @@ class CallContext:
         if self.outcome is None:
             self.outcome = outcome
             self.outcome_detail = detail
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -8,6 +8,7 @@ another call.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -18,6 +19,7 @@ from actors.messages import EndCall, InjectFault
 from actors.supervisor import CallSupervisor, finish_call
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
+from records import CallRecord, CostRates, RecordStore, estimate_cost, percentile
 from settings import Settings
 from supervision import Backoff, ChildSpec, Exit, Restart
 from supervision.supervisor import StartChild
@@ -62,7 +64,11 @@ class CallRegistry:
         connector: VapiConnector,
         metrics: Metrics,
         log: Any,
+        records: RecordStore | None = None,
+        rates: CostRates | None = None,
     ) -> None:
+        self._records = records
+        self._rates = rates or CostRates()
         self._root = root
         self._settings = settings
         self._connector = connector
@@ -117,6 +123,7 @@ class CallRegistry:
         if call is None or call.children is None:
             return False
         message = InjectFault(fault)
+        call.event("fault", f"{actor}/{fault} injected")
         if actor == "supervisor":
             try:
                 call.supervisor.tell(message)
@@ -133,6 +140,15 @@ class CallRegistry:
             except Exception:  # noqa: BLE001 - already ending
                 pass
 
+    def supervisor_restarting(self, call_sid: str, exit_: Exit) -> None:
+        """The root is restarting this call's supervisor."""
+        call = self._live.get(call_sid)
+        if call is not None:
+            call.supervisor_restarts += 1
+            call.event("restart", f"supervisor: {exit_.kind.value} {exit_.reason}".strip())
+            if call.fault_at_ns is None:
+                call.fault_at_ns = time.monotonic_ns()
+
     def call_lost(self, call_sid: str, exit_: Exit) -> None:
         """The root gave up on a call whose supervisor kept failing: end it for the caller."""
         call = self._live.get(call_sid)
@@ -146,3 +162,31 @@ class CallRegistry:
         self._finished[call.call_sid] = call.outcome or "completed"
         while len(self._finished) > _FINISHED_CAPACITY:
             self._finished.popitem(last=False)
+        if self._records is not None:
+            # Never blocks: the store queues it for its own writer greenlet.
+            self._records.submit(self._record(call))
+
+    def _record(self, call: CallContext) -> CallRecord:
+        ended_at = time.time()
+        duration_s = max(0.0, ended_at - call.started_at)
+        restarts = {child_id: state.restarts for child_id, state in call.child_states.items()}
+        restarts["supervisor"] = call.supervisor_restarts
+        return CallRecord(
+            call_sid=call.call_sid,
+            stream_sid=call.stream_sid,
+            started_at=call.started_at,
+            ended_at=ended_at,
+            outcome=call.outcome or "completed",
+            outcome_detail=call.outcome_detail,
+            restarts=tuple(sorted(restarts.items())),
+            vapi_links=call.vapi_links,
+            barge_ins=call.barge_ins,
+            turns=call.turns,
+            turn_latency_p50_ms=percentile(call.turn_ms, 50),
+            turn_latency_p95_ms=percentile(call.turn_ms, 95),
+            frames_in=call.frames_in,
+            frames_out=call.frames_out,
+            frames_dropped=call.frames_dropped,
+            # The VAPI call lives from the webhook to the end: the whole call.
+            cost_usd=estimate_cost(duration_s, duration_s, self._rates),
+        )

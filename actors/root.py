@@ -28,10 +28,18 @@ class RootSupervisor(Supervisor):
     # done outside any handler deadline by run.py's drain.
     handler_deadline_s = None
 
-    def __init__(self, *, log: Any, metrics: Any, on_lost: Callable[[str, Exit], None]) -> None:
+    def __init__(
+        self,
+        *,
+        log: Any,
+        metrics: Any,
+        on_lost: Callable[[str, Exit], None],
+        on_restart: Callable[[str, Exit], None] = lambda child_id, exit_: None,
+    ) -> None:
         super().__init__(ROOT_FLAGS, log=log, name="root")
         self._metrics = metrics
         self._on_lost = on_lost
+        self._on_restart = on_restart
 
     def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
         if restarting:
@@ -39,6 +47,7 @@ class RootSupervisor(Supervisor):
             # SID, to keep the metric's cardinality fixed) or long-lived server parts.
             actor = "supervisor" if child_id.startswith("CA") else child_id
             self._metrics.restarts.labels(actor=actor, reason=exit_.kind.value).inc()
+            self._on_restart(child_id, exit_)
 
     def on_child_gave_up(self, child_id: str, exit_: Exit) -> None:
         self._on_lost(child_id, exit_)

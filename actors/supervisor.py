@@ -8,6 +8,7 @@ or the bridge gives up (restart intensity exceeded, no media socket in time).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,7 @@ class CallSupervisor(Supervisor):
         call.children = self.children
         call.supervisor = self.actor_ref
         call.child_states = self.child_states
+        call.flags = CALL_FLAGS
 
     def init(self) -> tuple[SupervisorFlags, Sequence[ChildSpec]]:
         call = self._call
@@ -141,10 +143,15 @@ class CallSupervisor(Supervisor):
 
     def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
         if restarting:
-            self._call.metrics.restarts.labels(actor=child_id, reason=exit_.kind.value).inc()
+            call = self._call
+            call.metrics.restarts.labels(actor=child_id, reason=exit_.kind.value).inc()
+            call.event("restart", f"{child_id}: {exit_.kind.value} {exit_.reason}".strip())
+            if call.fault_at_ns is None:
+                call.fault_at_ns = time.monotonic_ns()
 
     def on_give_up(self, child_id: str, exit_: Exit) -> None:
         self._call.set_outcome(GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
+        self._call.event("gave_up", f"{child_id} kept failing")
 
     def on_shutdown(self) -> None:
         exit_ = self._handle.exit if self._handle is not None else None
@@ -161,6 +168,7 @@ def finish_call(call: CallContext, log: Any) -> None:
     if call.ended.is_set():
         return
     call.set_outcome(COMPLETED, "supervisor stopped")
+    call.event("ended", call.outcome or COMPLETED)
     call.metrics.calls.labels(outcome=call.outcome or COMPLETED).inc()
     log.info("call_ended", outcome=call.outcome, detail=call.outcome_detail)
     # Record the outcome before closing: Twilio asks /voice/after-stream at once.

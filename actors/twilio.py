@@ -60,6 +60,10 @@ class TwilioActor(CallActor):
         self._far_end: float | None = None
         self._malformed = 0
         self._stream_ms = 0
+        self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
+        self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
+        self._turn_mark: str | None = None  # the mark after a turn's first frame
+        self._turn_sent_ns = 0
         # Bound once: the hot path calls these 50 times a second.
         self._send_media = self._send_media_frame
         self._send_mark = self._send_mark_frame
@@ -73,7 +77,9 @@ class TwilioActor(CallActor):
             case CallerSpeechStarted():
                 self._on_caller_speech(message)
             case CallerSpeechStopped():
-                pass
+                # The VAD decides after its hangover; the caller fell silent that much earlier.
+                self._speech_end_ns = time.monotonic_ns() - self._hangover_ns
+                self._turn_mark = None
             case AssistantTurnStarted():
                 self._discarding = False
             case AssistantInterrupted():
@@ -113,9 +119,13 @@ class TwilioActor(CallActor):
                 self.actor_ref.stop(block=False)
 
     def _on_media(self, media: Media, received_ns: int) -> None:
+        call = self._call
+        call.frames_in += 1
+        call.metrics.frames_in.inc()
         gap = self._clock.admit(media.timestamp_ms, max(1, len(media.payload) * FRAME_MS // FRAME_BYTES))
         if gap is None:
-            self._call.metrics.dropped.labels(reason="stale").inc()
+            call.metrics.dropped.labels(reason="stale").inc()
+            call.frames_dropped += 1
             return
         if gap:
             self._call.metrics.filled.inc(gap)
@@ -137,11 +147,13 @@ class TwilioActor(CallActor):
             if message.received_ns - self._last_discard_ns < _DISCARD_GIVE_UP_NS:
                 self._last_discard_ns = message.received_ns
                 self._call.metrics.dropped.labels(reason="interrupted_turn").inc()
+                self._call.frames_dropped += 1
                 return
             self._discarding = False
-        dropped = self._playback.enqueue(message.ulaw, message.level_dbfs)
+        dropped = self._playback.enqueue(message.ulaw, message.level_dbfs, message.received_ns)
         if dropped:
             self._call.metrics.dropped.labels(reason="outbound_overflow").inc(dropped)
+            self._call.frames_dropped += dropped
             self._log.warning("outbound_overflow", dropped=dropped, bound=self._call.settings.outbound_max_frames)
         self._pump()
 
@@ -151,15 +163,37 @@ class TwilioActor(CallActor):
         self._playback.pump(self._send_media, self._send_mark)
         self._update_far_end()
 
-    def _send_media_frame(self, ulaw: bytes) -> None:
-        socket = self._call.socket
-        if socket is not None:
-            socket.send_text(encode_media(self._call.stream_sid or "", ulaw))
+    def _send_media_frame(self, ulaw: bytes, received_ns: int) -> None:
+        call = self._call
+        socket = call.socket
+        if socket is None:
+            return
+        socket.send_text(encode_media(call.stream_sid or "", ulaw))
+        now = time.monotonic_ns()
+        call.frames_out += 1
+        metrics = call.metrics
+        metrics.frames_out.inc()
+        if received_ns:
+            latency = now - received_ns
+            metrics.latency_out.observe(latency / 1e9)
+            previous = call.latency_out_ms
+            ms = latency / 1e6
+            call.latency_out_ms = ms if previous is None else previous + 0.1 * (ms - previous)
+        if self._speech_end_ns is not None:
+            # The first assistant audio after the caller stopped: one turn.
+            turn_s = (now - self._speech_end_ns) / 1e9
+            metrics.turn_sent.observe(turn_s)
+            call.add_turn(turn_s * 1000)
+            self._turn_sent_ns = self._speech_end_ns
+            self._speech_end_ns = None
+            self._turn_mark = ""  # the next mark tells when the caller heard it
 
     def _send_mark_frame(self, name: str) -> None:
         socket = self._call.socket
         if socket is not None:
             socket.send_text(encode_mark(self._call.stream_sid or "", name))
+            if self._turn_mark == "":
+                self._turn_mark = name
 
     def _on_mark(self, name: str) -> None:
         result = self._playback.on_mark(name)
@@ -167,6 +201,9 @@ class TwilioActor(CallActor):
             self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()
         else:
             self._call.metrics.marks.labels(result=result).inc()
+            if result == MarkResult.PLAYED and name == self._turn_mark:
+                self._call.metrics.turn_heard.observe((time.monotonic_ns() - self._turn_sent_ns) / 1e9)
+                self._turn_mark = None
         self._pump()
 
     def _update_far_end(self) -> None:
@@ -193,8 +230,12 @@ class TwilioActor(CallActor):
         dropped = self._playback.clear()
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
+            self._call.frames_dropped += dropped
         self._discarding = True
         self._last_discard_ns = time.monotonic_ns()
+        self._turn_mark = None
         self._call.metrics.barge_ins.inc()
+        self._call.barge_ins += 1
+        self._call.event("barge_in", cause)
         self._log.info("barge_in", cause=cause, dropped_frames=dropped)
         self._update_far_end()

@@ -123,6 +123,17 @@ class VapiActor(CallActor):
             return  # not linked yet (the buffer keeps it), or already sent by the replay
         self._send_binary(message.data)
         uplink.mark_sent(message.seq)
+        call = self._call
+        now = time.monotonic_ns()
+        latency = now - message.received_ns
+        call.metrics.latency_in.observe(latency / 1e9)
+        previous, ms = call.latency_in_ms, latency / 1e6
+        call.latency_in_ms = ms if previous is None else previous + 0.1 * (ms - previous)
+        if call.fault_at_ns is not None:
+            recovery_s = (now - call.fault_at_ns) / 1e9
+            call.fault_at_ns = None
+            call.metrics.recovery.observe(recovery_s)
+            call.event("recovered", f"caller audio reaches VAPI again after {recovery_s * 1000:.0f} ms")
 
     def _on_link_up(self, message: VapiLinkUp) -> None:
         call = self._call
@@ -131,6 +142,8 @@ class VapiActor(CallActor):
             self._send_binary(data)
             call.uplink.mark_sent(seq)
         self._ready = True
+        if call.vapi_greeted:
+            call.event("reconnect", f"VAPI link {self._link_id}, {len(replay) * 20} ms replayed")
         call.vapi_greeted = True
         call.metrics.vapi_links.labels(event="created").inc()
         self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20)

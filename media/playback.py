@@ -35,7 +35,7 @@ class Playback:
     def __init__(self, *, lead_ms: int, max_frames: int) -> None:
         self._lead_ms = lead_ms
         self._max_frames = max_frames
-        self._queue: deque[tuple[bytes, float]] = deque()
+        self._queue: deque[tuple[bytes, float, int]] = deque()  # (frame, level, received_ns)
         self._epoch = 0
         self.sent_ms = 0  # stream of assistant audio handed to Twilio, this epoch
         self.played_ms = 0  # of that, what Twilio's marks say has played
@@ -47,11 +47,11 @@ class Playback:
 
     # Filling -----------------------------------------------------------------------
 
-    def enqueue(self, ulaw: bytes, level_dbfs: float) -> int:
+    def enqueue(self, ulaw: bytes, level_dbfs: float, received_ns: int = 0) -> int:
         """Queue assistant audio in 20 ms frames; returns how many old frames overflowed."""
         dropped = 0
         for start in range(0, len(ulaw), FRAME_BYTES):
-            self._queue.append((ulaw[start : start + FRAME_BYTES], level_dbfs))
+            self._queue.append((ulaw[start : start + FRAME_BYTES], level_dbfs, received_ns))
         # The bound only protects memory from a peer that never stops sending; a normal
         # reply (tens of seconds) fits. Drop the oldest: the newest is closest to now.
         while len(self._queue) > self._max_frames:
@@ -60,12 +60,15 @@ class Playback:
         self.dropped_overflow += dropped
         return dropped
 
-    def pump(self, send_media: Callable[[bytes], None], send_mark: Callable[[str], None]) -> int:
-        """Send queued frames while Twilio holds less than the lead; returns frames sent."""
+    def pump(self, send_media: Callable[[bytes, int], None], send_mark: Callable[[str], None]) -> int:
+        """Send queued frames while Twilio holds less than the lead; returns frames sent.
+
+        `send_media(frame, received_ns)` gets when the frame's audio arrived from VAPI.
+        """
         sent = 0
         while self._queue and self.sent_ms - self.played_ms < self._lead_ms:
-            frame, level = self._queue.popleft()
-            send_media(frame)
+            frame, level, received_ns = self._queue.popleft()
+            send_media(frame, received_ns)
             self.sent_ms += len(frame) * FRAME_MS // FRAME_BYTES
             self._in_flight.append((self.sent_ms, level))
             self._since_mark += 1

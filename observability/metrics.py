@@ -6,9 +6,18 @@ two servers in one test process do not share counts.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
+
+# The bridge's own work on a frame is tens of microseconds; its queues can add
+# milliseconds. Buckets from 50 us up, so a regression shows before it reaches callers.
+_BRIDGE_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+# Outbound includes the pacing queue (audio waits while Twilio holds the lead).
+_OUTBOUND_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Voice-to-voice turns live in the hundreds of milliseconds; callers notice past ~800 ms.
+_TURN_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+_RECOVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Metrics:
@@ -33,6 +42,29 @@ class Metrics:
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)
         self.chaos = Counter("bridge_chaos_faults", "Faults injected on purpose", ["actor", "fault"], registry=r)
+        self.frames = Counter("bridge_frames", "Audio frames, by direction", ["direction"], registry=r)
+        self.frames_in = self.frames.labels(direction="inbound")  # resolved once: hot path
+        self.frames_out = self.frames.labels(direction="outbound")
+        self.latency_in = Histogram(
+            "bridge_latency_inbound_seconds", "Twilio frame received -> its audio sent to VAPI",
+            buckets=_BRIDGE_BUCKETS_S, registry=r,
+        )
+        self.latency_out = Histogram(
+            "bridge_latency_outbound_seconds", "VAPI audio received -> sent to Twilio (pacing queue included)",
+            buckets=_OUTBOUND_BUCKETS_S, registry=r,
+        )
+        self.turn_sent = Histogram(
+            "bridge_turn_latency_sent_seconds", "End of caller speech -> first assistant audio sent to Twilio",
+            buckets=_TURN_BUCKETS_S, registry=r,
+        )
+        self.turn_heard = Histogram(
+            "bridge_turn_latency_heard_seconds", "End of caller speech -> that audio's mark echoed (heard)",
+            buckets=_TURN_BUCKETS_S, registry=r,
+        )
+        self.recovery = Histogram(
+            "bridge_fault_recovery_seconds", "Actor failure -> caller audio reaching VAPI again",
+            buckets=_RECOVERY_BUCKETS_S, registry=r,
+        )
         self.marks = Counter(
             "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r
         )

@@ -34,7 +34,7 @@ class WebContext:
 
 
 def create_app(context: WebContext) -> Flask:
-    from web import admin, health, media, voice
+    from web import admin, dashboard, health, media, voice
 
     app = Flask(__name__)
     app.extensions["bridge"] = context
@@ -42,4 +42,5 @@ def create_app(context: WebContext) -> Flask:
     app.register_blueprint(media.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     return app

@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from chaos.faults import check_fault
 from protocols.twiml import is_call_sid
+from records import RecordsError
 
 __all__ = ["bp"]
 
@@ -46,7 +47,10 @@ def call(call_sid: str) -> ResponseReturnValue:
     live = ctx.calls.get(call_sid)
     if live is not None:
         return jsonify({"live": True, **live.snapshot()})
-    record = ctx.records.get(call_sid) if ctx.records is not None else None
+    try:
+        record = ctx.records.get(call_sid) if ctx.records is not None else None
+    except RecordsError:
+        return jsonify({"error": "call records are unavailable"}), 503
     if record is None:
         abort(404)
     return jsonify({"live": False, **record.to_json()})
@@ -56,8 +60,11 @@ def call(call_sid: str) -> ResponseReturnValue:
 def history() -> ResponseReturnValue:
     """The latest finished calls, newest first."""
     ctx = _context()
-    limit = request.args.get("limit", default=50, type=int) or 50
-    records = ctx.records.latest(limit) if ctx.records is not None else []
+    limit = request.args.get("limit", default=50, type=int)
+    try:
+        records = ctx.records.latest(limit if limit is not None else 50) if ctx.records is not None else []
+    except RecordsError:
+        return jsonify({"error": "call records are unavailable"}), 503
     return jsonify({"calls": [record.to_json() for record in records]})
 
 

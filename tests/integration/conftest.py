@@ -47,8 +47,9 @@ def no_leaks() -> Iterator[None]:
     assert wait_until(lambda: live_greenlets() <= before, timeout=5), (live_greenlets(), before)
 
 
-def make_settings(port: int, sim: VapiSimulator, **env: str) -> Settings:
+def make_settings(port: int, sim: VapiSimulator, database: str = ":memory:", **env: str) -> Settings:
     base = {
+        "DATABASE_PATH": database,
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "PUBLIC_URL": f"https://bridge.test:{port}",

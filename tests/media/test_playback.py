@@ -5,7 +5,7 @@ class Wire:
     def __init__(self):
         self.sent = []
 
-    def media(self, frame):
+    def media(self, frame, received_ns=0):
         self.sent.append(("media", len(frame)))
 
     def mark(self, name):

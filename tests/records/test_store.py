@@ -184,15 +184,15 @@ def test_a_locked_database_fails_writes_without_raising_and_the_retry_succeeds_o
         assert time.monotonic() - started < 0.01
         assert wait_until(lambda: store.write_errors >= 1)
         assert store.healthy is False
-    finally:
         blocker.execute("ROLLBACK")
+        assert store.flush()
+        assert store.get("CAlocked") is not None
+        assert (store.written, store.dropped, store.write_errors, store.healthy) == (1, 0, 1, True)
+        failure = log.fields("call_record_write_failed")[0]
+        assert failure["sqlite_error"] == "SQLITE_BUSY" and failure["attempt"] == 1
+    finally:
         blocker.close()
-    assert store.flush()
-    assert store.get("CAlocked") is not None
-    assert (store.written, store.dropped, store.healthy) == (1, 0, True)
-    store.stop()
-    failure = log.fields("call_record_write_failed")[0]
-    assert failure["sqlite_error"] == "SQLITE_BUSY" and failure["attempt"] == 1
+        store.stop()
 
 
 def test_a_read_only_database_drops_the_batch_after_bounded_retries_and_later_writes_succeed(
@@ -237,6 +237,7 @@ def test_flush_gives_up_at_its_timeout_while_writes_keep_failing(path, log):
         store.stop(timeout_s=0.1)  # the batch is still in its backoff: counted as lost
     assert store.dropped == 1
     assert log.fields("call_records_lost_at_stop") == [{"count": 1}]
+    assert "call_record_writer_crashed" not in log.events()  # a kill is not a crash
 
 
 def test_an_invalid_record_is_dropped_alone_and_its_batch_mates_are_written(store, log):
