@@ -45,6 +45,11 @@ def serve(env: dict[str, str]) -> int:
     gevent.signal_handler(signal.SIGUSR1, gevent.util.print_run_info)
     stopping.wait()
     log.info("shutting_down")
+    # A second signal while draining means "now": skip the rest of the drain.
+    drain = gevent.spawn(service.drain, settings.admin.drain_timeout_s)
+    stopping.clear()
+    gevent.wait([drain, stopping], count=1)
+    drain.kill()
     service.stop()
     return 0
 

@@ -7,7 +7,10 @@ VAPI key is configured, the built-in VAPI simulator.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import gevent
 
 import structlog
 from pykka import ActorRegistry
@@ -20,6 +23,7 @@ from protocols.signature import SignatureValidator
 from records import CostRates, RecordStore
 from settings import Settings
 from web import WebContext, create_app
+from web.admission import Admission
 from web.server import make_server
 
 __all__ = ["BridgeService"]
@@ -85,6 +89,7 @@ class BridgeService:
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
         )
+        self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls)
         validator = SignatureValidator(settings.twilio.auth_token)
         app = create_app(
             WebContext(
@@ -95,6 +100,8 @@ class BridgeService:
                 fallback=settings.fallback,
                 log=self.log,
                 admin_token=settings.admin.token,
+                metrics_token=settings.admin.metrics_token,
+                admission=self.admission,
                 records=self.records,
             )
         )
@@ -112,6 +119,27 @@ class BridgeService:
         )
         self.server.start()
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url)
+
+    def drain(self, timeout_s: float) -> int:
+        """Stop taking calls, let live ones finish for up to `timeout_s`, then end the rest.
+
+        Returns how many calls had to be ended. New calls hear the fallback meanwhile,
+        and /readyz says not ready, so a load balancer sends them elsewhere.
+        """
+        assert self.calls is not None
+        self.admission.draining = True
+        self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.calls.live() and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        remaining = len(self.calls.live())
+        if remaining:
+            self.calls.end_all("drained", f"server shutting down after {timeout_s:g}s of draining")
+            end_by = time.monotonic() + 10.0
+            while self.calls.live() and time.monotonic() < end_by:
+                gevent.sleep(0.05)
+        self.log.info("drained", ended=remaining)
+        return remaining
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End every call, stop the root supervisor, close the listener and the simulator."""

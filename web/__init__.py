@@ -29,7 +29,9 @@ class WebContext:
     metrics: Metrics
     fallback: FallbackSettings
     log: Any
+    admission: Any = None  # web.admission.Admission
     admin_token: str | None = None
+    metrics_token: str | None = None
     records: Any = None  # records.RecordStore, when call records are kept
 
 

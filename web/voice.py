@@ -52,6 +52,12 @@ def incoming() -> Response:
     _check_signature()
     call_sid = _call_sid()
     ctx = _context()
+    refusal = ctx.admission.refusal() if ctx.admission is not None else None
+    if refusal is not None:
+        # The caller hears an apology (or is put through) rather than ringing forever.
+        ctx.log.warning("call_refused", call_sid=call_sid, reason=refusal)
+        ctx.metrics.calls.labels(outcome="refused").inc()
+        return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
     ctx.calls.start_call(call_sid)
     twiml = connect_stream_twiml(
         action_url=f"{ctx.public_url}/voice/after-stream",

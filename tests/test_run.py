@@ -1,0 +1,108 @@
+"""run.py as operators run it: a real server process, its embedded VAPI simulator, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from audio.signals import silence
+from sims.caller import CallerConfig, SimulatedCaller
+from tests.integration.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "run-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "DRAIN_TIMEOUT_S": "1",
+        "DATABASE_PATH": str(tmp_path / "calls.db"),
+        "LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(base + "/healthz", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    assert wait_until(healthy, timeout=15), process.stderr.read() if process.poll() is not None else "no answer"
+    yield process, base
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def test_sigterm_drains_live_calls_then_exits_0(server):
+    process, base = server
+    caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
+    try:
+        status, _ = caller.post_webhook()
+        assert status == 200
+        caller.connect()
+        caller.start_stream()
+        caller.send_audio(silence(300, 8000))
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: requests.get(base + "/readyz", timeout=1).status_code == 503, timeout=3)
+        signalled = time.monotonic()
+        while not caller.closed.is_set() and time.monotonic() - signalled < 5:
+            try:
+                caller.send_audio(silence(100, 8000))
+            except Exception:  # noqa: BLE001 - the server closed the stream: expected
+                break
+        assert caller.closed.wait(3)
+        assert time.monotonic() - signalled >= 0.9  # the call ran on for the drain timeout
+    finally:
+        caller.close()
+    assert process.wait(timeout=15) == 0
+    out = process.stdout.read()
+    assert '"event": "drained"' in out or '"event":"drained"' in out
+
+
+def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server):
+    import json
+
+    process, base = server
+    caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
+    try:
+        caller.post_webhook()
+        caller.connect()
+        caller.start_stream()
+        caller.send_audio(silence(300, 8000))
+        caller.send_stop()
+        assert caller.closed.wait(5)
+    finally:
+        caller.close()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+    lines = [json.loads(line) for line in process.stdout.read().splitlines() if line.strip()]
+    assert lines
+    call_lines = [line for line in lines if line.get("actor") in ("twilio", "vapi", "codec", "vad", "supervisor")]
+    assert call_lines and all(line.get("call_sid") == caller.call_sid for line in call_lines)
+    assert {"call_started", "call_ended"} <= {line["event"] for line in call_lines}
+    text = "\n".join(map(str, lines))
+    assert TOKEN not in text

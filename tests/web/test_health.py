@@ -1,0 +1,87 @@
+"""Health, readiness and Prometheus metrics over real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from audio.signals import silence
+from tests.integration.conftest import wait_until
+from tests.integration.test_call_flow import sim_call_for, speak_and_wait_for_answer, start_call
+from tests.web.test_voice import CALL_SID, post
+
+
+def get(bridge, path, **kw):
+    return requests.get(f"http://127.0.0.1:{bridge.port}{path}", timeout=5, **kw)
+
+
+def samples(bridge, **kw):
+    text = get(bridge, "/metrics", **kw).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_healthz_and_readyz_answer_when_idle(bridge):
+    assert get(bridge, "/healthz").status_code == 200
+    assert get(bridge, "/readyz").status_code == 200
+
+
+def test_metrics_parse_and_move_as_a_call_runs(bridge, vapi_sim, make_caller):
+    before = samples(bridge)
+    assert before[("bridge_live_calls", ())] == 0
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(300, 8000))
+    assert speak_and_wait_for_answer(caller)
+    during = samples(bridge)
+    assert during[("bridge_live_calls", ())] == 1
+    assert during[("bridge_frames_total", (("direction", "inbound"),))] > 40
+    assert during[("bridge_frames_total", (("direction", "outbound"),))] > 5
+    assert during[("bridge_latency_inbound_seconds_count", ())] > 40
+    assert during[("bridge_latency_outbound_seconds_count", ())] > 5
+    assert during[("bridge_turn_latency_sent_seconds_count", ())] >= 1
+    assert during[("bridge_vapi_links_total", (("event", "created"),))] == 1
+    caller.send_stop()
+    assert wait_until(lambda: samples(bridge)[("bridge_live_calls", ())] == 0)
+    after = samples(bridge)
+    assert after[("bridge_calls_total", (("outcome", "completed"),))] == 1
+    assert after[("bridge_turn_latency_heard_seconds_count", ())] >= 1
+
+
+@pytest.mark.parametrize("server_env", [{"METRICS_TOKEN": "scrape-me"}])
+def test_metrics_can_sit_behind_a_token(bridge):
+    assert get(bridge, "/metrics").status_code == 401
+    assert get(bridge, "/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+
+
+@pytest.mark.parametrize("server_env", [{"MAX_CALLS": "1"}])
+def test_when_full_readyz_fails_and_new_calls_hear_the_fallback(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    assert get(bridge, "/readyz").status_code == 503
+    response = post(bridge, "/voice/incoming", {"CallSid": CALL_SID})
+    assert response.status_code == 200
+    assert "<Say>" in response.text and "<Connect" not in response.text
+    assert bridge.calls.get(CALL_SID) is None
+    caller.send_stop()
+    assert wait_until(lambda: get(bridge, "/readyz").status_code == 200)
+
+
+def test_draining_refuses_new_calls_lets_live_ones_run_then_ends_them(bridge, vapi_sim, make_caller):
+    import gevent
+
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    drain = gevent.spawn(bridge.drain, 1.0)
+    assert wait_until(lambda: get(bridge, "/readyz").status_code == 503)
+    assert "<Connect" not in post(bridge, "/voice/incoming", {"CallSid": CALL_SID}).text
+    caller.send_audio(silence(500, 8000))
+    assert not caller.closed.is_set()  # still within the drain timeout
+    assert drain.get(timeout=15) == 1  # one call had to be ended
+    assert caller.closed.wait(3)
+    assert sim.ended.wait(3) and {"type": "end-call"} in sim.received_text
+    assert bridge.calls.outcome(caller.call_sid) == "drained"

@@ -1,0 +1,24 @@
+"""Whether the server takes a new call: not while draining, not past MAX_CALLS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """Shared by the webhook (fallback TwiML when refused) and /readyz (503 when refused)."""
+
+    def __init__(self, live_calls: Callable[[], int], max_calls: int | None) -> None:
+        self._live_calls = live_calls
+        self._max_calls = max_calls
+        self.draining = False
+
+    def refusal(self) -> str | None:
+        """None when a new call is welcome; otherwise why not."""
+        if self.draining:
+            return "draining"
+        if self._max_calls is not None and self._live_calls() >= self._max_calls:
+            return f"full ({self._max_calls} calls)"
+        return None
