@@ -38,7 +38,11 @@ def serve(env: dict[str, str]) -> int:
             flush=True,
         )
     service = BridgeService(settings, log=log)
-    service.start()
+    try:
+        service.start()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)

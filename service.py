@@ -21,7 +21,8 @@ from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from protocols.signature import SignatureValidator
 from records import CostRates, RecordStore
-from settings import Settings
+from audio.hold import default_hold_ulaw, load_hold_wav
+from settings import ConfigError, Settings
 from web import WebContext, create_app
 from web.admission import Admission
 from web.server import make_server
@@ -53,7 +54,14 @@ class BridgeService:
         return int(self.server.server_port)
 
     def start(self) -> None:
+        """Build everything and bind. ConfigError for a configured file that cannot be used."""
         settings = self.settings
+        hold_ulaw = default_hold_ulaw()
+        if settings.vapi.hold_sound_wav:
+            try:
+                hold_ulaw = load_hold_wav(settings.vapi.hold_sound_wav)
+            except ValueError as exc:
+                raise ConfigError("HOLD_SOUND_WAV", settings.vapi.hold_sound_wav, f"a usable WAV file ({exc})") from None
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
         if api_key is None:
             from sims.vapi import VapiSimConfig, VapiSimulator
@@ -80,7 +88,7 @@ class BridgeService:
         self.records.start()
         self.calls = CallRegistry(
             root=self.root,
-            settings=call_settings(settings),
+            settings=call_settings(settings, hold_ulaw),
             connector=connector,
             metrics=self.metrics,
             log=self.log,

@@ -46,6 +46,8 @@ class CallSettings:
     vad_hangover_ms: int
     vad_echo_margin_db: float
     media_connect_timeout_s: float
+    retry_budget_s: float = 15.0
+    hold_ulaw: bytes = field(default=b"", repr=False)
 
 
 @dataclass(slots=True, eq=False)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervision import Exit
-
 __all__ = [
     "AssistantAudio",
     "AssistantEndedCall",
@@ -24,6 +22,7 @@ __all__ = [
     "CallerSpeechStopped",
     "EndCall",
     "FarEndLevel",
+    "HoldCaller",
     "InjectFault",
     "StreamStarted",
     "TwilioFrameReceived",
@@ -31,6 +30,7 @@ __all__ = [
     "TwilioSocketClosed",
     "UplinkAudio",
     "VapiEventReceived",
+    "VapiGaveUp",
     "VapiLinkLost",
     "VapiLinkUp",
 ]
@@ -159,6 +159,13 @@ class AssistantInterrupted:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldCaller:
+    """VapiActor → TwilioActor: VAPI is unreachable (on) or back (off): play or stop the hold sound."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantEndedCall:
     """VapiActor → CallSupervisor: VAPI ended the call."""
 
@@ -183,6 +190,13 @@ class VapiLinkLost:
     """link or keepalive greenlet → VapiActor: the link is dead; the actor must fail."""
 
     link_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VapiGaveUp:
+    """link greenlet → VapiActor: VAPI stayed unreachable for the whole retry budget."""
+
     reason: str
 
 
@@ -214,9 +228,3 @@ class InjectFault:
     fault: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChildExitNotice:
-    """CallSupervisor internal: a child's exit, for the call's record."""
-
-    child_id: str
-    exit: Exit

@@ -35,9 +35,11 @@ _START_TIMEOUT_S = 5.0
 _CALL_BACKOFF = Backoff(min_s=0.01, max_s=0.5, jitter=0.2, reset_after_s=10.0)
 
 
-def call_settings(settings: Settings) -> CallSettings:
+def call_settings(settings: Settings, hold_ulaw: bytes = b"") -> CallSettings:
     """The slice of Settings a call's actors need."""
     return CallSettings(
+        retry_budget_s=settings.vapi.retry_budget_s,
+        hold_ulaw=hold_ulaw,
         audio_format=settings.vapi.audio_format,
         replay_ms=settings.vapi.replay_ms,
         keepalive_interval_s=settings.keepalive.interval_s,

@@ -22,6 +22,7 @@ from actors.messages import (
     CallerSpeechStarted,
     CallerSpeechStopped,
     FarEndLevel,
+    HoldCaller,
     InjectFault,
     StreamStarted,
     TwilioFrameReceived,
@@ -40,6 +41,10 @@ _SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_BYTES
 # dropped until VAPI starts a new turn. If VAPI never says so, a pause this long in its
 # audio is taken as the end of the old turn, so a reply is never lost for good.
 _DISCARD_GIVE_UP_NS = 1_500_000_000
+# While holding, the hold sound is topped up whenever less than this much is queued.
+_HOLD_REFILL_FRAMES = 25
+# Its level for echo handling: the default chime's, and a fair guess for a WAV.
+_HOLD_LEVEL_DBFS = -24.0
 # Far-end level changes smaller than this are not worth a message to the VAD.
 _LEVEL_STEP_DB = 3.0
 # Malformed frames: log the first few per call, then one in this many (the counter has all).
@@ -64,6 +69,7 @@ class TwilioActor(CallActor):
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
         self._turn_mark: str | None = None  # the mark after a turn's first frame
         self._turn_sent_ns = 0
+        self._holding = False
         # Bound once: the hot path calls these 50 times a second.
         self._send_media = self._send_media_frame
         self._send_mark = self._send_mark_frame
@@ -84,6 +90,8 @@ class TwilioActor(CallActor):
                 self._discarding = False
             case AssistantInterrupted():
                 self._barge_in("vapi_user_interrupted")
+            case HoldCaller():
+                self._on_hold(message.on)
             case InjectFault():
                 self._inject(message)
             case _:
@@ -106,6 +114,7 @@ class TwilioActor(CallActor):
                 self._call.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._tell_supervisor(StreamStarted(event.stream_sid))
+                self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)
             case Dtmf():
@@ -158,9 +167,27 @@ class TwilioActor(CallActor):
         self._pump()
 
     def _pump(self) -> None:
+        if self._holding and self._playback.queued_frames < _HOLD_REFILL_FRAMES:
+            self._playback.enqueue(self._call.settings.hold_ulaw, _HOLD_LEVEL_DBFS)
         if self._call.stream_sid is None or self._call.socket is None:
             return  # nothing to send to yet; the audio waits in the queue
         self._playback.pump(self._send_media, self._send_mark)
+        self._update_far_end()
+
+    def _on_hold(self, on: bool) -> None:
+        if on == self._holding or not self._call.settings.hold_ulaw:
+            return
+        self._holding = on
+        self._log.info("hold_started" if on else "hold_stopped")
+        if on:
+            self._pump()
+            return
+        # The assistant is back: cut the hold sound at once, and let its first words through.
+        socket, stream_sid = self._call.socket, self._call.stream_sid
+        if self._playback.audible and socket is not None and stream_sid is not None:
+            socket.send_text(encode_clear(stream_sid))
+        self._playback.clear()
+        self._discarding = False
         self._update_far_end()
 
     def _send_media_frame(self, ulaw: bytes, received_ns: int) -> None:
@@ -218,7 +245,7 @@ class TwilioActor(CallActor):
     # Barge-in ------------------------------------------------------------------------
 
     def _on_caller_speech(self, message: CallerSpeechStarted) -> None:
-        if self._playback.audible:
+        if self._playback.audible and not self._holding:  # talking over hold music is no barge-in
             self._barge_in("caller_speech")
 
     def _barge_in(self, cause: str) -> None:

@@ -11,6 +11,7 @@ the dead link may have swallowed.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -26,9 +27,12 @@ from actors.messages import (
     AssistantInterrupted,
     AssistantTurnStarted,
     CallerPressedKey,
+    EndCall,
+    HoldCaller,
     InjectFault,
     UplinkAudio,
     VapiEventReceived,
+    VapiGaveUp,
     VapiLinkLost,
     VapiLinkUp,
 )
@@ -45,12 +49,17 @@ from protocols.vapi import (
     encode_end_call,
     parse_event,
 )
-from supervision import ChildHandle
+from supervision import Backoff, ChildHandle, backoff_delay_s
 
 __all__ = ["VapiActor"]
 
 # A restarted link must not greet the caller a second time.
 _NO_SECOND_GREETING = "assistant-waits-for-user"
+# Retrying VAPI call creation during an outage: first retry after about 0.25 s, doubling
+# to 2 s. Jitter of +-25 % keeps many calls from retrying in lockstep after a blip, and
+# never shrinks a gap below half its nominal length.
+_RETRY_BACKOFF = Backoff(min_s=0.25, max_s=2.0, jitter=0.5, reset_after_s=60.0)
+
 # Closing handshake budget when we hang up: VAPI answers within milliseconds, and the
 # call is over for the caller either way.
 _CLOSE_TIMEOUT_S = 0.5
@@ -66,6 +75,7 @@ class VapiActor(CallActor):
         self._ready = False  # link up and replay sent: live frames may go out
         self._dead = False  # the link is known broken: no goodbye is possible
         self._link_id = call.vapi_links + 1
+        self._rng = random.Random()
         self._last_pong = 0.0
         self._ping_seq = 0  # uplink frames sent before the last ping
 
@@ -104,6 +114,9 @@ class VapiActor(CallActor):
             case VapiLinkUp():
                 if message.link_id == self._link_id:
                     self._on_link_up(message)
+            case VapiGaveUp():
+                self._tell("twilio", HoldCaller(False))
+                self._tell_supervisor(EndCall("gave-up", message.reason))
             case VapiLinkLost():
                 if message.link_id == self._link_id:
                     self._dead = True
@@ -207,17 +220,37 @@ class VapiActor(CallActor):
     # The link's own greenlets ------------------------------------------------------------
 
     def _open_link(self, link_id: int) -> None:
+        """Create the VAPI call and open its socket, retrying through an outage within the budget."""
         call = self._call
         audio_format = PCM16K if call.settings.audio_format == "pcm_s16le" else MULAW8K
-        mode = _NO_SECOND_GREETING if call.vapi_greeted else None
-        try:
-            created = call.connector.create_call(audio_format, mode)
-            ws = call.connector.connect(created.websocket_url)
-        except VapiUnavailable as exc:
-            self._log.warning("vapi_unavailable", kind=exc.kind.value, detail=str(exc))
-            call.metrics.vapi_links.labels(event="refused").inc()
-            self._post(VapiLinkLost(link_id, str(exc)))
-            return
+        deadline: float | None = None
+        attempt = 0
+        while True:
+            mode = _NO_SECOND_GREETING if call.vapi_greeted else None
+            try:
+                created = call.connector.create_call(audio_format, mode)
+                ws = call.connector.connect(created.websocket_url)
+                break
+            except VapiUnavailable as exc:
+                call.metrics.vapi_links.labels(event="refused").inc()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + call.settings.retry_budget_s
+                    self._log.warning("vapi_outage_started", kind=exc.kind.value, detail=str(exc))
+                    call.event("outage", str(exc))
+                    self._tell("twilio", HoldCaller(True))
+                delay = backoff_delay_s(_RETRY_BACKOFF, attempt, self._rng)
+                attempt += 1
+                if exc.kind.is_permanent or now + delay > deadline:
+                    reason = f"VAPI unavailable after {attempt} attempts: {exc}"
+                    self._log.error("vapi_gave_up", attempts=attempt, kind=exc.kind.value, detail=str(exc))
+                    self._post(VapiGaveUp(reason))
+                    return
+                self._log.info("vapi_retry", attempt=attempt, delay_s=round(delay, 3), kind=exc.kind.value)
+                gevent.sleep(delay)
+        if deadline is not None:
+            self._log.info("vapi_outage_ended", attempts=attempt + 1)
+            self._tell("twilio", HoldCaller(False))
         self._ws = ws
         self._last_pong = time.monotonic()
         self._post(VapiLinkUp(link_id, created.call_id))

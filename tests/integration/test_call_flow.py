@@ -195,6 +195,7 @@ def test_malformed_frames_are_counted_and_the_call_goes_on(bridge, vapi_sim, mak
     assert bridge.metrics.value("bridge_actor_restarts_total", actor="twilio", reason="failed") == 0
 
 
+@pytest.mark.parametrize("server_env", [{"VAPI_RETRY_BUDGET_S": "2"}])
 def test_when_vapi_keeps_refusing_the_bridge_gives_up_and_twilio_gets_the_fallback(bridge, vapi_sim, make_caller):
     vapi_sim.refuse_creates(True)
     caller = start_call(make_caller)
