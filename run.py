@@ -2,6 +2,7 @@
 
     python run.py           serve (embedded VAPI simulator when VAPI_API_KEY is unset)
     python run.py call ...  a simulated caller that does what Twilio does (see --help)
+    python run.py chaos ... inject faults into live calls through the admin API (see --help)
 """
 
 from gevent import monkey
@@ -63,6 +64,10 @@ def main(argv: list[str]) -> int:
         from sims.caller import main as caller_main
 
         return caller_main(argv[1:])
+    if argv and argv[0] == "chaos":
+        from chaos.cli import main as chaos_main
+
+        return chaos_main(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

@@ -17,6 +17,9 @@ from pykka import ActorRegistry
 
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
+from chaos.monkey import ChaosMonkey
+from supervision import ChildSpec
+from supervision.supervisor import StartChild
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from protocols.signature import SignatureValidator
@@ -98,6 +101,19 @@ class BridgeService:
             ),
         )
         self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls)
+        if settings.admin.chaos_rate_per_min > 0:
+            calls = self.calls
+            self.root.ask(StartChild(ChildSpec(
+                id="chaos_monkey",
+                start=lambda handle: ChaosMonkey.start(
+                    handle,
+                    rate_per_min=settings.admin.chaos_rate_per_min,
+                    seed=settings.admin.chaos_seed,
+                    live_calls=lambda: [c.call_sid for c in calls.live()],
+                    inject=calls.inject,
+                    log=self.log.bind(actor="chaos_monkey"),
+                ),
+            )), timeout=5)
         validator = SignatureValidator(settings.twilio.auth_token)
         app = create_app(
             WebContext(

@@ -126,6 +126,7 @@ class CallRegistry:
             return False
         message = InjectFault(fault)
         call.event("fault", f"{actor}/{fault} injected")
+        self._metrics.chaos.labels(actor=actor, fault=fault).inc()
         if actor == "supervisor":
             try:
                 call.supervisor.tell(message)

@@ -106,3 +106,70 @@ def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server):
     assert {"call_started", "call_ended"} <= {line["event"] for line in call_lines}
     text = "\n".join(map(str, lines))
     assert TOKEN not in text
+
+
+@pytest.fixture
+def chaos_server(tmp_path):
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "ADMIN_TOKEN": "chaos-cli-token",
+        "DATABASE_PATH": str(tmp_path / "calls.db"),
+        "CHAOS_RATE": "120",  # faults per call-minute: two a second, a busy monkey
+        "CHAOS_SEED": "7",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    assert wait_until(lambda: _healthy(base), timeout=15)
+    yield process, base
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(base + "/healthz", timeout=0.5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_chaos_cli_lists_calls_and_injects_faults_and_the_monkey_injects_on_its_own(chaos_server):
+    process, base = chaos_server
+    caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
+    try:
+        caller.post_webhook()
+        caller.connect()
+        caller.start_stream()
+        caller.send_audio(silence(300, 8000))
+        cli = [sys.executable, "run.py", "chaos", "--server", base, "--token", "chaos-cli-token"]
+        listed = subprocess.run([*cli, "list"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert listed.returncode == 0 and caller.call_sid in listed.stdout
+        injected = subprocess.run(
+            [*cli, "inject", caller.call_sid, "vad", "raise"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert injected.returncode == 0 and "injected" in injected.stdout
+        refused = subprocess.run([*cli, "inject", caller.call_sid, "codec", "sever"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=30)
+        assert refused.returncode == 1 and "400" in refused.stdout
+        # The monkey, at 120 faults per call-minute, strikes within a few seconds.
+        def monkey_struck() -> bool:
+            text = requests.get(base + "/metrics", timeout=2).text
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("bridge_chaos_faults_total{"))
+            return total >= 3  # the CLI's one, plus the monkey's
+        deadline = time.monotonic() + 8
+        while not monkey_struck() and time.monotonic() < deadline:
+            caller.send_audio(silence(200, 8000))
+        assert monkey_struck()
+        assert not caller.closed.is_set()
+    finally:
+        caller.close()

@@ -6,12 +6,15 @@ Off (404) unless ADMIN_TOKEN is set; then every request needs `Authorization: Be
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify, request
+import gevent
+from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from chaos.faults import check_fault
+from observability.process import process_stats
 from protocols.twiml import is_call_sid
 from records import RecordsError
 
@@ -68,6 +71,12 @@ def history() -> ResponseReturnValue:
     return jsonify({"calls": [record.to_json() for record in records]})
 
 
+@bp.get("/process")
+def process() -> ResponseReturnValue:
+    """What a soak run watches for leaks: memory, greenlets, actors, live calls."""
+    return jsonify(process_stats(_context().calls))
+
+
 @bp.post("/calls/<call_sid>/chaos")
 def chaos(call_sid: str) -> ResponseReturnValue:
     """Inject one fault into one actor of a live call."""
@@ -81,6 +90,33 @@ def chaos(call_sid: str) -> ResponseReturnValue:
         return jsonify({"error": problem}), 400
     if not is_call_sid(call_sid) or not ctx.calls.inject(call_sid, str(actor), str(fault)):
         return jsonify({"error": "no such live call (or that actor is restarting)"}), 404
-    ctx.metrics.chaos.labels(actor=actor, fault=fault).inc()
     ctx.log.warning("chaos_injected", call_sid=call_sid, actor=actor, fault=fault, source="admin")
     return jsonify({"call_sid": call_sid, "actor": actor, "fault": fault}), 202
+
+
+# How often the dashboard's stream sends a fresh picture: live enough to watch a
+# restart happen, cheap enough for 200 calls (one JSON document per tick per viewer).
+_STREAM_PERIOD_S = 0.5
+_STREAM_FINISHED = 20
+
+
+@bp.get("/stream")
+def stream() -> ResponseReturnValue:
+    """Server-sent events: a snapshot of live and recently finished calls every half second."""
+    ctx = _context()
+
+    def events() -> Any:
+        while True:
+            try:
+                finished = [r.to_json() for r in ctx.records.latest(_STREAM_FINISHED)] if ctx.records else []
+            except RecordsError:
+                finished = []
+            payload = {"calls": [call.snapshot() for call in ctx.calls.live()], "finished": finished}
+            yield f"event: snapshot\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+            gevent.sleep(_STREAM_PERIOD_S)
+
+    return Response(
+        stream_with_context(events()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -64,3 +64,27 @@ def test_an_injected_fault_shows_as_a_restart_in_the_listing(bridge, vapi_sim, m
         == {"state": "running", "restarts": 1}
     )
     assert bridge.metrics.value("bridge_chaos_faults_total", actor="vad", fault="raise") == 1
+
+
+@pytest.mark.parametrize("server_env", [{"ADMIN_TOKEN": TOKEN}])
+def test_the_event_stream_sends_snapshots_of_live_calls(bridge, vapi_sim, make_caller):
+    import json
+
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    with requests.get(
+        f"http://127.0.0.1:{bridge.port}/admin/stream",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        stream=True,
+        timeout=5,
+    ) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        lines = response.iter_lines(decode_unicode=True)
+        assert next(lines) == "event: snapshot"
+        data = json.loads(next(lines).removeprefix("data: "))
+    (call,) = data["calls"]
+    assert call["call_sid"] == caller.call_sid
+    assert call["supervisor"]["strategy"] == "one_for_one"
+    assert set(call["actors"]) == {"twilio", "vapi", "codec", "vad"}
+    assert data["finished"] == []
+    assert admin(bridge, "GET", "/stream", token="nope").status_code == 401
