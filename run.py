@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "chaos":
         from chaos.cli import main as chaos_main
 
-        return chaos_main(argv[1:])
+        return chaos_main(argv[1:], dict(os.environ))
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

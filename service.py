@@ -45,7 +45,7 @@ class BridgeService:
         self.settings = settings
         self._listener = listener
         self.log = log if log is not None else structlog.get_logger("bridge")
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(enabled=settings.admin.metrics_enabled)
         self.simulator: Any = None
         self.root: Any = None
         self.calls: CallRegistry | None = None

@@ -112,6 +112,7 @@ class AdminSettings:
 
     token: str | None = field(repr=False)
     metrics_token: str | None = field(repr=False)
+    metrics_enabled: bool
     chaos_rate_per_min: float
     chaos_seed: int | None
     drain_timeout_s: float
@@ -200,6 +201,7 @@ class Settings:
             admin=AdminSettings(
                 token=r.optional("ADMIN_TOKEN"),
                 metrics_token=r.optional("METRICS_TOKEN"),
+                metrics_enabled=r.choice("METRICS", "on", ("on", "off")) == "on",
                 chaos_rate_per_min=r.number("CHAOS_RATE", 0.0, low=0.0, high=600.0),
                 chaos_seed=r.integer("CHAOS_SEED", -1, low=-1, high=2**63 - 1) if r.optional("CHAOS_SEED") else None,
                 drain_timeout_s=r.number("DRAIN_TIMEOUT_S", 30.0, low=0.0, high=3600.0),

@@ -45,6 +45,11 @@ _DISCARD_GIVE_UP_NS = 1_500_000_000
 _HOLD_REFILL_FRAMES = 25
 # Its level for echo handling: the default chime's, and a fair guess for a WAV.
 _HOLD_LEVEL_DBFS = -24.0
+# Per-frame metrics are what the hot path pays for measuring (prometheus_client takes a
+# lock per update): frame counts go to Prometheus in batches of a second's worth, and one
+# frame in ten is timed, plenty for a latency histogram at 50 frames a second.
+_METRICS_BATCH = 50
+_LATENCY_SAMPLE_EVERY = 10
 # Far-end level changes smaller than this are not worth a message to the VAD.
 _LEVEL_STEP_DB = 3.0
 # Malformed frames: log the first few per call, then one in this many (the counter has all).
@@ -70,6 +75,10 @@ class TwilioActor(CallActor):
         self._turn_mark: str | None = None  # the mark after a turn's first frame
         self._turn_sent_ns = 0
         self._holding = False
+        self._unflushed_in = 0
+        self._unflushed_out = 0
+        self._flushed_played = 0
+        self._flushed_cancelled = 0
         # Bound once: the hot path calls these 50 times a second.
         self._send_media = self._send_media_frame
         self._send_mark = self._send_mark_frame
@@ -130,7 +139,9 @@ class TwilioActor(CallActor):
     def _on_media(self, media: Media, received_ns: int) -> None:
         call = self._call
         call.frames_in += 1
-        call.metrics.frames_in.inc()
+        self._unflushed_in += 1
+        if self._unflushed_in >= _METRICS_BATCH:
+            self._flush_frame_counts()
         gap = self._clock.admit(media.timestamp_ms, max(1, len(media.payload) * FRAME_MS // FRAME_BYTES))
         if gap is None:
             call.metrics.dropped.labels(reason="stale").inc()
@@ -174,6 +185,25 @@ class TwilioActor(CallActor):
         self._playback.pump(self._send_media, self._send_mark)
         self._update_far_end()
 
+    def _flush_frame_counts(self) -> None:
+        metrics = self._call.metrics
+        playback = self._playback
+        if playback.marks_played > self._flushed_played:
+            metrics.marks.labels(result=MarkResult.PLAYED).inc(playback.marks_played - self._flushed_played)
+            self._flushed_played = playback.marks_played
+        if playback.marks_cancelled > self._flushed_cancelled:
+            metrics.marks.labels(result=MarkResult.CANCELLED).inc(playback.marks_cancelled - self._flushed_cancelled)
+            self._flushed_cancelled = playback.marks_cancelled
+        if self._unflushed_in:
+            metrics.frames_in.inc(self._unflushed_in)
+            self._unflushed_in = 0
+        if self._unflushed_out:
+            metrics.frames_out.inc(self._unflushed_out)
+            self._unflushed_out = 0
+
+    def _close(self) -> None:
+        self._flush_frame_counts()
+
     def _on_hold(self, on: bool) -> None:
         if on == self._holding or not self._call.settings.hold_ulaw:
             return
@@ -199,8 +229,10 @@ class TwilioActor(CallActor):
         now = time.monotonic_ns()
         call.frames_out += 1
         metrics = call.metrics
-        metrics.frames_out.inc()
-        if received_ns:
+        self._unflushed_out += 1
+        if self._unflushed_out >= _METRICS_BATCH:
+            self._flush_frame_counts()
+        if received_ns and call.frames_out % _LATENCY_SAMPLE_EVERY == 0:
             latency = now - received_ns
             metrics.latency_out.observe(latency / 1e9)
             previous = call.latency_out_ms
@@ -227,7 +259,6 @@ class TwilioActor(CallActor):
         if result == MarkResult.UNKNOWN:
             self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()
         else:
-            self._call.metrics.marks.labels(result=result).inc()
             if result == MarkResult.PLAYED and name == self._turn_mark:
                 self._call.metrics.turn_heard.observe((time.monotonic_ns() - self._turn_sent_ns) / 1e9)
                 self._turn_mark = None

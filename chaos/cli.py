@@ -42,10 +42,9 @@ def _request(server: str, token: str, method: str, path: str, body: Any = None) 
             return exc.code, raw.decode("utf-8", "replace").strip()
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    import os
-
-    environ = os.environ if env is None else env
+def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """The CLI; run.py passes its arguments and environment (only settings/run.py read it)."""
+    environ = env
     parser = argparse.ArgumentParser(prog="run.py chaos", description="Inject faults into live calls.")
     parser.add_argument("--server", default="http://127.0.0.1:3000")
     parser.add_argument("--token", default=environ.get("ADMIN_TOKEN"))

@@ -20,11 +20,28 @@ _TURN_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 
 _RECOVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
+class _Off:
+    """Stands in for every instrument when metrics are off (for measuring their cost)."""
+
+    def labels(self, *args: object, **kwargs: object) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+
 class Metrics:
     """Counters a call's actors update. Labels are short, stable, low-cardinality strings."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, enabled: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
+        self.enabled = enabled
         r = self.registry
         self.live_calls = Gauge("bridge_live_calls", "Calls with a live actor tree", registry=r)
         self.calls = Counter("bridge_calls", "Calls ended, by outcome", ["outcome"], registry=r)
@@ -68,6 +85,13 @@ class Metrics:
         self.marks = Counter(
             "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r
         )
+
+        if not enabled:
+            off = _Off()
+            for name, value in list(vars(self).items()):
+                if isinstance(value, (Counter, Gauge, Histogram)) or name in ("frames_in", "frames_out"):
+                    setattr(self, name, off)
+            self.registry = CollectorRegistry()  # nothing registered: /metrics is empty
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, for tests and the admin API (0 when never set)."""

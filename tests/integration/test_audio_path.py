@@ -54,7 +54,10 @@ def test_caller_speech_over_the_assistant_clears_twilio_within_150ms_and_drops_t
     else:
         # Arrived in one burst: what Twilio had not been sent yet was dropped at the clear.
         assert bridge.metrics.value("bridge_frames_dropped_total", reason="barge_in") > 0
-    # Marks echoed after the clear are counted as cancelled, not played.
+    # Marks echoed after the clear are counted as cancelled, not played (counts reach
+    # Prometheus in batches; the call's end flushes them).
+    caller.send_stop()
+    assert wait_until(lambda: bridge.calls.live() == [])
     assert bridge.metrics.value("bridge_marks_total", result="cancelled") >= 1
     assert bridge.metrics.value("bridge_marks_total", result="played") >= 1
 

@@ -14,8 +14,6 @@ const TOKEN_KEY = "bridge.adminToken";
 const FINISHED_SHOWN = 20; // the stream sends the latest 20 records
 // Snapshots come every ~0.5 s: this long without one means the server or network stalled.
 const STALE_AFTER_MS = 3000;
-// Used only if the server has no /admin/stream (404): the same data, polled.
-const POLL_MS = 1000;
 const RETRY_DELAYS_MS = [500, 1000, 2000, 5000];
 // An event larger than this without its terminating blank line is a broken stream.
 const MAX_PENDING_CHARS = 16 * 1024 * 1024;
@@ -33,8 +31,8 @@ const state = {
   finishedRows: new Map(), // call_sid → <tr>
   renderedOnce: false,
   lastSnapshotAt: 0,
-  liveLabel: "live",
   failures: 0,
+  snapshots: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -149,7 +147,8 @@ class Card {
     setText(f.vapi_links, text(snap.vapi_links));
 
     const sup = snap.supervisor ?? {};
-    setText(f.strategy, `${text(sup.strategy)} · max ${text(sup.intensity)} in ${text(sup.period_s)} s`);
+    setText(f.strategy, text(sup.strategy));
+    setText(f.intensity, `gives up after ${text(sup.intensity)} child restarts in ${text(sup.period_s)} s`);
     setText(this.supervisorRestarts, text(sup.restarts));
     let trouble = isNumber(sup.restarts) && sup.restarts > 0;
 
@@ -321,7 +320,9 @@ function applySnapshot(snapshot) {
   state.renderedOnce = true;
   state.lastSnapshotAt = Date.now();
   state.failures = 0;
-  // For tests and for a curious operator's devtools: what the last update cost.
+  // For tests and for a curious operator's devtools: how many updates, what the last cost.
+  state.snapshots += 1;
+  document.documentElement.dataset.snapshots = String(state.snapshots);
   document.documentElement.dataset.renderMs = (performance.now() - started).toFixed(1);
 }
 
@@ -345,22 +346,25 @@ function sleep(delayMs, signal) {
 }
 
 // Server-sent events by hand: fetch can send the Authorization header, EventSource cannot.
-// Returns "absent" when the server has no stream endpoint, "ended" when the stream closed.
+// Returns when the server closes the stream; throws on an HTTP error or a broken stream.
 async function readStream(signal) {
   const response = await fetch("/admin/stream", {
     headers: { ...authHeaders(), Accept: "text/event-stream" },
     cache: "no-store",
     signal,
   });
-  if (response.status === 404) return "absent";
   await checked(response);
-  connected("live");
+  connected();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
+  let carry = ""; // a chunk ending in "\r" may be half of a "\r\n"
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return "ended";
-    pending += value.replace(/\r\n?/g, "\n");
+    if (done) return;
+    let chunk = carry + value;
+    carry = chunk.endsWith("\r") ? "\r" : "";
+    if (carry) chunk = chunk.slice(0, -1);
+    pending += chunk.replace(/\r\n?/g, "\n");
     let end;
     while ((end = pending.indexOf("\n\n")) >= 0) {
       const block = pending.slice(0, end);
@@ -386,18 +390,6 @@ function onServerEvent(block) {
   applySnapshot(JSON.parse(data.join("\n")));
 }
 
-async function poll(signal) {
-  connected("live (polling)");
-  while (!signal.aborted) {
-    const get = (path) => fetch(path, { headers: authHeaders(), cache: "no-store", signal })
-      .then(checked)
-      .then((r) => r.json());
-    const [live, history] = await Promise.all([get("/admin/calls"), get(`/admin/history?limit=${FINISHED_SHOWN}`)]);
-    applySnapshot({ calls: live.calls, finished: history.calls });
-    await sleep(POLL_MS, signal);
-  }
-}
-
 async function connect() {
   const controller = new AbortController();
   state.connection = controller;
@@ -406,7 +398,7 @@ async function connect() {
     let problem = "the stream ended";
     try {
       setConnection("connecting", "connecting…");
-      if ((await readStream(signal)) === "absent") await poll(signal);
+      await readStream(signal);
     } catch (error) {
       if (signal.aborted) return;
       if (error instanceof AuthError) {
@@ -459,10 +451,9 @@ function setConnection(kind, label) {
   setText(element, label);
 }
 
-function connected(label) {
-  state.liveLabel = label;
+function connected() {
   state.lastSnapshotAt = Date.now(); // staleness counts from here until the first snapshot
-  setConnection("live", label);
+  setConnection("live", "live");
 }
 
 function watchStaleness() {
@@ -471,7 +462,7 @@ function watchStaleness() {
     if (element.dataset.state !== "live" && element.dataset.state !== "stale") return;
     const age = Date.now() - state.lastSnapshotAt;
     if (age > STALE_AFTER_MS) setConnection("stale", `no update for ${Math.round(age / 1000)} s`);
-    else if (element.dataset.state === "stale") setConnection("live", state.liveLabel);
+    else if (element.dataset.state === "stale") setConnection("live", "live");
   }, 1000);
 }
 
