@@ -33,6 +33,7 @@ class CodecActor(CallActor):
         self._up = Upsampler()
         self._down = Downsampler()
         self._odd_byte = b""  # VAPI may split a 16-bit sample across two frames
+        self._up_buffer = np.empty(320, dtype=np.int16)  # one 20 ms frame at 16 kHz, reused
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -47,7 +48,7 @@ class CodecActor(CallActor):
 
     def _on_caller_audio(self, message: CallerAudio) -> None:
         pcm8k = ulaw_to_pcm16(message.ulaw)
-        data = self._up.process(pcm8k).tobytes() if self._pcm else message.ulaw
+        data = self._up.process(pcm8k, self._up_buffer).tobytes() if self._pcm else message.ulaw
         call = self._call
         seq = call.uplink.append(data)
         self._tell("vapi", UplinkAudio(seq, data, message.received_ns))

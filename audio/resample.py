@@ -122,8 +122,12 @@ class Upsampler:
         self._ring[:] = 0.0
         self._pos = _UP_HISTORY
 
-    def process(self, pcm8k: np.ndarray) -> np.ndarray:
-        """Resample one chunk of 8 kHz int16 samples; returns 2 * len(pcm8k) int16 samples."""
+    def process(self, pcm8k: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Resample one chunk of 8 kHz int16 samples; returns 2 * len(pcm8k) int16 samples.
+
+        With `out` (int16, at least 2 * len(pcm8k) long) the result is written there and
+        a view of it returned, so the hot path allocates nothing per frame.
+        """
         n = len(pcm8k)
         if n == 0:
             return np.empty(0, dtype=np.int16)
@@ -140,7 +144,7 @@ class Upsampler:
         # worst-case sign pattern reaches sum(|taps|) = 2.36 times full scale.
         _clip(even, _INT16_MIN, _INT16_MAX, out=even)
         _rint(even, out=even)
-        out = np.empty(2 * n, dtype=np.int16)
+        out = np.empty(2 * n, dtype=np.int16) if out is None or out.size < 2 * n else out[: 2 * n]
         out[0::2] = even
         out[1::2] = ring[pos - _UP_CENTRE : end - _UP_CENTRE]
         self._pos = end

@@ -1,8 +1,9 @@
 """The operator dashboard at /dashboard: a static page that reads the admin API.
 
-The page holds no server data of its own: its script asks for the admin token, then reads
+The page holds no call data of its own: its script asks for the admin token, then reads
 /admin/stream (and posts chaos to /admin/calls/<sid>/chaos) with it. So this blueprint only
-serves files, and is off (404) exactly when the admin API is, without ADMIN_TOKEN.
+serves the page's files and the fault vocabulary, and is off (404) exactly when the admin
+API is, without ADMIN_TOKEN.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from audio.resample import HALFBAND_TAPS, Downsampler, Upsampler
-from audio.signals import level_dbfs, tone, tone_level_dbfs, white_noise
+from audio.signals import level_dbfs, speech_like, tone, tone_level_dbfs, white_noise
 
 FRAME_8K = 160  # 20 ms
 FRAME_16K = 320
@@ -202,3 +202,14 @@ def test_downsampler_saturates_overshoot_instead_of_wrapping():
     out = in_frames(Downsampler(), pcm, FRAME_16K)
     assert out.max() == 32767 and out.min() == -32768
     assert np.abs(out - np.clip(np.rint(ideal), -32768, 32767)).max() <= 1
+
+
+def test_upsampling_into_a_reused_buffer_gives_the_same_samples():
+    pcm = speech_like(400, 8000, dbfs=-20.0)
+    plain, reused = Upsampler(), Upsampler()
+    buffer = np.empty(320, dtype=np.int16)
+    for i in range(0, pcm.size, 160):
+        expected = plain.process(pcm[i : i + 160])
+        got = reused.process(pcm[i : i + 160], buffer)
+        assert np.array_equal(got, expected)
+        assert np.shares_memory(got, buffer)
