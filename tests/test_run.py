@@ -27,37 +27,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+def start_server(tmp_path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """`python run.py` on a free loopback port, once it answers /healthz."""
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "TWILIO_AUTH_TOKEN": TOKEN,
-        "DRAIN_TIMEOUT_S": "1",
         "DATABASE_PATH": str(tmp_path / "calls.db"),
-        "LOG_FORMAT": "json",
+        **extra,
     }
-    process = subprocess.Popen(
-        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # Logs go to a file, not a pipe: a pipe nobody drains fills up and stalls the server.
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     base = f"http://127.0.0.1:{port}"
+    assert wait_until(lambda: _healthy(base), timeout=15), (tmp_path / "server.log").read_text()[-2000:]
+    return process, base
 
-    def healthy() -> bool:
-        try:
-            return requests.get(base + "/healthz", timeout=0.5).status_code == 200
-        except requests.RequestException:
-            return False
 
-    assert wait_until(healthy, timeout=15), process.stderr.read() if process.poll() is not None else "no answer"
-    yield process, base
+def stop_server(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        process.kill()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
     process.wait(timeout=10)
 
 
-def test_sigterm_drains_live_calls_then_exits_0(server):
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(base + "/healthz", timeout=0.5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture
+def server(tmp_path):
+    process, base = start_server(tmp_path, DRAIN_TIMEOUT_S="1", LOG_FORMAT="json")
+    yield process, base
+    stop_server(process)
+
+
+def test_sigterm_drains_live_calls_then_exits_0(server, tmp_path):
     process, base = server
     caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
     try:
@@ -79,11 +93,11 @@ def test_sigterm_drains_live_calls_then_exits_0(server):
     finally:
         caller.close()
     assert process.wait(timeout=15) == 0
-    out = process.stdout.read()
+    out = (tmp_path / "server.log").read_text()
     assert '"event": "drained"' in out or '"event":"drained"' in out
 
 
-def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server):
+def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server, tmp_path):
     import json
 
     process, base = server
@@ -99,7 +113,7 @@ def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server):
         caller.close()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
-    lines = [json.loads(line) for line in process.stdout.read().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
     assert lines
     call_lines = [line for line in lines if line.get("actor") in ("twilio", "vapi", "codec", "vad", "supervisor")]
     assert call_lines and all(line.get("call_sid") == caller.call_sid for line in call_lines)
@@ -110,36 +124,14 @@ def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server):
 
 @pytest.fixture
 def chaos_server(tmp_path):
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "ADMIN_TOKEN": "chaos-cli-token",
-        "DATABASE_PATH": str(tmp_path / "calls.db"),
-        "CHAOS_RATE": "120",  # faults per call-minute: two a second, a busy monkey
-        "CHAOS_SEED": "7",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    process, base = start_server(
+        tmp_path,
+        ADMIN_TOKEN="chaos-cli-token",
+        CHAOS_RATE="120",  # faults per call-minute: two a second, a busy monkey
+        CHAOS_SEED="7",
     )
-    base = f"http://127.0.0.1:{port}"
-    assert wait_until(lambda: _healthy(base), timeout=15)
     yield process, base
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(base + "/healthz", timeout=0.5).status_code == 200
-    except requests.RequestException:
-        return False
+    stop_server(process)
 
 
 def test_chaos_cli_lists_calls_and_injects_faults_and_the_monkey_injects_on_its_own(chaos_server):
