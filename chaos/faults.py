@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ACTORS", "FAULTS", "LINK_FAULTS", "check_fault"]
+__all__ = ["ACTORS", "FAULTS", "LINK_FAULTS", "applicable_pairs", "check_fault"]
 
 ACTORS = ("twilio", "vapi", "codec", "vad", "supervisor")
 # raise: an exception in a handler; kill: a BaseException (what pykka alone would turn

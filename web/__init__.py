@@ -38,7 +38,8 @@ class WebContext:
 def create_app(context: WebContext) -> Flask:
     from web import admin, dashboard, health, media, voice
 
-    app = Flask(__name__)
+    # No default /static: the dashboard serves its own files, only while it is on.
+    app = Flask(__name__, static_folder=None)
     app.extensions["bridge"] = context
     app.register_blueprint(voice.bp)
     app.register_blueprint(media.bp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -37,14 +38,29 @@ def live_greenlets() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and not obj.dead)
 
 
+def open_sockets() -> int:
+    """Sockets this process holds open (Linux)."""
+    fd_dir = "/proc/self/fd"
+    count = 0
+    for fd in os.listdir(fd_dir):
+        try:
+            count += os.readlink(f"{fd_dir}/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """Every test must leave no actor and no extra greenlet behind."""
+    """Every test must leave no actor, no extra greenlet and no extra socket behind."""
     gevent.sleep(0)
-    before = live_greenlets()
+    gc.collect()
+    before, sockets = live_greenlets(), open_sockets()
     yield
     assert wait_until(lambda: not ActorRegistry.get_all(), timeout=5), ActorRegistry.get_all()
     assert wait_until(lambda: live_greenlets() <= before, timeout=5), (live_greenlets(), before)
+    # Clients' pooled connections are freed by the collector, not by us.
+    assert wait_until(lambda: gc.collect() >= 0 and open_sockets() <= sockets, timeout=5), (open_sockets(), sockets)
 
 
 def make_settings(port: int, sim: VapiSimulator, database: str = ":memory:", **env: str) -> Settings:

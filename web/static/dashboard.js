@@ -6,7 +6,8 @@
 //   CallSids, outcome details and event details are data, not markup.
 // - One card per live call, keyed by CallSid and updated in place; a cell is written only
 //   when its text changes. With 200 calls and a snapshot every 0.5 s, re-rendering
-//   everything would rebuild ~40k nodes per tick and lose focus, hover and scroll.
+//   everything would rebuild tens of thousands of nodes per tick and lose focus, hover
+//   and scroll.
 // - The token lives in sessionStorage (this tab, until it closes) and travels only in the
 //   Authorization header: EventSource cannot send headers, and URLs end up in logs.
 

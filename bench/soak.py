@@ -1,0 +1,539 @@
+"""Soak: simulated calls against a real server process under the chaos monkey.
+
+    python -m bench.soak --calls 20 --minutes 10 --chaos-rate 2 --seed 42 [--call-seconds 75] [--port P]
+
+Starts `python run.py` (embedded VAPI simulator, CHAOS_RATE and CHAOS_SEED as given) on a
+loopback port and keeps `--calls` simulated Twilio callers talking to it for `--minutes`:
+each speaks a conversation (speech-like utterances and pauses, continuous 20 ms frames)
+for 0.8-1.2x `--call-seconds`, sends `stop`, and a new call takes its place. Then it
+lets the last calls end, reads the server's leftovers, sends SIGTERM, and prints one
+markdown table. Exit 0 only if no Twilio leg was lost, no actor of a call was left, the
+server's greenlets did not grow, every call connected, and the server exited 0.
+
+Method:
+* Warm-up. Before "before" is recorded, one round of `--calls` concurrent short calls
+  runs and ends: first-call imports, caches, the allocator's high-water mark for that
+  many calls and chaos's code paths are start-up cost, not a leak.
+* Long-lived actors (the root supervisor, the chaos monkey) are counted once the server
+  answers /healthz and before any call; "actors left from calls" is the count after the
+  run minus that.
+* A Twilio leg is lost when the server closed or dropped a caller's socket (or stopped
+  reading it) before the caller's `stop`, and the server's record of that call does not
+  say it ended the call on purpose (gave-up, failed, assistant-ended).
+* Counters and the recovery histogram are the change between the snapshot after warm-up
+  and the one after the run. Fault -> audio again is the server's
+  `bridge_fault_recovery_seconds` (actor failure -> caller audio reaching VAPI again);
+  its p50/p99 are interpolated inside histogram buckets.
+* Every wait is bounded; the run cannot outlive `seconds + 1.2 * call_seconds + 210 s`.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # `python -m bench.soak`: patch before anything imports sockets.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.monkey
+import gevent.pool
+
+from bench._prom import Snapshot, bucket_quantile, counter_delta, histogram_delta, parse_snapshot
+from bench._server import ServerError, ServerProcess
+from sims.caller import CallerConfig, CallerError, SimulatedCaller
+from sims.script import CallerScript, Pause, Say
+
+__all__ = ["CallResult", "SoakResult", "format_table", "main", "run_soak"]
+
+# Endings the server chose on purpose: its socket close is the policy, not a lost leg.
+DELIBERATE_ENDINGS = frozenset({"gave-up", "failed", "assistant-ended"})
+_GREETING_MS = 1500  # the caller listens to the greeting first
+_SAY_MS = (700, 2800)
+_PAUSE_MS = (1500, 4500)
+_LENGTH_SPREAD = (0.8, 1.2)  # call length as a fraction of --call-seconds
+_MIN_CALL_S = 3.0  # less time than this left: start no new call
+# A call's own bound beyond its script: webhook, connect, a send blocked for the
+# caller's 5 s socket timeout, and the closing handshake.
+_CALL_MARGIN_S = 30.0
+_WARMUP_S = 5.0
+_SERVER_START_S = 30.0
+_DRAIN_WAIT_S = 30.0  # live_calls to reach 0 once every caller has hung up
+_SETTLE_S = 20.0  # greenlets and actors to come back down
+_RECORDS_WAIT_S = 10.0
+_STOP_WAIT_S = 20.0
+_SAMPLE_EVERY_S = 10.0
+_PROGRESS_EVERY_S = 30.0
+_WATCHDOG_MARGIN_S = 210.0  # >= the sum of the bounded phases outside the calls themselves
+_MIB = 1024 * 1024
+
+
+class SoakAborted(Exception):
+    """The run could not be carried out (the server did not start or stopped answering)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallResult:
+    """What one simulated caller saw."""
+
+    call_sid: str
+    connected: bool  # the media stream started
+    stop_sent: bool
+    closed_early: bool  # the server closed or dropped the socket before our stop
+    close_code: int | None
+    error: str | None
+    stream_s: float  # from stream start to hang-up (or loss)
+    audio_s_received: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LostLeg:
+    call_sid: str
+    caller_saw: str
+    server_outcome: str | None
+    server_detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessSample:
+    rss_bytes: int
+    greenlets: int
+    actors: int
+    live_calls: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessSample:
+        return cls(
+            rss_bytes=int(data["rss_bytes"]),
+            greenlets=int(data["greenlets"]),
+            actors=int(data["actors"]),
+            live_calls=int(data["live_calls"]),
+        )
+
+
+@dataclass(kw_only=True)
+class SoakResult:
+    """Everything the table shows; `problems` lists why the run failed (empty: passed)."""
+
+    calls: int
+    seconds: float
+    chaos_rate: float
+    seed: int
+    call_seconds: float
+    call_results: list[CallResult]
+    outcomes: dict[str, int]  # from the server's call records
+    faults: dict[tuple[str, str], int]  # (actor, fault) -> injected
+    restarts: dict[tuple[str, str], int]  # (actor, reason) -> restarts
+    legs_lost: list[LostLeg]
+    gave_up: list[tuple[str, str, str]]  # (call_sid, outcome, detail)
+    records_missing: int
+    recovery_count: int
+    recovery_p50: tuple[float, bool] | None
+    recovery_p99: tuple[float, bool] | None
+    long_lived_actors: int
+    before: ProcessSample
+    after: ProcessSample
+    peak_rss_bytes: int
+    peak_live_calls: int
+    server_exit: int | None
+    log_path: Path
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def calls_run(self) -> int:
+        return len(self.call_results)
+
+    @property
+    def calls_connected(self) -> int:
+        return sum(r.connected for r in self.call_results)
+
+    @property
+    def call_minutes(self) -> float:
+        return sum(r.stream_s for r in self.call_results) / 60.0
+
+    @property
+    def call_actors_left(self) -> int:
+        return self.after.actors - self.long_lived_actors
+
+    @property
+    def greenlet_growth(self) -> int:
+        return self.after.greenlets - self.before.greenlets
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---- one call ----------------------------------------------------------------------
+
+
+class _CallTimeout(Exception):
+    pass
+
+
+def conversation(length_s: float, rng: random.Random) -> CallerScript:
+    """Greeting, then utterances and pauses of random length, `length_s` in all."""
+    target = int(length_s * 1000)
+    segments: list[Say | Pause] = [Pause(ms=min(_GREETING_MS, target))]
+    total = segments[0].ms
+    while total < target:
+        say = min(rng.randint(*_SAY_MS), target - total)
+        segments.append(Say(ms=say))
+        total += say
+        if total < target:
+            pause = min(rng.randint(*_PAUSE_MS), target - total)
+            segments.append(Pause(ms=pause))
+            total += pause
+    return CallerScript(tuple(s for s in segments if s.ms >= 20))
+
+
+def drive_call(server: ServerProcess, script: CallerScript, timeout_s: float) -> CallResult:
+    """Place one call, speak `script` in real time, hang up with `stop`. Never raises CallerError."""
+    caller = SimulatedCaller(
+        CallerConfig(server_url=server.url, public_url=server.url, auth_token=server.auth_token, script=script)
+    )
+    connected = stop_sent = False
+    error: str | None = None
+    started = time.monotonic()
+    try:
+        with gevent.Timeout(timeout_s, _CallTimeout):
+            status, _ = caller.post_webhook()
+            if status != 200 or caller.stream_url is None:
+                raise CallerError(f"webhook answered HTTP {status} without a <Stream>")
+            caller.connect()
+            caller.start_stream()
+            connected, started = True, time.monotonic()
+            for _, pcm in script.render():
+                caller.send_audio(pcm)
+            caller.send_stop()
+            stop_sent = True
+    except _CallTimeout:
+        error = f"call did not finish within {timeout_s:g} s"
+    except CallerError as exc:
+        error = str(exc)
+    finally:
+        ended = time.monotonic()
+        caller.close()  # bounded: a 2 s close handshake, then its greenlets are killed
+    return CallResult(
+        call_sid=caller.call_sid,
+        connected=connected,
+        stop_sent=stop_sent,
+        closed_early=caller.closed_early,
+        close_code=caller.close_code,
+        error=error,
+        stream_s=ended - started if connected else 0.0,
+        audio_s_received=len(caller.received_ulaw) / 8000.0,
+    )
+
+
+# ---- the run -----------------------------------------------------------------------
+
+
+def _stats(server: ServerProcess) -> ProcessSample:
+    return ProcessSample.from_json(server.admin("/admin/process"))
+
+
+def _wait_for(server: ServerProcess, done: Callable[[ProcessSample], bool], timeout_s: float) -> ProcessSample:
+    """Poll /admin/process until `done` (or the timeout); the last sample either way."""
+    deadline = time.monotonic() + timeout_s
+    sample = _stats(server)
+    while not done(sample) and time.monotonic() < deadline:
+        gevent.sleep(0.5)
+        sample = _stats(server)
+    return sample
+
+
+def _run_calls(
+    server: ServerProcess, *, calls: int, seconds: float, call_seconds: float, seed: int,
+    results: list[CallResult], log: Callable[[str], None],
+) -> None:
+    """`calls` workers, each placing calls back to back until `seconds` have passed."""
+    end = time.monotonic() + seconds
+    stagger_s = min(5.0, call_seconds / 2)
+
+    def worker(index: int) -> None:
+        rng = random.Random(seed * 1_000 + index)
+        gevent.sleep(stagger_s * index / calls)
+        while (remaining := end - time.monotonic()) >= _MIN_CALL_S:
+            length = min(call_seconds * rng.uniform(*_LENGTH_SPREAD), remaining)
+            results.append(drive_call(server, conversation(length, rng), length + _CALL_MARGIN_S))
+
+    group = gevent.pool.Group()
+    for index in range(calls):
+        group.spawn(worker, index).link_exception(lambda g: log(f"soak worker crashed: {g.exception!r}"))
+    # Each call bounds itself; this bounds the workers should one not.
+    group.join(timeout=seconds + call_seconds * _LENGTH_SPREAD[1] + _CALL_MARGIN_S + 10.0)
+    group.kill(block=True, timeout=5.0)
+
+
+def _records(server: ServerProcess, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The server's call records for `wanted` SIDs (it writes them a moment after each call)."""
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + _RECORDS_WAIT_S
+    while True:
+        history = server.admin(f"/admin/history?limit={min(1000, len(wanted) + 100)}")
+        found.update({r["call_sid"]: r for r in history["calls"] if r["call_sid"] in wanted})
+        for call_sid in wanted - found.keys():
+            record = server.admin_or_none(f"/admin/calls/{call_sid}")
+            if record is not None and not record.get("live"):
+                found[call_sid] = record
+        if found.keys() >= wanted or time.monotonic() > deadline:
+            return found
+        gevent.sleep(1.0)
+
+
+def _caller_saw(result: CallResult) -> str:
+    if result.closed_early:
+        return f"server closed the socket before stop (close code {result.close_code})"
+    return result.error or "no stop sent"
+
+
+def run_soak(
+    *,
+    calls: int,
+    seconds: float,
+    chaos_rate: float,
+    seed: int,
+    call_seconds: float = 75.0,
+    port: int | None = None,
+    workdir: Path | None = None,
+    warmup_s: float = _WARMUP_S,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> SoakResult:
+    """Run the soak and return its result. SoakAborted if the server could not be used."""
+    if not gevent.monkey.is_module_patched("socket"):
+        raise RuntimeError("gevent.monkey.patch_all() must run first (python -m bench.soak does it)")
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    server = ServerProcess(workdir=workdir, chaos_rate=chaos_rate, seed=seed, port=port)
+    budget_s = seconds + call_seconds * _LENGTH_SPREAD[1] + _WATCHDOG_MARGIN_S
+    log(f"soak: {calls} calls for {seconds:g} s, chaos {chaos_rate:g}/call-min seed {seed}; "
+        f"server log {server.log_path}; bounded to {budget_s:.0f} s")
+    try:
+        with gevent.Timeout(budget_s, SoakAborted(f"the run exceeded its {budget_s:.0f} s bound")):
+            return _soak(server, calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed,
+                         call_seconds=call_seconds, warmup_s=warmup_s, log=log)
+    except ServerError as exc:
+        raise SoakAborted(str(exc)) from exc
+    finally:
+        server.kill()  # no-op when it already exited
+
+
+def _soak(
+    server: ServerProcess, *, calls: int, seconds: float, chaos_rate: float, seed: int,
+    call_seconds: float, warmup_s: float, log: Callable[[str], None],
+) -> SoakResult:
+    problems: list[str] = []
+    server.start(timeout_s=_SERVER_START_S)
+    long_lived = _stats(server).actors  # nothing but the server's own parts exist yet
+
+    warmup: list[CallResult] = []
+    _run_calls(server, calls=calls, seconds=warmup_s, call_seconds=warmup_s, seed=seed + 1,
+               results=warmup, log=log)
+    sample = _wait_for(server, lambda s: s.live_calls == 0 and s.actors <= long_lived, _DRAIN_WAIT_S)
+    if sample.live_calls or sample.actors > long_lived:
+        problems.append(f"after warm-up: {sample.live_calls} live calls, {sample.actors - long_lived} call actors")
+    gevent.sleep(1.0)  # let closing connections' greenlets finish before counting
+    before = _stats(server)
+    metrics_before = parse_snapshot(server.metrics_text())
+    log(f"soak: warm-up done ({len(warmup)} calls); before: rss {before.rss_bytes / _MIB:.1f} MiB, "
+        f"{before.greenlets} greenlets, {before.actors} actors")
+
+    results: list[CallResult] = []
+    samples: list[ProcessSample] = [before]
+    started = time.monotonic()
+
+    def watch() -> None:
+        last_progress = started
+        while True:
+            gevent.sleep(_SAMPLE_EVERY_S)
+            try:
+                samples.append(_stats(server))
+            except ServerError as exc:
+                log(f"soak: /admin/process failed: {exc}")
+                continue
+            if time.monotonic() - last_progress >= _PROGRESS_EVERY_S:
+                last_progress = time.monotonic()
+                s = samples[-1]
+                log(f"soak: {last_progress - started:.0f} s: {s.live_calls} live, {len(results)} ended, "
+                    f"rss {s.rss_bytes / _MIB:.1f} MiB, {s.greenlets} greenlets, {s.actors} actors")
+
+    watcher = gevent.spawn(watch)
+    try:
+        _run_calls(server, calls=calls, seconds=seconds, call_seconds=call_seconds, seed=seed,
+                   results=results, log=log)
+    finally:
+        watcher.kill(block=True, timeout=5.0)
+
+    sample = _wait_for(server, lambda s: s.live_calls == 0, _DRAIN_WAIT_S)
+    if sample.live_calls:
+        problems.append(f"{sample.live_calls} calls still live {_DRAIN_WAIT_S:g} s after every caller hung up")
+    after = _wait_for(
+        server, lambda s: s.greenlets <= before.greenlets and s.actors <= long_lived, _SETTLE_S
+    )
+    metrics_after = parse_snapshot(server.metrics_text())
+    records = _records(server, {r.call_sid for r in results if r.connected})
+    server_exit = server.stop(timeout_s=_STOP_WAIT_S)
+    log(f"soak: server stopped, exit {server_exit}")
+
+    result = _build_result(
+        calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed, call_seconds=call_seconds,
+        results=results, records=records, metrics=(metrics_before, metrics_after),
+        long_lived=long_lived, before=before, after=after, samples=samples + [after],
+        server_exit=server_exit, log_path=server.log_path, problems=problems,
+    )
+    return result
+
+
+def _build_result(
+    *, calls: int, seconds: float, chaos_rate: float, seed: int, call_seconds: float,
+    results: list[CallResult], records: dict[str, dict[str, Any]], metrics: tuple[Snapshot, Snapshot],
+    long_lived: int, before: ProcessSample, after: ProcessSample, samples: list[ProcessSample],
+    server_exit: int | None, log_path: Path, problems: list[str],
+) -> SoakResult:
+    legs_lost: list[LostLeg] = []
+    gave_up: list[tuple[str, str, str]] = []
+    for r in results:
+        record = records.get(r.call_sid)
+        outcome = record["outcome"] if record else None
+        detail = record.get("outcome_detail", "") if record else "no call record"
+        if outcome in DELIBERATE_ENDINGS:
+            gave_up.append((r.call_sid, str(outcome), str(detail)))
+        elif r.connected and (r.closed_early or not r.stop_sent):
+            legs_lost.append(LostLeg(call_sid=r.call_sid, caller_saw=_caller_saw(r),
+                                     server_outcome=outcome, server_detail=str(detail)))
+    m_before, m_after = metrics
+    buckets = histogram_delta(m_before, m_after, "bridge_fault_recovery_seconds")
+    result = SoakResult(
+        calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed, call_seconds=call_seconds,
+        call_results=results,
+        outcomes=dict(Counter(str(rec["outcome"]) for rec in records.values())),
+        faults=counter_delta(m_before, m_after, "bridge_chaos_faults_total", ("actor", "fault")),  # type: ignore[arg-type]
+        restarts=counter_delta(m_before, m_after, "bridge_actor_restarts_total", ("actor", "reason")),  # type: ignore[arg-type]
+        legs_lost=legs_lost,
+        gave_up=gave_up,
+        records_missing=sum(r.connected for r in results) - len(records),
+        recovery_count=round(buckets[-1][1]) if buckets else 0,
+        recovery_p50=bucket_quantile(0.50, buckets),
+        recovery_p99=bucket_quantile(0.99, buckets),
+        long_lived_actors=long_lived,
+        before=before,
+        after=after,
+        peak_rss_bytes=max(s.rss_bytes for s in samples),
+        peak_live_calls=max(s.live_calls for s in samples),
+        server_exit=server_exit,
+        log_path=log_path,
+        problems=problems,
+    )
+    not_connected = [r for r in results if not r.connected]
+    if not results:
+        problems.append("no call ran")
+    if not_connected:
+        problems.append(f"{len(not_connected)} calls never connected, first: {not_connected[0].error}")
+    if legs_lost:
+        problems.append(f"{len(legs_lost)} Twilio legs lost")
+    if result.call_actors_left > 0:
+        problems.append(f"{result.call_actors_left} actors of calls left after every call ended")
+    if result.greenlet_growth > 0:
+        problems.append(f"server greenlets grew by {result.greenlet_growth}")
+    if server_exit != 0:
+        problems.append(f"server exit status {server_exit} after SIGTERM (None: killed)")
+    return result
+
+
+# ---- the report --------------------------------------------------------------------
+
+
+def _seconds(q: tuple[float, bool] | None) -> str:
+    if q is None:
+        return "n/a"
+    value, above = q
+    return f"> {value:g} s" if above else f"{value:.3f} s"
+
+
+def _by_first(counts: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """Rows of "second count, ..." grouped by the first label, for compact cells."""
+    groups: dict[str, list[str]] = {}
+    for (first, second), n in sorted(counts.items()):
+        groups.setdefault(first, []).append(f"{second} {n}")
+    return [(first, ", ".join(cells)) for first, cells in groups.items()]
+
+
+def format_table(result: SoakResult) -> str:
+    """One markdown table of the run, then the lost legs and problems, if any."""
+    r = result
+    rss_growth = (r.after.rss_bytes - r.before.rss_bytes) / _MIB
+    rows: list[tuple[str, str]] = [
+        ("concurrent calls x time", f"{r.calls} x {r.seconds / 60:g} min, calls of {r.call_seconds:g} s "
+                                    f"(x{_LENGTH_SPREAD[0]:g}-{_LENGTH_SPREAD[1]:g}), peak live {r.peak_live_calls}"),
+        ("chaos", f"CHAOS_RATE {r.chaos_rate:g} faults per live call-minute, CHAOS_SEED {r.seed}"),
+        ("calls run (connected)", f"{r.calls_run} ({r.calls_connected})"),
+        ("call-minutes", f"{r.call_minutes:.1f}"),
+        ("faults injected", str(sum(r.faults.values()))),
+    ]
+    rows += [(f"faults: {actor}", cells) for actor, cells in _by_first(r.faults)]
+    rows.append(("restarts", str(sum(r.restarts.values()))))
+    rows += [(f"restarts: {actor}", cells) for actor, cells in _by_first(r.restarts)]
+    rows += [
+        ("outcomes (server records)", ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items())) or "none"),
+        ("**Twilio legs lost**", f"**{len(r.legs_lost)}**"),
+        ("calls gave up (by the server, on purpose)", str(len(r.gave_up))),
+    ]
+    reasons = Counter(f"{outcome}: {detail}" for _, outcome, detail in r.gave_up)
+    rows += [("  reason", f"{n} x {reason}") for reason, n in reasons.most_common()]
+    rows += [
+        ("fault -> audio again p50 / p99 (bucket-interpolated)",
+         f"{_seconds(r.recovery_p50)} / {_seconds(r.recovery_p99)} (n={r.recovery_count})"),
+        ("server RSS before -> after (MiB)",
+         f"{r.before.rss_bytes / _MIB:.1f} -> {r.after.rss_bytes / _MIB:.1f} ({rss_growth:+.1f}; "
+         f"peak {r.peak_rss_bytes / _MIB:.1f})"),
+        ("server greenlets before -> after", f"{r.before.greenlets} -> {r.after.greenlets} ({r.greenlet_growth:+d})"),
+        ("actors after (long-lived: root + chaos monkey)", f"{r.after.actors} ({r.long_lived_actors} long-lived)"),
+        ("**actors left from calls**", f"**{r.call_actors_left}**"),
+        ("server exit after SIGTERM", "killed" if r.server_exit is None else str(r.server_exit)),
+        ("result", "PASS" if r.ok else "FAIL"),
+    ]
+    if r.records_missing:
+        rows.insert(-1, ("calls without a server record", str(r.records_missing)))
+    lines = ["| soak | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    for leg in r.legs_lost:
+        lines.append(f"lost leg {leg.call_sid}: caller saw {leg.caller_saw}; server outcome "
+                     f"{leg.server_outcome} ({leg.server_detail})")
+    for problem in r.problems:
+        lines.append(f"problem: {problem}")
+    lines.append(f"server log: {r.log_path}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20, help="concurrent calls (default %(default)s)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long to keep placing calls")
+    parser.add_argument("--chaos-rate", type=float, default=2.0, help="faults per live call-minute")
+    parser.add_argument("--seed", type=int, default=1, help="CHAOS_SEED, and the call lengths' seed")
+    parser.add_argument("--call-seconds", type=float, default=75.0, help="mean call length (default %(default)s)")
+    parser.add_argument("--port", type=int, help="server port (default: a free one)")
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.minutes <= 0 or args.call_seconds < _MIN_CALL_S or not 0 <= args.chaos_rate <= 600:
+        parser.error("need --calls >= 1, --minutes > 0, --call-seconds >= 3, 0 <= --chaos-rate <= 600")
+    try:
+        result = run_soak(calls=args.calls, seconds=args.minutes * 60, chaos_rate=args.chaos_rate,
+                          seed=args.seed, call_seconds=args.call_seconds, port=args.port)
+    except SoakAborted as exc:
+        print(f"soak aborted: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
