@@ -12,6 +12,7 @@ import time
 import pytest
 import requests
 
+from actors.messages import InjectFault
 from audio.signals import silence, tone
 from chaos.faults import applicable_pairs
 from sims.vapi import VapiSimConfig
@@ -116,3 +117,23 @@ def test_a_kill_in_one_call_leaves_a_concurrent_call_untouched(bridge, vapi_sim,
     assert other.supervisor is supervisor
     assert all(ref.is_alive() for ref in untouched.values())
     assert not bystander.closed.is_set() and not victim.closed.is_set()
+
+
+def test_restarts_beyond_the_intensity_end_the_call_with_the_fallback(bridge, vapi_sim, make_caller):
+    from tests.integration.test_call_flow import after_stream
+
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    caller.send_audio(silence(200, 8000))
+    call = bridge.calls.get(caller.call_sid)
+    intensity = call.flags.intensity
+    for n in range(intensity + 1):
+        before = call.children.get("codec")
+        assert call.children.tell("codec", InjectFault("raise"))
+        if n < intensity:
+            assert wait_until(lambda: call.children.get("codec") not in (None, before), timeout=3)
+    assert caller.closed.wait(3)
+    assert bridge.calls.outcome(caller.call_sid) == "gave-up"
+    assert sim.ended.wait(3) and {"type": "end-call"} in sim.received_text  # VAPI was told
+    response = after_stream(bridge, caller.call_sid)
+    assert bridge.settings.fallback.say in response.text and "<Hangup" not in response.text
