@@ -50,6 +50,12 @@ _HOLD_LEVEL_DBFS = -24.0
 # frame in ten is timed, plenty for a latency histogram at 50 frames a second.
 _METRICS_BATCH = 50
 _LATENCY_SAMPLE_EVERY = 10
+# Marks come back within the lead (200 ms) plus the network. Three seconds without one
+# while audio is out means Twilio stopped echoing them (it should not): the actor then
+# paces by the inbound frames' clock until echoes return, rather than holding the
+# assistant's audio forever. Checked every 200 ms, on inbound frames.
+_MARKS_OVERDUE_NS = 3_000_000_000
+_MARK_CHECK_EVERY = 10
 # Far-end level changes smaller than this are not worth a message to the VAD.
 _LEVEL_STEP_DB = 3.0
 # Malformed frames: log the first few per call, then one in this many (the counter has all).
@@ -75,6 +81,8 @@ class TwilioActor(CallActor):
         self._turn_mark: str | None = None  # the mark after a turn's first frame
         self._turn_sent_ns = 0
         self._holding = False
+        self._last_echo_ns = time.monotonic_ns()
+        self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
         self._unflushed_in = 0
         self._unflushed_out = 0
         self._flushed_played = 0
@@ -153,6 +161,12 @@ class TwilioActor(CallActor):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         self._stream_ms = media.timestamp_ms
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
+        if self._clock_paced:
+            # Inbound frames arrive in real time: each one is 20 ms of playback.
+            self._playback.advance(FRAME_MS)
+            self._pump()
+        elif call.frames_in % _MARK_CHECK_EVERY == 0:
+            self._check_marks(received_ns)
 
     def _count_malformed(self, exc: ProtocolError) -> None:
         self._malformed += 1
@@ -254,7 +268,22 @@ class TwilioActor(CallActor):
             if self._turn_mark == "":
                 self._turn_mark = name
 
+    def _check_marks(self, now_ns: int) -> None:
+        """Twilio echoes every mark; if echoes stop while audio is out, stop waiting for them."""
+        playback = self._playback
+        if not playback.audible or playback.sent_ms == playback.played_ms:
+            self._last_echo_ns = now_ns
+            return
+        if now_ns - self._last_echo_ns > _MARKS_OVERDUE_NS:
+            self._log.warning("marks_overdue", sent_ms=playback.sent_ms, played_ms=playback.played_ms)
+            self._call.metrics.malformed.labels(source="twilio", kind="marks_overdue").inc()
+            self._clock_paced = True
+            self._pump()
+
     def _on_mark(self, name: str) -> None:
+        self._last_echo_ns = time.monotonic_ns()
+        self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
+        self._clock_paced = False  # echoes are back: they are the better clock
         result = self._playback.on_mark(name)
         if result == MarkResult.UNKNOWN:
             self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()

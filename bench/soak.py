@@ -72,7 +72,7 @@ _DRAIN_WAIT_S = 30.0  # live_calls to reach 0 once every caller has hung up
 _SETTLE_S = 20.0  # greenlets and actors to come back down
 _RECORDS_WAIT_S = 10.0
 _STOP_WAIT_S = 20.0
-_SAMPLE_EVERY_S = 10.0
+_SAMPLE_EVERY_S = 5.0
 _PROGRESS_EVERY_S = 30.0
 _WATCHDOG_MARGIN_S = 210.0  # >= the sum of the bounded phases outside the calls themselves
 _MIB = 1024 * 1024
@@ -292,6 +292,18 @@ def _records(server: ServerProcess, wanted: set[str]) -> dict[str, dict[str, Any
         gevent.sleep(1.0)
 
 
+def _still_live(server: ServerProcess, results: list[CallResult]) -> list[str]:
+    """One line per call the server still holds although its caller is gone: what each side saw."""
+    ours = {r.call_sid: r for r in results}
+    lines = []
+    for call in server.admin("/admin/calls")["calls"]:
+        r = ours.get(call["call_sid"])
+        caller = "not ours" if r is None else ("hung up with stop" if r.stop_sent else _caller_saw(r))
+        events = "; ".join(f"{e['kind']} {e['detail']}" for e in call.get("events", [])[-6:])
+        lines.append(f"still live: {call['call_sid']} (caller: {caller}); last events: {events}")
+    return lines
+
+
 def _caller_saw(result: CallResult) -> str:
     if result.closed_early:
         return f"server closed the socket before stop (close code {result.close_code})"
@@ -342,6 +354,7 @@ def _soak(
     sample = _wait_for(server, lambda s: s.live_calls == 0 and s.actors <= long_lived, _DRAIN_WAIT_S)
     if sample.live_calls or sample.actors > long_lived:
         problems.append(f"after warm-up: {sample.live_calls} live calls, {sample.actors - long_lived} call actors")
+        problems += _still_live(server, warmup)
     gevent.sleep(1.0)  # let closing connections' greenlets finish before counting
     before = _stats(server)
     metrics_before = parse_snapshot(server.metrics_text())
@@ -377,6 +390,7 @@ def _soak(
     sample = _wait_for(server, lambda s: s.live_calls == 0, _DRAIN_WAIT_S)
     if sample.live_calls:
         problems.append(f"{sample.live_calls} calls still live {_DRAIN_WAIT_S:g} s after every caller hung up")
+        problems += _still_live(server, results)
     after = _wait_for(
         server, lambda s: s.greenlets <= before.greenlets and s.actors <= long_lived, _SETTLE_S
     )

@@ -132,3 +132,19 @@ def test_dtmf_from_the_caller_reaches_vapi_as_a_message(bridge, vapi_sim, make_c
     message = next(m for m in sim.received_text if m.get("type") == "add-message")
     assert message["message"]["role"] == "user" and "7" in message["message"]["content"]
     assert bridge.metrics.value("bridge_dtmf_digits_total") == 1
+
+
+@pytest.mark.parametrize(
+    "sim_config", [VapiSimConfig(api_key=API_KEY, greeting_ms=1000, reply_ms=600, reply_delay_ms=100)]
+)
+def test_if_twilio_stops_echoing_marks_the_assistant_is_not_held_back_forever(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    caller.playback._echo_mark = lambda name: None  # a Twilio that never echoes a mark
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(1000, 8000))
+    held = len(caller.received_ulaw)
+    assert held <= 1600 + 400  # only the 200 ms lead went out: pacing waits for marks
+    caller.send_audio(silence(4000, 8000))
+    # After 3 s without an echo the bridge stops waiting and the rest of the greeting plays.
+    assert len(caller.received_ulaw) >= 8000
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="twilio", kind="marks_overdue") >= 1
