@@ -143,6 +143,7 @@ class SoakResult:
     long_lived_actors: int
     before: ProcessSample
     after: ProcessSample
+    rss_trend: list[tuple[float, int]]  # (seconds into the run, RSS bytes), about 10 points
     peak_rss_bytes: int
     peak_live_calls: int
     server_exit: int | None
@@ -304,6 +305,15 @@ def _still_live(server: ServerProcess, results: list[CallResult]) -> list[str]:
     return lines
 
 
+def _trend(samples: list[tuple[float, ProcessSample]], points: int = 10) -> list[tuple[float, int]]:
+    """About `points` evenly spaced RSS samples, first and last included: a leak climbs, a high-water mark levels off."""
+    step = max(1, round((len(samples) - 1) / (points - 1))) if len(samples) > 1 else 1
+    picked = samples[::step]
+    if picked[-1] is not samples[-1]:
+        picked.append(samples[-1])
+    return [(t, s.rss_bytes) for t, s in picked]
+
+
 def _caller_saw(result: CallResult) -> str:
     if result.closed_early:
         return f"server closed the socket before stop (close code {result.close_code})"
@@ -320,9 +330,15 @@ def run_soak(
     port: int | None = None,
     workdir: Path | None = None,
     warmup_s: float = _WARMUP_S,
+    drain_wait_s: float = _DRAIN_WAIT_S,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> SoakResult:
-    """Run the soak and return its result. SoakAborted if the server could not be used."""
+    """Run the soak and return its result. SoakAborted if the server could not be used.
+
+    `workdir` gets the server's log and call records (default: a new /tmp/soak-* kept
+    after the run). `warmup_s`: length of the warm-up calls. `drain_wait_s`: how long
+    calls may stay live after their callers hung up before that is a problem.
+    """
     if not gevent.monkey.is_module_patched("socket"):
         raise RuntimeError("gevent.monkey.patch_all() must run first (python -m bench.soak does it)")
     workdir = workdir or Path(tempfile.mkdtemp(prefix="soak-"))
@@ -333,7 +349,7 @@ def run_soak(
     try:
         with gevent.Timeout(budget_s, SoakAborted(f"the run exceeded its {budget_s:.0f} s bound")):
             return _soak(server, calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed,
-                         call_seconds=call_seconds, warmup_s=warmup_s, log=log)
+                         call_seconds=call_seconds, warmup_s=warmup_s, drain_wait_s=drain_wait_s, log=log)
     except ServerError as exc:
         raise SoakAborted(str(exc)) from exc
     finally:
@@ -342,16 +358,21 @@ def run_soak(
 
 def _soak(
     server: ServerProcess, *, calls: int, seconds: float, chaos_rate: float, seed: int,
-    call_seconds: float, warmup_s: float, log: Callable[[str], None],
+    call_seconds: float, warmup_s: float, drain_wait_s: float, log: Callable[[str], None],
 ) -> SoakResult:
     problems: list[str] = []
     server.start(timeout_s=_SERVER_START_S)
     long_lived = _stats(server).actors  # nothing but the server's own parts exist yet
 
-    warmup: list[CallResult] = []
-    _run_calls(server, calls=calls, seconds=warmup_s, call_seconds=warmup_s, seed=seed + 1,
-               results=warmup, log=log)
-    sample = _wait_for(server, lambda s: s.live_calls == 0 and s.actors <= long_lived, _DRAIN_WAIT_S)
+    # Warm-up: `calls` short calls at once, so "before" has seen that many live calls.
+    rng = random.Random(seed - 1)
+    warmup_group = gevent.pool.Group()
+    warmups = [warmup_group.spawn(drive_call, server, conversation(warmup_s, rng), warmup_s + _CALL_MARGIN_S)
+               for _ in range(calls)]
+    warmup_group.join(timeout=warmup_s + _CALL_MARGIN_S + 10.0)
+    warmup_group.kill(block=True, timeout=5.0)
+    warmup = [g.value for g in warmups if g.successful() and g.value is not None]
+    sample = _wait_for(server, lambda s: s.live_calls == 0 and s.actors <= long_lived, drain_wait_s)
     if sample.live_calls or sample.actors > long_lived:
         problems.append(f"after warm-up: {sample.live_calls} live calls, {sample.actors - long_lived} call actors")
         problems += _still_live(server, warmup)
@@ -362,21 +383,21 @@ def _soak(
         f"{before.greenlets} greenlets, {before.actors} actors")
 
     results: list[CallResult] = []
-    samples: list[ProcessSample] = [before]
     started = time.monotonic()
+    samples: list[tuple[float, ProcessSample]] = [(0.0, before)]
 
     def watch() -> None:
         last_progress = started
         while True:
             gevent.sleep(_SAMPLE_EVERY_S)
             try:
-                samples.append(_stats(server))
+                samples.append((time.monotonic() - started, _stats(server)))
             except ServerError as exc:
                 log(f"soak: /admin/process failed: {exc}")
                 continue
             if time.monotonic() - last_progress >= _PROGRESS_EVERY_S:
                 last_progress = time.monotonic()
-                s = samples[-1]
+                s = samples[-1][1]
                 log(f"soak: {last_progress - started:.0f} s: {s.live_calls} live, {len(results)} ended, "
                     f"rss {s.rss_bytes / _MIB:.1f} MiB, {s.greenlets} greenlets, {s.actors} actors")
 
@@ -387,9 +408,9 @@ def _soak(
     finally:
         watcher.kill(block=True, timeout=5.0)
 
-    sample = _wait_for(server, lambda s: s.live_calls == 0, _DRAIN_WAIT_S)
+    sample = _wait_for(server, lambda s: s.live_calls == 0, drain_wait_s)
     if sample.live_calls:
-        problems.append(f"{sample.live_calls} calls still live {_DRAIN_WAIT_S:g} s after every caller hung up")
+        problems.append(f"{sample.live_calls} calls still live {drain_wait_s:g} s after every caller hung up")
         problems += _still_live(server, results)
     after = _wait_for(
         server, lambda s: s.greenlets <= before.greenlets and s.actors <= long_lived, _SETTLE_S
@@ -402,7 +423,8 @@ def _soak(
     result = _build_result(
         calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed, call_seconds=call_seconds,
         results=results, records=records, metrics=(metrics_before, metrics_after),
-        long_lived=long_lived, before=before, after=after, samples=samples + [after],
+        long_lived=long_lived, before=before, after=after,
+        samples=samples + [(time.monotonic() - started, after)],
         server_exit=server_exit, log_path=server.log_path, problems=problems,
     )
     return result
@@ -411,7 +433,7 @@ def _soak(
 def _build_result(
     *, calls: int, seconds: float, chaos_rate: float, seed: int, call_seconds: float,
     results: list[CallResult], records: dict[str, dict[str, Any]], metrics: tuple[Snapshot, Snapshot],
-    long_lived: int, before: ProcessSample, after: ProcessSample, samples: list[ProcessSample],
+    long_lived: int, before: ProcessSample, after: ProcessSample, samples: list[tuple[float, ProcessSample]],
     server_exit: int | None, log_path: Path, problems: list[str],
 ) -> SoakResult:
     legs_lost: list[LostLeg] = []
@@ -442,8 +464,9 @@ def _build_result(
         long_lived_actors=long_lived,
         before=before,
         after=after,
-        peak_rss_bytes=max(s.rss_bytes for s in samples),
-        peak_live_calls=max(s.live_calls for s in samples),
+        rss_trend=_trend(samples),
+        peak_rss_bytes=max(s.rss_bytes for _, s in samples),
+        peak_live_calls=max(s.live_calls for _, s in samples),
         server_exit=server_exit,
         log_path=log_path,
         problems=problems,
@@ -510,6 +533,7 @@ def format_table(result: SoakResult) -> str:
         ("server RSS before -> after (MiB)",
          f"{r.before.rss_bytes / _MIB:.1f} -> {r.after.rss_bytes / _MIB:.1f} ({rss_growth:+.1f}; "
          f"peak {r.peak_rss_bytes / _MIB:.1f})"),
+        ("server RSS over the run (MiB at s)", ", ".join(f"{rss / _MIB:.1f} @{t:.0f}" for t, rss in r.rss_trend)),
         ("server greenlets before -> after", f"{r.before.greenlets} -> {r.after.greenlets} ({r.greenlet_growth:+d})"),
         ("actors after (long-lived: root + chaos monkey)", f"{r.after.actors} ({r.long_lived_actors} long-lived)"),
         ("**actors left from calls**", f"**{r.call_actors_left}**"),

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from protocols.errors import ProtocolError
+from protocols.fields import integer as _int
+from protocols.fields import obj as _obj
+from protocols.fields import string as _str
 
 __all__ = [
     "DTMF_DIGITS",
@@ -268,33 +271,6 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], TwilioEvent]]] = {
     "dtmf": _parse_dtmf,
     "stop": _parse_stop,
 }
-
-
-def _obj(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where} has no {key!r}")
-    if type(value) is not dict:
-        raise ProtocolError("bad_field", f"{where}: {key!r} is not an object")
-    return value
-
-
-def _str(parent: dict[str, Any], key: str, where: str) -> str:
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where} has no {key!r}")
-    if type(value) is not str:
-        raise ProtocolError("bad_field", f"{where}: {key!r} is not a string")
-    return value
-
-
-def _int(parent: dict[str, Any], key: str, where: str) -> int:
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where} has no {key!r}")
-    if type(value) is not int:  # also rejects bool, which is an int subclass
-        raise ProtocolError("bad_field", f"{where}: {key!r} is not an integer")
-    return value
 
 
 def _counter(value: object, name: str) -> int:

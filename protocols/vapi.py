@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from protocols.errors import ProtocolError
+from protocols.fields import optional_string as _optional_str
+from protocols.fields import string as _str
 from protocols.twilio import DTMF_DIGITS
 
 __all__ = [
@@ -263,22 +265,6 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
         raise ProtocolError("bad_json", str(exc)) from exc
     if type(value) is not dict:
         raise ProtocolError("not_object", f"top level is {type(value).__name__}")
-    return value
-
-
-def _str(parent: dict[str, Any], key: str, where: str) -> str:
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolError("missing_field", f"{where} has no {key!r}")
-    if type(value) is not str:
-        raise ProtocolError("bad_field", f"{where}: {key!r} is not a string")
-    return value
-
-
-def _optional_str(parent: dict[str, Any], key: str, where: str) -> str | None:
-    value = parent.get(key)
-    if value is not None and type(value) is not str:
-        raise ProtocolError("bad_field", f"{where}: {key!r} is not a string")
     return value
 
 
