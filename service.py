@@ -18,7 +18,7 @@ from pykka import ActorRegistry
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
 from chaos.monkey import ChaosMonkey
-from supervision import ChildSpec
+from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
@@ -66,19 +66,6 @@ class BridgeService:
             except ValueError as exc:
                 raise ConfigError("HOLD_SOUND_WAV", settings.vapi.hold_sound_wav, f"a usable WAV file ({exc})") from None
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
-        if api_key is None:
-            from sims.vapi import VapiSimConfig, VapiSimulator
-
-            self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY))
-            self.simulator.start()
-            base_url, api_key = self.simulator.base_url, _SIMULATOR_KEY
-            self.log.info("vapi_simulator_started", base_url=base_url)
-        connector = VapiConnector(
-            base_url=base_url,
-            api_key=api_key,
-            assistant_id=settings.vapi.assistant_id,
-            timeout_s=settings.vapi.connect_timeout_s,
-        )
         self.root = RootSupervisor.start(
             log=self.log.bind(actor="root"),
             metrics=self.metrics,
@@ -86,6 +73,24 @@ class BridgeService:
             on_restart=lambda call_sid, exit_: (
                 self.calls.supervisor_restarting(call_sid, exit_) if self.calls else None
             ),
+        )
+        if api_key is None:
+            from sims.vapi import VapiSimConfig, VapiSimulator
+
+            # Under the root like any long-lived part: started first, stopped last.
+            simulator = self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY))
+            ref = self.root.ask(StartChild(ChildSpec(
+                id="vapi_simulator",
+                start=lambda handle: ServiceActor.start(handle, start=simulator.start, stop=simulator.stop),
+            )), timeout=10)
+            ref.ask("started?", timeout=10)  # answered once on_start has bound its port
+            base_url, api_key = simulator.base_url, _SIMULATOR_KEY
+            self.log.info("vapi_simulator_started", base_url=base_url)
+        connector = VapiConnector(
+            base_url=base_url,
+            api_key=api_key,
+            assistant_id=settings.vapi.assistant_id,
+            timeout_s=settings.vapi.connect_timeout_s,
         )
         self.records = RecordStore(settings.admin.database_path, log=self.log.bind(actor="records"))
         self.records.start()
@@ -173,8 +178,6 @@ class BridgeService:
             self.root.stop(block=True, timeout=timeout_s)
         if self.server is not None:
             self.server.stop(timeout=timeout_s)
-        if self.simulator is not None:
-            self.simulator.stop()
         if self.records is not None:
             self.records.stop()
         leftover = ActorRegistry.get_all()

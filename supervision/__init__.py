@@ -10,11 +10,13 @@ and stops them in reverse order.
     exits.py      why a child stopped
     actor.py      SupervisedActor: a pykka actor that cannot take the process down
     supervisor.py Supervisor: the behaviour itself
+    service.py    ServiceActor: a start()/stop() part under a supervisor
 """
 
 from supervision.actor import ActorKilled, ChildHandle, SupervisedActor
 from supervision.exits import Exit, ExitKind
 from supervision.restarts import RestartWindow, backoff_delay_s
+from supervision.service import ServiceActor
 from supervision.spec import AutoShutdown, Backoff, ChildSpec, Restart, Strategy, SupervisorFlags
 from supervision.supervisor import ChildTable, Supervisor
 
@@ -29,6 +31,7 @@ __all__ = [
     "ExitKind",
     "Restart",
     "RestartWindow",
+    "ServiceActor",
     "Strategy",
     "SupervisedActor",
     "Supervisor",
