@@ -85,6 +85,9 @@ class SupervisedActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         stop_requested = self._handle is not None and self._handle.stop_requested
         self._report(Exit(ExitKind.SHUTDOWN if stop_requested else ExitKind.NORMAL))
+        # Stopping is bounded by each child's own shutdown timeout, not by the handler
+        # deadline: a supervisor stopping slow children is not hung.
+        self.busy_since = None
         self._close_once()
 
     def on_failure(
