@@ -44,7 +44,10 @@ def media(call_sid: str) -> tuple[str, int]:
         socket.release()
         return "", 204
     call.socket = socket
-    call.supervisor.tell(TwilioSocketAttached())
+    try:
+        call.supervisor.tell(TwilioSocketAttached())
+    except Exception:  # noqa: BLE001 - its supervisor is restarting; the socket is the call's anyway
+        pass
     _read(socket, call, ctx)
     socket.release()
     return "", 204
