@@ -78,7 +78,7 @@ class BridgeService:
             from sims.vapi import VapiSimConfig, VapiSimulator
 
             # Under the root like any long-lived part: started first, stopped last.
-            simulator = self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY))
+            simulator = self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY, record=False))
             ref = self.root.ask(StartChild(ChildSpec(
                 id="vapi_simulator",
                 start=lambda handle: ServiceActor.start(handle, start=simulator.start, stop=simulator.stop),

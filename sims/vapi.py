@@ -24,6 +24,9 @@ from sims.vapi_call import CLOSE_POLICY, SimCall
 
 __all__ = ["SimCall", "VapiSimConfig", "VapiSimulator"]
 
+# Ended calls a recording simulator remembers, so even a long test run stays bounded.
+_KEPT_WHEN_RECORDING = 1000
+
 log = logging.getLogger(__name__)
 
 _FIRST_MESSAGE_MODES = frozenset(
@@ -52,6 +55,10 @@ class VapiSimConfig:
     # False: the assistant talks on when the caller speaks over it and never sends
     # `user-interrupted`, so only the bridge's own barge-in can stop what the caller hears.
     interruptible: bool = True
+    # Keep everything each call received, for tests to inspect. Off for the simulator
+    # embedded in a long-running server, where it would grow by 32 KB a second a call;
+    # ended calls are then forgotten too.
+    record: bool = True
 
 
 def _error(status: int, message: str | list[str]) -> tuple[Response, int]:
@@ -181,6 +188,13 @@ class VapiSimulator:
 
     # ---- faults ----------------------------------------------------------------------
 
+    def _forget_ended(self) -> None:
+        """Without recording, drop calls that ended; with it, keep a bounded history."""
+        keep = _KEPT_WHEN_RECORDING if self.config.record else 0
+        ended = [call_id for call_id, call in self._calls.items() if call.ended.is_set()]
+        for call_id in ended[: max(0, len(ended) - keep)]:
+            del self._calls[call_id]
+
     def fail_next_creates(self, count: int, status: int = 503) -> None:
         """The next `count` `POST /call` requests answer `status`."""
         self._fail_next = count
@@ -215,6 +229,7 @@ class VapiSimulator:
             return _error(400, problems)
         call_id = str(uuid.uuid4())
         call = SimCall(call_id=call_id, config=self.config, **settings)
+        self._forget_ended()
         self._calls[call_id] = call
         log.info("vapi_sim_call_created call_id=%s format=%s", call_id, call.audio_format)
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -254,7 +254,8 @@ class SimCall:
             self._close(CLOSE_POLICY, "invalid message type")
 
     def _on_audio(self, data: bytes) -> None:
-        self.received_audio += data
+        if self._config.record:
+            self.received_audio += data
         self._pending += data
         frame_bytes = self._frame_bytes
         threshold = self._config.speech_threshold_dbfs
