@@ -59,6 +59,8 @@ _LOCAL_BACKOFF = Backoff(min_s=0.01, max_s=0.2, jitter=0.2, reset_after_s=5.0)
 _VAPI_BACKOFF = Backoff(min_s=0.1, max_s=2.0, jitter=0.2, reset_after_s=5.0)
 # Stopping a child: the VAPI link says goodbye (end-call and a close handshake).
 _SHUTDOWN_S = 2.0
+# How often a call supervisor looks whether its call's end has been decided.
+_REAP_PERIOD_S = 0.5
 
 # Outcomes, as reported in logs, metrics and /voice/after-stream.
 COMPLETED = "completed"  # the caller hung up
@@ -108,12 +110,26 @@ class CallSupervisor(Supervisor):
     def on_start(self) -> None:
         super().on_start()
         self._greenlets.spawn(self._await_media, self._call.settings.media_connect_timeout_s)
+        self._greenlets.spawn(self._reap)
         self._log.info("call_started")
 
     def _await_media(self, timeout_s: float) -> None:
         gevent.sleep(timeout_s)
         if self._call.socket is None:
             self._tell_self(EndCall(GAVE_UP, f"no media stream within {timeout_s:g}s"))
+
+    def _reap(self) -> None:
+        """End the call once its end is decided, even if the message saying so was lost.
+
+        The decision (an outcome) lives in the call, not in a mailbox: if this supervisor
+        was replaced while "the caller hung up" sat in its predecessor's mailbox, the
+        successor still sees the outcome here and ends the call.
+        """
+        while True:
+            if self._call.outcome is not None:
+                self._tell_self(EndCall(self._call.outcome, self._call.outcome_detail))
+                return
+            gevent.sleep(_REAP_PERIOD_S)
 
     # Messages ------------------------------------------------------------------------
 

@@ -308,6 +308,10 @@ class Supervisor(SupervisedActor):
 
     def _tell_later(self, delay_s: float, message: Any) -> None:
         gevent.sleep(delay_s)
+        self._tell_self(message)
+
+    def _tell_self(self, message: Any) -> None:
+        """From a greenlet of this supervisor's own: queue a message for its handlers."""
         try:
             self.actor_ref.tell(message)
         except ActorDeadError:

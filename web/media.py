@@ -15,12 +15,16 @@ from flask import Blueprint, current_app, request
 
 from actors.messages import TwilioFrameReceived, TwilioSocketAttached, TwilioSocketClosed
 from protocols.twiml import is_call_sid
-from protocols.twilio import MAX_FRAME_BYTES
+from protocols.errors import ProtocolError
+from protocols.twilio import MAX_FRAME_BYTES, Stop, parse_event
 from web.twilio_socket import FrameTooLarge, TwilioSocket
 
 __all__ = ["bp"]
 
 bp = Blueprint("media", __name__)
+
+# Only a `stop` event has this token: base64 payloads have no quotes.
+_STOP_MARK = '"stop"'
 
 
 @bp.route("/media/<call_sid>", websocket=True)
@@ -53,6 +57,21 @@ def media(call_sid: str) -> tuple[str, int]:
     return "", 204
 
 
+def _note_hang_up(frame: str | bytes, call: Any) -> None:
+    """Twilio's `stop`, recorded in the call as well as sent to TwilioActor.
+
+    A message can die with an actor that fails before handling it (or meet no actor
+    while one restarts); the call's outcome cannot, and the call supervisor ends the
+    call once one is set.
+    """
+    try:
+        event = parse_event(frame)
+    except ProtocolError:
+        return
+    if isinstance(event, Stop):
+        call.set_outcome("completed", "caller hung up")
+
+
 def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
     log = call.log.bind(actor="media_socket")
     while not call.ended.is_set():
@@ -66,7 +85,12 @@ def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
             break
         # Looked up per frame: a restarted CallSupervisor brings a new child table.
         call.children.tell("twilio", TwilioFrameReceived(frame, time.monotonic_ns()))
+        if _STOP_MARK in frame if isinstance(frame, str) else _STOP_MARK.encode() in frame:
+            _note_hang_up(frame, call)
     log.info("media_socket_closed", code=socket.close_code)
+    # Recorded in the call before it is told: a supervisor restarting right now would
+    # lose the message, but sees the outcome when it starts.
+    call.set_outcome("completed", "twilio socket closed")
     if not call.ended.is_set():
         try:
             call.supervisor.tell(TwilioSocketClosed())

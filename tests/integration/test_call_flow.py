@@ -238,3 +238,14 @@ def test_a_slow_actor_is_not_mistaken_for_a_hung_one(bridge, vapi_sim, make_call
     caller.send_audio(silence(600, 8000))
     assert call.children.get("codec") is codec
     assert speak_and_wait_for_answer(caller)
+
+
+@pytest.mark.parametrize("server_env", [{"MEDIA_CONNECT_TIMEOUT_S": "1"}])
+def test_a_call_whose_media_stream_never_comes_is_ended(bridge, vapi_sim, make_caller):
+    caller = make_caller()
+    status, _ = caller.post_webhook()  # Twilio asked for TwiML, then never opened the stream
+    assert status == 200
+    sim = sim_call_for(vapi_sim)
+    assert wait_until(lambda: bridge.calls.live() == [], timeout=4)
+    assert bridge.calls.outcome(caller.call_sid) == "gave-up"
+    assert sim.ended.wait(3)  # and the VAPI call it had started is ended too

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import gevent
 import pytest
 import requests
 
@@ -137,3 +138,33 @@ def test_restarts_beyond_the_intensity_end_the_call_with_the_fallback(bridge, va
     assert sim.ended.wait(3) and {"type": "end-call"} in sim.received_text  # VAPI was told
     response = after_stream(bridge, caller.call_sid)
     assert bridge.settings.fallback.say in response.text and "<Hangup" not in response.text
+
+
+def test_a_caller_hanging_up_while_the_call_supervisor_hangs_still_ends_the_call(bridge, vapi_sim, make_caller):
+    # Found by the soak: the hang-up sat in the hung supervisor's mailbox, was lost with
+    # it, and its successor kept the call alive for good.
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    caller.send_audio(silence(200, 8000))
+    call = bridge.calls.get(caller.call_sid)
+    hung = call.supervisor
+    hung.tell(InjectFault("hang"))
+    gevent.sleep(0.1)
+    caller.send_stop()
+    caller.close()
+    assert wait_until(lambda: bridge.calls.live() == [], timeout=6)
+    assert call.supervisor is not hung  # it was replaced, and the successor ended the call
+    assert bridge.calls.outcome(caller.call_sid) == "completed"
+    assert sim.ended.wait(3)
+
+
+def test_a_hang_up_arriving_while_twilio_actor_restarts_still_ends_the_call(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(200, 8000))
+    call = bridge.calls.get(caller.call_sid)
+    call.children.tell("twilio", InjectFault("hang"))  # down for its 1 s deadline
+    gevent.sleep(0.2)
+    caller.send_stop()  # Twilio does not close its side at once
+    assert wait_until(lambda: bridge.calls.live() == [], timeout=4)
+    assert bridge.calls.outcome(caller.call_sid) == "completed"
