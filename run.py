@@ -3,6 +3,7 @@
     python run.py           serve (embedded VAPI simulator when VAPI_API_KEY is unset)
     python run.py call ...  a simulated caller that does what Twilio does (see --help)
     python run.py chaos ... inject faults into live calls through the admin API (see --help)
+    python run.py soak ...  the chaos soak benchmark (same as python -m bench.soak)
 """
 
 from gevent import monkey
@@ -64,6 +65,10 @@ def main(argv: list[str]) -> int:
         from sims.caller import main as caller_main
 
         return caller_main(argv[1:])
+    if argv and argv[0] == "soak":
+        from bench.soak import main as soak_main
+
+        return soak_main(argv[1:])
     if argv and argv[0] == "chaos":
         from chaos.cli import main as chaos_main
 

@@ -125,15 +125,18 @@ class CallRegistry:
         if call is None or call.children is None:
             return False
         message = InjectFault(fault)
-        call.event("fault", f"{actor}/{fault} injected")
-        self._metrics.chaos.labels(actor=actor, fault=fault).inc()
         if actor == "supervisor":
             try:
                 call.supervisor.tell(message)
+                delivered = True
             except Exception:  # noqa: BLE001 - it is restarting right now
-                return False
-            return True
-        return call.children.tell(actor, message)
+                delivered = False
+        else:
+            delivered = call.children.tell(actor, message)
+        if delivered:  # a fault aimed at an actor mid-restart never happened
+            call.event("fault", f"{actor}/{fault} injected")
+            self._metrics.chaos.labels(actor=actor, fault=fault).inc()
+        return delivered
 
     def end_all(self, outcome: str, detail: str) -> None:
         """Ask every live call to end (draining)."""

@@ -2,8 +2,7 @@
 
     python -m bench._vapi_sim PORT API_KEY     serves until SIGTERM
 
-The simulator keeps every call it served, with all the audio it received, for tests to
-assert on; embedded in the server, that retention would count as the server's RSS.
+Embedded, the simulator's memory, greenlets and actor count as the server's; here they do not.
 """
 
 from __future__ import annotations
@@ -79,8 +78,8 @@ def main(argv: list[str]) -> int:
     from sims.vapi import VapiSimConfig, VapiSimulator
 
     port, api_key = int(argv[0]), argv[1]
-    # The same behaviour as the server's embedded simulator (service.py): default config.
-    simulator = VapiSimulator(VapiSimConfig(api_key=api_key), port=port)
+    # As the server's embedded simulator is configured (service.py): no per-call recordings.
+    simulator = VapiSimulator(VapiSimConfig(api_key=api_key, record=False), port=port)
     simulator.start()
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)

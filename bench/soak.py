@@ -28,9 +28,8 @@ Method:
   and the one after the run. Fault -> audio again is the server's
   `bridge_fault_recovery_seconds` (actor failure -> caller audio reaching VAPI again);
   its p50/p99 are interpolated inside histogram buckets.
-* The server's RSS includes the embedded VAPI simulator, which keeps every VAPI call it
-  served with all the audio it received (about 32 kB per call-second). `--vapi-sim
-  separate` runs it in a process of its own, so RSS measures the bridge alone.
+* The server's RSS, greenlets and actors include the embedded VAPI simulator's. `--vapi-sim
+  separate` runs the simulator in a process of its own, so they measure the bridge alone.
 * Every wait is bounded; the run cannot outlive `seconds + 1.2 * call_seconds + 300 s`.
 """
 
@@ -262,7 +261,7 @@ def run_soak(
     after the run). `warmup_s`: length of the warm-up calls. `drain_wait_s`: how long
     calls may stay live after their callers hung up before that is a problem.
     `vapi_sim`: "embedded" (the server's own, as `python run.py` runs without a VAPI
-    key) or "separate" (its own process, so its memory is not the server's RSS).
+    key) or "separate" (its own process, so its memory is not in the server's RSS).
     """
     if not gevent.monkey.is_module_patched("socket"):
         raise RuntimeError("gevent.monkey.patch_all() must run first (python -m bench.soak does it)")
@@ -442,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vapi-sim", choices=VAPI_SIM_MODES, default="embedded",
         help="embedded: the server's own simulator (default); separate: in its own process, so the "
-             "simulator's memory (it keeps every call's audio) is not counted as the server's",
+             "simulator's memory and greenlets are not counted as the server's",
     )
     args = parser.parse_args(argv)
     if args.calls < 1 or args.minutes <= 0 or args.call_seconds < _MIN_CALL_S or not 0 <= args.chaos_rate <= 600:

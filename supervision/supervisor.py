@@ -78,6 +78,7 @@ class ChildState:
     last_exit: Exit | None = None
     exits: dict[str, int] = field(default_factory=dict)  # exit kind -> count
     window: RestartWindow | None = None  # its own restart window, with isolate_children
+    dynamic: bool = False  # added at run time (StartChild): forgotten once it stops for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,17 +177,17 @@ class Supervisor(SupervisedActor):
             case _RestartDue():
                 self._on_restart_due(message.child_ids)
             case StartChild():
-                return self._add(message.spec)
+                return self._add(message.spec, dynamic=True)
             case _:
                 return self.handle_message(message)
         return None
 
     # Starting ----------------------------------------------------------------------
 
-    def _add(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+    def _add(self, spec: ChildSpec, dynamic: bool = False) -> pykka.ActorRef[Any] | None:
         if spec.id in self.child_states:
             raise ValueError(f"duplicate child id {spec.id!r}")
-        self.child_states[spec.id] = ChildState(spec=spec)
+        self.child_states[spec.id] = ChildState(spec=spec, dynamic=dynamic)
         self._start(spec.id)
         return self.child_states[spec.id].ref
 
@@ -248,7 +249,9 @@ class Supervisor(SupervisedActor):
         self.on_child_exited(child.spec.id, exit_, restart)
         if not restart:
             child.state = "stopped"
-            if child.spec.restart is Restart.TEMPORARY:
+            # As OTP's dynamic children: a run-time child that is done is forgotten, so
+            # a supervisor of a stream of work units (calls) does not grow with them.
+            if child.spec.restart is Restart.TEMPORARY or child.dynamic:
                 del self.child_states[child.spec.id]
             if child.spec.significant and self._auto_shutdown_due():
                 self._log.info("auto_shutdown", child=child.spec.id)
@@ -262,7 +265,7 @@ class Supervisor(SupervisedActor):
                                 period_s=self.flags.period_s, reason=exit_.kind.value, detail=exit_.reason)
                 child.state = "stopped"
                 self.on_child_gave_up(child.spec.id, exit_)
-                if child.spec.restart is Restart.TEMPORARY or child.spec.restart is Restart.TRANSIENT:
+                if child.spec.restart is Restart.TEMPORARY or child.dynamic:
                     del self.child_states[child.spec.id]
                 return
         elif not self._window.add(self._clock()):

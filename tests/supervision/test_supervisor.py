@@ -6,6 +6,7 @@ import gevent
 import pytest
 from pykka import ActorRegistry
 
+from supervision.supervisor import StartChild
 from supervision import (
     AutoShutdown,
     Backoff,
@@ -260,7 +261,8 @@ def test_with_isolated_children_one_child_exceeding_its_intensity_stops_alone():
     table.tell("a", Crash())
     assert wait_until(restarted(sup, "a", 1))
     table.tell("a", Crash())
-    assert wait_until(lambda: "a" not in state.child_states)
+    assert wait_until(lambda: state.child_states["a"].state == "stopped")
+    assert table.get("a") is None
     assert sup.is_alive() and table.get("b") is b and b.ask("ping", timeout=1) == "pong"
     assert not state.gave_up
 
@@ -299,3 +301,12 @@ def test_a_supervisor_that_fails_is_restarted_by_a_transient_parent():
     sup.tell(Kill())  # a BaseException in the supervisor itself
     assert wait_until(restarted(root, "sup", 1))
     assert wait_until(lambda: root._actor_weakref().children.get("sup")._actor_weakref().children.get("a") is not None)
+
+
+def test_children_added_at_run_time_are_forgotten_once_they_stop_for_good():
+    log_ = []
+    root = Supervisor.start(SupervisorFlags())
+    for n in range(20):
+        ref = root.ask(StartChild(spec(f"unit{n}", log_, restart=Restart.TRANSIENT)), timeout=2)
+        ref.tell(Done())
+    assert wait_until(lambda: root._actor_weakref().child_states == {})
