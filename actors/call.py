@@ -93,6 +93,12 @@ class CallContext:
         """Note something an operator would want to see on the dashboard."""
         self.events.append({"t": time.time(), "kind": kind, "detail": detail})
 
+    def note_restart(self, actor: str, kind: str, reason: str) -> None:
+        """An actor of this call (or its supervisor) failed and is being restarted."""
+        self.event("restart", f"{actor}: {kind} {reason}".strip())
+        if self.fault_at_ns is None:
+            self.fault_at_ns = time.monotonic_ns()
+
     def add_turn(self, latency_ms: float) -> None:
         self.turns += 1
         self.turn_ms.append(latency_ms)

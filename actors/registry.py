@@ -151,9 +151,7 @@ class CallRegistry:
         call = self._live.get(call_sid)
         if call is not None:
             call.supervisor_restarts += 1
-            call.event("restart", f"supervisor: {exit_.kind.value} {exit_.reason}".strip())
-            if call.fault_at_ns is None:
-                call.fault_at_ns = time.monotonic_ns()
+            call.note_restart("supervisor", exit_.kind.value, exit_.reason)
 
     def call_lost(self, call_sid: str, exit_: Exit) -> None:
         """The root gave up on a call whose supervisor kept failing: end it for the caller."""

@@ -8,7 +8,6 @@ or the bridge gives up (restart intensity exceeded, no media socket in time).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,9 +160,7 @@ class CallSupervisor(Supervisor):
         if restarting:
             call = self._call
             call.metrics.restarts.labels(actor=child_id, reason=exit_.kind.value).inc()
-            call.event("restart", f"{child_id}: {exit_.kind.value} {exit_.reason}".strip())
-            if call.fault_at_ns is None:
-                call.fault_at_ns = time.monotonic_ns()
+            call.note_restart(child_id, exit_.kind.value, exit_.reason)
 
     def on_give_up(self, child_id: str, exit_: Exit) -> None:
         self._call.set_outcome(GAVE_UP, f"{child_id} kept failing: {exit_.reason}")

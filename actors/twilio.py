@@ -240,13 +240,16 @@ class TwilioActor(CallActor):
         if socket is None:
             return
         socket.send_text(encode_media(call.stream_sid or "", ulaw))
-        now = time.monotonic_ns()
         call.frames_out += 1
         metrics = call.metrics
         self._unflushed_out += 1
         if self._unflushed_out >= _METRICS_BATCH:
             self._flush_frame_counts()
-        if received_ns and call.frames_out % _LATENCY_SAMPLE_EVERY == 0:
+        timed = received_ns and call.frames_out % _LATENCY_SAMPLE_EVERY == 0
+        if not timed and self._speech_end_ns is None:
+            return  # most frames: nothing to measure
+        now = time.monotonic_ns()
+        if timed:
             latency = now - received_ns
             metrics.latency_out.observe(latency / 1e9)
             previous = call.latency_out_ms

@@ -204,20 +204,17 @@ class VapiActor(CallActor):
 
     def _send_binary(self, data: bytes) -> None:
         ws = self._ws
-        if ws is None:
-            return
-        try:
-            ws.send_bytes(data)
-        except (websocket.WebSocketException, OSError) as exc:
-            self._dead = True
-            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
+        if ws is not None:
+            self._send(ws.send_bytes, data)
 
     def _send_text(self, text: str) -> None:
         ws = self._ws
-        if ws is None or not self._ready:
-            return
+        if ws is not None and self._ready:  # control messages only to a call that is up
+            self._send(ws.send, text)
+
+    def _send(self, send: Any, payload: str | bytes) -> None:
         try:
-            ws.send(text)
+            send(payload)
         except (websocket.WebSocketException, OSError) as exc:
             self._dead = True
             raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc

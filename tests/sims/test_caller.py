@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import gc
 import json
-import os
 import socket
 import struct
 import time
@@ -32,21 +30,6 @@ from sims.script import CallerScript, Pause, Say, is_utterance
 PUBLIC = "https://bridge.example.com"
 MakeCaller = Callable[..., SimulatedCaller]
 TOKEN = "0123456789abcdef0123456789abcdef"
-
-
-def _live_greenlets() -> set[int]:
-    # gevent.Greenlet only: the hub and its threadpool workers start lazily and stay.
-    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    greenlets, fds = _live_greenlets(), len(os.listdir("/proc/self/fd"))
-    yield
-    gevent.sleep(0.05)
-    gc.collect()
-    assert _live_greenlets() - greenlets == set()
-    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 def eventually(check: Callable[[], bool], timeout: float = 2.0) -> bool:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import http.client
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,22 +23,6 @@ from sims.vapi import SimCall, VapiSimConfig, VapiSimulator
 FAST = VapiSimConfig(greeting_ms=200, reply_ms=400, reply_delay_ms=150, end_of_utterance_ms=240)
 PCM16K = {"format": "pcm_s16le", "container": "raw", "sampleRate": 16000}
 MULAW8K = {"format": "mulaw", "container": "raw", "sampleRate": 8000}
-
-
-def _live_greenlets() -> set[int]:
-    # gevent.Greenlet only: the hub and its threadpool workers start lazily and stay.
-    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Everything a test starts is gone after its fixtures stop it: greenlets and sockets."""
-    greenlets, fds = _live_greenlets(), len(os.listdir("/proc/self/fd"))
-    yield
-    gevent.sleep(0.05)
-    gc.collect()
-    assert _live_greenlets() - greenlets == set()
-    assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 @pytest.fixture
