@@ -22,17 +22,23 @@ from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
+from observability.ratelimit import LogLimiter
+from protocols.twilio import MAX_FRAME_BYTES
 from protocols.signature import SignatureValidator
 from records import CostRates, RecordStore
 from audio.hold import default_hold_ulaw, load_hold_wav
 from settings import ConfigError, Settings
 from web import WebContext, create_app
 from web.admission import Admission
+from web.limits import BoundedBodies
 from web.server import make_server
+from web.twilio_socket import SocketLimits
 
 __all__ = ["BridgeService"]
 
 _SIMULATOR_KEY = "simulator-key"
+# How often rate-limited logs report what they held back.
+_SUPPRESSED_FLUSH_S = 10.0
 
 
 class BridgeService:
@@ -51,6 +57,7 @@ class BridgeService:
         self.calls: CallRegistry | None = None
         self.server: Any = None
         self.records: RecordStore | None = None
+        self._flusher: gevent.Greenlet | None = None
 
     @property
     def port(self) -> int:
@@ -120,6 +127,8 @@ class BridgeService:
                 ),
             )), timeout=5)
         validator = SignatureValidator(settings.twilio.auth_token)
+        limits = settings.limits
+        self.log_limiter = LogLimiter(self.log.bind(actor="gate"))
         app = create_app(
             WebContext(
                 public_url=settings.public_url,
@@ -132,22 +141,48 @@ class BridgeService:
                 metrics_token=settings.admin.metrics_token,
                 admission=self.admission,
                 records=self.records,
-            )
+                log_limiter=self.log_limiter,
+                socket_limits=SocketLimits(
+                    max_message_bytes=MAX_FRAME_BYTES,
+                    idle_timeout_s=limits.media_idle_timeout_s,
+                    frames_per_s=limits.media_frames_per_s,
+                    bytes_per_s=limits.media_bytes_per_s,
+                ),
+                media_start_timeout_s=limits.media_start_timeout_s,
+            ),
+            max_body_bytes=limits.max_body_bytes,
         )
 
-        def rejected(path: str) -> None:
-            self.metrics.malformed.labels(source="media_handshake", kind="bad_signature").inc()
-            self.log.warning("media_handshake_rejected", path=path)
+        def rejected(kind: str, client: str, detail: str) -> None:
+            self.metrics.malformed.labels(source="media_handshake", kind=kind).inc()
+            self.log_limiter.warning("upgrade_refused", source=client, kind=kind, detail=detail)
 
+        def body_refused(kind: str, client: str) -> None:
+            self.metrics.malformed.labels(source="http", kind=kind).inc()
+            self.log_limiter.warning("request_refused", source=client, kind=kind)
+
+        calls = self.calls
         self.server = make_server(
             self._listener if self._listener is not None else (settings.host, settings.port),
-            app,
+            BoundedBodies(app, max_bytes=limits.max_body_bytes, timeout_s=limits.http_body_timeout_s,
+                          on_refused=body_refused),
             public_url=settings.public_url,
             validator=validator,
+            admit=calls.media_refusal,
             on_rejected=rejected,
+            header_timeout_s=limits.http_header_timeout_s,
+            idle_timeout_s=limits.http_idle_timeout_s,
+            max_connections=limits.max_connections,
         )
         self.server.start()
+        self._flusher = gevent.spawn(self._flush_suppressed)
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url)
+
+    def _flush_suppressed(self) -> None:
+        """Say how many lines a flood's rate limit held back, also once the flood has stopped."""
+        while True:
+            gevent.sleep(_SUPPRESSED_FLUSH_S)
+            self.log_limiter.flush()
 
     def drain(self, timeout_s: float) -> int:
         """Stop taking calls, let live ones finish for up to `timeout_s`, then end the rest.
@@ -172,6 +207,8 @@ class BridgeService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End every call, stop the root supervisor, close the listener and the simulator."""
+        if self._flusher is not None:
+            self._flusher.kill(block=False)
         if self.server is not None:
             self.server.close()  # no new connections
         if self.root is not None and self.root.is_alive():

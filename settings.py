@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "FallbackSettings",
     "KeepaliveSettings",
+    "LimitSettings",
     "Settings",
     "TwilioSettings",
     "VadSettings",
@@ -107,6 +108,28 @@ class FallbackSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitSettings:
+    """What any one client may cost the server: every wait has a deadline, every input a bound.
+
+    HTTP: Twilio's webhook requests are a few kilobytes, sent at once, and Twilio itself
+    gives up on a webhook after 15 s, so a client that takes longer than these is not
+    Twilio. Media: Twilio sends about 50 frames of ~350 bytes a second, continuously, even
+    while the caller is silent; the budgets leave four times that, and a burst of a few
+    seconds' backlog after a network stall.
+    """
+
+    http_header_timeout_s: float  # request line and headers, from the first byte
+    http_idle_timeout_s: float  # an idle keep-alive connection is closed after this
+    http_body_timeout_s: float  # the whole body, once the headers are in
+    max_body_bytes: int
+    max_connections: int  # open HTTP and media connections; more wait in the listen backlog
+    media_start_timeout_s: float  # from the media socket's upgrade to Twilio's `start`
+    media_idle_timeout_s: float  # no media frame for this long: the socket and the call end
+    media_frames_per_s: float
+    media_bytes_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminSettings:
     """Operator surfaces: the admin API (off without a token), chaos, records, draining."""
 
@@ -143,6 +166,7 @@ class Settings:
     vad: VadSettings
     fallback: FallbackSettings
     admin: AdminSettings
+    limits: LimitSettings
     outbound_max_frames: int
     playback_lead_ms: int
     media_connect_timeout_s: float
@@ -209,6 +233,17 @@ class Settings:
                 database_path=r.text("DATABASE_PATH", "bridge.db"),
                 cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),
                 cost_vapi_per_min=r.number("COST_VAPI_PER_MIN", 0.03, low=0.0, high=100.0),
+            ),
+            limits=LimitSettings(
+                http_header_timeout_s=r.number("HTTP_HEADER_TIMEOUT_S", 10.0, low=0.5, high=300.0),
+                http_idle_timeout_s=r.number("HTTP_IDLE_TIMEOUT_S", 15.0, low=0.5, high=3600.0),
+                http_body_timeout_s=r.number("HTTP_BODY_TIMEOUT_S", 10.0, low=0.5, high=300.0),
+                max_body_bytes=r.integer("MAX_BODY_BYTES", 65536, low=4096, high=16 * 1024 * 1024),
+                max_connections=r.integer("MAX_CONNECTIONS", 1000, low=4, high=1_000_000),
+                media_start_timeout_s=r.number("MEDIA_START_TIMEOUT_S", 5.0, low=0.5, high=120.0),
+                media_idle_timeout_s=r.number("MEDIA_IDLE_TIMEOUT_S", 5.0, low=0.5, high=600.0),
+                media_frames_per_s=r.number("MEDIA_MAX_FRAMES_PER_S", 200.0, low=60.0, high=100_000.0),
+                media_bytes_per_s=r.number("MEDIA_MAX_BYTES_PER_S", 65536.0, low=20_000.0, high=1e9),
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),

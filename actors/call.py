@@ -7,6 +7,7 @@ and use only the parts their role needs; the supervisor owns it.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +62,9 @@ class CallContext:
     connector: VapiConnector
     on_finished: Callable[[CallContext], None] = lambda call: None
     started_at: float = field(default_factory=time.time)
+    # Given to Twilio in the TwiML; the media socket must present it in `start`. Written
+    # once here, read by the webhook and the media view; never logged.
+    admission_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     stream_sid: str | None = None
     socket: TwilioSocket | None = None
     uplink: UplinkBuffer = field(init=False)

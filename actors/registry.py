@@ -19,7 +19,7 @@ from actors.messages import EndCall, InjectFault
 from actors.supervisor import CallSupervisor, finish_call
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
-from records import CallRecord, CostRates, RecordStore, estimate_cost, percentile
+from records import CallRecord, CostRates, RecordsError, RecordStore, estimate_cost, percentile
 from settings import Settings
 from supervision import Backoff, ChildSpec, Exit, Restart
 from supervision.supervisor import StartChild
@@ -111,6 +111,35 @@ class CallRegistry:
 
     def get(self, call_sid: str) -> CallContext | None:
         return self._live.get(call_sid)
+
+    def ended_before(self, call_sid: str) -> bool:
+        """Whether this CallSid already had a call here that ended (so a new start is a replay).
+
+        Recent calls are remembered in memory; older ones are found in the call records.
+        If the records cannot be read, the call is taken as new: a replay needs a captured
+        signed request, and refusing real calls during a database outage would be worse.
+        """
+        if call_sid in self._live:
+            return False
+        if call_sid in self._finished:
+            return True
+        if self._records is None:
+            return False
+        try:
+            return self._records.get(call_sid) is not None
+        except RecordsError:
+            return False
+
+    def media_refusal(self, call_sid: str) -> str | None:
+        """None when a media socket may attach to this call now; otherwise why not."""
+        call = self._live.get(call_sid)
+        if call is None:
+            return "ended" if call_sid in self._finished else "no call admitted"
+        if call.ended.is_set() or call.outcome is not None:
+            return "ended"
+        if call.socket is not None:
+            return "already has a media socket"
+        return None
 
     def outcome(self, call_sid: str) -> str | None:
         """How a call ended, if it ended recently; None for a live or unknown call."""

@@ -150,7 +150,9 @@ class TwilioActor(CallActor):
         self._unflushed_in += 1
         if self._unflushed_in >= _METRICS_BATCH:
             self._flush_frame_counts()
-        gap = self._clock.admit(media.timestamp_ms, max(1, len(media.payload) * FRAME_MS // FRAME_BYTES))
+        gap = self._clock.admit(
+            media.timestamp_ms, max(1, len(media.payload) * FRAME_MS // FRAME_BYTES), received_ns / 1e9
+        )
         if gap is None:
             call.metrics.dropped.labels(reason="stale").inc()
             call.frames_dropped += 1

@@ -40,6 +40,7 @@ class ChildTable:
     def __init__(self) -> None:
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self.dropped = 0  # messages sent to a child that was not there (restarting or gone)
+        self.overflowed = 0  # messages dropped because the child's mailbox was full
 
     def get(self, child_id: str) -> pykka.ActorRef[Any] | None:
         return self._refs.get(child_id)
@@ -55,6 +56,19 @@ class ChildTable:
                 pass
         self.dropped += 1
         return False
+
+    def tell_bounded(self, child_id: str, message: Any, limit: int) -> bool:
+        """Like tell, unless `limit` messages already wait in the child's mailbox: then drop it.
+
+        For producers that a peer outside the process drives (a socket reader): a stuck
+        or slow child must not let its mailbox grow without bound. False (and counted in
+        `overflowed`) when dropped for that reason.
+        """
+        ref = self._refs.get(child_id)
+        if ref is not None and ref.actor_inbox.qsize() >= limit:
+            self.overflowed += 1
+            return False
+        return self.tell(child_id, message)
 
     def _set(self, child_id: str, ref: pykka.ActorRef[Any] | None) -> None:
         if ref is None:

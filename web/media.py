@@ -1,22 +1,26 @@
 """Twilio's media socket: `/media/<CallSid>`.
 
-The handshake's signature was checked before the upgrade (web/server.py). The view
-hands the socket to the call and then reads it for the call's whole life, in its own
-greenlet: returning would close the socket under the caller. Each frame is passed on
-undecoded; a bad frame costs a log line and a counter, never the loop.
+The upgrade was allowed by the gate in web/server.py: canonical path, valid signature, a
+call our webhook admitted with no socket yet. Before the socket takes the call, Twilio's
+`start` must arrive within MEDIA_START_TIMEOUT_S and present the call's one-time
+admission value (a `<Parameter>` of the TwiML, which only Twilio saw); a replayed
+handshake cannot. Then the view hands the socket to the call and reads it for the call's
+whole life, in its own greenlet: returning would close the socket under the caller. Each
+frame is passed on undecoded; a bad frame costs a counter and a rate-limited log line.
 """
 
 from __future__ import annotations
 
-import time
+import hmac
 from typing import Any
 
+import gevent
 from flask import Blueprint, current_app, request
 
 from actors.messages import TwilioFrameReceived, TwilioSocketAttached, TwilioSocketClosed
-from protocols.twiml import is_call_sid
 from protocols.errors import ProtocolError
-from protocols.twilio import MAX_FRAME_BYTES, Stop, parse_event
+from protocols.twilio import Start, Stop, parse_event
+from protocols.twiml import ADMISSION_PARAMETER
 from web.twilio_socket import FrameTooLarge, TwilioSocket
 
 __all__ = ["bp"]
@@ -25,6 +29,19 @@ bp = Blueprint("media", __name__)
 
 # Only a `stop` event has this token: base64 payloads have no quotes.
 _STOP_MARK = '"stop"'
+# Twilio sends `connected` and then `start`; a few more frames of slack, no more.
+_FRAMES_BEFORE_START = 4
+# Frames waiting in TwilioActor's mailbox beyond this are dropped and counted: ten
+# seconds of audio means the actor is stuck, and the mailbox must not grow without bound.
+_MAILBOX_LIMIT = 500
+# Socket ends that mean the peer misbehaved (counted), as opposed to hanging up.
+_ABUSIVE_ENDS = frozenset({"protocol", "budget", "idle", "send_failed"})
+
+
+class _Refused(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 @bp.route("/media/<call_sid>", websocket=True)
@@ -33,28 +50,89 @@ def media(call_sid: str) -> tuple[str, int]:
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
         return "a WebSocket upgrade is required\n", 400
-    if not is_call_sid(call_sid):
-        socket = TwilioSocket(ws, MAX_FRAME_BYTES)
+    socket = TwilioSocket(ws, ctx.socket_limits)
+    try:
+        early = _await_start(socket, call_sid, ctx)
+        call = _claim(socket, call_sid, ctx, early[-1])
+    except _Refused as refused:
+        ctx.metrics.malformed.labels(source="media", kind=refused.kind).inc()
+        ctx.log_limiter.warning(
+            "media_socket_refused", source=request.remote_addr or "?", kind=refused.kind,
+            call_sid=call_sid, end_reason=socket.end_reason,
+        )
         socket.close(1008)
+        _drain_until_closed(socket)
         socket.release()
         return "", 204
-    call = ctx.calls.get(call_sid) or ctx.calls.start_call(call_sid)
-    log = call.log.bind(actor="media_socket")
-    socket = TwilioSocket(ws, MAX_FRAME_BYTES)
-    if call.socket is not None:
-        # Twilio allows one bidirectional stream per call; a second one is not Twilio.
-        log.warning("duplicate_media_socket")
-        socket.close(1008)
-        socket.release()
-        return "", 204
-    call.socket = socket
     try:
         call.supervisor.tell(TwilioSocketAttached())
     except Exception:  # noqa: BLE001 - its supervisor is restarting; the socket is the call's anyway
         pass
+    for frame in early:  # `connected` and `start`, for TwilioActor as for any frame
+        call.children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT)
     _read(socket, call, ctx)
     socket.release()
     return "", 204
+
+
+def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | bytes]:
+    """The frames up to and including a `start` for this call; raises _Refused otherwise."""
+    frames: list[str | bytes] = []
+    deadline = gevent.Timeout(ctx.media_start_timeout_s)
+    deadline.start()
+    try:
+        while len(frames) <= _FRAMES_BEFORE_START:
+            try:
+                frame = socket.receive()
+            except FrameTooLarge:
+                raise _Refused("oversize_before_start") from None
+            if frame is None:
+                raise _Refused("closed_before_start")
+            frames.append(frame)
+            try:
+                event = parse_event(frame)
+            except ProtocolError:
+                raise _Refused("malformed_before_start") from None
+            if isinstance(event, Start):
+                if event.call_sid != call_sid:
+                    raise _Refused("start_for_another_call")
+                return frames
+            if isinstance(event, Stop):
+                raise _Refused("stop_before_start")
+        raise _Refused("no_start")
+    except gevent.Timeout as exc:
+        if exc is not deadline:
+            raise
+        raise _Refused("start_timeout") from None
+    finally:
+        deadline.close()
+
+
+def _claim(socket: TwilioSocket, call_sid: str, ctx: Any, start_frame: str | bytes) -> Any:
+    """Attach the socket to its call if `start` presented the call's admission value."""
+    call = ctx.calls.get(call_sid)
+    if call is None or call.ended.is_set() or call.outcome is not None:
+        raise _Refused("call_ended")
+    start = parse_event(start_frame)
+    assert isinstance(start, Start)
+    presented = dict(start.custom_parameters).get(ADMISSION_PARAMETER, "")
+    if not hmac.compare_digest(presented.encode(), call.admission_token.encode()):
+        raise _Refused("bad_admission")
+    if call.socket is not None:
+        # Twilio allows one bidirectional stream per call; a second one is not Twilio.
+        raise _Refused("duplicate_socket")
+    call.socket = socket
+    return call
+
+
+def _drain_until_closed(socket: TwilioSocket) -> None:
+    """Read (and drop) until the peer answers our close frame or the grace runs out."""
+    while True:
+        try:
+            if socket.receive() is None:
+                return
+        except FrameTooLarge:
+            continue
 
 
 def _note_hang_up(frame: str | bytes, call: Any) -> None:
@@ -74,23 +152,31 @@ def _note_hang_up(frame: str | bytes, call: Any) -> None:
 
 def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
     log = call.log.bind(actor="media_socket")
+    stop_mark = _STOP_MARK.encode()
     while not call.ended.is_set():
         try:
             frame = socket.receive()
         except FrameTooLarge as exc:
             ctx.metrics.malformed.labels(source="twilio", kind="oversize").inc()
-            log.warning("twilio_frame_malformed", kind="oversize", size=exc.size)
+            ctx.log_limiter.warning("twilio_frame_malformed", source=call.call_sid, kind="oversize", size=exc.size)
             continue
         if frame is None:
             break
         # Looked up per frame: a restarted CallSupervisor brings a new child table.
-        call.children.tell("twilio", TwilioFrameReceived(frame, time.monotonic_ns()))
-        if _STOP_MARK in frame if isinstance(frame, str) else _STOP_MARK.encode() in frame:
+        if not call.children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT):
+            ctx.metrics.dropped.labels(reason="undelivered").inc()
+        if _STOP_MARK in frame if isinstance(frame, str) else stop_mark in frame:
             _note_hang_up(frame, call)
-    log.info("media_socket_closed", code=socket.close_code)
+    reason = socket.end_reason or "closed"
+    if reason in _ABUSIVE_ENDS:
+        ctx.metrics.malformed.labels(source="media", kind=reason).inc()
+        log.warning("media_socket_closed", code=socket.close_code, reason=reason, detail=socket.protocol_error)
+    else:
+        log.info("media_socket_closed", code=socket.close_code, reason=reason)
     # Recorded in the call before it is told: a supervisor restarting right now would
     # lose the message, but sees the outcome when it starts.
-    call.set_outcome("completed", "twilio socket closed")
+    call.set_outcome("completed", "twilio socket closed" if reason in ("closed", "eof", "local") else
+                     f"twilio socket closed: {reason}")
     if not call.ended.is_set():
         try:
             call.supervisor.tell(TwilioSocketClosed())

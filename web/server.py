@@ -1,25 +1,46 @@
-"""The gevent WSGI server with WebSocket support, and the handshake's signature check.
+"""The gevent WSGI server: one gate for every WebSocket upgrade, and deadlines on every read.
 
-gevent-websocket completes the 101 upgrade before Flask sees the request, so a bad
-signature could only be answered by closing an open socket. The handler below checks
-Twilio's signature on `/media/...` first and answers 403 without upgrading.
+gevent-websocket completes the 101 upgrade before Flask sees the request, so whatever
+must refuse a socket has to do it here, before the 101:
+- only the media route upgrades, and only on its canonical path: `/media/<CallSid>`
+  exactly as it was sent (no doubled slashes, no percent-encoding, no query), so the
+  path whose signature is checked is the path the router routes;
+- the handshake is well formed (GET, HTTP/1.1, version 13, a 16-byte key);
+- Twilio's signature over the stream URL is valid;
+- the call was admitted by a webhook we answered, is live, and has no media socket yet.
+Anything else that asks to upgrade gets a 4xx and no socket.
+
+The handler also puts a deadline on each read a client controls: the request line and
+headers, the wait for the next request on a keep-alive connection, and (in
+web/limits.py) the body. The server runs at most `max_connections` handlers at once.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from protocols.signature import SignatureValidator
-from protocols.twiml import media_stream_url
+from protocols.twiml import CALL_SID_PATTERN, media_stream_url
 
-__all__ = ["make_server"]
+__all__ = ["MEDIA_PATH", "make_server"]
 
 _MEDIA_PREFIX = "/media/"
 _ANY_CALL_SID = "CA" + "0" * 32
+MEDIA_PATH = _MEDIA_PREFIX + "<call_sid>"
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _ReadTimeout(socket.timeout):
+    """A client took too long to send its request (a socket error: pywsgi drops the connection)."""
 
 
 def make_server(
@@ -28,24 +49,96 @@ def make_server(
     *,
     public_url: str,
     validator: SignatureValidator,
-    on_rejected: Callable[[str], None] | None = None,
+    admit: Callable[[str], str | None],
+    on_rejected: Callable[[str, str, str], None] | None = None,
+    header_timeout_s: float = 10.0,
+    idle_timeout_s: float = 15.0,
+    max_connections: int = 1000,
     error_log: Any = None,
 ) -> WSGIServer:
-    """A WSGIServer whose WebSocket upgrades on /media/ need a valid Twilio signature."""
+    """A WSGIServer that upgrades only signed media sockets of admitted calls.
+
+    `admit(call_sid)` returns None when the call may take a media socket, else why not.
+    `on_rejected(kind, client_address, detail)` is told of every refused upgrade.
+    """
     # What Twilio was told to dial, less "/media/<sid>": wss://host[:port][/prefix].
     wss_base = media_stream_url(public_url, _ANY_CALL_SID)[: -len(_MEDIA_PREFIX + _ANY_CALL_SID)]
 
-    class SignedWebSocketHandler(WebSocketHandler):
-        def upgrade_websocket(self) -> Any:
-            path = self.environ.get("PATH_INFO", "")
-            if path.startswith(_MEDIA_PREFIX):
-                # Twilio signs the wss:// URL exactly as the TwiML gave it, without a query.
-                signature = self.environ.get("HTTP_X_TWILIO_SIGNATURE")
-                if not validator.validate_websocket(wss_base + path, signature):
-                    if on_rejected is not None:
-                        on_rejected(path)
-                    self.start_response("403 Forbidden", [("Content-Type", "text/plain")])
-                    return [b"invalid Twilio signature\n"]
-            return super().upgrade_websocket()
+    def refuse(handler: Any, status: str, kind: str, detail: str = "") -> list[bytes]:
+        if on_rejected is not None:
+            on_rejected(kind, str(handler.client_address[0] if handler.client_address else "?"), detail)
+        handler.start_response(status, [("Content-Type", "text/plain"), ("Connection", "close")])
+        handler.close_connection = True
+        return [f"{status[4:].lower()}: {kind}\n".encode()]
 
-    return WSGIServer(listener, app, handler_class=SignedWebSocketHandler, log=None, error_log=error_log)
+    class GatedHandler(WebSocketHandler):
+        _requests_served = 0
+
+        def read_requestline(self) -> Any:
+            # The first request gets the header deadline; later ones on a kept-alive
+            # connection get the idle deadline to start.
+            wait_s = idle_timeout_s if self._requests_served else header_timeout_s
+            with gevent.Timeout(wait_s, _ReadTimeout("request line")):
+                return super().read_requestline()
+
+        def read_request(self, raw_requestline: str) -> Any:
+            self._requests_served += 1
+            with gevent.Timeout(header_timeout_s, _ReadTimeout("headers")):
+                return super().read_request(raw_requestline)
+
+        def _handle_client_error(self, ex: BaseException) -> Any:
+            if isinstance(ex, _ReadTimeout):
+                if on_rejected is not None:
+                    on_rejected("http_timeout", str(self.client_address[0] if self.client_address else "?"), str(ex))
+                return ("408", _REQUEST_TIMEOUT)
+            return super()._handle_client_error(ex)
+
+        def upgrade_websocket(self) -> Any:
+            environ = self.environ
+            if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+                return None  # an ordinary request
+            raw_path = self.path.partition("?")[0] if isinstance(self.path, str) else ""
+            path = environ.get("PATH_INFO", "")
+            call_sid = path[len(_MEDIA_PREFIX):]
+            if (
+                raw_path != path
+                or not path.startswith(_MEDIA_PREFIX)
+                or CALL_SID_PATTERN.fullmatch(call_sid) is None
+                or environ.get("QUERY_STRING")
+            ):
+                return refuse(self, "404 Not Found", "not_an_upgrade_route", path[:100])
+            if environ.get("REQUEST_METHOD") != "GET" or self.request_version != "HTTP/1.1":
+                return refuse(self, "400 Bad Request", "bad_handshake", "method or HTTP version")
+            if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+                self.start_response("426 Upgrade Required", [("Sec-WebSocket-Version", "13")])
+                self.close_connection = True
+                return [b"WebSocket version 13 required\n"]
+            if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
+                return refuse(self, "400 Bad Request", "bad_handshake", "Sec-WebSocket-Key")
+            # Twilio signs the wss:// URL exactly as the TwiML gave it, without a query.
+            if not validator.validate_websocket(wss_base + path, environ.get("HTTP_X_TWILIO_SIGNATURE")):
+                return refuse(self, "403 Forbidden", "bad_signature", call_sid)
+            refusal = admit(call_sid)
+            if refusal is not None:
+                return refuse(self, "403 Forbidden", "not_admitted", refusal)
+            return self.upgrade_connection()
+
+    return WSGIServer(
+        listener,
+        app,
+        handler_class=GatedHandler,
+        spawn=Pool(max_connections),
+        log=None,
+        error_log=error_log,
+    )
+
+
+def _is_websocket_key(key: str) -> bool:
+    """RFC 6455 §4.1: the base64 encoding of 16 bytes (24 characters)."""
+    key = key.strip()
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False

@@ -1,31 +1,54 @@
 """Twilio's media WebSocket, owned by the call (not by TwilioActor, so it survives the actor's restarts).
 
-Wraps gevent-websocket's server socket to fix what the call needs:
-- a frame larger than any Twilio sends is skipped while reading, before it is buffered
-  or decoded, so one bad frame costs neither memory nor other calls;
+gevent-websocket performs the handshake; after it, this class reads and writes the raw
+socket itself with protocols.websocket, because the call needs what gevent-websocket's
+reader cannot give it against an untrusted peer:
+- every frame masked, control frames and close codes checked (RFC 6455);
+- a message over the size limit skipped as it arrives, never buffered;
+- a budget of frames and bytes per second: Twilio sends about 50 small frames a second,
+  a socket sending far more is closed, so one client cannot take the server's CPU;
+- a deadline for data: a socket that goes silent is closed and its call ends;
+- writes that cannot block: a peer that does not read makes a send fail within
+  SEND_TIMEOUT_S (below the actors' handler deadline), and the connection is cut;
 - one writer at a time (gevent raises ConcurrentObjectUseError otherwise);
-- `close` sends a real close code (gevent-websocket 0.10.1 drops it) and cannot leave
-  the reader blocked forever on a peer that never answers the close.
+- the reader yields after every message, so a flood cannot starve other calls.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import gevent.lock
-from geventwebsocket.exceptions import WebSocketError
-from geventwebsocket.websocket import Header
 
-__all__ = ["FrameTooLarge", "TwilioSocket"]
+from media.budget import TokenBucket
+from protocols.websocket import (
+    OP_CLOSE,
+    OP_PONG,
+    OP_TEXT,
+    Closed,
+    FrameReader,
+    Message,
+    Oversize,
+    Ping,
+    Pong,
+    WebSocketProtocolError,
+    encode_frame,
+)
 
-_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
-_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
-_DRAIN_CHUNK = 65536
+__all__ = ["SEND_TIMEOUT_S", "FrameTooLarge", "SocketLimits", "TwilioSocket"]
+
+# A send that cannot complete in this long means the peer stopped reading (the kernel's
+# send buffer holds many seconds of a call's audio). Below the actors' 1 s handler
+# deadline, so a stuck peer fails the send rather than getting the actor killed.
+SEND_TIMEOUT_S = 0.5
 # After our close frame, how long the peer gets to answer before we cut the TCP connection.
 _CLOSE_GRACE_S = 2.0
+_RECV_BYTES = 65536
 
 
 class FrameTooLarge(Exception):
@@ -36,109 +59,144 @@ class FrameTooLarge(Exception):
         self.size = size
 
 
-class TwilioSocket:
-    """The call's Twilio media socket: size-capped reads, locked writes, a close that ends."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketLimits:
+    """What one media socket may cost; see settings.py for the defaults' reasoning."""
 
-    def __init__(self, ws: Any, max_message_bytes: int) -> None:
+    max_message_bytes: int
+    idle_timeout_s: float
+    frames_per_s: float
+    bytes_per_s: float
+    burst_s: float = 4.0  # a network stall of a few seconds is delivered at once afterwards
+
+
+class TwilioSocket:
+    """The call's Twilio media socket: checked reads, bounded writes, a close that ends.
+
+    `end_reason` says why reading stopped: "closed" (the peer's close frame), "eof",
+    "protocol" (the peer broke RFC 6455), "budget" (too many frames or bytes), "idle"
+    (no data message within the idle timeout), "send_failed", or "local" (we closed it).
+    """
+
+    def __init__(self, ws: Any, limits: SocketLimits) -> None:
         self._ws = ws
-        self._max = max_message_bytes
+        handler = ws.handler
+        self._sock = handler.socket
+        self._limits = limits
+        self._reader = FrameReader(limits.max_message_bytes)
         self._write_lock = gevent.lock.Semaphore()
         self._closer: gevent.Greenlet | None = None
+        self._buffer = bytearray(_RECV_BYTES)
+        self._view = memoryview(self._buffer)
+        now = time.monotonic()
+        self._frames = TokenBucket(limits.frames_per_s, limits.frames_per_s * limits.burst_s, now)
+        self._bytes = TokenBucket(limits.bytes_per_s, limits.bytes_per_s * limits.burst_s, now)
+        self._last_data = now
+        self._counted_frames = 0
         self.closed = False
         self.close_code: int | None = None
+        self.end_reason: str | None = None
+        self.protocol_error: str | None = None
+        self.received_ns = 0  # when the last message's bytes arrived
+        # Bytes the handshake's reader may already hold (a client that did not wait for
+        # the 101), then the socket alone from here on.
+        self._reader.feed(_take_buffered(handler.rfile, self._sock))
+        self._sock.settimeout(SEND_TIMEOUT_S)
 
     # Reading (the socket's own greenlet only) ---------------------------------------
 
     def receive(self) -> str | bytes | None:
-        """The next text (str) or binary (bytes) message; None once the socket is closed.
+        """The next text (str) or binary (bytes) message; None once reading has ended.
 
         Raises FrameTooLarge for an oversize message, after skipping it; the socket
-        stays usable.
+        stays usable. Yields to other greenlets before returning a message.
         """
-        ws = self._ws
-        if ws.closed or self.closed and self._closer is None:
-            return None
-        opcode: int | None = None
-        parts: list[bytes] = []
-        size = 0
-        oversize = False
-        try:
-            while True:
-                header = Header.decode_header(ws.stream)
-                if header.flags:
-                    return self._fail(1002)
-                op = header.opcode
-                if op in (_OP_PING, _OP_PONG, _OP_CLOSE):
-                    if header.length > 125:
-                        return self._fail(1002)
-                    payload = self._read_payload(header)
-                    if op == _OP_PING:
-                        self._send_frame(payload, _OP_PONG)
-                        continue
-                    if op == _OP_PONG:
-                        continue
-                    return self._on_peer_close(payload)
-                if op in (_OP_TEXT, _OP_BINARY):
-                    if opcode is not None:
-                        return self._fail(1002)
-                    opcode = op
-                elif op != _OP_CONTINUATION or opcode is None:
-                    return self._fail(1002)
-                size += header.length
-                if size > self._max or oversize:
-                    oversize = True
-                    parts.clear()
-                    self._drain(header.length)
-                else:
-                    parts.append(self._read_payload(header))
-                if header.fin:
-                    break
-        except (OSError, WebSocketError, AttributeError):
-            # AttributeError: gevent-websocket drops its stream once closed.
-            self.closed = True
-            return None
-        if oversize:
-            raise FrameTooLarge(size)
-        message = b"".join(parts)
-        if opcode == _OP_TEXT:
+        reader = self._reader
+        while not self.closed or self._closer is not None:
             try:
-                return message.decode("utf-8")
-            except UnicodeDecodeError:
-                # Not a protocol-level close: Twilio only sends JSON, so hand it on as
-                # bytes and let the protocol layer count it.
-                return message
-        return message
+                event = reader.next_event()
+            except WebSocketProtocolError as exc:
+                self.protocol_error = exc.reason
+                return self._end("protocol", exc.code)
+            if event is None:
+                if not self._fill():
+                    return None
+                continue
+            if not self._within_budget():
+                return self._end("budget", 1008)
+            if type(event) is Message:
+                self._last_data = time.monotonic()
+                gevent.sleep(0)
+                if event.text:
+                    try:
+                        return event.payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        # Twilio only sends JSON: hand it on as bytes for the protocol
+                        # layer to count, rather than dropping the call over one frame.
+                        return event.payload
+                return event.payload
+            if type(event) is Ping:
+                self._send_frame(event.payload, OP_PONG)
+            elif type(event) is Oversize:
+                gevent.sleep(0)
+                raise FrameTooLarge(event.size)
+            elif type(event) is Closed:
+                return self._on_peer_close(event)
+            elif type(event) is not Pong:
+                raise AssertionError(event)
+        return None
 
-    def _read_payload(self, header: Any) -> bytes:
-        if not header.length:
-            return b""
-        payload = self._ws.raw_read(header.length)
-        if payload is None or len(payload) != header.length:
-            raise WebSocketError("unexpected EOF reading frame payload")
-        if header.mask:
-            payload = header.unmask_payload(payload)
-        return bytes(payload)
+    def _fill(self) -> bool:
+        """Read what the socket has; False once reading has ended."""
+        idle_s = self._limits.idle_timeout_s
+        while True:
+            try:
+                n = self._sock.recv_into(self._view)
+            except TimeoutError:
+                if self.closed:  # closing: the peer had its grace
+                    continue
+                if time.monotonic() - self._last_data >= idle_s:
+                    self._end("idle", 1008)
+                    return False
+                continue
+            except OSError:
+                self._end("eof", None)
+                return False
+            if not n:
+                self._end("eof", None)
+                return False
+            self.received_ns = time.monotonic_ns()
+            if not self._bytes.take(n, self.received_ns / 1e9):
+                self._end("budget", 1008)
+                return False
+            self._reader.feed(self._view[:n])
+            return True
 
-    def _drain(self, length: int) -> None:
-        remaining = length
-        while remaining > 0:
-            chunk = self._ws.raw_read(min(remaining, _DRAIN_CHUNK))
-            if not chunk:
-                raise WebSocketError("unexpected EOF skipping an oversize frame")
-            remaining -= len(chunk)
+    def _within_budget(self) -> bool:
+        frames = self._reader.frames - self._counted_frames
+        self._counted_frames = self._reader.frames
+        return self._frames.take(frames, self.received_ns / 1e9) if frames else True
 
-    def _on_peer_close(self, payload: bytes) -> None:
-        code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-        self.close_code = code
+    def _on_peer_close(self, event: Closed) -> None:
+        self.close_code = event.code
         if not self.closed:
-            self._close_now(1000 if code in (1005, 1006) else code)
+            self._send_close(1000 if event.code == 1005 else event.code)
+        self.end_reason = self.end_reason or "closed"
         self._finish()
         return None
 
-    def _fail(self, code: int) -> None:
-        self._close_now(code)
+    def _end(self, reason: str, code: int | None) -> None:
+        self.end_reason = self.end_reason or reason
+        if code is not None and not self.closed:
+            self._send_close(code)
+        self._abort()
         self._finish()
         return None
+
+    @property
+    def since_data_s(self) -> float:
+        """Seconds since the last data message (or since the socket opened)."""
+        return time.monotonic() - self._last_data
 
     # Writing (any greenlet) ----------------------------------------------------------
 
@@ -146,39 +204,49 @@ class TwilioSocket:
         """Send one text message; False when the socket is already closed or broken."""
         if self.closed:
             return False
-        try:
-            self._send_frame(text.encode("utf-8"), _OP_TEXT)
-            return True
-        except (OSError, WebSocketError, AttributeError):
-            self.closed = True
-            return False
+        return self._send_frame(text.encode("utf-8"), OP_TEXT)
 
-    def _send_frame(self, payload: bytes, opcode: int) -> None:
-        frame = bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
-        with self._write_lock:
-            self._ws.raw_write(frame)
+    def _send_frame(self, payload: bytes, opcode: int) -> bool:
+        frame = encode_frame(payload, opcode)
+        try:
+            with self._write_lock:
+                self._sock.sendall(frame)
+            return True
+        except OSError:
+            # A timed-out sendall may have sent part of the frame: the stream is broken.
+            self.closed = True
+            self.end_reason = self.end_reason or "send_failed"
+            self._abort()
+            return False
 
     def close(self, code: int = 1000) -> None:
         """Send a close frame with `code`; cut the connection if the peer does not answer."""
         if self.closed:
             return
-        self._close_now(code)
-        self._closer = gevent.spawn_later(_CLOSE_GRACE_S, self._abort)
+        self.end_reason = self.end_reason or "local"
+        self._send_close(code)
+        self._closer = gevent.spawn_later(_CLOSE_GRACE_S, self._abort_and_stop)
 
-    def _close_now(self, code: int) -> None:
+    def _send_close(self, code: int) -> None:
         self.closed = True
+        if self._sock is None:
+            return
+        frame = encode_frame(struct.pack("!H", code), OP_CLOSE)
         try:
-            self._send_frame(struct.pack("!H", code), _OP_CLOSE)
-        except (OSError, WebSocketError, AttributeError):
+            with self._write_lock:
+                self._sock.sendall(frame)
+        except OSError:
             pass
 
+    def _abort_and_stop(self) -> None:
+        self._closer = None
+        self._abort()
+
     def _abort(self) -> None:
-        raw = getattr(getattr(self._ws, "handler", None), "socket", None)
-        if raw is not None:
-            try:
-                raw.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _finish(self) -> None:
         """The reader is done: mark gevent-websocket's socket closed so it adds no frame."""
@@ -191,3 +259,13 @@ class TwilioSocket:
         """Called by the reader when it stops reading for good."""
         self.closed = True
         self._finish()
+
+
+def _take_buffered(rfile: Any, sock: Any) -> bytes:
+    """What the handshake's buffered reader already holds, without waiting for more."""
+    sock.settimeout(0.0)
+    try:
+        data = rfile.read1(_RECV_BYTES)
+    except (OSError, ValueError):
+        data = b""
+    return data or b""

@@ -1,18 +1,37 @@
 """Twilio's voice webhooks: the TwiML that connects a call to us, and what follows it.
 
 Every request is checked against Twilio's signature over the URL built from
-PUBLIC_URL (never from the Host header, which a client controls).
+PUBLIC_URL (never from the Host header, which a client controls). A request without a
+signature is refused before its body is read; one with a signature has its body, already
+bounded in size and time by web/limits.py, parsed with a cap on the number of fields.
+
+A call starts only here: the TwiML carries a one-time admission value that the media
+socket must present in Twilio's `start` (web/media.py), and a CallSid that already
+ended is never started again, so a replayed webhook or handshake starts nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, abort, current_app, request
+from werkzeug.datastructures import MultiDict
 
-from protocols.twiml import connect_stream_twiml, fallback_twiml, hangup_twiml, is_call_sid, media_stream_url
+from protocols.twiml import (
+    ADMISSION_PARAMETER,
+    connect_stream_twiml,
+    fallback_twiml,
+    hangup_twiml,
+    is_call_sid,
+    media_stream_url,
+)
 
 __all__ = ["bp"]
+
+# Twilio's voice webhooks carry about 30 fields; a form with more is not Twilio's.
+_MAX_FIELDS = 200
+_FORM_TYPE = "application/x-www-form-urlencoded"
 
 bp = Blueprint("voice", __name__)
 
@@ -28,41 +47,63 @@ def _twiml(body: str) -> Response:
     return Response(body, status=200, mimetype="text/xml")
 
 
-def _check_signature() -> None:
+def _refuse(status: int, kind: str) -> None:
     ctx = _context()
+    ctx.metrics.malformed.labels(source="webhook", kind=kind).inc()
+    ctx.log_limiter.warning("webhook_rejected", source=request.remote_addr or "?", kind=kind, path=request.path[:100])
+    abort(status)
+
+
+def _signed_params() -> MultiDict[str, str]:
+    """The request's form fields, once its Twilio signature has been checked; else abort."""
+    ctx = _context()
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        _refuse(403, "bad_signature")  # nothing of the body is read
+    params: MultiDict[str, str] = MultiDict()
+    if request.method == "POST" and request.content_length:
+        if request.mimetype != _FORM_TYPE:
+            _refuse(415, "bad_content_type")
+        try:
+            body = request.get_data(cache=False).decode("utf-8")
+            params = MultiDict(parse_qsl(body, keep_blank_values=True, max_num_fields=_MAX_FIELDS))
+        except (UnicodeDecodeError, ValueError):
+            _refuse(400, "bad_form")
     url = ctx.public_url + request.full_path.rstrip("?") if request.query_string else ctx.public_url + request.path
-    params = request.form if request.method == "POST" else {}
-    if not ctx.validator.validate_webhook(url, params, request.headers.get("X-Twilio-Signature")):
-        ctx.metrics.malformed.labels(source="webhook", kind="bad_signature").inc()
-        ctx.log.warning("webhook_signature_rejected", path=request.path)
-        abort(403)
+    if not ctx.validator.validate_webhook(url, params, signature):
+        _refuse(403, "bad_signature")
+    return params
 
 
-def _call_sid() -> str:
-    call_sid = request.values.get("CallSid")
+def _call_sid(params: MultiDict[str, str]) -> str:
+    call_sid = params.get("CallSid")
     if not is_call_sid(call_sid):
-        _context().metrics.malformed.labels(source="webhook", kind="bad_call_sid").inc()
-        abort(400, description="CallSid missing or not a call SID")
+        _refuse(400, "bad_call_sid")
     return str(call_sid)
 
 
 @bp.post("/voice/incoming")
 def incoming() -> Response:
     """A call arrived: start its actors (so VAPI is dialling already) and connect the stream."""
-    _check_signature()
-    call_sid = _call_sid()
+    call_sid = _call_sid(_signed_params())
     ctx = _context()
+    if ctx.calls.ended_before(call_sid):
+        # Twilio never asks again for a call that ended: this is a replay.
+        _context().metrics.malformed.labels(source="webhook", kind="replay").inc()
+        ctx.log_limiter.warning("webhook_replay_refused", source=request.remote_addr or "?", kind="replay",
+                                call_sid=call_sid)
+        return _twiml(hangup_twiml())
     refusal = ctx.admission.refusal() if ctx.admission is not None else None
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.
         ctx.log.warning("call_refused", call_sid=call_sid, reason=refusal)
         ctx.metrics.calls.labels(outcome="refused").inc()
         return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
-    ctx.calls.start_call(call_sid)
+    call = ctx.calls.start_call(call_sid)
     twiml = connect_stream_twiml(
         action_url=f"{ctx.public_url}/voice/after-stream",
         stream_url=media_stream_url(ctx.public_url, call_sid),
-        parameters={"callSid": call_sid},
+        parameters={"callSid": call_sid, ADMISSION_PARAMETER: call.admission_token},
     )
     ctx.log.info("call_answered", call_sid=call_sid)
     return _twiml(twiml)
@@ -71,8 +112,7 @@ def incoming() -> Response:
 @bp.post("/voice/after-stream")
 def after_stream() -> Response:
     """The stream ended: hang up if the conversation ended, else play the fallback."""
-    _check_signature()
-    call_sid = _call_sid()
+    call_sid = _call_sid(_signed_params())
     ctx = _context()
     outcome = ctx.calls.outcome(call_sid)
     if outcome in _HANG_UP_OUTCOMES:

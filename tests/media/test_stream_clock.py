@@ -23,9 +23,27 @@ def test_duplicate_and_stale_frames_are_dropped_and_counted():
     assert clock.dropped_frames == 2
 
 
-def test_a_huge_jump_is_filled_only_up_to_the_cap():
+def test_a_jump_past_the_cap_is_a_clock_reset_and_fills_nothing():
     clock = StreamClock(max_fill_ms=1000)
-    assert feed(clock, [0, 600_000]) == [0, 50]
+    assert feed(clock, [0, 600_000, 600_020]) == [0, 0, 0]
+    assert clock.resets == 1 and clock.filled_frames == 0
+
+
+def test_a_one_second_gap_is_filled_whole():
+    clock = StreamClock(max_fill_ms=1000)
+    assert feed(clock, [0, 1020]) == [0, 50]
+
+
+def test_timestamps_that_keep_jumping_ahead_cannot_amplify_the_stream():
+    # 495 frames a second, each claiming one second more than the last: silence is
+    # inserted at no more than real time after the first burst.
+    clock = StreamClock(max_fill_ms=1000)
+    inserted = 0
+    for i in range(495 * 10):
+        gap = clock.admit(i * 1000, now_s=i / 495)
+        inserted += gap or 0
+    assert inserted <= 100 + 50 * 10
+    assert clock.fill_refused > 0
 
 
 def test_frames_longer_than_20ms_advance_the_clock_by_their_length():
