@@ -1,0 +1,177 @@
+"""The upgrade gate and call admission, attacked over real sockets as an outsider would.
+
+No 101 without a valid signature on the canonical media route of a call our webhook
+admitted; no VAPI call from anything but a webhook; replays start nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+
+import pytest
+
+from protocols.signature import SignatureValidator
+from sims.caller import CallerError
+from tests.integration.conftest import AUTH_TOKEN, wait_until
+
+UNKNOWN_SID = "CA" + "f" * 32
+
+
+def raw_upgrade(port: int, target: str, *, signature: str | None = None, key: str | None = None,
+                extra: str = "") -> str:
+    """Send a WebSocket handshake for `target` as written; the status line of the answer."""
+    key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: bridge.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + (f"X-Twilio-Signature: {signature}\r\n" if signature else "")
+        + extra + "\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request.encode())
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def sign_stream(bridge, path: str) -> str:
+    host = bridge.settings.public_url.split("://", 1)[1]
+    return SignatureValidator(AUTH_TOKEN).sign(f"wss://{host}{path}", {})
+
+
+def admitted_call(make_caller):
+    caller = make_caller()
+    status, _ = caller.post_webhook()
+    assert status == 200
+    return caller
+
+
+@pytest.mark.parametrize("form", ["//media/{sid}", "///media/{sid}", "/%2Fmedia/{sid}", "/media/{sid}?x=1",
+                                  "/media/{sid}/", "/media/%43A{rest}"])
+def test_no_path_form_but_the_canonical_one_upgrades(bridge, vapi_sim, make_caller, form):
+    caller = admitted_call(make_caller)
+    sid = caller.call_sid
+    target = form.format(sid=sid, rest=sid[2:])
+    # Signed every way an attacker could try: as sent, and as the router would see it.
+    for signed_path in (target, f"/media/{sid}"):
+        status = raw_upgrade(bridge.port, target, signature=sign_stream(bridge, signed_path))
+        assert " 101 " not in status, (target, status)
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media_handshake",
+                                kind="not_an_upgrade_route") >= 2
+    # Only the webhook's own VAPI call exists, and the real stream still gets in.
+    assert wait_until(lambda: len(vapi_sim.calls) == 1)
+    caller.connect()
+    caller.start_stream()
+    assert wait_until(lambda: bridge.calls.get(sid).socket is not None)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/dashboard", "/nope", "/voice/incoming", "/metrics"])
+def test_upgrades_on_other_routes_are_refused_before_101(bridge, path):
+    status = raw_upgrade(bridge.port, path, signature=sign_stream(bridge, path))
+    assert status.startswith("HTTP/1.1 404"), status
+
+
+def test_an_unsigned_or_wrongly_signed_media_socket_is_refused_with_403(bridge, make_caller):
+    caller = admitted_call(make_caller)
+    path = f"/media/{caller.call_sid}"
+    assert raw_upgrade(bridge.port, path).startswith("HTTP/1.1 403")
+    assert raw_upgrade(bridge.port, path, signature="AAAA").startswith("HTTP/1.1 403")
+    assert raw_upgrade(bridge.port, path, signature=sign_stream(bridge, f"/media/{UNKNOWN_SID}")).startswith(
+        "HTTP/1.1 403"
+    )
+    assert bridge.calls.get(caller.call_sid).socket is None
+
+
+def test_a_signed_socket_for_a_call_no_webhook_admitted_starts_nothing(bridge, vapi_sim):
+    path = f"/media/{UNKNOWN_SID}"
+    assert raw_upgrade(bridge.port, path, signature=sign_stream(bridge, path)).startswith("HTTP/1.1 403")
+    assert bridge.calls.get(UNKNOWN_SID) is None
+    assert vapi_sim.calls == []
+
+
+@pytest.mark.parametrize("key", ["not base64!", "AAAA", base64.b64encode(b"x" * 15).decode(), ""])
+def test_a_bad_websocket_key_is_a_400_not_a_500(bridge, make_caller, key):
+    caller = admitted_call(make_caller)
+    path = f"/media/{caller.call_sid}"
+    status = raw_upgrade(bridge.port, path, signature=sign_stream(bridge, path), key=key)
+    assert status.startswith("HTTP/1.1 400"), status
+
+
+def test_an_old_websocket_version_is_told_to_use_13(bridge, make_caller):
+    caller = admitted_call(make_caller)
+    path = f"/media/{caller.call_sid}"
+    status = raw_upgrade(bridge.port, path, signature=sign_stream(bridge, path),
+                         extra="Sec-WebSocket-Version: 8\r\n")
+    # Two version headers: pywsgi joins them, which is not "13" either.
+    assert status.startswith("HTTP/1.1 426"), status
+
+
+def test_a_replayed_handshake_gets_nothing_while_the_call_lives_or_after_it_ended(bridge, vapi_sim, make_caller):
+    caller = admitted_call(make_caller)
+    caller.connect()
+    caller.start_stream()
+    call = bridge.calls.get(caller.call_sid)
+    assert wait_until(lambda: call.socket is not None)
+    path = f"/media/{caller.call_sid}"
+    signature = sign_stream(bridge, path)
+    for _ in range(3):
+        assert raw_upgrade(bridge.port, path, signature=signature).startswith("HTTP/1.1 403")
+    caller.send_stop()
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid) is None)
+    for _ in range(3):
+        assert raw_upgrade(bridge.port, path, signature=signature).startswith("HTTP/1.1 403")
+    assert len(vapi_sim.calls) <= 1  # the one the webhook made (the simulator forgets ended calls)
+
+
+def test_a_replayed_webhook_after_the_call_ended_starts_no_second_call(bridge, vapi_sim, make_caller):
+    caller = admitted_call(make_caller)
+    caller.connect()
+    caller.start_stream()
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid).socket is not None)
+    created = bridge.metrics.value("bridge_vapi_links_total", event="created")
+    caller.send_stop()
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid) is None)
+    for _ in range(3):
+        status, body = caller.post_webhook()  # the same signed request, replayed
+        assert status == 200 and "<Hangup" in body and "<Stream" not in body
+    assert bridge.calls.get(caller.call_sid) is None
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="webhook", kind="replay") == 3
+    assert bridge.metrics.value("bridge_vapi_links_total", event="created") == created
+
+
+def test_a_socket_whose_start_lacks_the_admission_value_does_not_take_the_call(bridge, make_caller):
+    caller = admitted_call(make_caller)
+    real_parameters = dict(caller.custom_parameters)
+    caller.custom_parameters = {"callSid": caller.call_sid, "admission": "guessed"}
+    caller.connect()
+    caller.start_stream()
+    assert caller.closed.wait(5)
+    assert caller.close_code == 1008
+    call = bridge.calls.get(caller.call_sid)
+    assert call is not None and call.socket is None and call.outcome is None
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="bad_admission") == 1
+    # Twilio's own socket, with the value from the TwiML, still gets the call.
+    caller.close()
+    twilio = make_caller(call_sid=caller.call_sid)
+    twilio.stream_url, twilio.custom_parameters = caller.stream_url, real_parameters
+    twilio.connect()
+    twilio.start_stream()
+    assert wait_until(lambda: call.socket is not None)
+
+
+def test_a_handshake_for_a_call_that_already_has_its_socket_is_refused(bridge, make_caller):
+    caller = admitted_call(make_caller)
+    caller.connect()
+    caller.start_stream()
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid).socket is not None)
+    second = make_caller(call_sid=caller.call_sid)
+    second.stream_url, second.custom_parameters = caller.stream_url, dict(caller.custom_parameters)
+    with pytest.raises(CallerError) as refused:
+        second.connect()
+    assert refused.value.status == 403
