@@ -118,12 +118,13 @@ class TwilioSocket:
             except WebSocketProtocolError as exc:
                 self.protocol_error = exc.reason
                 return self._end("protocol", exc.code)
+            # Fragments and control frames count as much as messages do.
+            if reader.frames != self._counted_frames and not self._within_budget():
+                return self._end("budget", 1008)
             if event is None:
                 if not self._fill():
                     return None
                 continue
-            if not self._within_budget():
-                return self._end("budget", 1008)
             if type(event) is Message:
                 self._last_data = time.monotonic()
                 gevent.sleep(0)
@@ -175,7 +176,7 @@ class TwilioSocket:
     def _within_budget(self) -> bool:
         frames = self._reader.frames - self._counted_frames
         self._counted_frames = self._reader.frames
-        return self._frames.take(frames, self.received_ns / 1e9) if frames else True
+        return self._frames.take(frames, self.received_ns / 1e9)
 
     def _on_peer_close(self, event: Closed) -> None:
         self.close_code = event.code

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.wsframes import client_frame
 from protocols.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -25,24 +26,6 @@ from protocols.websocket import (
     encode_frame,
     unmask,
 )
-
-
-def client_frame(payload: bytes, opcode: int, *, fin: bool = True, mask: bytes | None = b"\x01\x02\x03\x04",
-                 rsv: int = 0) -> bytes:
-    """A frame as a client sends it (masked unless mask is None)."""
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if mask is not None else 0
-    if n < 126:
-        header = struct.pack("!BB", b0, mask_bit | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", b0, mask_bit | 126, n)
-    else:
-        header = struct.pack("!BBQ", b0, mask_bit | 127, n)
-    if mask is None:
-        return header + payload
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + masked
 
 
 def events(reader: FrameReader) -> list[object]:
