@@ -3,10 +3,12 @@
 On start it creates a VAPI call and opens its socket in a greenlet of its own, so the
 mailbox keeps draining meanwhile (the caller's audio waits in the call's uplink buffer).
 It sends the caller's audio as binary 20 ms frames, hands VAPI's audio to the codec
-and acts on VAPI's JSON events. A keepalive pings the socket; a missing pong, a closed
-socket or a failed send makes the actor fail, and its supervisor starts a new one with
-backoff. The new one asks VAPI not to greet again and first replays the caller audio
-the dead link may have swallowed.
+and acts on VAPI's JSON events. VAPI is an untrusted peer: the socket itself (framing,
+size caps, send timeouts) is `links.vapi.VapiLink`'s business, and what it refuses is
+counted and logged at a bounded rate. A keepalive pings the socket; a missing pong, a
+closed socket, a refused frame or a failed send makes the actor fail, and its
+supervisor starts a new one with backoff. The new one asks VAPI not to greet again and
+first replays the caller audio the dead link may have swallowed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 import gevent
 import gevent.pool
-import websocket
 
 from actors.base import CallActor
 from actors.call import CallContext
@@ -37,6 +38,8 @@ from actors.messages import (
     VapiLinkUp,
 )
 from links.errors import VapiLinkDead, VapiUnavailable
+from links.vapi import Signal, VapiLink
+from observability.ratelimit import LogLimiter
 from protocols.errors import ProtocolError
 from protocols.vapi import (
     MULAW8K,
@@ -46,7 +49,6 @@ from protocols.vapi import (
     StatusUpdate,
     UserInterrupted,
     dtmf_message,
-    encode_end_call,
     parse_event,
 )
 from supervision import Backoff, ChildHandle, backoff_delay_s
@@ -61,10 +63,9 @@ _NO_SECOND_GREETING = "assistant-waits-for-user"
 _RETRY_BACKOFF = Backoff(min_s=0.25, max_s=2.0, jitter=0.5, reset_after_s=60.0)
 
 _LATENCY_SAMPLE_EVERY = 10
-
-# Closing handshake budget when we hang up: VAPI answers within milliseconds, and the
-# call is over for the caller either way.
-_CLOSE_TIMEOUT_S = 0.5
+# Messages waiting in a mailbox this link feeds, beyond which more are dropped and
+# counted: the reader yields after each message, so only a stuck actor lets it fill.
+_MAILBOX_LIMIT = 1000
 
 
 class VapiActor(CallActor):
@@ -73,13 +74,15 @@ class VapiActor(CallActor):
     def __init__(self, handle: ChildHandle | None, call: CallContext) -> None:
         super().__init__(handle, call)
         self._greenlets = gevent.pool.Group()
-        self._ws: websocket.WebSocket | None = None
+        self._link: VapiLink | None = None
         self._ready = False  # link up and replay sent: live frames may go out
         self._dead = False  # the link is known broken: no goodbye is possible
         self._link_id = call.vapi_links + 1
         self._rng = random.Random()
         self._last_pong = 0.0
         self._ping_seq = 0  # uplink frames sent before the last ping
+        # VAPI is untrusted: it must not be able to flood the log with bad input.
+        self._limiter = LogLimiter(self._log)
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -89,20 +92,13 @@ class VapiActor(CallActor):
 
     def _close(self) -> None:
         self._greenlets.kill(block=True, timeout=1.0)
-        ws, self._ws = self._ws, None
-        if ws is None:
+        self._limiter.flush()
+        link, self._link = self._link, None
+        if link is None:
             return
-        if not self._dead:
-            try:
-                # The recommended goodbye; closing the socket alone may leave the VAPI call live.
-                ws.send(encode_end_call())
-            except (websocket.WebSocketException, OSError):
-                pass
-        try:
-            ws.close(timeout=_CLOSE_TIMEOUT_S)
-        except (websocket.WebSocketException, OSError):
-            ws.shutdown()
-        self._log.info("vapi_link_closed", link=self._link_id, goodbye=not self._dead)
+        goodbye = not (self._dead or link.dead)
+        link.close(goodbye=goodbye)  # bounded however VAPI behaves (links.vapi.CLOSE_BUDGET_S)
+        self._log.info("vapi_link_closed", link=self._link_id, goodbye=goodbye)
 
     # Messages ------------------------------------------------------------------------
 
@@ -171,7 +167,7 @@ class VapiActor(CallActor):
             event = parse_event(text)
         except ProtocolError as exc:
             self._call.metrics.malformed.labels(source="vapi", kind=exc.kind).inc()
-            self._log.warning("vapi_event_malformed", kind=exc.kind)
+            self._limiter.warning("vapi_event_malformed", source="vapi", kind=exc.kind)
             return
         match event:
             case SpeechUpdate(status="started", role="assistant"):
@@ -190,8 +186,8 @@ class VapiActor(CallActor):
     def _on_fault(self, message: InjectFault) -> None:
         if message.fault == "sever":
             self._log.warning("fault_injected", fault="sever")
-            if self._ws is not None:
-                self._ws.shutdown()
+            if self._link is not None:
+                self._link.shutdown()
         elif message.fault == "blackhole":
             # Swallow everything from VAPI, pongs included: the keepalive must notice.
             self._log.warning("fault_injected", fault="blackhole")
@@ -203,21 +199,22 @@ class VapiActor(CallActor):
     # Sending (the actor's greenlet) ----------------------------------------------------
 
     def _send_binary(self, data: bytes) -> None:
-        ws = self._ws
-        if ws is not None:
-            self._send(ws.send_bytes, data)
+        link = self._link
+        if link is not None:
+            try:
+                link.send_audio(data)
+            except VapiLinkDead:
+                self._dead = True
+                raise
 
     def _send_text(self, text: str) -> None:
-        ws = self._ws
-        if ws is not None and self._ready:  # control messages only to a call that is up
-            self._send(ws.send, text)
-
-    def _send(self, send: Any, payload: str | bytes) -> None:
-        try:
-            send(payload)
-        except (websocket.WebSocketException, OSError) as exc:
-            self._dead = True
-            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
+        link = self._link
+        if link is not None and self._ready:  # control messages only to a call that is up
+            try:
+                link.send_text(text)
+            except VapiLinkDead:
+                self._dead = True
+                raise
 
     # The link's own greenlets ------------------------------------------------------------
 
@@ -231,7 +228,7 @@ class VapiActor(CallActor):
             mode = _NO_SECOND_GREETING if call.vapi_greeted else None
             try:
                 created = call.connector.create_call(audio_format, mode)
-                ws = call.connector.connect(created.websocket_url)
+                link = call.connector.connect(created.websocket_url)
                 break
             except VapiUnavailable as exc:
                 call.metrics.vapi_links.labels(event="refused").inc()
@@ -253,56 +250,67 @@ class VapiActor(CallActor):
         if deadline is not None:
             self._log.info("vapi_outage_ended", attempts=attempt + 1)
             self._tell("twilio", HoldCaller(False))
-        self._ws = ws
+        self._link = link
         self._last_pong = time.monotonic()
         self._post(VapiLinkUp(link_id, created.call_id))
         self._greenlets.spawn(self._keepalive, link_id)
-        self._read(ws, link_id)
+        self._read(link, link_id)
 
-    def _read(self, ws: websocket.WebSocket, link_id: int) -> None:
+    def _read(self, link: VapiLink, link_id: int) -> None:
         uplink = self._call.uplink
         children = self._call.children
-        binary, text, pong = websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_PONG
         try:
             while True:
-                opcode, data = ws.recv_data(control_frame=True)
+                item = link.recv()
+                # A burst from VAPI is read from the socket's buffer without waiting:
+                # let the codec (and every other call) run between its messages.
+                gevent.sleep(0)
                 if self._link_id != link_id:
                     continue  # blackholed: read and drop, as a silent network would
                 # Signs of life count only once this link carries the uplink: before
                 # that, they say nothing about what the previous link swallowed.
-                if opcode == binary:
+                if type(item) is bytes:
                     if self._ready:
                         uplink.mark_alive()
-                    if children is not None:
-                        children.tell("codec", AssistantAudio(data, time.monotonic_ns()))
-                elif opcode == text:
+                    if children is not None and not children.tell_bounded(
+                        "codec", AssistantAudio(item, time.monotonic_ns()), _MAILBOX_LIMIT
+                    ):
+                        self._call.metrics.dropped.labels(reason="undelivered").inc()
+                elif type(item) is str:
                     if self._ready:
                         uplink.mark_alive()
-                    self._post(VapiEventReceived(link_id, data.decode("utf-8", "replace")))
-                elif opcode == pong:
+                    if self.actor_inbox.qsize() < _MAILBOX_LIMIT:
+                        self._post(VapiEventReceived(link_id, item))
+                    else:
+                        self._call.metrics.malformed.labels(source="vapi", kind="event_flood").inc()
+                elif item is Signal.PONG:
                     if self._ready:
                         # A pong vouches for what was sent before its ping, not after.
                         uplink.mark_alive(self._ping_seq)
                     self._last_pong = time.monotonic()
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                else:
                     self._post(VapiLinkLost(link_id, "closed by VAPI"))
                     return
-        except (websocket.WebSocketException, OSError) as exc:
-            self._post(VapiLinkLost(link_id, f"read failed: {type(exc).__name__}"))
+        except VapiLinkDead as exc:
+            if exc.fault.is_peer_misbehaving:
+                kind = exc.fault.value
+                self._call.metrics.malformed.labels(source="vapi", kind=kind).inc()
+                self._limiter.warning("vapi_link_refused", source="vapi", kind=kind, detail=str(exc))
+            self._post(VapiLinkLost(link_id, str(exc)))
 
     def _keepalive(self, link_id: int) -> None:
         settings = self._call.settings
         while True:
             gevent.sleep(settings.keepalive_interval_s)
-            ws = self._ws
-            if ws is None:
+            link = self._link
+            if link is None:
                 return
             sent_at = time.monotonic()
             self._ping_seq = self._call.uplink.sent_seq
             try:
-                ws.ping()
-            except (websocket.WebSocketException, OSError):
-                self._post(VapiLinkLost(link_id, "ping failed"))
+                link.ping()
+            except VapiLinkDead as exc:
+                self._post(VapiLinkLost(link_id, f"ping failed: {exc}"))
                 return
             gevent.sleep(settings.pong_timeout_s)
             if self._last_pong < sent_at:

@@ -2,14 +2,14 @@
 
 * VapiError
   + VapiUnavailable   creating or connecting the call failed (kind says why)
-  + VapiLinkDead      an open link stopped working (closed, no pong, send failed)
+  + VapiLinkDead      an open link stopped working (fault says how)
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ErrorKind", "VapiError", "VapiLinkDead", "VapiUnavailable"]
+__all__ = ["ErrorKind", "LinkFault", "VapiError", "VapiLinkDead", "VapiUnavailable"]
 
 
 class ErrorKind(enum.Enum):
@@ -19,11 +19,24 @@ class ErrorKind(enum.Enum):
     SERVER = "server"  # 5xx
     TIMEOUT = "timeout"
     CONNECTIVITY = "connectivity"  # refused, reset, DNS
-    PROTOCOL = "protocol"  # an answer we cannot read
+    PROTOCOL = "protocol"  # an answer we cannot read, or will not follow (a redirect, a foreign scheme)
 
     @property
     def is_permanent(self) -> bool:
         return self in (ErrorKind.AUTHENTICATION, ErrorKind.BAD_REQUEST)
+
+
+class LinkFault(enum.Enum):
+    """How an open link died. OVERSIZE and PROTOCOL mean VAPI misbehaved, and are counted as such."""
+
+    CLOSED = "closed"  # the connection dropped, was shut, or the peer closed it
+    TIMEOUT = "timeout"  # a send did not finish in time: the peer stopped reading
+    OVERSIZE = "oversize"  # a frame or message over the cap
+    PROTOCOL = "protocol"  # a frame RFC 6455 forbids
+
+    @property
+    def is_peer_misbehaving(self) -> bool:
+        return self in (LinkFault.OVERSIZE, LinkFault.PROTOCOL)
 
 
 class VapiError(Exception):
@@ -40,3 +53,7 @@ class VapiUnavailable(VapiError):
 
 class VapiLinkDead(VapiError):
     """An open VAPI link stopped working; the VapiActor fails with this to be restarted."""
+
+    def __init__(self, detail: str, fault: LinkFault = LinkFault.CLOSED) -> None:
+        super().__init__(detail)
+        self.fault = fault

@@ -1,29 +1,142 @@
-"""Creating a VAPI call over REST and opening its WebSocket (vapi.websocket transport).
+"""Creating a VAPI call over REST and running its WebSocket (vapi.websocket transport).
 
-Blocking calls, meant for a greenlet of the VapiActor's own: under gevent's monkey
-patching they yield while waiting, and every one of them has a timeout.
+VAPI is a peer we do not control, so nothing it answers is trusted: redirects are not
+followed, the API key goes only to the configured origin, frames and messages are capped
+before their bytes are read, and no send or close waits on it for long.
+
+Blocking calls, meant for greenlets of the VapiActor's own: under gevent's monkey
+patching they yield while waiting, and every one of them is bounded in time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
 import socket
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
 
+import gevent
 import websocket
+from websocket import ABNF
 
-from links.errors import ErrorKind, VapiUnavailable
+from links.errors import ErrorKind, LinkFault, VapiLinkDead, VapiUnavailable
 from protocols.errors import ProtocolError
-from protocols.vapi import AudioFormat, CreatedCall, create_call_body, parse_create_response
+from protocols.vapi import AudioFormat, CreatedCall, create_call_body, encode_end_call, parse_create_response
 
-__all__ = ["USER_AGENT", "VapiConnector"]
+__all__ = [
+    "CLOSE_BUDGET_S",
+    "MAX_FRAGMENTS",
+    "MAX_MESSAGE_BYTES",
+    "SOCKET_TIMEOUT_S",
+    "USER_AGENT",
+    "Received",
+    "Signal",
+    "VapiConnector",
+    "VapiLink",
+    "check_websocket_url",
+]
 
 # Cloudflare in front of api.vapi.ai answers 403 "error code: 1010" without a User-Agent.
 USER_AGENT = "twilio-vapi-bridge/1.0"
-# Large enough for any audio frame VAPI sends; a peer that sends more is misbehaving.
+# A create-call answer is a few hundred bytes; more than this is not an answer we want.
 _MAX_RESPONSE_BYTES = 1 << 20
+# VAPI's audio chunks and events are KiB-sized; a message this large is a peer trying
+# to make us buffer.
+MAX_MESSAGE_BYTES: Final = 1 << 20
+# Fragments of one message. Without a count cap a stream of empty continuation frames
+# would grow the fragment list forever while adding no bytes.
+MAX_FRAGMENTS: Final = 4096
+# Once the socket is open: a send that cannot finish in this time means VAPI stopped
+# reading. Half the actor's 1 s handler deadline, so the link dies before the watchdog acts.
+SOCKET_TIMEOUT_S: Final = 0.5
+# Everything close() may take: the goodbye, the closing handshake, VAPI's answer to it.
+CLOSE_BUDGET_S: Final = 0.5
+
+_CONTROL_MAX_BYTES: Final = 125  # RFC 6455 §5.5
+_CLOSE_NORMAL: Final = 1000
+_CLOSE_PROTOCOL_ERROR: Final = 1002
+_CLOSE_TOO_BIG: Final = 1009
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+_BINARY: Final = ABNF.OPCODE_BINARY
+_TEXT: Final = ABNF.OPCODE_TEXT
+_CONT: Final = ABNF.OPCODE_CONT
+_PING: Final = ABNF.OPCODE_PING
+_PONG: Final = ABNF.OPCODE_PONG
+_CLOSE: Final = ABNF.OPCODE_CLOSE
+
+
+class Signal(enum.Enum):
+    """What VapiLink.recv returns besides messages."""
+
+    PONG = "pong"
+    CLOSED = "closed"  # VAPI sent a close frame (already answered)
+
+
+# bytes: assistant audio; str: a JSON event's text; or a Signal. Plain types, so the
+# 50-a-second audio path allocates nothing beyond the frame itself.
+Received: TypeAlias = bytes | str | Signal
+
+
+def check_websocket_url(websocket_url: str, base_url: str) -> bool:
+    """Vet VAPI's `websocketCallUrl` against the configured base URL.
+
+    Only `wss://` is dialled, and `ws://` too when the base URL is plain `http://` (the
+    loopback simulator). Returns whether the API key may go with the handshake: only to
+    the base URL's own host and port. The URL alone joins the call, so the key must never
+    follow VAPI's answer to another host.
+
+    Raises:
+        VapiUnavailable: PROTOCOL, for a URL we will not dial (the detail never names it).
+    """
+    base_scheme, base_host, base_port = _origin(base_url)
+    allowed = ("wss", "ws") if base_scheme == "http" else ("wss",)
+    try:
+        scheme, host, port = _origin(websocket_url)
+    except ValueError:
+        raise VapiUnavailable(ErrorKind.PROTOCOL, "websocketCallUrl is not a URL we can dial") from None
+    if scheme not in allowed:
+        wanted = " or ".join(f"{s}://" for s in allowed)
+        raise VapiUnavailable(ErrorKind.PROTOCOL, f"websocketCallUrl is not {wanted}")
+    return (host, port) == (base_host, base_port)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL; ValueError for one without a host or with credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username is not None:
+        raise ValueError("not an absolute http(s)/ws(s) URL without credentials")
+    return scheme, parts.hostname, parts.port or _DEFAULT_PORTS[scheme]
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays an error: the key and the request go to the configured origin or nowhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, what: str) -> Iterator[None]:
+    """Bound a whole operation: socket timeouts bound each wait, not a peer that drips bytes."""
+    timeout = gevent.Timeout(seconds)
+    timeout.start()
+    try:
+        yield
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        raise VapiUnavailable(ErrorKind.TIMEOUT, f"{what} did not finish within {seconds:g}s") from None
+    finally:
+        timeout.close()
 
 
 class VapiConnector:
@@ -31,9 +144,12 @@ class VapiConnector:
 
     def __init__(self, *, base_url: str, api_key: str, assistant_id: str, timeout_s: float) -> None:
         self._base_url = base_url.rstrip("/")
+        if _origin(self._base_url)[0] not in ("http", "https"):
+            raise ValueError("base_url must be an http(s):// URL")
         self._api_key = api_key
         self._assistant_id = assistant_id
         self._timeout_s = timeout_s
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def __repr__(self) -> str:
         return f"VapiConnector(base_url={self._base_url!r}, api_key=***)"
@@ -48,16 +164,19 @@ class VapiConnector:
             f"{self._base_url}/call",
             data=json.dumps(body).encode(),
             method="POST",
-            headers={
-                "Authorization": f"Bearer {self._api_key}",
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-            },
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
         )
+        # Unredirected: even a handler that did follow a redirect would not carry it along.
+        request.add_unredirected_header("Authorization", f"Bearer {self._api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:  # noqa: S310 - URL from config
-                raw = response.read(_MAX_RESPONSE_BYTES)
+            with _deadline(self._timeout_s, "POST /call"):
+                with self._opener.open(request, timeout=self._timeout_s) as response:
+                    raw = response.read(_MAX_RESPONSE_BYTES)
         except urllib.error.HTTPError as exc:
+            exc.close()
+            if 300 <= exc.code < 400:
+                detail = f"POST /call answered {exc.code}; redirects are not followed"
+                raise VapiUnavailable(ErrorKind.PROTOCOL, detail) from exc
             raise VapiUnavailable(_kind_for_status(exc.code), f"POST /call answered {exc.code}") from exc
         except (TimeoutError, socket.timeout) as exc:
             raise VapiUnavailable(ErrorKind.TIMEOUT, "POST /call timed out") from exc
@@ -68,26 +187,218 @@ class VapiConnector:
         except ProtocolError as exc:
             raise VapiUnavailable(ErrorKind.PROTOCOL, f"POST /call answer unreadable: {exc.kind}") from exc
 
-    def connect(self, websocket_url: str) -> websocket.WebSocket:
+    def connect(self, websocket_url: str) -> VapiLink:
         """Open the call's socket; the URL is a secret (it alone joins the call)."""
+        send_key = check_websocket_url(websocket_url, self._base_url)
+        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         try:
-            ws = websocket.create_connection(
-                websocket_url,
-                timeout=self._timeout_s,
-                header=[f"Authorization: Bearer {self._api_key}"],
-                enable_multithread=True,
-                skip_utf8_validation=True,
-            )
+            with _deadline(self._timeout_s, "opening the call socket"):
+                ws.connect(
+                    websocket_url,
+                    timeout=self._timeout_s,
+                    header=[f"Authorization: Bearer {self._api_key}"] if send_key else [],
+                    # A redirect would carry the key (and the call) to a host VAPI names.
+                    redirect_limit=0,
+                )
         except websocket.WebSocketTimeoutException as exc:
             raise VapiUnavailable(ErrorKind.TIMEOUT, "call socket did not open in time") from exc
         except websocket.WebSocketBadStatusException as exc:
             raise VapiUnavailable(_kind_for_status(exc.status_code), f"call socket refused: {exc.status_code}") from exc
         except (websocket.WebSocketException, OSError) as exc:
+            status = ws.handshake_response.status if ws.handshake_response is not None else None
+            if status in _REDIRECTS:
+                detail = f"call socket answered {status}; redirects are not followed"
+                raise VapiUnavailable(ErrorKind.PROTOCOL, detail) from exc
             raise VapiUnavailable(ErrorKind.CONNECTIVITY, f"call socket failed: {type(exc).__name__}") from exc
-        # The timeout was for opening; reads wait for as long as the call lasts, and
-        # the keepalive (not a read timeout) decides when the link is dead.
-        ws.settimeout(None)
-        return ws
+        except VapiUnavailable:  # the deadline: do not leave a half-open socket behind
+            ws.shutdown()
+            raise
+        # From now on a send that cannot finish soon means the link is dead; reads time
+        # out too and simply retry (VapiLink.recv), and the keepalive decides liveness.
+        ws.settimeout(SOCKET_TIMEOUT_S)
+        return VapiLink(ws)
+
+
+class VapiLink:
+    """One open call socket: capped, linear reads; sends and close bounded in time.
+
+    recv() belongs to one reader greenlet; sends may come from any greenlet (the socket's
+    send lock keeps frames whole). Every failure is a VapiLinkDead, never a websocket or
+    socket exception.
+    """
+
+    def __init__(self, ws: websocket.WebSocket, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._ws = ws
+        # websocket-client's message API has no cap and joins fragments by repeated
+        # bytes concatenation (quadratic); its frame buffer lets us see each frame's
+        # length before its payload is read, and keeps partial state across a timeout.
+        self._frames = ws.frame_buffer
+        self._max = max_message_bytes
+        self._parts: list[bytes] = []  # the fragments of the message being reassembled
+        self._parts_opcode = 0  # its opcode; 0 when none is in progress
+        self._parts_bytes = 0
+        self._dead = False
+        self._close_sent = False
+
+    def __repr__(self) -> str:
+        return f"VapiLink(dead={self._dead})"
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    # Reading -------------------------------------------------------------------------
+
+    def recv(self) -> Received:
+        """The next message or signal; waits as long as VAPI is silent.
+
+        Raises:
+            VapiLinkDead: the connection failed (CLOSED), or VAPI sent an oversize
+                (OVERSIZE, closed with 1009) or forbidden (PROTOCOL, 1002) frame.
+        """
+        if self._dead:
+            raise VapiLinkDead("link is closed")
+        while True:
+            try:
+                frame = self._next_frame()
+            except websocket.WebSocketTimeoutException:
+                continue  # silence; the frame buffer keeps any partial frame
+            except websocket.WebSocketProtocolException as exc:
+                raise self._refuse(LinkFault.PROTOCOL, f"bad frame: {exc}") from exc
+            except (websocket.WebSocketException, OSError) as exc:
+                self._dead = True
+                raise VapiLinkDead(f"read failed: {type(exc).__name__}") from exc
+            opcode = frame.opcode
+            if opcode == _BINARY or opcode == _TEXT:
+                if self._parts_opcode:
+                    raise self._refuse(LinkFault.PROTOCOL, "new message inside a fragmented one")
+                if frame.fin:
+                    return frame.data if opcode == _BINARY else frame.data.decode("utf-8", "replace")
+                self._parts.append(frame.data)
+                self._parts_opcode = opcode
+                self._parts_bytes = len(frame.data)
+            elif opcode == _CONT:
+                if not self._parts_opcode:
+                    raise self._refuse(LinkFault.PROTOCOL, "continuation without a message")
+                self._parts.append(frame.data)
+                self._parts_bytes += len(frame.data)
+                if frame.fin:
+                    return self._reassembled()
+            elif opcode == _PONG:
+                return Signal.PONG
+            elif opcode == _PING:
+                self._send(frame.data, _PONG)
+            elif opcode == _CLOSE:
+                self._dead = True
+                with contextlib.suppress(websocket.WebSocketException, OSError):
+                    self._send_close(_CLOSE_NORMAL)  # the answer is a courtesy; the link is over
+                return Signal.CLOSED
+
+    def _next_frame(self) -> ABNF:
+        """Read one frame, refusing it from its header alone when it is too large or forbidden."""
+        frames = self._frames
+        if frames.needs_header():
+            frames.recv_header()
+        fin, rsv1, rsv2, rsv3, opcode, masked, length_bits = frames.header
+        if rsv1 or rsv2 or rsv3 or masked or opcode not in ABNF.OPCODES:
+            # No extension was negotiated, and a server never masks (RFC 6455 §5.1).
+            raise self._refuse(LinkFault.PROTOCOL, f"forbidden frame header (opcode {opcode})")
+        control = opcode >= _CLOSE
+        if control and (not fin or length_bits > _CONTROL_MAX_BYTES):
+            raise self._refuse(LinkFault.PROTOCOL, "fragmented or oversize control frame")
+        if frames.needs_length():
+            frames.recv_length()
+        if not control:
+            if frames.length > self._max - self._parts_bytes:
+                raise self._refuse(LinkFault.OVERSIZE, f"message over {self._max} bytes")
+            if len(self._parts) >= MAX_FRAGMENTS:
+                raise self._refuse(LinkFault.OVERSIZE, f"message in over {MAX_FRAGMENTS} fragments")
+        # Resumes from the header and length already read (and from a partial payload
+        # after a timeout).
+        return frames.recv_frame()
+
+    def _reassembled(self) -> bytes | str:
+        data = b"".join(self._parts)  # linear, once, unlike bytes += per fragment
+        opcode = self._parts_opcode
+        self._parts.clear()
+        self._parts_opcode = self._parts_bytes = 0
+        return data if opcode == _BINARY else data.decode("utf-8", "replace")
+
+    def _refuse(self, fault: LinkFault, detail: str) -> VapiLinkDead:
+        """The peer broke the rules: tell it (best effort), and the link is dead."""
+        if not self._dead:
+            self._dead = True
+            self._parts.clear()
+            code = _CLOSE_TOO_BIG if fault is LinkFault.OVERSIZE else _CLOSE_PROTOCOL_ERROR
+            with contextlib.suppress(websocket.WebSocketException, OSError):
+                self._send_close(code)
+        return VapiLinkDead(detail, fault)
+
+    # Sending -------------------------------------------------------------------------
+
+    def send_audio(self, data: bytes) -> None:
+        self._send(data, _BINARY)
+
+    def send_text(self, text: str) -> None:
+        self._send(text, _TEXT)
+
+    def ping(self) -> None:
+        self._send(b"", _PING)
+
+    def _send(self, payload: bytes | str, opcode: int) -> None:
+        if self._dead:
+            raise VapiLinkDead("link is closed")
+        try:
+            self._ws.send(payload, opcode)
+        except (websocket.WebSocketTimeoutException, TimeoutError) as exc:
+            self._kill()
+            raise VapiLinkDead(f"send timed out after {SOCKET_TIMEOUT_S:g}s", LinkFault.TIMEOUT) from exc
+        except (websocket.WebSocketException, OSError) as exc:
+            self._kill()
+            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
+
+    def _send_close(self, code: int) -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            self._ws.send_close(code)
+
+    def _kill(self) -> None:
+        """Dead now: a half-sent frame leaves the stream unusable, and greenlets waiting on
+        the socket (a send behind the lock, the reader) must fail at once, not time out."""
+        self._dead = True
+        sock = self._ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # Ending --------------------------------------------------------------------------
+
+    def close(self, goodbye: bool) -> None:
+        """End the link within CLOSE_BUDGET_S whatever VAPI does.
+
+        With `goodbye`, first send `end-call` (closing the socket alone may leave the
+        VAPI call live). Then the closing handshake, and the socket is closed. Call it
+        once the reader greenlet is gone.
+        """
+        try:
+            if not self._dead:
+                with gevent.Timeout(CLOSE_BUDGET_S, False):
+                    if goodbye:
+                        self._ws.send(encode_end_call())
+                    self._send_close(_CLOSE_NORMAL)
+                    # Wait for VAPI's close frame, so unread data does not make our close a
+                    # reset that could discard the goodbye. Reads stay capped meanwhile.
+                    while self.recv() is not Signal.CLOSED:
+                        pass
+        except (VapiLinkDead, websocket.WebSocketException, OSError):
+            pass
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Close the socket now, without a handshake (also how a fault severs the link)."""
+        self._dead = True
+        self._ws.shutdown()
 
 
 def _kind_for_status(status: int) -> ErrorKind:
