@@ -36,6 +36,7 @@ __all__ = ["MEDIA_PATH", "make_server"]
 _MEDIA_PREFIX = "/media/"
 _ANY_CALL_SID = "CA" + "0" * 32
 MEDIA_PATH = _MEDIA_PREFIX + "<call_sid>"
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -86,12 +87,26 @@ def make_server(
             with gevent.Timeout(header_timeout_s, _ReadTimeout("headers")):
                 return super().read_request(raw_requestline)
 
+        def _client(self) -> str:
+            address = self.client_address
+            return str(address[0] if isinstance(address, tuple) else address or "?")
+
         def _handle_client_error(self, ex: BaseException) -> Any:
-            if isinstance(ex, _ReadTimeout):
-                if on_rejected is not None:
-                    on_rejected("http_timeout", str(self.client_address[0] if self.client_address else "?"), str(ex))
-                return ("408", _REQUEST_TIMEOUT)
-            return super()._handle_client_error(ex)
+            # pywsgi would print each one (with a traceback for some): a client could
+            # write our log as fast as it sends garbage. Counted and rate-limited instead.
+            timed_out = isinstance(ex, _ReadTimeout)
+            if on_rejected is not None:
+                on_rejected("http_timeout" if timed_out else "bad_request", self._client(), str(ex)[:100])
+            return ("408", _REQUEST_TIMEOUT) if timed_out else ("400", _BAD_REQUEST)
+
+        def log_request(self) -> None:
+            # Refused requests are counted and logged at a bounded rate where they are
+            # refused; an access line each would let a flood write the log.
+            status = self.status
+            if isinstance(status, bytes):
+                status = status.decode("latin-1")
+            if not str(status or "").startswith("4"):
+                super().log_request()
 
         def upgrade_websocket(self) -> Any:
             environ = self.environ

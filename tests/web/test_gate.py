@@ -175,3 +175,19 @@ def test_a_handshake_for_a_call_that_already_has_its_socket_is_refused(bridge, m
     with pytest.raises(CallerError) as refused:
         second.connect()
     assert refused.value.status == 403
+
+
+def test_a_flood_of_refused_upgrades_and_webhooks_writes_a_handful_of_log_lines(bridge, caplog):
+    caplog.set_level("INFO")
+    for _ in range(300):
+        assert raw_upgrade(bridge.port, f"/media/{UNKNOWN_SID}").startswith("HTTP/1.1 403")
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", bridge.port), timeout=5) as conn:
+            conn.sendall(b"POST /voice/incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 403")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "upgrade_refused" in line]) <= 5
+    assert len([line for line in lines if "webhook_rejected" in line]) <= 5
+    assert len([line for line in lines if "HTTP/1.1\" 40" in line]) == 0  # no access line per refusal
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media_handshake", kind="bad_signature") == 300
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="webhook", kind="bad_signature") == 300
