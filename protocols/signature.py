@@ -2,7 +2,7 @@
 
 A thin wrapper over twilio's `RequestValidator`, which implements the HMAC-SHA1 algorithm and
 already tries the URL both with and without its port.
-Reference: /work/shared/reference/twilio.md §4.
+Protocol facts: docs/twilio-signatures.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Inbound: `parse_event(frame)` turns one websocket frame into a `TwilioEvent` or raises
 `ProtocolError`. Outbound: `encode_media`, `encode_mark` and `encode_clear` build the only three
 messages Twilio accepts, with exactly the documented fields (ERR-31951 rejects extra ones).
-Reference: /work/shared/reference/twilio.md §1, §2, §6.
+Protocol facts: docs/twilio-media-streams.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TwiML documents the voice webhook answers with, built with twilio's `VoiceResponse`.
 
 Also owns the shape of a Call SID and of the per-call media-stream URL that `<Stream>` points at.
-Reference: /work/shared/reference/twilio.md §3.
+Protocol facts: docs/twilio-media-streams.md.
 """
 
 from __future__ import annotations

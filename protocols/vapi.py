@@ -2,7 +2,7 @@
 
 Audio travels as raw binary frames in both directions and never passes through here; only text
 frames do. Server → client events are flat `{"type": ...}` objects (no `{"message": ...}` wrapper,
-which is for Server-URL webhooks only). Reference: /work/shared/reference/vapi.md §1.
+which is for Server-URL webhooks only). Protocol facts: docs/vapi-websocket-transport.md.
 """
 
 from __future__ import annotations
