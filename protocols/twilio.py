@@ -302,7 +302,7 @@ def encode_media(stream_sid: str, ulaw: bytes) -> str:
 def encode_mark(stream_sid: str, name: str) -> str:
     """Build a `mark` message; Twilio echoes it when the audio sent before it has played.
 
-    A mark echoed after a `clear` means the audio was discarded, not played (twilio.md §2).
+    A mark echoed after a `clear` means the audio was discarded, not played (docs/twilio-media-streams.md).
     """
     return _encode_json({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 

@@ -1,6 +1,6 @@
 """gevent-websocket 0.10.1 fixed up for the simulators: one send lock, real close codes.
 
-Three defects of 0.10.1 matter here (reference/actors.md §3.1): pongs are written from
+Three defects of 0.10.1 matter here: pongs are written from
 inside `receive()` without any lock, `close(code)` drops the code, and every close is
 answered with a code-less frame, even one we started.
 """

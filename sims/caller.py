@@ -1,6 +1,6 @@
 """Simulated Twilio caller: the signed voice webhook, then a Media Stream over a real websocket.
 
-It does what Twilio does (reference/twilio.md §1, §2, §4, §6): posts the webhook, follows
+It does what Twilio does (docs/twilio-media-streams.md): posts the webhook, follows
 the TwiML to `<Connect><Stream>`, sends `connected`, `start` and 20 ms `media` frames on a
 real-time clock, plays the server's audio on a play-out clock so `mark`s are echoed when
 they would have played (all at once on `clear`), and records what Twilio would reject.
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 _FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law, what Twilio sends per media message
 _FRAME_S = 0.020
-# Twilio's first media timestamp is not 0 (52 in the MSR capture, twilio.md §1).
+# Twilio's first media timestamp is not 0 (52 in the MSR capture, docs/twilio-media-streams.md).
 _FIRST_TIMESTAMP_MS = 52
 # Socket timeout for the stream; the receiver loops on it, and a send blocked this long
 # means the server stopped reading.
@@ -419,7 +419,7 @@ class SimulatedCaller:
         self.send_raw(json.dumps(message, separators=(",", ":")))
 
     def _send_event(self, build: Callable[[str], dict[str, Any]]) -> None:
-        # The counter is shared by every event type (MSR capture, twilio.md §1), so it is
+        # The counter is shared by every event type (a real capture, docs/twilio-media-streams.md), so it is
         # taken under the same lock as the send: numbers reach the wire in order.
         ws = self._require_ws()
         with self._send_lock:

@@ -1,4 +1,4 @@
-"""What Twilio does with the frames a server sends on a Media Stream (reference/twilio.md §2).
+"""What Twilio does with the frames a server sends on a Media Stream (docs/twilio-media-streams.md).
 
 It checks each frame the way Twilio does (ERR-31950/31951), plays `media` on a real-time
 clock ("buffered and played in the order received"), echoes each `mark` when the play-out

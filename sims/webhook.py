@@ -1,6 +1,6 @@
 """Twilio's HTTP side of an inbound call: the signed voice webhook, and the TwiML it follows.
 
-Signatures are computed the way Twilio does (reference/twilio.md §4), with twilio's own
+Signatures are computed the way Twilio does (docs/twilio-signatures.md), with twilio's own
 `RequestValidator`, over URLs built from the server's public URL.
 """
 
@@ -17,7 +17,7 @@ _HTTP_TIMEOUT_S = 10.0
 
 
 def voice_params(account_sid: str, call_sid: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The form fields of an inbound voice webhook (twilio.md §5), plus `extra`."""
+    """The form fields of an inbound voice webhook (docs/twilio-signatures.md), plus `extra`."""
     return {
         "AccountSid": account_sid,
         "ApiVersion": "2010-04-01",
@@ -73,7 +73,7 @@ def stream_from_twiml(twiml: str, webhook_url: str) -> tuple[str, dict[str, str]
     # A relative url resolves against the webhook's; Twilio only speaks wss.
     parts = urlsplit(urljoin(webhook_url, stream.get("url", "")))
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
-    # Twilio drops a query string from the Stream URL (twilio.md §3).
+    # Twilio drops a query string from the Stream URL (docs/twilio-media-streams.md).
     url = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")}
     return url, parameters

@@ -1,4 +1,4 @@
-"""Signature checks against every vector in twilio.md §4 (token "12345")."""
+"""Signature checks against every vector in docs/twilio-signatures.md (token "12345")."""
 
 from __future__ import annotations
 

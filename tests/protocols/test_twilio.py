@@ -56,7 +56,7 @@ def _expect(kind: str, frame: str | bytes) -> ProtocolError:
     return caught.value
 
 
-# Real sample sequence (twilio.md §6).
+# Real sample sequence (docs/twilio-media-streams.md).
 
 
 def test_the_recorded_call_parses_into_its_six_events_in_order() -> None:
