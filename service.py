@@ -32,7 +32,7 @@ from web import WebContext, create_app
 from web.admission import Admission
 from web.limits import BoundedBodies
 from web.server import make_server
-from web.twilio_socket import SocketLimits
+from links.twilio import SocketLimits
 
 __all__ = ["BridgeService"]
 

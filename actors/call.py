@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from links.vapi import VapiConnector
     from observability.metrics import Metrics
     from supervision import ChildTable
-    from web.twilio_socket import TwilioSocket
+    from links.twilio import TwilioSocket
 
 __all__ = ["CallContext", "CallSettings"]
 

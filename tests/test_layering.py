@@ -36,3 +36,17 @@ def test_pure_packages_do_no_io_and_know_no_actors(package):
     forbidden = {"gevent", "pykka", "flask", "structlog", "websocket", "geventwebsocket", "socket", "actors", "web"}
     offenders = {m: n & forbidden for m, n in imports(package).items() if n & forbidden}
     assert offenders == {}
+
+
+def test_actors_see_sockets_only_through_links():
+    # Sockets, their libraries and their exceptions stay in links/ (and the web layer that
+    # accepts them): an actor handles messages and calls a link's small interface.
+    forbidden = {"websocket", "geventwebsocket", "web", "socket", "flask"}
+    offenders = {m: n & forbidden for m, n in imports("actors").items() if n & forbidden}
+    assert offenders == {}
+
+
+def test_links_know_no_actors_and_no_web_layer():
+    forbidden = {"actors", "web", "flask", "pykka"}
+    offenders = {m: n & forbidden for m, n in imports("links").items() if n & forbidden}
+    assert offenders == {}

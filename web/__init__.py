@@ -16,7 +16,7 @@ from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
 from settings import FallbackSettings
-from web.twilio_socket import SocketLimits
+from links.twilio import SocketLimits
 
 __all__ = ["WebContext", "create_app"]
 

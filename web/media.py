@@ -21,7 +21,7 @@ from actors.messages import TwilioFrameReceived, TwilioSocketAttached, TwilioSoc
 from protocols.errors import ProtocolError
 from protocols.twilio import Start, Stop, parse_event
 from protocols.twiml import ADMISSION_PARAMETER
-from web.twilio_socket import FrameTooLarge, TwilioSocket
+from links.twilio import FrameTooLarge, TwilioSocket
 
 __all__ = ["bp"]
 
