@@ -17,6 +17,7 @@ from pykka import ActorRegistry
 
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
+from calls.outcome import Outcome
 from chaos.monkey import ChaosMonkey
 from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
@@ -198,7 +199,7 @@ class BridgeService:
             gevent.sleep(0.1)
         remaining = len(self.calls.live())
         if remaining:
-            self.calls.end_all("drained", f"server shutting down after {timeout_s:g}s of draining")
+            self.calls.end_all(Outcome.DRAINED, f"server shutting down after {timeout_s:g}s of draining")
             end_by = time.monotonic() + 10.0
             while self.calls.live() and time.monotonic() < end_by:
                 gevent.sleep(0.05)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import gevent.event
 
+from actors.messages import EndCall
+from calls.outcome import EndRequest, Outcome
 from media.uplink import UplinkBuffer
 
 if TYPE_CHECKING:
@@ -70,7 +72,10 @@ class CallContext:
     uplink: UplinkBuffer = field(init=False)
     vapi_greeted: bool = False  # a VAPI call of ours has already greeted the caller
     vapi_links: int = 0
-    outcome: str | None = None
+    # Why the call must end: the first request wins (request_end, any part of the call).
+    end_request: EndRequest | None = None
+    # How it ended: written once, by finish_call (the call's controller), from end_request.
+    outcome: Outcome | None = None
     outcome_detail: str = ""
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
@@ -138,11 +143,25 @@ class CallContext:
             "events": list(self.events),
         }
 
-    def set_outcome(self, outcome: str, detail: str = "") -> None:
-        """The first outcome wins: later ones are consequences of it."""
-        if self.outcome is None:
-            self.outcome = outcome
-            self.outcome_detail = detail
+    def end(self, outcome: Outcome, detail: str = "") -> None:
+        """Ask the call to end: the one way any part of the process ends a call.
+
+        The request is kept in the call before the controller is told, so a message lost
+        with a failing supervisor loses nothing: its successor finds the request when it
+        starts. The first request wins; later ones are consequences of it.
+        """
+        self.request_end(outcome, detail)
+        supervisor = self.supervisor
+        if supervisor is not None and not self.ended.is_set():
+            try:
+                supervisor.tell(EndCall(outcome, detail))
+            except Exception:  # noqa: BLE001 - restarting: the next incarnation reads end_request
+                pass
+
+    def request_end(self, outcome: Outcome, detail: str = "") -> None:
+        """Record why the call must end, without telling anyone (the controller's own use)."""
+        if self.end_request is None:
+            self.end_request = EndRequest(outcome, detail)
 
 
 def _round(value: float | None) -> float | None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calls.outcome import Outcome
+
 __all__ = [
     "AssistantAudio",
-    "AssistantEndedCall",
     "AssistantInterrupted",
     "AssistantTurnStarted",
     "AssistantUlaw",
@@ -27,7 +28,6 @@ __all__ = [
     "StreamStarted",
     "TwilioFrameReceived",
     "TwilioSocketAttached",
-    "TwilioSocketClosed",
     "UplinkAudio",
     "VapiEventReceived",
     "VapiGaveUp",
@@ -52,10 +52,6 @@ class TwilioFrameReceived:
 class TwilioSocketAttached:
     """web → CallSupervisor: Twilio's media socket for this call is open."""
 
-
-@dataclass(frozen=True, slots=True)
-class TwilioSocketClosed:
-    """socket reader → CallSupervisor: Twilio's media socket closed."""
 
 
 #
@@ -166,18 +162,6 @@ class HoldCaller:
 
 
 @dataclass(frozen=True, slots=True)
-class AssistantEndedCall:
-    """VapiActor → CallSupervisor: VAPI ended the call."""
-
-    reason: str
-
-
-#
-# The VAPI link (the VapiActor's own greenlets → the VapiActor).
-#
-
-
-@dataclass(frozen=True, slots=True)
 class VapiLinkUp:
     """link greenlet → VapiActor: the VAPI call exists and its socket is open."""
 
@@ -215,9 +199,9 @@ class VapiEventReceived:
 
 @dataclass(frozen=True, slots=True)
 class EndCall:
-    """anyone → CallSupervisor: end the call, with the outcome to report."""
+    """CallContext.end → CallSupervisor: the call must end (its end_request says why)."""
 
-    outcome: str
+    outcome: Outcome
     detail: str = ""
 
 

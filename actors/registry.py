@@ -15,8 +15,9 @@ from typing import Any
 import pykka
 
 from actors.call import CallContext, CallSettings
-from actors.messages import EndCall, InjectFault
+from actors.messages import InjectFault
 from actors.supervisor import CallSupervisor, finish_call
+from calls.outcome import Outcome
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from records import CallRecord, CostRates, RecordsError, RecordStore, estimate_cost, percentile
@@ -77,7 +78,7 @@ class CallRegistry:
         self._metrics = metrics
         self._log = log
         self._live: dict[str, CallContext] = {}
-        self._finished: OrderedDict[str, str] = OrderedDict()
+        self._finished: OrderedDict[str, Outcome] = OrderedDict()
 
     def start_call(self, call_sid: str) -> CallContext:
         """Start the call's actor tree, or return the live one (Twilio may retry a webhook)."""
@@ -135,13 +136,13 @@ class CallRegistry:
         call = self._live.get(call_sid)
         if call is None:
             return "ended" if call_sid in self._finished else "no call admitted"
-        if call.ended.is_set() or call.outcome is not None:
+        if call.ended.is_set() or call.end_request is not None:
             return "ended"
         if call.socket is not None:
             return "already has a media socket"
         return None
 
-    def outcome(self, call_sid: str) -> str | None:
+    def outcome(self, call_sid: str) -> Outcome | None:
         """How a call ended, if it ended recently; None for a live or unknown call."""
         return self._finished.get(call_sid)
 
@@ -167,13 +168,10 @@ class CallRegistry:
             self._metrics.chaos.labels(actor=actor, fault=fault).inc()
         return delivered
 
-    def end_all(self, outcome: str, detail: str) -> None:
+    def end_all(self, outcome: Outcome, detail: str) -> None:
         """Ask every live call to end (draining)."""
         for call in list(self._live.values()):
-            try:
-                call.supervisor.tell(EndCall(outcome, detail))
-            except Exception:  # noqa: BLE001 - already ending
-                pass
+            call.end(outcome, detail)
 
     def supervisor_restarting(self, call_sid: str, exit_: Exit) -> None:
         """The root is restarting this call's supervisor."""
@@ -186,13 +184,13 @@ class CallRegistry:
         """The root gave up on a call whose supervisor kept failing: end it for the caller."""
         call = self._live.get(call_sid)
         if call is not None:
-            call.set_outcome("failed", f"call supervisor kept failing: {exit_.reason}")
+            call.request_end(Outcome.FAILED, f"call supervisor kept failing: {exit_.reason}")
             finish_call(call, call.log)
 
     def _on_finished(self, call: CallContext) -> None:
         self._live.pop(call.call_sid, None)
         self._metrics.live_calls.set(len(self._live))
-        self._finished[call.call_sid] = call.outcome or "completed"
+        self._finished[call.call_sid] = call.outcome or Outcome.COMPLETED
         while len(self._finished) > _FINISHED_CAPACITY:
             self._finished.popitem(last=False)
         if self._records is not None:
@@ -209,7 +207,7 @@ class CallRegistry:
             stream_sid=call.stream_sid,
             started_at=call.started_at,
             ended_at=ended_at,
-            outcome=call.outcome or "completed",
+            outcome=(call.outcome or Outcome.COMPLETED).value,
             outcome_detail=call.outcome_detail,
             restarts=tuple(sorted(restarts.items())),
             vapi_links=call.vapi_links,

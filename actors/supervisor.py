@@ -16,24 +16,16 @@ import gevent
 from actors.call import CallContext
 from actors.codec import CodecActor
 from actors.base import inject_fault
-from actors.messages import (
-    AssistantEndedCall,
-    EndCall,
-    InjectFault,
-    StreamStarted,
-    TwilioSocketAttached,
-    TwilioSocketClosed,
-)
+from actors.messages import EndCall, InjectFault, StreamStarted, TwilioSocketAttached
 from actors.twilio import TwilioActor
 from actors.vad import VadActor
 from actors.vapi import VapiActor
+from calls.outcome import Outcome
 from supervision import (
-    AutoShutdown,
     Backoff,
     ChildHandle,
     ChildSpec,
     Exit,
-    Restart,
     Strategy,
     Supervisor,
     SupervisorFlags,
@@ -50,7 +42,6 @@ CALL_FLAGS = SupervisorFlags(
     strategy=Strategy.ONE_FOR_ONE,
     intensity=5,
     period_s=10.0,
-    auto_shutdown=AutoShutdown.ANY_SIGNIFICANT,
 )
 # Local actors come back almost at once: their state is small and the caller is live.
 _LOCAL_BACKOFF = Backoff(min_s=0.01, max_s=0.2, jitter=0.2, reset_after_s=5.0)
@@ -58,13 +49,6 @@ _LOCAL_BACKOFF = Backoff(min_s=0.01, max_s=0.2, jitter=0.2, reset_after_s=5.0)
 _VAPI_BACKOFF = Backoff(min_s=0.1, max_s=2.0, jitter=0.2, reset_after_s=5.0)
 # Stopping a child: the VAPI link says goodbye (end-call and a close handshake).
 _SHUTDOWN_S = 2.0
-# How often a call supervisor looks whether its call's end has been decided.
-_REAP_PERIOD_S = 0.5
-
-# Outcomes, as reported in logs, metrics and /voice/after-stream.
-COMPLETED = "completed"  # the caller hung up
-ASSISTANT_ENDED = "assistant-ended"
-GAVE_UP = "gave-up"
 
 
 class CallSupervisor(Supervisor):
@@ -95,40 +79,25 @@ class CallSupervisor(Supervisor):
             ChildSpec(id="codec", start=start(CodecActor), backoff=_LOCAL_BACKOFF, shutdown_s=_SHUTDOWN_S),
             ChildSpec(id="vad", start=start(VadActor), backoff=_LOCAL_BACKOFF, shutdown_s=_SHUTDOWN_S),
             ChildSpec(id="vapi", start=start(VapiActor), backoff=_VAPI_BACKOFF, shutdown_s=_SHUTDOWN_S),
-            # Transient and significant: a crash restarts it, Twilio's `stop` ends the call.
-            ChildSpec(
-                id="twilio",
-                start=start(TwilioActor),
-                restart=Restart.TRANSIENT,
-                significant=True,
-                backoff=_LOCAL_BACKOFF,
-                shutdown_s=_SHUTDOWN_S,
-            ),
+            ChildSpec(id="twilio", start=start(TwilioActor), backoff=_LOCAL_BACKOFF, shutdown_s=_SHUTDOWN_S),
         ]
 
     def on_start(self) -> None:
         super().on_start()
+        request = self._call.end_request
+        if request is not None:
+            # Decided while the previous incarnation was failing: its message may be lost
+            # with it, the request in the call is not.
+            self._log.info("call_end_already_decided", outcome=request.outcome.value)
+            self._tell_self(EndCall(request.outcome, request.detail))
+            return
         self._greenlets.spawn(self._await_media, self._call.settings.media_connect_timeout_s)
-        self._greenlets.spawn(self._reap)
         self._log.info("call_started")
 
     def _await_media(self, timeout_s: float) -> None:
         gevent.sleep(timeout_s)
         if self._call.socket is None:
-            self._tell_self(EndCall(GAVE_UP, f"no media stream within {timeout_s:g}s"))
-
-    def _reap(self) -> None:
-        """End the call once its end is decided, even if the message saying so was lost.
-
-        The decision (an outcome) lives in the call, not in a mailbox: if this supervisor
-        was replaced while "the caller hung up" sat in its predecessor's mailbox, the
-        successor still sees the outcome here and ends the call.
-        """
-        while True:
-            if self._call.outcome is not None:
-                self._tell_self(EndCall(self._call.outcome, self._call.outcome_detail))
-                return
-            gevent.sleep(_REAP_PERIOD_S)
+            self._call.end(Outcome.GAVE_UP, f"no media stream within {timeout_s:g}s")
 
     # Messages ------------------------------------------------------------------------
 
@@ -138,21 +107,15 @@ class CallSupervisor(Supervisor):
                 self._log.info("call_streaming", stream_sid=message.stream_sid)
             case TwilioSocketAttached():
                 self._log.info("twilio_socket_attached")
-            case TwilioSocketClosed():
-                self._end(COMPLETED, "twilio socket closed")
-            case AssistantEndedCall():
-                self._end(ASSISTANT_ENDED, message.reason)
             case EndCall():
-                self._end(message.outcome, message.detail)
+                # The call's end_request, not the message, says why: the first request wins.
+                self._call.request_end(message.outcome, message.detail)
+                self.actor_ref.stop(block=False)
             case InjectFault():
                 inject_fault(self._log, message.fault)
             case _:
                 return super().handle_message(message)
         return None
-
-    def _end(self, outcome: str, detail: str) -> None:
-        self._call.set_outcome(outcome, detail)
-        self.actor_ref.stop(block=False)
 
     # Supervision callbacks ------------------------------------------------------------
 
@@ -163,7 +126,7 @@ class CallSupervisor(Supervisor):
             call.note_restart(child_id, exit_.kind.value, exit_.reason)
 
     def on_give_up(self, child_id: str, exit_: Exit) -> None:
-        self._call.set_outcome(GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
+        self._call.request_end(Outcome.GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
         self._call.event("gave_up", f"{child_id} kept failing")
 
     def on_shutdown(self) -> None:
@@ -177,13 +140,20 @@ class CallSupervisor(Supervisor):
 
 
 def finish_call(call: CallContext, log: Any) -> None:
-    """Record how the call ended and release what it holds outside its actors."""
+    """Decide the outcome, record it, and release what the call holds outside its actors.
+
+    The only writer of `call.outcome`: the call's controller (its supervisor's shutdown,
+    or the registry when the root gave up on the supervisor).
+    """
     if call.ended.is_set():
         return
-    call.set_outcome(COMPLETED, "supervisor stopped")
-    call.event("ended", call.outcome or COMPLETED)
-    call.metrics.calls.labels(outcome=call.outcome or COMPLETED).inc()
-    log.info("call_ended", outcome=call.outcome, detail=call.outcome_detail)
+    call.request_end(Outcome.COMPLETED, "supervisor stopped")
+    request = call.end_request
+    assert request is not None
+    call.outcome, call.outcome_detail = request.outcome, request.detail
+    call.event("ended", request.outcome.value)
+    call.metrics.calls.labels(outcome=request.outcome.value).inc()
+    log.info("call_ended", outcome=request.outcome.value, detail=request.detail)
     # Record the outcome before closing: Twilio asks /voice/after-stream at once.
     call.on_finished(call)
     call.ended.set()

@@ -139,10 +139,8 @@ class TwilioActor(CallActor):
                 self._call.metrics.dtmf.inc()
                 self._tell("vapi", CallerPressedKey(event.digit))
             case Stop():
+                # The socket's reader has reported the hang-up to the call (web/media.py).
                 self._log.info("stream_stopped")
-                self._call.set_outcome("completed", "caller hung up")
-                # A normal exit of this significant child ends the call.
-                self.actor_ref.stop(block=False)
 
     def _on_media(self, media: Media, received_ns: int) -> None:
         call = self._call

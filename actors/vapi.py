@@ -24,7 +24,6 @@ from actors.base import CallActor
 from actors.call import CallContext
 from actors.messages import (
     AssistantAudio,
-    AssistantEndedCall,
     AssistantInterrupted,
     AssistantTurnStarted,
     CallerPressedKey,
@@ -37,6 +36,7 @@ from actors.messages import (
     VapiLinkLost,
     VapiLinkUp,
 )
+from calls.outcome import Outcome
 from links.errors import VapiLinkDead, VapiUnavailable
 from links.vapi import Signal, VapiLink
 from observability.ratelimit import LogLimiter
@@ -114,7 +114,7 @@ class VapiActor(CallActor):
                     self._on_link_up(message)
             case VapiGaveUp():
                 self._tell("twilio", HoldCaller(False))
-                self._tell_supervisor(EndCall("gave-up", message.reason))
+                self._call.end(Outcome.GAVE_UP, message.reason)
             case VapiLinkLost():
                 if message.link_id == self._link_id:
                     self._dead = True
@@ -177,7 +177,7 @@ class VapiActor(CallActor):
             case StatusUpdate(status="ended"):
                 reason = event.ended_reason or "ended"
                 self._log.info("vapi_call_ended", reason=reason)
-                self._tell_supervisor(AssistantEndedCall(reason))
+                self._call.end(Outcome.ASSISTANT_ENDED, reason)
             case Hang():
                 # Only a slow model or voice: the call goes on.
                 self._log.info("vapi_assistant_slow")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calls.outcome import Outcome
+
 __all__ = ["OUTCOMES", "CallRecord"]
 
-# The closed vocabulary the bridge writes into `outcome`. Kept as plain strings rather
-# than an Enum because the column must still read back if a later version adds one.
-OUTCOMES = ("completed", "assistant-ended", "gave-up", "drained", "failed")
+# The vocabulary the bridge writes into `outcome`. The record keeps plain strings rather
+# than the Enum because the column must still read back if a later version adds one.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,8 @@ from typing import Any
 import gevent
 from flask import Blueprint, current_app, request
 
-from actors.messages import TwilioFrameReceived, TwilioSocketAttached, TwilioSocketClosed
+from actors.messages import TwilioFrameReceived, TwilioSocketAttached
+from calls.outcome import Outcome
 from protocols.errors import ProtocolError
 from protocols.twilio import Start, Stop, parse_event
 from protocols.twiml import ADMISSION_PARAMETER
@@ -27,8 +28,11 @@ __all__ = ["bp"]
 
 bp = Blueprint("media", __name__)
 
-# Only a `stop` event has this token: base64 payloads have no quotes.
+# Only a `stop` event has this token (base64 payloads have no quotes): the reader, not
+# TwilioActor, reports the caller's hang-up, so it is not lost with a mailbox when the
+# actor is restarting.
 _STOP_MARK = '"stop"'
+
 # Twilio sends `connected` and then `start`; a few more frames of slack, no more.
 _FRAMES_BEFORE_START = 4
 # Frames waiting in TwilioActor's mailbox beyond this are dropped and counted: ten
@@ -111,7 +115,7 @@ def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | by
 def _claim(socket: TwilioSocket, call_sid: str, ctx: Any, start_frame: str | bytes) -> Any:
     """Attach the socket to its call if `start` presented the call's admission value."""
     call = ctx.calls.get(call_sid)
-    if call is None or call.ended.is_set() or call.outcome is not None:
+    if call is None or call.ended.is_set() or call.end_request is not None:
         raise _Refused("call_ended")
     start = parse_event(start_frame)
     assert isinstance(start, Start)
@@ -135,22 +139,15 @@ def _drain_until_closed(socket: TwilioSocket) -> None:
             continue
 
 
-def _note_hang_up(frame: str | bytes, call: Any) -> None:
-    """Twilio's `stop`, recorded in the call as well as sent to TwilioActor.
-
-    A message can die with an actor that fails before handling it (or meet no actor
-    while one restarts); the call's outcome cannot, and the call supervisor ends the
-    call once one is set.
-    """
+def _is_stop(frame: str | bytes) -> bool:
     try:
-        event = parse_event(frame)
+        return isinstance(parse_event(frame), Stop)
     except ProtocolError:
-        return
-    if isinstance(event, Stop):
-        call.set_outcome("completed", "caller hung up")
+        return False
 
 
 def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
+    """Read until the call ends; the reader reports the Twilio side's end (stop, or close) once."""
     log = call.log.bind(actor="media_socket")
     stop_mark = _STOP_MARK.encode()
     while not call.ended.is_set():
@@ -165,20 +162,14 @@ def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
         # Looked up per frame: a restarted CallSupervisor brings a new child table.
         if not call.children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT):
             ctx.metrics.dropped.labels(reason="undelivered").inc()
-        if _STOP_MARK in frame if isinstance(frame, str) else stop_mark in frame:
-            _note_hang_up(frame, call)
+        if (_STOP_MARK in frame if type(frame) is str else stop_mark in frame) and _is_stop(frame):
+            call.end(Outcome.COMPLETED, "caller hung up")
     reason = socket.end_reason or "closed"
     if reason in _ABUSIVE_ENDS:
         ctx.metrics.malformed.labels(source="media", kind=reason).inc()
         log.warning("media_socket_closed", code=socket.close_code, reason=reason, detail=socket.protocol_error)
     else:
         log.info("media_socket_closed", code=socket.close_code, reason=reason)
-    # Recorded in the call before it is told: a supervisor restarting right now would
-    # lose the message, but sees the outcome when it starts.
-    call.set_outcome("completed", "twilio socket closed" if reason in ("closed", "eof", "local") else
-                     f"twilio socket closed: {reason}")
-    if not call.ended.is_set():
-        try:
-            call.supervisor.tell(TwilioSocketClosed())
-        except Exception:  # noqa: BLE001 - the call is already gone
-            pass
+    # The call's end, unless something (the caller's `stop`, usually) ended it first.
+    call.end(Outcome.COMPLETED, "twilio socket closed" if reason in ("closed", "eof", "local") else
+             f"twilio socket closed: {reason}")

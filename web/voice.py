@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.datastructures import MultiDict
 
+from calls.outcome import Outcome
 from protocols.twiml import (
     ADMISSION_PARAMETER,
     connect_stream_twiml,
@@ -35,8 +36,6 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 
 bp = Blueprint("voice", __name__)
 
-# Outcomes after which the caller should simply be hung up on: the conversation ended.
-_HANG_UP_OUTCOMES = frozenset({"assistant-ended", "completed"})
 
 
 def _context() -> Any:
@@ -97,7 +96,7 @@ def incoming() -> Response:
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.
         ctx.log.warning("call_refused", call_sid=call_sid, reason=refusal)
-        ctx.metrics.calls.labels(outcome="refused").inc()
+        ctx.metrics.calls.labels(outcome=Outcome.REFUSED.value).inc()
         return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
     call = ctx.calls.start_call(call_sid)
     twiml = connect_stream_twiml(
@@ -115,7 +114,7 @@ def after_stream() -> Response:
     call_sid = _call_sid(_signed_params())
     ctx = _context()
     outcome = ctx.calls.outcome(call_sid)
-    if outcome in _HANG_UP_OUTCOMES:
+    if outcome is not None and outcome.hangs_up:
         return _twiml(hangup_twiml())
-    ctx.log.info("fallback_served", call_sid=call_sid, outcome=outcome or "unknown")
+    ctx.log.info("fallback_served", call_sid=call_sid, outcome=outcome.value if outcome else "unknown")
     return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))

@@ -168,3 +168,23 @@ def test_a_hang_up_arriving_while_twilio_actor_restarts_still_ends_the_call(brid
     caller.send_stop()  # Twilio does not close its side at once
     assert wait_until(lambda: bridge.calls.live() == [], timeout=4)
     assert bridge.calls.outcome(caller.call_sid) == "completed"
+
+
+def test_a_supervisor_restarted_after_the_end_was_decided_ends_the_call_at_once(bridge, vapi_sim, make_caller):
+    from calls.outcome import Outcome
+
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    call = bridge.calls.get(caller.call_sid)
+    first = call.supervisor
+    call.supervisor.tell(InjectFault("hang"))  # the watchdog replaces it after its 3 s deadline
+    gevent.sleep(0.1)
+    # Decided while the supervisor cannot read its mailbox: the message dies with it.
+    call.end(Outcome.ASSISTANT_ENDED, "the assistant said goodbye")
+    assert wait_until(lambda: call.supervisor is not first, timeout=6)
+    replaced_at = time.monotonic()
+    assert wait_until(lambda: call.ended.is_set(), timeout=2)
+    assert time.monotonic() - replaced_at < 1.0  # at its start, not after some polling period
+    assert call.outcome == Outcome.ASSISTANT_ENDED and call.outcome_detail == "the assistant said goodbye"
+    assert bridge.calls.outcome(caller.call_sid) is Outcome.ASSISTANT_ENDED
+    assert caller.closed.wait(5)  # we closed Twilio's socket: Twilio now asks for <Connect action>
