@@ -54,7 +54,8 @@ def serve(env: dict[str, str]) -> int:
     # A second signal while draining means "now": skip the rest of the drain.
     drain = gevent.spawn(service.drain, settings.admin.drain_timeout_s)
     stopping.clear()
-    gevent.wait([drain, stopping], count=1)
+    waitables: list[gevent.Greenlet[[float], int] | gevent.event.Event] = [drain, stopping]
+    gevent.wait(waitables, count=1)
     drain.kill()
     service.stop()
     return 0

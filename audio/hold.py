@@ -10,6 +10,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from audio.mulaw import pcm16_to_ulaw
 from audio.resample import Downsampler
@@ -29,7 +30,7 @@ def default_hold_ulaw() -> bytes:
     """Two seconds: a rising two-note chime, then quiet."""
     rate = 8000
     fade = np.linspace(0.0, 1.0, rate * _FADE_MS // 1000)
-    parts = []
+    parts: list[NDArray[np.float64]] = []
     for freq_hz in (523.25, 659.25):  # C5, E5
         chime = tone(freq_hz, _CHIME_MS, rate, _CHIME_DBFS).astype(np.float64)
         chime[: fade.size] *= fade

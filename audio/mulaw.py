@@ -7,6 +7,7 @@ numpy gather each way: 160 samples decode or encode in about a microsecond.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["ULAW_SILENCE", "pcm16_to_ulaw", "ulaw_to_pcm16"]
 
@@ -18,7 +19,7 @@ _CLIP = 8159  # Largest 14-bit magnitude that still fits after the bias.
 _SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
 
 
-def _build_decode_table() -> np.ndarray:
+def _build_decode_table() -> NDArray[np.int16]:
     codes = np.arange(256, dtype=np.int32)
     inverted = ~codes & 0xFF
     sign = inverted & 0x80
@@ -28,7 +29,7 @@ def _build_decode_table() -> np.ndarray:
     return np.where(sign != 0, -magnitude, magnitude).astype(np.int16)
 
 
-def _build_encode_table() -> np.ndarray:
+def _build_encode_table() -> NDArray[np.uint8]:
     # G.711 works on 14-bit magnitudes: drop the two low bits first (as the reference
     # code and audioop do), so the table agrees with them at every segment edge.
     samples = np.arange(-32768, 32768, dtype=np.int32) >> 2
@@ -46,12 +47,13 @@ _DECODE = _build_decode_table()
 _ENCODE = _build_encode_table()
 
 
-def ulaw_to_pcm16(ulaw: bytes) -> np.ndarray:
+def ulaw_to_pcm16(ulaw: bytes) -> NDArray[np.int16]:
     """Decode mu-law bytes to int16 samples (a new array, one sample per byte)."""
     return _DECODE[np.frombuffer(ulaw, dtype=np.uint8)]
 
 
-def pcm16_to_ulaw(pcm: np.ndarray) -> bytes:
+def pcm16_to_ulaw(pcm: NDArray[np.number]) -> bytes:
     """Encode int16 samples to mu-law bytes."""
     index = pcm.astype(np.int16, copy=False).view(np.uint16) ^ 0x8000
-    return _ENCODE[index].tobytes()
+    codes: NDArray[np.uint8] = _ENCODE[index]  # numpy types this gather as Any
+    return codes.tobytes()

@@ -26,7 +26,10 @@ calls and about 5 us; bench/audio.py compares that with soxr and audioop.
 
 from __future__ import annotations
 
+from typing import Literal, Protocol, cast
+
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["HALFBAND_TAPS", "Downsampler", "Upsampler"]
 
@@ -80,7 +83,23 @@ _add = np.add
 _multiply = np.multiply
 
 
-def _clip_pair(a: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarray:
+class _Clip(Protocol):
+    """Saturate `a` to [lo, hi] into `out`, as the clip ufunc does."""
+
+    def __call__(
+        self, a: NDArray[np.float64], lo: float, hi: float, /, *, out: NDArray[np.float64]
+    ) -> NDArray[np.float64]: ...
+
+
+class _Correlate(Protocol):
+    """np.correlate's "valid" mode on float64 arrays."""
+
+    def __call__(
+        self, a: NDArray[np.float64], v: NDArray[np.float64], mode: Literal["valid"], /
+    ) -> NDArray[np.float64]: ...
+
+
+def _clip_pair(a: NDArray[np.float64], lo: float, hi: float, out: NDArray[np.float64]) -> NDArray[np.float64]:
     np.maximum(a, lo, out=out)
     return np.minimum(out, hi, out=out)
 
@@ -90,14 +109,21 @@ def _clip_pair(a: np.ndarray, lo: float, hi: float, out: np.ndarray) -> np.ndarr
 # three Python layers (~2.4 us) and maximum + minimum are two calls (~1.2 us); correlate2
 # is what np.correlate calls after its ~0.25 us array-function dispatch. Neither is
 # public API, so fall back to the public spelling if a numpy release moves them.
+_clip: _Clip
+_correlate: _Correlate
 try:
-    from numpy._core.umath import clip as _clip
+    from numpy._core.umath import clip as _umath_clip  # type: ignore[attr-defined]  # private: not in numpy's stubs
 except ImportError:  # pragma: no cover - depends on the numpy release
     _clip = _clip_pair
+else:
+    _clip = _umath_clip
 try:
-    from numpy._core.multiarray import correlate2 as _correlate
+    from numpy._core.multiarray import correlate2 as _correlate2
 except ImportError:  # pragma: no cover - depends on the numpy release
     _correlate = np.correlate
+else:
+    # numpy's stubs type correlate2 as Callable[..., object]; it returns what np.correlate does.
+    _correlate = cast("_Correlate", _correlate2)
 
 
 class Upsampler:
@@ -121,7 +147,7 @@ class Upsampler:
         self._ring[:] = 0.0
         self._pos = _UP_HISTORY
 
-    def process(self, pcm8k: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def process(self, pcm8k: NDArray[np.int16], out: NDArray[np.int16] | None = None) -> NDArray[np.int16]:
         """Resample one chunk of 8 kHz int16 samples; returns 2 * len(pcm8k) int16 samples.
 
         With `out` (int16, at least 2 * len(pcm8k) long) the result is written there and
@@ -151,7 +177,7 @@ class Upsampler:
         self._pos = end
         return out
 
-    def _rewind(self, n: int) -> np.ndarray:
+    def _rewind(self, n: int) -> NDArray[np.float64]:
         """Move the history to the start of the ring, growing it if `n` does not fit."""
         ring = self._ring
         history = ring[self._pos - _UP_HISTORY : self._pos].copy()
@@ -190,7 +216,7 @@ class Downsampler:
         self._pos = _DOWN_HISTORY
         self._carry = 0
 
-    def process(self, pcm16k: np.ndarray) -> np.ndarray:
+    def process(self, pcm16k: NDArray[np.int16]) -> NDArray[np.int16]:
         """Resample one chunk of 16 kHz int16 samples; returns (carried + len) // 2 samples."""
         n = len(pcm16k)
         pos = self._pos
@@ -215,7 +241,7 @@ class Downsampler:
         # 1024) dwarf an error under one LSB.
         return acc.astype(np.int16)
 
-    def _rewind(self, n: int) -> np.ndarray:
+    def _rewind(self, n: int) -> NDArray[np.float64]:
         """Move history (and a carried sample) to the start of the ring, growing it if needed."""
         ring = self._ring
         keep = _DOWN_HISTORY + self._carry

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = [
     "ECHO_HOLD_MS",
@@ -180,7 +181,7 @@ class EnergyVad:
         """Current noise floor estimate (NOISE_FLOOR_MIN_DBFS before the first frame)."""
         return NOISE_FLOOR_MIN_DBFS if self._floor is None else self._floor
 
-    def process(self, pcm8k: np.ndarray, far_end_dbfs: float | None = None) -> VadTransition | None:
+    def process(self, pcm8k: NDArray[np.int16], far_end_dbfs: float | None = None) -> VadTransition | None:
         """Take one frame of caller audio; return STARTED or STOPPED when the state changes."""
         if len(pcm8k) != self._frame_samples:
             raise ValueError(f"expected {self._frame_samples} samples, got {len(pcm8k)}")

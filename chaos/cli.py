@@ -23,9 +23,12 @@ from chaos.faults import ACTORS, FAULTS
 __all__ = ["main"]
 
 
-def _request(server: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def _request(
+    server: str, token: str, method: str, path: str, body: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
+    """The answer's status and its JSON (its text when it is not JSON): Any, as json.loads gives it."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - operator-given URL
         server.rstrip("/") + path,
         data=data,
         method=method,
@@ -80,7 +83,8 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     failed = 0
     for call_sid in targets:
         status, answer = _request(
-            args.server, args.token, "POST", f"/admin/calls/{call_sid}/chaos", {"actor": args.actor, "fault": args.fault}
+            args.server, args.token, "POST", f"/admin/calls/{call_sid}/chaos",
+            {"actor": args.actor, "fault": args.fault},
         )
         ok = status == 202
         failed += not ok

@@ -15,6 +15,7 @@ import gevent
 import gevent.pool
 
 from chaos.faults import applicable_pairs
+from observability.logging import Logger
 from supervision import ChildHandle, SupervisedActor
 
 __all__ = ["ChaosMonkey"]
@@ -33,11 +34,11 @@ class ChaosMonkey(SupervisedActor):
         seed: int | None,
         live_calls: Callable[[], Sequence[str]],
         inject: Callable[[str, str, str], bool],
-        log: Any,
+        log: Logger,
     ) -> None:
         super().__init__(handle)
         self._rate = rate_per_min
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - picks faults, seeded to repeat a run: no secret
         self._live_calls = live_calls
         self._inject = inject
         self._log = log

@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Protocol, TextIO
 
 import structlog
+from structlog.typing import FilteringBoundLogger, Processor
 
-__all__ = ["configure_logging"]
+__all__ = ["Logger", "configure_logging"]
+
+
+class Logger(Protocol):
+    """What a component needs of the logger handed to it: one method per level it uses.
+
+    structlog's bound loggers fit (`configure_logging` returns one, and `bind` gives
+    more), and so does a test's recorder. Fields are free-form, as in structlog.
+    """
+
+    def info(self, event: str, /, **fields: object) -> object: ...
+
+    def warning(self, event: str, /, **fields: object) -> object: ...
+
+    def error(self, event: str, /, **fields: object) -> object: ...
 
 
 class _CurrentStdout:
@@ -27,14 +42,14 @@ class _CurrentStdout:
         sys.stdout.flush()
 
 
-def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> Any:
+def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> FilteringBoundLogger:
     """Set up structlog and stdlib logging; returns the root structlog logger."""
-    out: Any = stream or _CurrentStdout()
-    shared: list[Any] = [
+    out: TextIO | _CurrentStdout = stream or _CurrentStdout()
+    shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any
+    renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
@@ -55,4 +70,6 @@ def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level))
-    return structlog.get_logger("bridge")
+    # structlog.get_logger is typed Any; the wrapper_class configured above is what it makes.
+    log: FilteringBoundLogger = structlog.get_logger("bridge")
+    return log

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gc
 import resource
-from typing import Any
+from collections.abc import Sized
+from typing import Protocol
 
 import gevent
 from pykka import ActorRegistry
 
-__all__ = ["process_stats"]
+__all__ = ["LiveCalls", "process_stats"]
+
+
+class LiveCalls(Protocol):
+    """What process_stats reads of the call registry: the calls live right now."""
+
+    def live(self) -> Sized: ...
 
 
 def _rss_bytes() -> int:
@@ -20,7 +27,7 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def process_stats(calls: Any) -> dict[str, int]:
+def process_stats(calls: LiveCalls | None) -> dict[str, int]:
     """RSS, live gevent Greenlets, registered actors and live calls, right now."""
     greenlets = sum(1 for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and not obj.dead)
     return {

@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
+
+from observability.logging import Logger
 
 __all__ = ["LogLimiter"]
 
@@ -22,12 +24,18 @@ _WINDOW_S = 10.0
 _MAX_KEYS = 1024
 
 
+class _LogMethod(Protocol):
+    """One level of a Logger: `log.warning` or `log.info`."""
+
+    def __call__(self, event: str, /, **fields: object) -> object: ...
+
+
 class LogLimiter:
     """Decides, per (source, kind), whether a line is logged, and reports what it held back."""
 
     def __init__(
         self,
-        log: Any,
+        log: Logger,
         *,
         per_window: int = _PER_WINDOW,
         window_s: float = _WINDOW_S,
@@ -42,11 +50,11 @@ class LogLimiter:
         # key -> [window start, lines logged in it, lines suppressed in it]
         self._windows: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
 
-    def warning(self, event: str, *, source: str, kind: str, **fields: Any) -> bool:
+    def warning(self, event: str, *, source: str, kind: str, **fields: object) -> bool:
         """Log `event` at WARNING unless this (source, kind) has had its lines; True if logged."""
         return self._emit(self._log.warning, event, source, kind, fields)
 
-    def info(self, event: str, *, source: str, kind: str, **fields: Any) -> bool:
+    def info(self, event: str, *, source: str, kind: str, **fields: object) -> bool:
         return self._emit(self._log.info, event, source, kind, fields)
 
     def flush(self) -> None:
@@ -63,7 +71,7 @@ class LogLimiter:
             "log_suppressed", source=source, kind=kind, suppressed=int(window[2]), window_s=self._window_s
         )
 
-    def _emit(self, method: Any, event: str, source: str, kind: str, fields: dict[str, Any]) -> bool:
+    def _emit(self, method: _LogMethod, event: str, source: str, kind: str, fields: dict[str, object]) -> bool:
         now = self._clock()
         key = (source, kind)
         window = self._windows.get(key)

@@ -39,11 +39,12 @@ COLUMNS = (
     "cost_usd",
 )
 
+# Built once from the constant COLUMNS above; values always go in as ? parameters.
 INSERT_SQL = (
-    f"INSERT OR REPLACE INTO calls ({', '.join(COLUMNS)}) "
+    f"INSERT OR REPLACE INTO calls ({', '.join(COLUMNS)}) "  # noqa: S608 - constant column names only
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
 )
-SELECT_SQL = f"SELECT {', '.join(COLUMNS)} FROM calls"
+SELECT_SQL = f"SELECT {', '.join(COLUMNS)} FROM calls"  # noqa: S608 - constant column names only
 
 
 def to_row(record: CallRecord) -> tuple[object, ...]:

@@ -29,6 +29,7 @@ False from a failure until the next successful write.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ import gevent.event
 import gevent.queue
 import structlog
 
+from observability.logging import Logger
 from records.errors import StoreUnavailable
 from records.model import CallRecord
 from records.rows import INSERT_SQL, SELECT_SQL, from_row, to_row
@@ -75,7 +77,7 @@ class RecordStore:
         path: str,
         *,
         queue_limit: int = 10_000,
-        log: Any = None,
+        log: Logger | None = None,
         retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
     ) -> None:
         if queue_limit < 1:
@@ -83,11 +85,11 @@ class RecordStore:
         if any(delay < 0 for delay in retry_delays_s):
             raise ValueError(f"retry_delays_s={retry_delays_s!r} is not valid: expected delays >= 0")
         self._path = path
-        self._log: Any = log if log is not None else structlog.get_logger("records")
+        self._log: Logger = log if log is not None else structlog.get_logger("records")
         self._retry_delays_s = tuple(retry_delays_s)
         self._queue: gevent.queue.Queue[CallRecord] = gevent.queue.Queue(maxsize=queue_limit)
         self._db: sqlite3.Connection | None = None
-        self._writer: gevent.Greenlet | None = None
+        self._writer: gevent.Greenlet[[], None] | None = None
         self._stopped = False
         # flush() compares how many records were accepted with how many the writer has
         # finished with (written, or given up on); the event wakes it after each batch.
@@ -119,7 +121,7 @@ class RecordStore:
         self._log.info(
             "call_records_opened", path=self._path, schema_version=reached, migrated_from=found
         )
-        writer: gevent.Greenlet = gevent.Greenlet(self._run)
+        writer: gevent.Greenlet[[], None] = gevent.Greenlet(self._run)
         writer.link_exception(self._on_writer_crash)
         writer.start()
         self._writer = writer
@@ -229,7 +231,7 @@ class RecordStore:
             self._in_flight = len(batch)
             try:
                 self._write(batch)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback below
                 # Not a database error (those are handled in _write): a bug. Keep the
                 # writer alive for the next batch rather than silently stop recording.
                 self.dropped += len(batch)
@@ -247,7 +249,7 @@ class RecordStore:
         for record in batch:
             try:
                 rows.append(to_row(record))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one malformed record is refused alone, and logged
                 self.dropped += 1
                 self._in_flight -= 1  # already counted: stop() must not count it as lost
                 self._log.error(
@@ -286,18 +288,17 @@ class RecordStore:
 
     def _insert(self, rows: list[tuple[object, ...]]) -> None:
         """One transaction for the whole batch; rolled back before any error leaves."""
-        assert self._db is not None  # the writer runs only while the connection is open
         db = self._db
+        if db is None:  # the writer runs only while the connection is open
+            raise StoreUnavailable(f"{self._path}: the call-records store is not open")
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(INSERT_SQL, rows)
             db.execute("COMMIT")
         except sqlite3.Error:
             if db.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):  # the original error is the one worth reporting
                     db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # the original error is the one worth reporting
             raise
 
     def _refuse(self, record: CallRecord, reason: str) -> bool:
@@ -307,7 +308,7 @@ class RecordStore:
         )
         return False
 
-    def _on_writer_crash(self, writer: gevent.Greenlet) -> None:
+    def _on_writer_crash(self, writer: gevent.Greenlet[[], None]) -> None:
         # _run catches Exception per batch, so only a BaseException gets here.
         self.healthy = False
         self._log.error("call_record_writer_crashed", error=repr(writer.exception))

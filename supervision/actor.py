@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.queue
@@ -21,6 +21,9 @@ import pykka
 from pykka import ActorRegistry
 
 from supervision.exits import Exit, ExitKind
+
+if TYPE_CHECKING:
+    from pykka._envelope import Envelope  # what pykka's own ActorInbox protocol carries
 
 __all__ = ["ActorKilled", "ChildHandle", "SupervisedActor", "kill_actor"]
 
@@ -61,6 +64,9 @@ class SupervisedActor(pykka.ThreadingActor):
     # actor and it restarts. None: never. Handlers here never wait on I/O, so a second
     # is far beyond any honest one.
     handler_deadline_s: float | None = None
+
+    # Narrower than pykka's ActorInbox (put/get/empty): ours can also tell its size.
+    actor_inbox: gevent.queue.Queue[Envelope[Any]]
 
     def __init__(self, handle: ChildHandle | None = None) -> None:
         super().__init__()
@@ -103,7 +109,7 @@ class SupervisedActor(pykka.ThreadingActor):
     # pykka internals, overridden for containment --------------------------------
 
     @staticmethod
-    def _create_actor_inbox() -> Any:
+    def _create_actor_inbox() -> gevent.queue.Queue[Envelope[Any]]:
         # gevent's own queue: cooperative like the patched queue.Queue, with less overhead.
         return gevent.queue.Queue()
 
@@ -133,7 +139,7 @@ class SupervisedActor(pykka.ThreadingActor):
     def _actor_loop_setup(self) -> None:
         try:
             self.on_start()
-        except BaseException as exc:  # pykka would not call on_failure here
+        except BaseException as exc:  # noqa: BLE001 - pykka would not call on_failure here
             self._handle_failure(*sys.exc_info())
             kind = ExitKind.FAILED if isinstance(exc, Exception) else ExitKind.KILLED
             self._report(Exit(kind, "on_start: " + _describe(exc)))
@@ -142,7 +148,7 @@ class SupervisedActor(pykka.ThreadingActor):
     def _actor_loop(self) -> None:
         try:
             super()._actor_loop()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - a kill must not leave a zombie (below)
             # Killed while waiting on its inbox (outside pykka's try): without this the
             # actor stays registered and "alive" forever, and asks to it hang.
             ActorRegistry.unregister(self.actor_ref)

@@ -14,14 +14,17 @@ moment it is back.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import gevent
 import gevent.pool
+import gevent.queue
 import pykka
 import structlog
 from pykka import ActorDeadError, ActorRegistry
@@ -31,7 +34,41 @@ from supervision.exits import Exit, ExitKind
 from supervision.restarts import RestartWindow, backoff_delay_s
 from supervision.spec import AutoShutdown, ChildSpec, Restart, Strategy, SupervisorFlags
 
-__all__ = ["ChildState", "ChildTable", "StartChild", "Supervisor"]
+__all__ = ["ChildSnapshot", "ChildState", "ChildTable", "StartChild", "Supervisor", "SupervisorLog"]
+
+
+class SupervisorLog(Protocol):
+    """The logger a supervisor writes to; structlog's bound loggers fit.
+
+    The shape of observability.logging.Logger, declared again here because this library
+    imports nothing from the project.
+    """
+
+    def info(self, event: str, /, **fields: object) -> object: ...
+
+    def warning(self, event: str, /, **fields: object) -> object: ...
+
+    def error(self, event: str, /, **fields: object) -> object: ...
+
+
+class ChildSnapshot(TypedDict):
+    """One child in `Supervisor.snapshot()`."""
+
+    state: str
+    restarts: int
+    last_exit: str | None
+
+
+def _queued(ref: pykka.ActorRef[Any]) -> int:
+    """Messages waiting in the mailbox of the actor behind `ref`.
+
+    pykka types a mailbox as put/get/empty only. A SupervisedActor's is gevent's Queue,
+    a plain ThreadingActor's is queue.Queue: both can tell their size.
+    """
+    inbox = ref.actor_inbox
+    if isinstance(inbox, (gevent.queue.Queue, queue.Queue)):
+        return inbox.qsize()
+    raise TypeError(f"a {type(inbox).__name__} mailbox cannot tell its size")
 
 
 class ChildTable:
@@ -45,7 +82,7 @@ class ChildTable:
     def get(self, child_id: str) -> pykka.ActorRef[Any] | None:
         return self._refs.get(child_id)
 
-    def tell(self, child_id: str, message: Any) -> bool:
+    def tell(self, child_id: str, message: object) -> bool:
         """Send to the current incarnation; False (and counted) when there is none."""
         ref = self._refs.get(child_id)
         if ref is not None:
@@ -57,7 +94,7 @@ class ChildTable:
         self.dropped += 1
         return False
 
-    def tell_bounded(self, child_id: str, message: Any, limit: int) -> bool:
+    def tell_bounded(self, child_id: str, message: object, limit: int) -> bool:
         """Like tell, unless `limit` messages already wait in the child's mailbox: then drop it.
 
         For producers that a peer outside the process drives (a socket reader): a stuck
@@ -65,7 +102,7 @@ class ChildTable:
         `overflowed`) when dropped for that reason.
         """
         ref = self._refs.get(child_id)
-        if ref is not None and ref.actor_inbox.qsize() >= limit:
+        if ref is not None and _queued(ref) >= limit:
             self.overflowed += 1
             return False
         return self.tell(child_id, message)
@@ -127,7 +164,7 @@ class Supervisor(SupervisedActor):
         specs: Sequence[ChildSpec] = (),
         *,
         handle: ChildHandle | None = None,
-        log: Any = None,
+        log: SupervisorLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         name: str = "supervisor",
@@ -138,9 +175,9 @@ class Supervisor(SupervisedActor):
         self.children = ChildTable()
         self.child_states: dict[str, ChildState] = {}  # insertion order = start order
         self.name = name
-        self._log = log if log is not None else structlog.get_logger().bind(supervisor=name)
+        self._log: SupervisorLog = log if log is not None else structlog.get_logger().bind(supervisor=name)
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not a secret
         self._window = RestartWindow(self.flags.intensity, self.flags.period_s)
         self._greenlets = gevent.pool.Group()
         self._stopping = False
@@ -213,7 +250,7 @@ class Supervisor(SupervisedActor):
         child.started_at = self._clock()
         try:
             ref = child.spec.start(handle)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged below, and the child fails like any other
             # A start function that raises is a failed incarnation like any other.
             self._log.error("child_start_failed", child=child_id, exc_info=True)
             child.state = "running"
@@ -232,10 +269,8 @@ class Supervisor(SupervisedActor):
                 break
             gevent.sleep(0)
         exit_ = handle.exit or Exit(ExitKind.VANISHED, "stopped without a report")
-        try:
+        with contextlib.suppress(ActorDeadError):
             self.actor_ref.tell(_ChildExited(child_id, incarnation, exit_))
-        except ActorDeadError:
-            pass
 
     # Reacting to exits -------------------------------------------------------------
 
@@ -323,16 +358,14 @@ class Supervisor(SupervisedActor):
         self._log.info("restart_scheduled", child=failed.spec.id, delay_s=round(delay, 3), with_=list(restart_ids))
         self._greenlets.spawn(self._tell_later, delay, _RestartDue(restart_ids))
 
-    def _tell_later(self, delay_s: float, message: Any) -> None:
+    def _tell_later(self, delay_s: float, message: object) -> None:
         gevent.sleep(delay_s)
         self._tell_self(message)
 
-    def _tell_self(self, message: Any) -> None:
+    def _tell_self(self, message: object) -> None:
         """From a greenlet of this supervisor's own: queue a message for its handlers."""
-        try:
+        with contextlib.suppress(ActorDeadError):
             self.actor_ref.tell(message)
-        except ActorDeadError:
-            pass
 
     def _on_restart_due(self, child_ids: tuple[str, ...]) -> None:
         if self._stopping:
@@ -404,7 +437,7 @@ class Supervisor(SupervisedActor):
 
     # Introspection -----------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    def snapshot(self) -> dict[str, ChildSnapshot]:
         """Per child: state, restarts, last exit. Plain data, safe to read from any greenlet."""
         return {
             child_id: {

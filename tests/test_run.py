@@ -135,7 +135,7 @@ def chaos_server(tmp_path):
 
 
 def test_chaos_cli_lists_calls_and_injects_faults_and_the_monkey_injects_on_its_own(chaos_server):
-    process, base = chaos_server
+    _process, base = chaos_server
     caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
     try:
         caller.post_webhook()

@@ -94,7 +94,7 @@ def test_a_database_from_a_newer_program_is_refused_and_left_untouched(tmp_path)
 def test_a_file_that_is_not_a_database_is_reported_unavailable_with_its_path(tmp_path):
     path = tmp_path / "calls.db"
     path.write_bytes(b"this is a text file, not sqlite" * 100)
-    with pytest.raises(StoreUnavailable, match="calls.db"):
+    with pytest.raises(StoreUnavailable, match=r"calls\.db"):
         open_database(str(path))
 
 

@@ -6,7 +6,6 @@ import gevent
 import pytest
 from pykka import ActorRegistry
 
-from supervision.supervisor import StartChild
 from supervision import (
     AutoShutdown,
     Backoff,
@@ -18,6 +17,7 @@ from supervision import (
     Supervisor,
     SupervisorFlags,
 )
+from supervision.supervisor import StartChild
 
 FAST = Backoff(min_s=0.01, max_s=0.02, jitter=0.0, reset_after_s=5.0)
 
@@ -186,7 +186,7 @@ def test_exceeding_the_intensity_stops_everything_and_reports_failure_upwards():
     assert wait_until(lambda: root._actor_weakref().children.get("sup") is not None)
     sup = root._actor_weakref().children.get("sup")
     table = sup._actor_weakref().children
-    for n in range(3):
+    for _ in range(3):
         assert wait_until(lambda: table.get("a") is not None)
         table.tell("a", Crash())
         gevent.sleep(0.05)
@@ -239,7 +239,9 @@ def test_a_failing_start_function_counts_as_a_failure_and_is_retried():
 def test_messages_to_a_restarting_child_are_dropped_and_counted():
     log_ = []
     slow = Backoff(min_s=0.3, max_s=0.3, jitter=0.0)
-    sup = Supervisor.start(SupervisorFlags(), [ChildSpec(id="a", start=lambda h: Worker.start(h, log_, "a"), backoff=slow)])
+    sup = Supervisor.start(
+        SupervisorFlags(), [ChildSpec(id="a", start=lambda h: Worker.start(h, log_, "a"), backoff=slow)]
+    )
     table = sup._actor_weakref().children
     assert wait_until(lambda: table.get("a") is not None)
     table.tell("a", Crash())
