@@ -1,14 +1,24 @@
-"""What belongs to a call rather than to any one of its actors.
+"""What this process holds for a call, around the call's plain state (calls/state.py).
 
-The Twilio socket, the caller audio kept for replay and the stream's identity must
-outlive the restart of any actor, so they live here. Actors get this object at start
-and use only the parts their role needs; the supervisor owns it.
+The Twilio socket, the caller audio kept for replay, the current supervisor and its
+child table must outlive the restart of any actor, so they live here, next to the
+call's `CallState`. Actors get this object at start and use only the parts their role
+needs. Who writes what:
+
+| field | writer |
+|---|---|
+| state | see calls/state.py: one writer per field |
+| socket | the web layer's media view, once, when Twilio's socket presents the admission value |
+| uplink | its frames: CodecActor; its sent/alive marks: VapiActor (its greenlets included) |
+| children, supervisor, child_states, flags | each CallSupervisor incarnation, when it starts |
+| last_supervisor_exit | the registry, told by the root that the call's supervisor failed |
+| held_reports | appended by any reporter while no supervisor can take a message; emptied by the controller |
+| ended | finish_call, once |
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,19 +28,19 @@ import gevent.event
 
 from actors.messages import EndCall
 from calls.outcome import EndRequest, Outcome
+from calls.state import CallState
 from media.uplink import UplinkBuffer
 
 if TYPE_CHECKING:
+    from links.twilio import TwilioSocket
     from links.vapi import VapiConnector
     from observability.metrics import Metrics
     from supervision import ChildTable
-    from links.twilio import TwilioSocket
 
 __all__ = ["CallContext", "CallSettings"]
 
-_EVENTS_KEPT = 20  # recent events per call, for the dashboard
-# Turn latencies kept per call for its record's percentiles; a long call keeps the latest.
-_TURNS_KEPT = 1000
+# A call's reports held between supervisor incarnations: a few seconds' worth at most.
+_HELD_REPORTS = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +65,7 @@ class CallSettings:
 
 @dataclass(slots=True, eq=False)
 class CallContext:
-    """One call's shared resources and identity."""
+    """One call's state and the resources this process holds for it."""
 
     call_sid: str
     settings: CallSettings
@@ -63,92 +73,60 @@ class CallContext:
     metrics: Metrics
     connector: VapiConnector
     on_finished: Callable[[CallContext], None] = lambda call: None
-    started_at: float = field(default_factory=time.time)
-    # Given to Twilio in the TwiML; the media socket must present it in `start`. Written
-    # once here, read by the webhook and the media view; never logged.
-    admission_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    stream_sid: str | None = None
+    state: CallState = field(init=False)
     socket: TwilioSocket | None = None
     uplink: UplinkBuffer = field(init=False)
-    vapi_greeted: bool = False  # a VAPI call of ours has already greeted the caller
-    vapi_links: int = 0
-    # Why the call must end: the first request wins (request_end, any part of the call).
-    end_request: EndRequest | None = None
-    # How it ended: written once, by finish_call (the call's controller), from end_request.
-    outcome: Outcome | None = None
-    outcome_detail: str = ""
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
     supervisor: Any = None  # the current CallSupervisor's ref
-    supervisor_restarts: int = 0
     flags: Any = None  # the CallSupervisor's SupervisorFlags
-    # What a call record and the dashboard show; plain counters the actors bump.
-    barge_ins: int = 0
-    turns: int = 0
-    turn_ms: list[float] = field(default_factory=list)
-    frames_in: int = 0
-    frames_out: int = 0
-    frames_dropped: int = 0
-    latency_in_ms: float | None = None  # smoothed, for the dashboard
-    latency_out_ms: float | None = None
-    fault_at_ns: int | None = None  # an actor failed; cleared when caller audio reaches VAPI again
-    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT))
     child_states: dict[str, Any] = field(default_factory=dict)  # its view of the children, read-only here
+    last_supervisor_exit: Any = None  # why the previous supervisor incarnation failed (the registry's)
+    # Reports for the controller sent while no supervisor could take them; bounded like a
+    # mailbox (the oldest go first), emptied by the controller.
+    held_reports: deque[Any] = field(default_factory=lambda: deque(maxlen=_HELD_REPORTS))
 
     def __post_init__(self) -> None:
+        # The admission value is given to Twilio in the TwiML and must come back in the
+        # media socket's `start`; a secret of this call, never logged.
+        self.state = CallState(call_sid=self.call_sid, admission_token=secrets.token_urlsafe(24))
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
-
-    def event(self, kind: str, detail: str = "") -> None:
-        """Note something an operator would want to see on the dashboard."""
-        self.events.append({"t": time.time(), "kind": kind, "detail": detail})
-
-    def note_restart(self, actor: str, kind: str, reason: str) -> None:
-        """An actor of this call (or its supervisor) failed and is being restarted."""
-        self.event("restart", f"{actor}: {kind} {reason}".strip())
-        if self.fault_at_ns is None:
-            self.fault_at_ns = time.monotonic_ns()
-
-    def add_turn(self, latency_ms: float) -> None:
-        self.turns += 1
-        self.turn_ms.append(latency_ms)
-        if len(self.turn_ms) > _TURNS_KEPT:
-            del self.turn_ms[0]
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about the live call, for the admin API and the dashboard."""
-        flags = self.flags
+        state, flags = self.state, self.flags
         return {
             "call_sid": self.call_sid,
-            "stream_sid": self.stream_sid,
-            "started_at": self.started_at,
+            "stream_sid": state.stream_sid,
+            "started_at": state.started_at,
             "live": True,
             "supervisor": {
                 "strategy": flags.strategy.value if flags else None,
                 "intensity": flags.intensity if flags else None,
                 "period_s": flags.period_s if flags else None,
-                "restarts": self.supervisor_restarts,
+                "restarts": state.supervisor_restarts,
             },
             "actors": {
-                child_id: {"state": state.state, "restarts": state.restarts}
-                for child_id, state in list(self.child_states.items())
+                child_id: {"state": child.state, "restarts": state.restarts.get(child_id, 0)}
+                for child_id, child in list(self.child_states.items())
             },
-            "vapi_links": self.vapi_links,
-            "barge_ins": self.barge_ins,
-            "turns": self.turns,
+            "vapi_links": state.vapi_links,
+            "barge_ins": state.stats.barge_ins,
+            "turns": state.stats.turns,
             "latency": {
-                "bridge_in_ms": _round(self.latency_in_ms),
-                "bridge_out_ms": _round(self.latency_out_ms),
-                "turn_ms": _round(self.turn_ms[-1] if self.turn_ms else None),
+                "bridge_in_ms": _round(state.latency_in_ms),
+                "bridge_out_ms": _round(state.latency_out_ms),
+                "turn_ms": _round(state.stats.turn_ms[-1] if state.stats.turn_ms else None),
             },
-            "events": list(self.events),
+            "events": list(state.events),
         }
 
     def end(self, outcome: Outcome, detail: str = "") -> None:
         """Ask the call to end: the one way any part of the process ends a call.
 
-        The request is kept in the call before the controller is told, so a message lost
-        with a failing supervisor loses nothing: its successor finds the request when it
-        starts. The first request wins; later ones are consequences of it.
+        The request is kept in the call's state before the controller is told, so a
+        message lost with a failing supervisor loses nothing: its successor finds the
+        request when it starts. The first request wins; later ones are consequences of it.
         """
         self.request_end(outcome, detail)
         supervisor = self.supervisor
@@ -160,8 +138,24 @@ class CallContext:
 
     def request_end(self, outcome: Outcome, detail: str = "") -> None:
         """Record why the call must end, without telling anyone (the controller's own use)."""
-        if self.end_request is None:
-            self.end_request = EndRequest(outcome, detail)
+        if self.state.end_request is None:
+            self.state.end_request = EndRequest(outcome, detail)
+
+    def tell_controller(self, message: Any) -> None:
+        """Send the call's controller a report; kept for it while no incarnation can take it.
+
+        A supervisor that is restarting or stopping (its children report as they stop)
+        has no mailbox; the report waits here, and the controller takes it when it next
+        starts or when it finishes the call, so no count is lost.
+        """
+        supervisor = self.supervisor
+        if supervisor is not None:
+            try:
+                supervisor.tell(message)
+                return
+            except Exception:  # noqa: BLE001 - between incarnations, or stopping
+                pass
+        self.held_reports.append(message)
 
 
 def _round(value: float | None) -> float | None:

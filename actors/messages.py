@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from calls.outcome import Outcome
 
 __all__ = [
+    "EventNoted",
+    "UplinkRecovered",
+    "UplinkMeasured",
+    "StatsReported",
     "AssistantAudio",
     "AssistantInterrupted",
     "AssistantTurnStarted",
@@ -190,6 +194,46 @@ class VapiEventReceived:
 
     link_id: int
     text: str
+
+
+#
+# What the actors measure, for the call's state (its controller is the only writer).
+#
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReported:
+    """TwilioActor → CallSupervisor: counts since its last report (about once a second)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    barge_ins: int = 0
+    turn_ms: tuple[float, ...] = ()
+    latency_out_ms: float | None = None  # smoothed, for the dashboard
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkMeasured:
+    """VapiActor → CallSupervisor: caller audio reaches VAPI this long after Twilio (smoothed)."""
+
+    latency_in_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkRecovered:
+    """VapiActor → CallSupervisor: caller audio reached VAPI again after the fault noted at `fault_at_ns`."""
+
+    fault_at_ns: int
+    at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventNoted:
+    """any → CallSupervisor: something an operator would want to see on the dashboard."""
+
+    kind: str
+    detail: str = ""
 
 
 #

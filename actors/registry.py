@@ -15,8 +15,9 @@ from typing import Any
 import pykka
 
 from actors.call import CallContext, CallSettings
-from actors.messages import InjectFault
-from actors.supervisor import CallSupervisor, finish_call
+from actors.messages import EventNoted, InjectFault
+from actors.controller import finish_call
+from actors.supervisor import CallSupervisor
 from calls.outcome import Outcome
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
@@ -136,7 +137,7 @@ class CallRegistry:
         call = self._live.get(call_sid)
         if call is None:
             return "ended" if call_sid in self._finished else "no call admitted"
-        if call.ended.is_set() or call.end_request is not None:
+        if call.ended.is_set() or call.state.end_request is not None:
             return "ended"
         if call.socket is not None:
             return "already has a media socket"
@@ -164,7 +165,7 @@ class CallRegistry:
         else:
             delivered = call.children.tell(actor, message)
         if delivered:  # a fault aimed at an actor mid-restart never happened
-            call.event("fault", f"{actor}/{fault} injected")
+            call.tell_controller(EventNoted("fault", f"{actor}/{fault} injected"))
             self._metrics.chaos.labels(actor=actor, fault=fault).inc()
         return delivered
 
@@ -177,8 +178,8 @@ class CallRegistry:
         """The root is restarting this call's supervisor."""
         call = self._live.get(call_sid)
         if call is not None:
-            call.supervisor_restarts += 1
-            call.note_restart("supervisor", exit_.kind.value, exit_.reason)
+            call.state.supervisor_restarts += 1
+            call.last_supervisor_exit = exit_  # the next incarnation notes it in the call's events
 
     def call_lost(self, call_sid: str, exit_: Exit) -> None:
         """The root gave up on a call whose supervisor kept failing: end it for the caller."""
@@ -190,7 +191,7 @@ class CallRegistry:
     def _on_finished(self, call: CallContext) -> None:
         self._live.pop(call.call_sid, None)
         self._metrics.live_calls.set(len(self._live))
-        self._finished[call.call_sid] = call.outcome or Outcome.COMPLETED
+        self._finished[call.call_sid] = call.state.outcome or Outcome.COMPLETED
         while len(self._finished) > _FINISHED_CAPACITY:
             self._finished.popitem(last=False)
         if self._records is not None:
@@ -198,26 +199,28 @@ class CallRegistry:
             self._records.submit(self._record(call))
 
     def _record(self, call: CallContext) -> CallRecord:
+        state = call.state
         ended_at = time.time()
-        duration_s = max(0.0, ended_at - call.started_at)
-        restarts = {child_id: state.restarts for child_id, state in call.child_states.items()}
-        restarts["supervisor"] = call.supervisor_restarts
+        duration_s = max(0.0, ended_at - state.started_at)
+        restarts = {child_id: state.restarts.get(child_id, 0) for child_id in ("codec", "twilio", "vad", "vapi")}
+        restarts["supervisor"] = state.supervisor_restarts
+        stats = state.stats
         return CallRecord(
             call_sid=call.call_sid,
-            stream_sid=call.stream_sid,
-            started_at=call.started_at,
+            stream_sid=state.stream_sid,
+            started_at=state.started_at,
             ended_at=ended_at,
-            outcome=(call.outcome or Outcome.COMPLETED).value,
-            outcome_detail=call.outcome_detail,
+            outcome=(state.outcome or Outcome.COMPLETED).value,
+            outcome_detail=state.outcome_detail,
             restarts=tuple(sorted(restarts.items())),
-            vapi_links=call.vapi_links,
-            barge_ins=call.barge_ins,
-            turns=call.turns,
-            turn_latency_p50_ms=percentile(call.turn_ms, 50),
-            turn_latency_p95_ms=percentile(call.turn_ms, 95),
-            frames_in=call.frames_in,
-            frames_out=call.frames_out,
-            frames_dropped=call.frames_dropped,
+            vapi_links=state.vapi_links,
+            barge_ins=stats.barge_ins,
+            turns=stats.turns,
+            turn_latency_p50_ms=percentile(stats.turn_ms, 50),
+            turn_latency_p95_ms=percentile(stats.turn_ms, 95),
+            frames_in=stats.frames_in,
+            frames_out=stats.frames_out,
+            frames_dropped=stats.frames_dropped,
             # The VAPI call lives from the webhook to the end: the whole call.
             cost_usd=estimate_cost(duration_s, duration_s, self._rates),
         )

@@ -1,9 +1,11 @@
-"""CallSupervisor: one per call; owns the call's four actors and decides how the call ends.
+"""CallSupervisor: one per call; supervises the call's four actors and runs its controller.
 
-The supervision itself is the generic Supervisor; this module supplies the callback
-data (which children, how each restarts) and the call's endings: the caller hangs up
-(Twilio `stop` or its socket closing), the assistant hangs up (VAPI's ended status),
-or the bridge gives up (restart intensity exceeded, no media socket in time).
+The supervision itself is the generic Supervisor; this module supplies which children
+and how each restarts. What a call is and how it ends is the CallController's
+(actors/controller.py): the supervisor passes it the call's messages and its children's
+exits. A call ends when any part of the process asks (CallContext.end): the caller hangs
+up (Twilio's `stop`, or its socket closing), the assistant hangs up (VAPI's ended
+status), or the bridge gives up (restart intensity exceeded, no media socket in time).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import gevent
 from actors.call import CallContext
 from actors.codec import CodecActor
 from actors.base import inject_fault
-from actors.messages import EndCall, InjectFault, StreamStarted, TwilioSocketAttached
+from actors.controller import CallController
+from actors.messages import EndCall, InjectFault, TwilioSocketAttached
 from actors.twilio import TwilioActor
 from actors.vad import VadActor
 from actors.vapi import VapiActor
@@ -31,7 +34,7 @@ from supervision import (
     SupervisorFlags,
 )
 
-__all__ = ["CALL_FLAGS", "CallSupervisor", "finish_call"]
+__all__ = ["CALL_FLAGS", "CallSupervisor"]
 
 # One for one: the four children hold independent state, and a codec hiccup is no
 # reason to drop a healthy VAPI link. Five restarts in ten seconds: chaos runs inject
@@ -64,6 +67,7 @@ class CallSupervisor(Supervisor):
     def __init__(self, call: CallContext, handle: ChildHandle | None = None) -> None:
         super().__init__(CALL_FLAGS, handle=handle, log=call.log.bind(actor="supervisor"), name="call")
         self._call = call
+        self._controller = CallController(call, self._log)
         call.children = self.children
         call.supervisor = self.actor_ref
         call.child_states = self.child_states
@@ -84,12 +88,9 @@ class CallSupervisor(Supervisor):
 
     def on_start(self) -> None:
         super().on_start()
-        request = self._call.end_request
-        if request is not None:
-            # Decided while the previous incarnation was failing: its message may be lost
-            # with it, the request in the call is not.
-            self._log.info("call_end_already_decided", outcome=request.outcome.value)
-            self._tell_self(EndCall(request.outcome, request.detail))
+        decided = self._controller.started(self._handle.incarnation if self._handle is not None else 1)
+        if decided is not None:
+            self._tell_self(EndCall(decided.outcome, decided.detail))
             return
         self._greenlets.spawn(self._await_media, self._call.settings.media_connect_timeout_s)
         self._log.info("call_started")
@@ -102,13 +103,13 @@ class CallSupervisor(Supervisor):
     # Messages ------------------------------------------------------------------------
 
     def handle_message(self, message: Any) -> Any:
+        if self._controller.handle(message):
+            return None
         match message:
-            case StreamStarted():
-                self._log.info("call_streaming", stream_sid=message.stream_sid)
             case TwilioSocketAttached():
                 self._log.info("twilio_socket_attached")
             case EndCall():
-                # The call's end_request, not the message, says why: the first request wins.
+                # The call's end request, not the message, says why: the first request wins.
                 self._call.request_end(message.outcome, message.detail)
                 self.actor_ref.stop(block=False)
             case InjectFault():
@@ -121,13 +122,10 @@ class CallSupervisor(Supervisor):
 
     def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
         if restarting:
-            call = self._call
-            call.metrics.restarts.labels(actor=child_id, reason=exit_.kind.value).inc()
-            call.note_restart(child_id, exit_.kind.value, exit_.reason)
+            self._controller.child_restarting(child_id, exit_)
 
     def on_give_up(self, child_id: str, exit_: Exit) -> None:
-        self._call.request_end(Outcome.GAVE_UP, f"{child_id} kept failing: {exit_.reason}")
-        self._call.event("gave_up", f"{child_id} kept failing")
+        self._controller.gave_up(child_id, exit_)
 
     def on_shutdown(self) -> None:
         exit_ = self._handle.exit if self._handle is not None else None
@@ -136,28 +134,4 @@ class CallSupervisor(Supervisor):
             # the caller's socket stays open for it.
             self._log.warning("call_supervisor_failed", reason=exit_.kind.value, detail=exit_.reason)
             return
-        finish_call(self._call, self._log)
-
-
-def finish_call(call: CallContext, log: Any) -> None:
-    """Decide the outcome, record it, and release what the call holds outside its actors.
-
-    The only writer of `call.outcome`: the call's controller (its supervisor's shutdown,
-    or the registry when the root gave up on the supervisor).
-    """
-    if call.ended.is_set():
-        return
-    call.request_end(Outcome.COMPLETED, "supervisor stopped")
-    request = call.end_request
-    assert request is not None
-    call.outcome, call.outcome_detail = request.outcome, request.detail
-    call.event("ended", request.outcome.value)
-    call.metrics.calls.labels(outcome=request.outcome.value).inc()
-    log.info("call_ended", outcome=request.outcome.value, detail=request.detail)
-    # Record the outcome before closing: Twilio asks /voice/after-stream at once.
-    call.on_finished(call)
-    call.ended.set()
-    # When we end the call (assistant hung up, or we gave up), closing Twilio's socket
-    # makes Twilio fetch <Connect action>, which answers per the outcome.
-    if call.socket is not None:
-        call.socket.close(1000)
+        self._controller.finish()

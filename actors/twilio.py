@@ -21,9 +21,11 @@ from actors.messages import (
     CallerPressedKey,
     CallerSpeechStarted,
     CallerSpeechStopped,
+    EventNoted,
     FarEndLevel,
     HoldCaller,
     InjectFault,
+    StatsReported,
     StreamStarted,
     TwilioFrameReceived,
 )
@@ -85,6 +87,14 @@ class TwilioActor(CallActor):
         self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
         self._unflushed_in = 0
         self._unflushed_out = 0
+        self._frames_in = 0  # since this incarnation started
+        self._frames_out = 0
+        self._reported_in = 0
+        self._reported_out = 0
+        self._unreported_dropped = 0
+        self._unreported_barge_ins = 0
+        self._unreported_turns: list[float] = []
+        self._latency_out_ms: float | None = None
         self._flushed_played = 0
         self._flushed_cancelled = 0
         # Bound once: the hot path calls these 50 times a second.
@@ -128,7 +138,7 @@ class TwilioActor(CallActor):
             case Mark():
                 self._on_mark(event.name)
             case Start():
-                self._call.stream_sid = event.stream_sid
+                self._call.state.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._tell_supervisor(StreamStarted(event.stream_sid))
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
@@ -144,7 +154,7 @@ class TwilioActor(CallActor):
 
     def _on_media(self, media: Media, received_ns: int) -> None:
         call = self._call
-        call.frames_in += 1
+        self._frames_in += 1
         self._unflushed_in += 1
         if self._unflushed_in >= _METRICS_BATCH:
             self._flush_frame_counts()
@@ -153,7 +163,7 @@ class TwilioActor(CallActor):
         )
         if gap is None:
             call.metrics.dropped.labels(reason="stale").inc()
-            call.frames_dropped += 1
+            self._unreported_dropped += 1
             return
         if gap:
             self._call.metrics.filled.inc(gap)
@@ -165,7 +175,7 @@ class TwilioActor(CallActor):
             # Inbound frames arrive in real time: each one is 20 ms of playback.
             self._playback.advance(FRAME_MS)
             self._pump()
-        elif call.frames_in % _MARK_CHECK_EVERY == 0:
+        elif self._frames_in % _MARK_CHECK_EVERY == 0:
             self._check_marks(received_ns)
 
     def _count_malformed(self, exc: ProtocolError) -> None:
@@ -181,20 +191,20 @@ class TwilioActor(CallActor):
             if message.received_ns - self._last_discard_ns < _DISCARD_GIVE_UP_NS:
                 self._last_discard_ns = message.received_ns
                 self._call.metrics.dropped.labels(reason="interrupted_turn").inc()
-                self._call.frames_dropped += 1
+                self._unreported_dropped += 1
                 return
             self._discarding = False
         dropped = self._playback.enqueue(message.ulaw, message.level_dbfs, message.received_ns)
         if dropped:
             self._call.metrics.dropped.labels(reason="outbound_overflow").inc(dropped)
-            self._call.frames_dropped += dropped
+            self._unreported_dropped += dropped
             self._log.warning("outbound_overflow", dropped=dropped, bound=self._call.settings.outbound_max_frames)
         self._pump()
 
     def _pump(self) -> None:
         if self._holding and self._playback.queued_frames < _HOLD_REFILL_FRAMES:
             self._playback.enqueue(self._call.settings.hold_ulaw, _HOLD_LEVEL_DBFS)
-        if self._call.stream_sid is None or self._call.socket is None:
+        if self._call.state.stream_sid is None or self._call.socket is None:
             return  # nothing to send to yet; the audio waits in the queue
         self._playback.pump(self._send_media, self._send_mark)
         self._update_far_end()
@@ -214,6 +224,25 @@ class TwilioActor(CallActor):
         if self._unflushed_out:
             metrics.frames_out.inc(self._unflushed_out)
             self._unflushed_out = 0
+        self._report_stats()
+
+    def _report_stats(self) -> None:
+        """What the call's record needs, to its controller (the only writer of the call's stats)."""
+        frames_in, frames_out = self._frames_in - self._reported_in, self._frames_out - self._reported_out
+        if not (frames_in or frames_out or self._unreported_dropped or self._unreported_barge_ins
+                or self._unreported_turns):
+            return
+        self._call.tell_controller(StatsReported(
+            frames_in=frames_in,
+            frames_out=frames_out,
+            frames_dropped=self._unreported_dropped,
+            barge_ins=self._unreported_barge_ins,
+            turn_ms=tuple(self._unreported_turns),
+            latency_out_ms=self._latency_out_ms,
+        ))
+        self._reported_in, self._reported_out = self._frames_in, self._frames_out
+        self._unreported_dropped = self._unreported_barge_ins = 0
+        self._unreported_turns.clear()
 
     def _close(self) -> None:
         self._flush_frame_counts()
@@ -227,7 +256,7 @@ class TwilioActor(CallActor):
             self._pump()
             return
         # The assistant is back: cut the hold sound at once, and let its first words through.
-        socket, stream_sid = self._call.socket, self._call.stream_sid
+        socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if self._playback.audible and socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
         self._playback.clear()
@@ -239,27 +268,28 @@ class TwilioActor(CallActor):
         socket = call.socket
         if socket is None:
             return
-        socket.send_text(encode_media(call.stream_sid or "", ulaw))
-        call.frames_out += 1
+        socket.send_text(encode_media(call.state.stream_sid or "", ulaw))
+        self._frames_out += 1
         metrics = call.metrics
         self._unflushed_out += 1
         if self._unflushed_out >= _METRICS_BATCH:
             self._flush_frame_counts()
-        timed = received_ns and call.frames_out % _LATENCY_SAMPLE_EVERY == 0
+        timed = received_ns and self._frames_out % _LATENCY_SAMPLE_EVERY == 0
         if not timed and self._speech_end_ns is None:
             return  # most frames: nothing to measure
         now = time.monotonic_ns()
         if timed:
             latency = now - received_ns
             metrics.latency_out.observe(latency / 1e9)
-            previous = call.latency_out_ms
+            previous = self._latency_out_ms
             ms = latency / 1e6
-            call.latency_out_ms = ms if previous is None else previous + 0.1 * (ms - previous)
+            self._latency_out_ms = ms if previous is None else previous + 0.1 * (ms - previous)
         if self._speech_end_ns is not None:
             # The first assistant audio after the caller stopped: one turn.
             turn_s = (now - self._speech_end_ns) / 1e9
             metrics.turn_sent.observe(turn_s)
-            call.add_turn(turn_s * 1000)
+            self._unreported_turns.append(turn_s * 1000)
+            self._report_stats()
             self._turn_sent_ns = self._speech_end_ns
             self._speech_end_ns = None
             self._turn_mark = ""  # the next mark tells when the caller heard it
@@ -267,7 +297,7 @@ class TwilioActor(CallActor):
     def _send_mark_frame(self, name: str) -> None:
         socket = self._call.socket
         if socket is not None:
-            socket.send_text(encode_mark(self._call.stream_sid or "", name))
+            socket.send_text(encode_mark(self._call.state.stream_sid or "", name))
             if self._turn_mark == "":
                 self._turn_mark = name
 
@@ -314,18 +344,19 @@ class TwilioActor(CallActor):
     def _barge_in(self, cause: str) -> None:
         if not self._playback.audible:
             return
-        socket, stream_sid = self._call.socket, self._call.stream_sid
+        socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
         dropped = self._playback.clear()
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
-            self._call.frames_dropped += dropped
+            self._unreported_dropped += dropped
         self._discarding = True
         self._last_discard_ns = time.monotonic_ns()
         self._turn_mark = None
         self._call.metrics.barge_ins.inc()
-        self._call.barge_ins += 1
-        self._call.event("barge_in", cause)
+        self._unreported_barge_ins += 1
+        self._call.tell_controller(EventNoted("barge_in", cause))
+        self._report_stats()
         self._log.info("barge_in", cause=cause, dropped_frames=dropped)
         self._update_far_end()

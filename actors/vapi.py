@@ -27,10 +27,12 @@ from actors.messages import (
     AssistantInterrupted,
     AssistantTurnStarted,
     CallerPressedKey,
-    EndCall,
+    EventNoted,
     HoldCaller,
     InjectFault,
     UplinkAudio,
+    UplinkMeasured,
+    UplinkRecovered,
     VapiEventReceived,
     VapiGaveUp,
     VapiLinkLost,
@@ -63,6 +65,8 @@ _NO_SECOND_GREETING = "assistant-waits-for-user"
 _RETRY_BACKOFF = Backoff(min_s=0.25, max_s=2.0, jitter=0.5, reset_after_s=60.0)
 
 _LATENCY_SAMPLE_EVERY = 10
+# The smoothed latency goes to the call's state about once a second.
+_REPORT_EVERY = 50
 # Messages waiting in a mailbox this link feeds, beyond which more are dropped and
 # counted: the reader yields after each message, so only a stuck actor lets it fill.
 _MAILBOX_LIMIT = 1000
@@ -77,7 +81,9 @@ class VapiActor(CallActor):
         self._link: VapiLink | None = None
         self._ready = False  # link up and replay sent: live frames may go out
         self._dead = False  # the link is known broken: no goodbye is possible
-        self._link_id = call.vapi_links + 1
+        self._link_id = call.state.vapi_links + 1
+        self._latency_in_ms: float | None = None
+        self._reported_fault: int | None = None  # the fault whose recovery was reported
         self._rng = random.Random()
         self._last_pong = 0.0
         self._ping_seq = 0  # uplink frames sent before the last ping
@@ -87,7 +93,7 @@ class VapiActor(CallActor):
     # Lifecycle -----------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._call.vapi_links += 1
+        self._call.state.vapi_links += 1
         self._greenlets.spawn(self._open_link, self._link_id)
 
     def _close(self) -> None:
@@ -140,14 +146,15 @@ class VapiActor(CallActor):
             # and the rest skip prometheus_client's per-update lock.
             latency = time.monotonic_ns() - message.received_ns
             call.metrics.latency_in.observe(latency / 1e9)
-            previous, ms = call.latency_in_ms, latency / 1e6
-            call.latency_in_ms = ms if previous is None else previous + 0.1 * (ms - previous)
-        if call.fault_at_ns is not None:
-            now = time.monotonic_ns()
-            recovery_s = (now - call.fault_at_ns) / 1e9
-            call.fault_at_ns = None
-            call.metrics.recovery.observe(recovery_s)
-            call.event("recovered", f"caller audio reaches VAPI again after {recovery_s * 1000:.0f} ms")
+            previous, ms = self._latency_in_ms, latency / 1e6
+            self._latency_in_ms = ms if previous is None else previous + 0.1 * (ms - previous)
+            if message.seq % _REPORT_EVERY == 0:
+                call.tell_controller(UplinkMeasured(self._latency_in_ms))
+        fault_at_ns = call.state.fault_at_ns
+        if fault_at_ns is not None and fault_at_ns != self._reported_fault:
+            # The controller owns the call's fault record; it measures the recovery.
+            self._reported_fault = fault_at_ns
+            call.tell_controller(UplinkRecovered(fault_at_ns, time.monotonic_ns()))
 
     def _on_link_up(self, message: VapiLinkUp) -> None:
         call = self._call
@@ -156,9 +163,9 @@ class VapiActor(CallActor):
             self._send_binary(data)
             call.uplink.mark_sent(seq)
         self._ready = True
-        if call.vapi_greeted:
-            call.event("reconnect", f"VAPI link {self._link_id}, {len(replay) * 20} ms replayed")
-        call.vapi_greeted = True
+        if call.state.vapi_greeted:
+            call.tell_controller(EventNoted("reconnect", f"VAPI link {self._link_id}, {len(replay) * 20} ms replayed"))
+        call.state.vapi_greeted = True
         call.metrics.vapi_links.labels(event="created").inc()
         self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20)
 
@@ -225,7 +232,7 @@ class VapiActor(CallActor):
         deadline: float | None = None
         attempt = 0
         while True:
-            mode = _NO_SECOND_GREETING if call.vapi_greeted else None
+            mode = _NO_SECOND_GREETING if call.state.vapi_greeted else None
             try:
                 created = call.connector.create_call(audio_format, mode)
                 link = call.connector.connect(created.websocket_url)
@@ -236,7 +243,7 @@ class VapiActor(CallActor):
                 if deadline is None:
                     deadline = now + call.settings.retry_budget_s
                     self._log.warning("vapi_outage_started", kind=exc.kind.value, detail=str(exc))
-                    call.event("outage", str(exc))
+                    call.tell_controller(EventNoted("outage", str(exc)))
                     self._tell("twilio", HoldCaller(True))
                 delay = backoff_delay_s(_RETRY_BACKOFF, attempt, self._rng)
                 attempt += 1

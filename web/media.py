@@ -115,12 +115,12 @@ def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | by
 def _claim(socket: TwilioSocket, call_sid: str, ctx: Any, start_frame: str | bytes) -> Any:
     """Attach the socket to its call if `start` presented the call's admission value."""
     call = ctx.calls.get(call_sid)
-    if call is None or call.ended.is_set() or call.end_request is not None:
+    if call is None or call.ended.is_set() or call.state.end_request is not None:
         raise _Refused("call_ended")
     start = parse_event(start_frame)
     assert isinstance(start, Start)
     presented = dict(start.custom_parameters).get(ADMISSION_PARAMETER, "")
-    if not hmac.compare_digest(presented.encode(), call.admission_token.encode()):
+    if not hmac.compare_digest(presented.encode(), call.state.admission_token.encode()):
         raise _Refused("bad_admission")
     if call.socket is not None:
         # Twilio allows one bidirectional stream per call; a second one is not Twilio.

@@ -102,7 +102,7 @@ def incoming() -> Response:
     twiml = connect_stream_twiml(
         action_url=f"{ctx.public_url}/voice/after-stream",
         stream_url=media_stream_url(ctx.public_url, call_sid),
-        parameters={"callSid": call_sid, ADMISSION_PARAMETER: call.admission_token},
+        parameters={"callSid": call_sid, ADMISSION_PARAMETER: call.state.admission_token},
     )
     ctx.log.info("call_answered", call_sid=call_sid)
     return _twiml(twiml)

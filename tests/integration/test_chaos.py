@@ -185,6 +185,6 @@ def test_a_supervisor_restarted_after_the_end_was_decided_ends_the_call_at_once(
     replaced_at = time.monotonic()
     assert wait_until(lambda: call.ended.is_set(), timeout=2)
     assert time.monotonic() - replaced_at < 1.0  # at its start, not after some polling period
-    assert call.outcome == Outcome.ASSISTANT_ENDED and call.outcome_detail == "the assistant said goodbye"
+    assert call.state.outcome == Outcome.ASSISTANT_ENDED and call.state.outcome_detail == "the assistant said goodbye"
     assert bridge.calls.outcome(caller.call_sid) is Outcome.ASSISTANT_ENDED
     assert caller.closed.wait(5)  # we closed Twilio's socket: Twilio now asks for <Connect action>

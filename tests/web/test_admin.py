@@ -31,7 +31,7 @@ def test_the_admin_api_needs_the_bearer_token(bridge):
 def test_live_calls_are_listed_with_their_actor_trees(bridge, vapi_sim, make_caller):
     caller = start_call(make_caller)
     sim_call_for(vapi_sim)
-    assert wait_until(lambda: bridge.calls.get(caller.call_sid).stream_sid is not None)
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid).state.stream_sid is not None)
     (listed,) = admin(bridge, "GET", "/calls").json()["calls"]
     assert listed["call_sid"] == caller.call_sid
     assert listed["stream_sid"] == caller.stream_sid

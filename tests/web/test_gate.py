@@ -154,7 +154,7 @@ def test_a_socket_whose_start_lacks_the_admission_value_does_not_take_the_call(b
     assert caller.closed.wait(5)
     assert caller.close_code == 1008
     call = bridge.calls.get(caller.call_sid)
-    assert call is not None and call.socket is None and call.outcome is None
+    assert call is not None and call.socket is None and call.state.end_request is None
     assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="bad_admission") == 1
     # Twilio's own socket, with the value from the TwiML, still gets the call.
     caller.close()

@@ -60,7 +60,7 @@ def test_a_socket_that_goes_silent_after_start_ends_its_call_and_its_vapi_call(b
     assert caller.close_code == 1008
     assert 0.9 <= time.monotonic() - began < 4
     assert wait_until(lambda: call.ended.is_set())
-    assert "idle" in call.outcome_detail
+    assert "idle" in call.state.outcome_detail
     assert wait_until(lambda: bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="idle") == 1)
     assert wait_until(lambda: all(c.ended.is_set() for c in vapi_sim.calls))
 
@@ -73,7 +73,7 @@ def test_an_unmasked_frame_is_a_protocol_error_not_a_message(bridge, make_caller
     assert caller.closed.wait(5)
     assert caller.close_code == 1002
     assert wait_until(lambda: call.ended.is_set())
-    assert call.outcome_detail != "caller hung up"
+    assert call.state.outcome_detail != "caller hung up"
     assert wait_until(lambda: bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="protocol") == 1)
 
 

@@ -34,7 +34,7 @@ def test_incoming_answers_connect_stream_twiml_built_from_public_url(bridge):
     assert stream.get("url") == f"wss://{host}/media/{CALL_SID}"
     parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     # The one-time admission value the media socket must present in `start`.
-    assert parameters == {"callSid": CALL_SID, "admission": bridge.calls.get(CALL_SID).admission_token}
+    assert parameters == {"callSid": CALL_SID, "admission": bridge.calls.get(CALL_SID).state.admission_token}
     assert len(parameters["admission"]) >= 32
     # The VAPI call is being created while we answer.
     assert wait_until(lambda: bridge.calls.get(CALL_SID) is not None)
