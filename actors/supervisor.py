@@ -17,13 +17,13 @@ import gevent
 
 from actors.call import CallContext
 from actors.codec import CodecActor
-from actors.base import inject_fault
 from actors.controller import CallController
 from actors.messages import EndCall, InjectFault, TwilioSocketAttached
 from actors.twilio import TwilioActor
 from actors.vad import VadActor
 from actors.vapi import VapiActor
 from calls.outcome import Outcome
+from chaos.suffer import suffer
 from supervision import (
     Backoff,
     ChildHandle,
@@ -113,7 +113,7 @@ class CallSupervisor(Supervisor):
                 self._call.request_end(message.outcome, message.detail)
                 self.actor_ref.stop(block=False)
             case InjectFault():
-                inject_fault(self._log, message.fault)
+                suffer(self._log, message.fault)
             case _:
                 return super().handle_message(message)
         return None

@@ -39,6 +39,7 @@ from actors.messages import (
     VapiLinkUp,
 )
 from calls.outcome import Outcome
+from chaos.suffer import suffer
 from links.errors import VapiLinkDead, VapiUnavailable
 from links.vapi import Signal, VapiLink
 from observability.ratelimit import LogLimiter
@@ -191,17 +192,17 @@ class VapiActor(CallActor):
         self._call.metrics.vapi_events.labels(type=type(event).__name__).inc()
 
     def _on_fault(self, message: InjectFault) -> None:
-        if message.fault == "sever":
-            self._log.warning("fault_injected", fault="sever")
-            if self._link is not None:
-                self._link.shutdown()
-        elif message.fault == "blackhole":
-            # Swallow everything from VAPI, pongs included: the keepalive must notice.
-            self._log.warning("fault_injected", fault="blackhole")
-            self._link_id = -self._link_id
-            self._greenlets.spawn(self._keepalive, self._link_id)
-        else:
-            self._inject(message)
+        suffer(self._log, message.fault, sever=self._sever, blackhole=self._blackhole)
+
+    def _sever(self) -> None:
+        """Chaos: the socket closes under the link, as a network failure would close it."""
+        if self._link is not None:
+            self._link.shutdown()
+
+    def _blackhole(self) -> None:
+        """Chaos: swallow everything from VAPI, pongs included; the keepalive must notice."""
+        self._link_id = -self._link_id
+        self._greenlets.spawn(self._keepalive, self._link_id)
 
     # Sending (the actor's greenlet) ----------------------------------------------------
 
