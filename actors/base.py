@@ -7,7 +7,10 @@ them by message (chaos/), so chaos goes through the same path as real failures.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+from pykka import ActorDeadError
 
 from actors.call import CallContext
 from actors.messages import InjectFault
@@ -35,11 +38,11 @@ class CallActor(SupervisedActor):
         return children.tell(role, message) if children is not None else False
 
     def _tell_supervisor(self, message: Any) -> None:
-        if self._call.supervisor is not None:
-            try:
-                self._call.supervisor.tell(message)
-            except Exception:  # noqa: BLE001 - the supervisor is going away; nothing to tell
-                pass
+        supervisor = self._call.supervisor
+        if supervisor is not None:
+            # Going away: nothing to tell.
+            with contextlib.suppress(ActorDeadError):
+                supervisor.tell(message)
 
     def _inject(self, message: InjectFault) -> None:
         """Suffer an injected fault as a bug in this handler would (chaos/suffer.py)."""

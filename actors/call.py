@@ -18,6 +18,8 @@ needs. Who writes what:
 
 from __future__ import annotations
 
+import contextlib
+import random
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -25,17 +27,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent.event
+from pykka import ActorDeadError
 
+from actors.clock import SYSTEM_CLOCK, Clock
 from actors.messages import EndCall
 from calls.outcome import EndRequest, Outcome
 from calls.state import CallState
 from media.uplink import UplinkBuffer
 
 if TYPE_CHECKING:
+    from pykka import ActorRef
+
     from links.twilio import TwilioSocket
     from links.vapi import VapiConnector
+    from observability.logging import BoundLogger
     from observability.metrics import Metrics
-    from supervision import ChildTable
+    from supervision import ChildTable, Exit, SupervisorFlags
+    from supervision.supervisor import ChildState
 
 __all__ = ["CallContext", "CallSettings"]
 
@@ -69,7 +77,7 @@ class CallContext:
 
     call_sid: str
     settings: CallSettings
-    log: Any  # structlog logger bound with call_sid
+    log: BoundLogger  # bound with call_sid
     metrics: Metrics
     connector: VapiConnector
     on_finished: Callable[[CallContext], None] = lambda call: None
@@ -78,13 +86,15 @@ class CallContext:
     uplink: UplinkBuffer = field(init=False)
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
-    supervisor: Any = None  # the current CallSupervisor's ref
-    flags: Any = None  # the CallSupervisor's SupervisorFlags
-    child_states: dict[str, Any] = field(default_factory=dict)  # its view of the children, read-only here
-    last_supervisor_exit: Any = None  # why the previous supervisor incarnation failed (the registry's)
+    supervisor: ActorRef[Any] | None = None  # the current CallSupervisor's ref
+    flags: SupervisorFlags | None = None  # the CallSupervisor's
+    child_states: dict[str, ChildState] = field(default_factory=dict)  # its view of the children, read-only here
+    last_supervisor_exit: Exit | None = None  # why the previous supervisor incarnation failed (the registry's)
     # Reports for the controller sent while no supervisor could take them; bounded like a
     # mailbox (the oldest go first), emptied by the controller.
     held_reports: deque[Any] = field(default_factory=lambda: deque(maxlen=_HELD_REPORTS))
+    clock: Clock = SYSTEM_CLOCK  # what the actors read and wait on (a test's, in tests)
+    rng: random.Random = field(default_factory=random.Random)  # retry jitter (seeded in tests)
 
     def __post_init__(self) -> None:
         # The admission value is given to Twilio in the TwiML and must come back in the
@@ -131,10 +141,9 @@ class CallContext:
         self.request_end(outcome, detail)
         supervisor = self.supervisor
         if supervisor is not None and not self.ended.is_set():
-            try:
+            # Restarting: the next incarnation reads the end request when it starts.
+            with contextlib.suppress(ActorDeadError):
                 supervisor.tell(EndCall(outcome, detail))
-            except Exception:  # noqa: BLE001 - restarting: the next incarnation reads end_request
-                pass
 
     def request_end(self, outcome: Outcome, detail: str = "") -> None:
         """Record why the call must end, without telling anyone (the controller's own use)."""
@@ -152,9 +161,10 @@ class CallContext:
         if supervisor is not None:
             try:
                 supervisor.tell(message)
-                return
-            except Exception:  # noqa: BLE001 - between incarnations, or stopping
+            except ActorDeadError:  # between incarnations, or stopping
                 pass
+            else:
+                return
         self.held_reports.append(message)
 
 

@@ -8,12 +8,12 @@ recoveries, and ends the call from its end request, exactly once.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from actors.call import CallContext
 from actors.messages import EventNoted, StatsReported, StreamStarted, UplinkMeasured, UplinkRecovered
 from calls.outcome import EndRequest, Outcome
+from observability.logging import Logger
 from supervision import Exit
 
 __all__ = ["CallController", "finish_call"]
@@ -22,7 +22,7 @@ __all__ = ["CallController", "finish_call"]
 class CallController:
     """Call control for one incarnation of a call's supervisor; its state is the call's."""
 
-    def __init__(self, call: CallContext, log: Any) -> None:
+    def __init__(self, call: CallContext, log: Logger) -> None:
         self._call = call
         self._log = log
 
@@ -94,10 +94,10 @@ class CallController:
         state = self._call.state
         state.event("restart", f"{actor}: {kind} {reason}".strip())
         if state.fault_at_ns is None:
-            state.fault_at_ns = time.monotonic_ns()
+            state.fault_at_ns = self._call.clock.monotonic_ns()
 
 
-def finish_call(call: CallContext, log: Any) -> None:
+def finish_call(call: CallContext, log: Logger) -> None:
     """Decide the outcome, record it, and release what the call holds outside its actors.
 
     The only writer of the state's outcome: the call's controller (or the registry
@@ -105,10 +105,10 @@ def finish_call(call: CallContext, log: Any) -> None:
     """
     if call.ended.is_set():
         return
-    call.request_end(Outcome.COMPLETED, "supervisor stopped")
     state = call.state
     request = state.end_request
-    assert request is not None
+    if request is None:  # stopped without a reason given: the supervisor's own stop
+        request = state.end_request = EndRequest(Outcome.COMPLETED, "supervisor stopped")
     state.outcome, state.outcome_detail = request.outcome, request.detail
     state.event("ended", request.outcome.value)
     call.metrics.calls.labels(outcome=request.outcome.value).inc()

@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from calls.outcome import Outcome
 
 __all__ = [
-    "EventNoted",
-    "UplinkRecovered",
-    "UplinkMeasured",
-    "StatsReported",
     "AssistantAudio",
     "AssistantInterrupted",
     "AssistantTurnStarted",
@@ -26,13 +22,17 @@ __all__ = [
     "CallerSpeechStarted",
     "CallerSpeechStopped",
     "EndCall",
+    "EventNoted",
     "FarEndLevel",
     "HoldCaller",
     "InjectFault",
+    "StatsReported",
     "StreamStarted",
     "TwilioFrameReceived",
     "TwilioSocketAttached",
     "UplinkAudio",
+    "UplinkMeasured",
+    "UplinkRecovered",
     "VapiEventReceived",
     "VapiGaveUp",
     "VapiLinkLost",

@@ -13,10 +13,11 @@ from collections import OrderedDict
 from typing import Any
 
 import pykka
+from pykka import ActorDeadError
 
 from actors.call import CallContext, CallSettings
-from actors.messages import EventNoted, InjectFault
 from actors.controller import finish_call
+from actors.messages import EventNoted, InjectFault
 from actors.supervisor import CallSupervisor
 from calls.outcome import Outcome
 from links.vapi import VapiConnector
@@ -157,11 +158,13 @@ class CallRegistry:
             return False
         message = InjectFault(fault)
         if actor == "supervisor":
-            try:
-                call.supervisor.tell(message)
-                delivered = True
-            except Exception:  # noqa: BLE001 - it is restarting right now
-                delivered = False
+            delivered = False
+            if call.supervisor is not None:
+                try:
+                    call.supervisor.tell(message)
+                    delivered = True
+                except ActorDeadError:  # it is restarting right now
+                    pass
         else:
             delivered = call.children.tell(actor, message)
         if delivered:  # a fault aimed at an actor mid-restart never happened

@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import gevent
-
 from actors.call import CallContext
 from actors.codec import CodecActor
 from actors.controller import CallController
@@ -96,7 +94,7 @@ class CallSupervisor(Supervisor):
         self._log.info("call_started")
 
     def _await_media(self, timeout_s: float) -> None:
-        gevent.sleep(timeout_s)
+        self._call.clock.sleep(timeout_s)
         if self._call.socket is None:
             self._call.end(Outcome.GAVE_UP, f"no media stream within {timeout_s:g}s")
 

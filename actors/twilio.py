@@ -8,7 +8,6 @@ It is the only writer of the call's Twilio socket; the socket itself belongs to 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from actors.base import CallActor
@@ -33,7 +32,18 @@ from audio.mulaw import ULAW_SILENCE
 from media.playback import FRAME_BYTES, MarkResult, Playback
 from media.stream_clock import FRAME_MS, StreamClock
 from protocols.errors import ProtocolError
-from protocols.twilio import Connected, Dtmf, Mark, Media, Start, Stop, encode_clear, encode_mark, encode_media, parse_event
+from protocols.twilio import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    encode_clear,
+    encode_mark,
+    encode_media,
+    parse_event,
+)
 from supervision import ChildHandle
 
 __all__ = ["TwilioActor"]
@@ -70,6 +80,7 @@ class TwilioActor(CallActor):
 
     def __init__(self, handle: ChildHandle | None, call: CallContext) -> None:
         super().__init__(handle, call)
+        self._now_ns = call.clock.monotonic_ns
         settings = call.settings
         self._playback = Playback(lead_ms=settings.playback_lead_ms, max_frames=settings.outbound_max_frames)
         self._clock = StreamClock()
@@ -83,7 +94,7 @@ class TwilioActor(CallActor):
         self._turn_mark: str | None = None  # the mark after a turn's first frame
         self._turn_sent_ns = 0
         self._holding = False
-        self._last_echo_ns = time.monotonic_ns()
+        self._last_echo_ns = self._now_ns()
         self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
         self._unflushed_in = 0
         self._unflushed_out = 0
@@ -111,7 +122,7 @@ class TwilioActor(CallActor):
                 self._on_caller_speech(message)
             case CallerSpeechStopped():
                 # The VAD decides after its hangover; the caller fell silent that much earlier.
-                self._speech_end_ns = time.monotonic_ns() - self._hangover_ns
+                self._speech_end_ns = self._now_ns() - self._hangover_ns
                 self._turn_mark = None
             case AssistantTurnStarted():
                 self._discarding = False
@@ -277,7 +288,7 @@ class TwilioActor(CallActor):
         timed = received_ns and self._frames_out % _LATENCY_SAMPLE_EVERY == 0
         if not timed and self._speech_end_ns is None:
             return  # most frames: nothing to measure
-        now = time.monotonic_ns()
+        now = self._now_ns()
         if timed:
             latency = now - received_ns
             metrics.latency_out.observe(latency / 1e9)
@@ -314,7 +325,7 @@ class TwilioActor(CallActor):
             self._pump()
 
     def _on_mark(self, name: str) -> None:
-        self._last_echo_ns = time.monotonic_ns()
+        self._last_echo_ns = self._now_ns()
         self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
         self._clock_paced = False  # echoes are back: they are the better clock
         result = self._playback.on_mark(name)
@@ -322,7 +333,7 @@ class TwilioActor(CallActor):
             self._call.metrics.malformed.labels(source="twilio", kind="unknown_mark").inc()
         else:
             if result == MarkResult.PLAYED and name == self._turn_mark:
-                self._call.metrics.turn_heard.observe((time.monotonic_ns() - self._turn_sent_ns) / 1e9)
+                self._call.metrics.turn_heard.observe((self._now_ns() - self._turn_sent_ns) / 1e9)
                 self._turn_mark = None
         self._pump()
 
@@ -352,7 +363,7 @@ class TwilioActor(CallActor):
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
             self._unreported_dropped += dropped
         self._discarding = True
-        self._last_discard_ns = time.monotonic_ns()
+        self._last_discard_ns = self._now_ns()
         self._turn_mark = None
         self._call.metrics.barge_ins.inc()
         self._unreported_barge_ins += 1

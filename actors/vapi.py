@@ -13,12 +13,12 @@ first replays the caller audio the dead link may have swallowed.
 
 from __future__ import annotations
 
-import random
-import time
+import contextlib
 from typing import Any
 
 import gevent
 import gevent.pool
+from pykka import ActorDeadError
 
 from actors.base import CallActor
 from actors.call import CallContext
@@ -85,7 +85,7 @@ class VapiActor(CallActor):
         self._link_id = call.state.vapi_links + 1
         self._latency_in_ms: float | None = None
         self._reported_fault: int | None = None  # the fault whose recovery was reported
-        self._rng = random.Random()
+        self._clock = call.clock
         self._last_pong = 0.0
         self._ping_seq = 0  # uplink frames sent before the last ping
         # VAPI is untrusted: it must not be able to flood the log with bad input.
@@ -145,7 +145,7 @@ class VapiActor(CallActor):
         if message.seq % _LATENCY_SAMPLE_EVERY == 0:
             # One frame in ten is timed: plenty for a histogram at 50 frames a second,
             # and the rest skip prometheus_client's per-update lock.
-            latency = time.monotonic_ns() - message.received_ns
+            latency = self._clock.monotonic_ns() - message.received_ns
             call.metrics.latency_in.observe(latency / 1e9)
             previous, ms = self._latency_in_ms, latency / 1e6
             self._latency_in_ms = ms if previous is None else previous + 0.1 * (ms - previous)
@@ -155,7 +155,7 @@ class VapiActor(CallActor):
         if fault_at_ns is not None and fault_at_ns != self._reported_fault:
             # The controller owns the call's fault record; it measures the recovery.
             self._reported_fault = fault_at_ns
-            call.tell_controller(UplinkRecovered(fault_at_ns, time.monotonic_ns()))
+            call.tell_controller(UplinkRecovered(fault_at_ns, self._clock.monotonic_ns()))
 
     def _on_link_up(self, message: VapiLinkUp) -> None:
         call = self._call
@@ -240,13 +240,13 @@ class VapiActor(CallActor):
                 break
             except VapiUnavailable as exc:
                 call.metrics.vapi_links.labels(event="refused").inc()
-                now = time.monotonic()
+                now = self._clock.monotonic_ns() / 1e9
                 if deadline is None:
                     deadline = now + call.settings.retry_budget_s
                     self._log.warning("vapi_outage_started", kind=exc.kind.value, detail=str(exc))
                     call.tell_controller(EventNoted("outage", str(exc)))
                     self._tell("twilio", HoldCaller(True))
-                delay = backoff_delay_s(_RETRY_BACKOFF, attempt, self._rng)
+                delay = backoff_delay_s(_RETRY_BACKOFF, attempt, call.rng)
                 attempt += 1
                 if exc.kind.is_permanent or now + delay > deadline:
                     reason = f"VAPI unavailable after {attempt} attempts: {exc}"
@@ -254,12 +254,12 @@ class VapiActor(CallActor):
                     self._post(VapiGaveUp(reason))
                     return
                 self._log.info("vapi_retry", attempt=attempt, delay_s=round(delay, 3), kind=exc.kind.value)
-                gevent.sleep(delay)
+                self._clock.sleep(delay)
         if deadline is not None:
             self._log.info("vapi_outage_ended", attempts=attempt + 1)
             self._tell("twilio", HoldCaller(False))
         self._link = link
-        self._last_pong = time.monotonic()
+        self._last_pong = self._clock.monotonic_ns() / 1e9
         self._post(VapiLinkUp(link_id, created.call_id))
         self._greenlets.spawn(self._keepalive, link_id)
         self._read(link, link_id)
@@ -281,7 +281,7 @@ class VapiActor(CallActor):
                     if self._ready:
                         uplink.mark_alive()
                     if children is not None and not children.tell_bounded(
-                        "codec", AssistantAudio(item, time.monotonic_ns()), _MAILBOX_LIMIT
+                        "codec", AssistantAudio(item, self._clock.monotonic_ns()), _MAILBOX_LIMIT
                     ):
                         self._call.metrics.dropped.labels(reason="undelivered").inc()
                 elif type(item) is str:
@@ -295,7 +295,7 @@ class VapiActor(CallActor):
                     if self._ready:
                         # A pong vouches for what was sent before its ping, not after.
                         uplink.mark_alive(self._ping_seq)
-                    self._last_pong = time.monotonic()
+                    self._last_pong = self._clock.monotonic_ns() / 1e9
                 else:
                     self._post(VapiLinkLost(link_id, "closed by VAPI"))
                     return
@@ -309,24 +309,23 @@ class VapiActor(CallActor):
     def _keepalive(self, link_id: int) -> None:
         settings = self._call.settings
         while True:
-            gevent.sleep(settings.keepalive_interval_s)
+            self._clock.sleep(settings.keepalive_interval_s)
             link = self._link
             if link is None:
                 return
-            sent_at = time.monotonic()
+            sent_at = self._clock.monotonic_ns() / 1e9
             self._ping_seq = self._call.uplink.sent_seq
             try:
                 link.ping()
             except VapiLinkDead as exc:
                 self._post(VapiLinkLost(link_id, f"ping failed: {exc}"))
                 return
-            gevent.sleep(settings.pong_timeout_s)
+            self._clock.sleep(settings.pong_timeout_s)
             if self._last_pong < sent_at:
                 self._post(VapiLinkLost(link_id, f"no pong within {settings.pong_timeout_s:g}s"))
                 return
 
     def _post(self, message: Any) -> None:
-        try:
+        # The actor is stopping: its link goes with it.
+        with contextlib.suppress(ActorDeadError):
             self.actor_ref.tell(message)
-        except Exception:  # noqa: BLE001 - the actor is stopping; its link goes with it
-            pass

@@ -15,7 +15,7 @@ from typing import Protocol, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger, Processor
 
-__all__ = ["Logger", "configure_logging"]
+__all__ = ["BoundLogger", "Logger", "configure_logging"]
 
 
 class Logger(Protocol):
@@ -30,6 +30,14 @@ class Logger(Protocol):
     def warning(self, event: str, /, **fields: object) -> object: ...
 
     def error(self, event: str, /, **fields: object) -> object: ...
+
+
+class BoundLogger(Logger, Protocol):
+    """A Logger that can bind context (structlog's): each call's logger carries its call_sid."""
+
+    def debug(self, event: str, /, **fields: object) -> object: ...
+
+    def bind(self, **fields: object) -> BoundLogger: ...
 
 
 class _CurrentStdout:

@@ -1,6 +1,6 @@
 """VAPI simulator: `POST /call` and the `vapi.websocket` transport, over real loopback sockets.
 
-It speaks VAPI's wire protocol (reference/vapi.md §1) with its own small JSON handling, so a
+It speaks VAPI's wire protocol (docs/vapi-websocket-transport.md) with its own small JSON handling, so a
 bug in our `protocols/` package cannot hide behind a mirrored simulator. This module is
 the HTTP side and the server; each call's assistant is a `SimCall` (`sims/vapi_call.py`).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -128,6 +129,10 @@ class VapiSimulator:
         self._fail_next = 0
         self._fail_status = 503
         self._refuse = False
+        self._redirect: tuple[str, int] | None = None
+        # Opt-in hook (benches): called with each SimCall as it is created, before its
+        # socket opens, e.g. to set its `on_audio`. None: nothing is called.
+        self.on_call: Callable[[SimCall], None] | None = None
         self._group = gevent.pool.Group()
         # The server spawns its connection handlers here, so stop() can join and kill them.
         self._handlers = gevent.pool.Pool()
@@ -204,6 +209,10 @@ class VapiSimulator:
         """While True, every `POST /call` answers 503."""
         self._refuse = refuse
 
+    def redirect_creates(self, location: str | None, status: int = 302) -> None:
+        """While `location` is set, every `POST /call` answers `status` with that Location (abuse benches)."""
+        self._redirect = (location, status) if location is not None else None
+
     # ---- views (handler greenlets) ---------------------------------------------------
 
     @property
@@ -217,6 +226,9 @@ class VapiSimulator:
             return Response("error code: 1010", mimetype="text/plain"), 403
         if self._refuse:
             return _error(503, "Service Unavailable")
+        if self._redirect is not None:
+            location, status = self._redirect
+            return Response("", status=status, headers={"Location": location}), status
         if self._fail_next > 0:
             self._fail_next -= 1
             return _error(self._fail_status, "Simulated failure")
@@ -231,6 +243,8 @@ class VapiSimulator:
         call = SimCall(call_id=call_id, config=self.config, **settings)
         self._forget_ended()
         self._calls[call_id] = call
+        if self.on_call is not None:
+            self.on_call(call)
         log.info("vapi_sim_call_created call_id=%s format=%s", call_id, call.audio_format)
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         created = {
@@ -256,7 +270,7 @@ class VapiSimulator:
         call = self._calls.get(call_id)
         if call is None or call.connected.is_set() or self._server is None:
             # Unknown, or a second connection: reconnecting to a websocketCallUrl is not
-            # something VAPI documents (vapi.md §1.7), so the sim refuses it.
+            # something VAPI documents (docs/vapi-websocket-transport.md), so the sim refuses it.
             send_close_frame(ws, CLOSE_POLICY, "unknown call")
             ws.closed = True
             return ""

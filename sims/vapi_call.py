@@ -12,6 +12,8 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 20
 _FRAME_S = FRAME_MS / 1000.0
-# The ClientInboundMessage union (vapi.md §1.6); anything else gets the socket closed.
+# The ClientInboundMessage union (docs/vapi-websocket-transport.md); anything else gets the socket closed.
 _CLIENT_TYPES = frozenset({"say", "add-message", "control", "end-call", "transfer", "send-transport-message"})
 # Two loud frames start an utterance: a single click is not speech.
 _SPEECH_START_MS = 40
@@ -118,6 +120,11 @@ class SimCall:
         self.greeted = False
         self.ended_reason: str | None = None
         self.peer_close_code: int | None = None
+        # Opt-in hook (benches): called with (this call, the bytes) for every binary
+        # message received, in the reader greenlet. None: nothing is called.
+        self.on_audio: Callable[[SimCall, bytes], None] | None = None
+        # How long this call's greeting is; a bench may change it before the socket opens.
+        self.greeting_ms = config.greeting_ms
 
         self._config = config
         sample_bytes = 1 if audio_format == "mulaw" else 2
@@ -174,6 +181,25 @@ class SimCall:
         """The assistant hangs up: `status-update` ended, then a close frame."""
         self._end(reason)
 
+    # ---- misbehaving on purpose (abuse benches; never used by default) -----------------
+
+    def send_text_raw(self, text: str) -> bool:
+        """Send `text` as one text frame as-is (malformed events); False once the socket is gone."""
+        return self._send(text, binary=False)
+
+    @contextmanager
+    def raw_writer(self) -> Iterator[Callable[[bytes], None]]:
+        """Hold the send lock and yield a function writing bytes to the socket unframed.
+
+        For hand-built frames (oversize, fragmented): nothing else of this call is sent
+        meanwhile. The function raises OSError or WebSocketError once the peer is gone.
+        """
+        ws = self._ws
+        if ws is None or ws.closed or ws.raw_write is None:
+            raise WebSocketError("not connected")
+        with ws.handler.send_lock:
+            yield ws.raw_write
+
     # ---- the socket's life (handler greenlet) ----------------------------------------
 
     def _serve(self, ws: WebSocket) -> None:
@@ -186,7 +212,7 @@ class SimCall:
             self._group.spawn(self._speak_loop)
             self._send_json({"type": "status-update", "status": "in-progress"})
             if self.first_message_mode != "assistant-waits-for-user":
-                self._requests.put(_Speech(kind="greeting", due=time.monotonic(), ms=self._config.greeting_ms))
+                self._requests.put(_Speech(kind="greeting", due=time.monotonic(), ms=self.greeting_ms))
             while not self._finished.wait(timeout=0.25):
                 if self._close_deadline is not None and time.monotonic() > self._close_deadline:
                     break  # the peer never answered our close frame
@@ -249,11 +275,13 @@ class SimCall:
             say = _Speech(kind="say", due=time.monotonic(), ms=self._config.reply_ms, end_call=end_call)
             self._requests.put(say)
         elif kind not in _CLIENT_TYPES:
-            # VAPI is reported to close on an invalid type (vapi.md §1.6).
+            # VAPI is reported to close on an invalid type (docs/vapi-websocket-transport.md).
             log.info("vapi_sim_invalid_type call_id=%s type=%s", self.call_id, kind)
             self._close(CLOSE_POLICY, "invalid message type")
 
     def _on_audio(self, data: bytes) -> None:
+        if self.on_audio is not None:
+            self.on_audio(self, data)
         if self._config.record:
             self.received_audio += data
         self._pending += data
