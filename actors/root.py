@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from protocols.twiml import is_call_sid
 from supervision import Exit, Supervisor, SupervisorFlags
 
 __all__ = ["ROOT_FLAGS", "RootSupervisor"]
@@ -41,11 +42,17 @@ class RootSupervisor(Supervisor):
         self._on_lost = on_lost
         self._on_restart = on_restart
 
+    def child_log_fields(self, child_id: str) -> dict[str, object]:
+        # A call's supervisor is named by its CallSid: its lines belong to the call's log.
+        if is_call_sid(child_id):
+            return {"child": child_id, "call_sid": child_id}
+        return {"child": child_id}
+
     def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
         if restarting:
             # Children of the root are call supervisors (labelled as such, not by call
             # SID, to keep the metric's cardinality fixed) or long-lived server parts.
-            actor = "supervisor" if child_id.startswith("CA") else child_id
+            actor = "supervisor" if is_call_sid(child_id) else child_id
             self._metrics.restarts.labels(actor=actor, reason=exit_.kind.value).inc()
             self._on_restart(child_id, exit_)
 

@@ -198,6 +198,10 @@ class Supervisor(SupervisedActor):
     def on_child_gave_up(self, child_id: str, exit_: Exit) -> None:
         """With isolate_children: this child exceeded its own intensity and stays stopped."""
 
+    def child_log_fields(self, child_id: str) -> dict[str, object]:
+        """Fields for every log line about one child; a subclass may add what identifies it."""
+        return {"child": child_id}
+
     def on_shutdown(self) -> None:
         """Runs after every child has stopped, whatever the reason."""
 
@@ -252,7 +256,7 @@ class Supervisor(SupervisedActor):
             ref = child.spec.start(handle)
         except Exception as exc:  # noqa: BLE001 - logged below, and the child fails like any other
             # A start function that raises is a failed incarnation like any other.
-            self._log.error("child_start_failed", child=child_id, exc_info=True)
+            self._log.error("child_start_failed", **self.child_log_fields(child_id), exc_info=True)
             child.state = "running"
             self.actor_ref.tell(_ChildExited(child_id, child.incarnation, Exit(ExitKind.FAILED, f"start: {exc!r}")))
             return
@@ -289,7 +293,7 @@ class Supervisor(SupervisedActor):
         log = self._log.warning if exit_.abnormal else self._log.info
         log(
             "child_exited",
-            child=child.spec.id,
+            **self.child_log_fields(child.spec.id),
             reason=exit_.kind.value,
             detail=exit_.reason,
             restarts=child.restarts,
@@ -303,14 +307,15 @@ class Supervisor(SupervisedActor):
             if child.spec.restart is Restart.TEMPORARY or child.dynamic:
                 del self.child_states[child.spec.id]
             if child.spec.significant and self._auto_shutdown_due():
-                self._log.info("auto_shutdown", child=child.spec.id)
+                self._log.info("auto_shutdown", **self.child_log_fields(child.spec.id))
                 self.actor_ref.stop(block=False)
             return
         if self.flags.isolate_children:
             if child.window is None:
                 child.window = RestartWindow(self.flags.intensity, self.flags.period_s)
             if not child.window.add(self._clock()):
-                self._log.error("child_gave_up", child=child.spec.id, intensity=self.flags.intensity,
+                self._log.error("child_gave_up", **self.child_log_fields(child.spec.id),
+                                intensity=self.flags.intensity,
                                 period_s=self.flags.period_s, reason=exit_.kind.value, detail=exit_.reason)
                 child.state = "stopped"
                 self.on_child_gave_up(child.spec.id, exit_)
@@ -376,7 +381,7 @@ class Supervisor(SupervisedActor):
                 continue
             child.restarts += 1
             self._start(child_id)
-            self._log.info("child_restarted", child=child_id, restarts=child.restarts,
+            self._log.info("child_restarted", **self.child_log_fields(child_id), restarts=child.restarts,
                            reason=child.last_exit.kind.value if child.last_exit else "strategy")
 
     def _give_up(self, child_id: str, exit_: Exit) -> None:
@@ -384,6 +389,7 @@ class Supervisor(SupervisedActor):
         self._log.error(
             "supervisor_gave_up",
             offender=child_id,
+            **self.child_log_fields(child_id),
             reason=exit_.kind.value,
             detail=exit_.reason,
             intensity=self.flags.intensity,
@@ -411,7 +417,8 @@ class Supervisor(SupervisedActor):
             try:
                 ref.stop(block=True, timeout=child.spec.shutdown_s)
             except pykka.Timeout:
-                self._log.error("child_shutdown_timeout", child=child_id, shutdown_s=child.spec.shutdown_s)
+                self._log.error("child_shutdown_timeout", **self.child_log_fields(child_id),
+                                shutdown_s=child.spec.shutdown_s)
                 kill_actor(ref, "shutdown timeout")
                 ActorRegistry.unregister(ref)
             except ActorDeadError:
@@ -432,7 +439,8 @@ class Supervisor(SupervisedActor):
                 deadline = getattr(actor, "handler_deadline_s", None)
                 busy_since = getattr(actor, "busy_since", None)
                 if deadline and busy_since is not None and now - busy_since > deadline:
-                    self._log.error("child_hung", child=child.spec.id, busy_s=round(now - busy_since, 3))
+                    self._log.error("child_hung", **self.child_log_fields(child.spec.id),
+                                    busy_s=round(now - busy_since, 3))
                     kill_actor(ref, f"hung for {now - busy_since:.2f}s in one handler")
 
     # Introspection -----------------------------------------------------------------
