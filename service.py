@@ -7,33 +7,39 @@ VAPI key is configured, the built-in VAPI simulator.
 
 from __future__ import annotations
 
+import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import gevent
-
 import structlog
-from pykka import ActorRegistry
+from gevent.pywsgi import WSGIServer
+from pykka import ActorRef, ActorRegistry
+from structlog.typing import FilteringBoundLogger
 
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
+from audio.hold import default_hold_ulaw, load_hold_wav
 from calls.outcome import Outcome
 from chaos.monkey import ChaosMonkey
-from supervision import ChildSpec, ServiceActor
-from supervision.supervisor import StartChild
+from links.twilio import SocketLimits
 from links.vapi import VapiConnector
+from observability.logging import BoundLogger
 from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
-from protocols.twilio import MAX_FRAME_BYTES
 from protocols.signature import SignatureValidator
+from protocols.twilio import MAX_FRAME_BYTES
 from records import CostRates, RecordStore
-from audio.hold import default_hold_ulaw, load_hold_wav
 from settings import ConfigError, Settings
+from supervision import ChildSpec, ServiceActor
+from supervision.supervisor import StartChild
 from web import WebContext, create_app
 from web.admission import Admission
 from web.limits import BoundedBodies
 from web.server import make_server
-from links.twilio import SocketLimits
+
+if TYPE_CHECKING:
+    from sims.vapi import VapiSimulator
 
 __all__ = ["BridgeService"]
 
@@ -46,23 +52,34 @@ class BridgeService:
     """Builds and runs the server. `start()` binds; `stop()` ends calls and unbinds."""
 
     def __init__(
-        self, settings: Settings, *, log: Any = None, metrics: Metrics | None = None, listener: Any = None
+        self,
+        settings: Settings,
+        *,
+        log: BoundLogger | FilteringBoundLogger | None = None,
+        metrics: Metrics | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         """`listener`: an already bound socket to serve on instead of HOST:PORT (tests)."""
         self.settings = settings
         self._listener = listener
-        self.log = log if log is not None else structlog.get_logger("bridge")
+        # configure_logging's FilteringBoundLogger is a BoundLogger, but mypy cannot match
+        # them: its methods take `event` by keyword too, which Logger's **fields may also name.
+        self.log: BoundLogger = cast("BoundLogger", log) if log is not None else structlog.get_logger("bridge")
         self.metrics = metrics or Metrics(enabled=settings.admin.metrics_enabled)
-        self.simulator: Any = None
-        self.root: Any = None
+        self.simulator: VapiSimulator | None = None
+        self.root: ActorRef[RootSupervisor] | None = None
         self.calls: CallRegistry | None = None
-        self.server: Any = None
+        self.server: WSGIServer | None = None
         self.records: RecordStore | None = None
-        self._flusher: gevent.Greenlet | None = None
+        self._flusher: gevent.Greenlet[[], None] | None = None
 
     @property
     def port(self) -> int:
-        return int(self.server.server_port)
+        """The port the server listens on, once started."""
+        port = self.server.server_port if self.server is not None else None
+        if port is None:
+            raise RuntimeError("the server is not listening: start() it first")
+        return port
 
     def start(self) -> None:
         """Build everything and bind. ConfigError for a configured file that cannot be used."""
@@ -72,7 +89,8 @@ class BridgeService:
             try:
                 hold_ulaw = load_hold_wav(settings.vapi.hold_sound_wav)
             except ValueError as exc:
-                raise ConfigError("HOLD_SOUND_WAV", settings.vapi.hold_sound_wav, f"a usable WAV file ({exc})") from None
+                wanted = f"a usable WAV file ({exc})"
+                raise ConfigError("HOLD_SOUND_WAV", settings.vapi.hold_sound_wav, wanted) from None
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
         self.root = RootSupervisor.start(
             log=self.log.bind(actor="root"),
@@ -87,10 +105,12 @@ class BridgeService:
 
             # Under the root like any long-lived part: started first, stopped last.
             simulator = self.simulator = VapiSimulator(VapiSimConfig(api_key=_SIMULATOR_KEY, record=False))
-            ref = self.root.ask(StartChild(ChildSpec(
+            ref: ActorRef[ServiceActor] | None = self.root.ask(StartChild(ChildSpec(
                 id="vapi_simulator",
                 start=lambda handle: ServiceActor.start(handle, start=simulator.start, stop=simulator.stop),
-            )), timeout=10)
+            )), block=True, timeout=10)
+            if ref is None:  # its start function raised (the root logged it)
+                raise RuntimeError("the VAPI simulator did not start")
             ref.ask("started?", timeout=10)  # answered once on_start has bound its port
             base_url, api_key = simulator.base_url, _SIMULATOR_KEY
             self.log.info("vapi_simulator_started", base_url=base_url)
@@ -191,7 +211,8 @@ class BridgeService:
         Returns how many calls had to be ended. New calls hear the fallback meanwhile,
         and /readyz says not ready, so a load balancer sends them elsewhere.
         """
-        assert self.calls is not None
+        if self.calls is None:
+            raise RuntimeError("nothing to drain: the service was not started")
         self.admission.draining = True
         self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
         deadline = time.monotonic() + timeout_s

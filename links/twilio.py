@@ -16,11 +16,12 @@ reader cannot give it against an untrusted peer:
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import gevent
 import gevent.lock
@@ -59,6 +60,31 @@ class FrameTooLarge(Exception):
         self.size = size
 
 
+class _BufferedReader(Protocol):
+    """The handshake's buffered reader (an io.BufferedReader over the socket)."""
+
+    def read1(self, size: int = ..., /) -> bytes: ...
+
+
+class _UpgradeHandler(Protocol):
+    """What TwilioSocket reads of gevent-websocket's handler: the raw socket and its buffered reader."""
+
+    @property
+    def socket(self) -> socket.socket: ...
+
+    @property
+    def rfile(self) -> _BufferedReader: ...
+
+
+class _UpgradedWebSocket(Protocol):
+    """What TwilioSocket takes of gevent-websocket's WebSocket (untyped): its handler, and `closed`."""
+
+    @property
+    def handler(self) -> _UpgradeHandler: ...
+
+    closed: bool
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SocketLimits:
     """What one media socket may cost; see settings.py for the defaults' reasoning."""
@@ -78,14 +104,14 @@ class TwilioSocket:
     (no data message within the idle timeout), "send_failed", or "local" (we closed it).
     """
 
-    def __init__(self, ws: Any, limits: SocketLimits) -> None:
+    def __init__(self, ws: _UpgradedWebSocket, limits: SocketLimits) -> None:
         self._ws = ws
         handler = ws.handler
         self._sock = handler.socket
         self._limits = limits
         self._reader = FrameReader(limits.max_message_bytes)
         self._write_lock = gevent.lock.Semaphore()
-        self._closer: gevent.Greenlet | None = None
+        self._closer: gevent.Greenlet[[], None] | None = None
         self._buffer = bytearray(_RECV_BYTES)
         self._view = memoryview(self._buffer)
         now = time.monotonic()
@@ -117,10 +143,12 @@ class TwilioSocket:
                 event = reader.next_event()
             except WebSocketProtocolError as exc:
                 self.protocol_error = exc.reason
-                return self._end("protocol", exc.code)
+                self._end("protocol", exc.code)
+                return None
             # Fragments and control frames count as much as messages do.
             if reader.frames != self._counted_frames and not self._within_budget():
-                return self._end("budget", 1008)
+                self._end("budget", 1008)
+                return None
             if event is None:
                 if not self._fill():
                     return None
@@ -142,7 +170,8 @@ class TwilioSocket:
                 gevent.sleep(0)
                 raise FrameTooLarge(event.size)
             elif type(event) is Closed:
-                return self._on_peer_close(event)
+                self._on_peer_close(event)
+                return None
             elif type(event) is not Pong:
                 raise AssertionError(event)
         return None
@@ -184,7 +213,6 @@ class TwilioSocket:
             self._send_close(1000 if event.code == 1005 else event.code)
         self.end_reason = self.end_reason or "closed"
         self._finish()
-        return None
 
     def _end(self, reason: str, code: int | None) -> None:
         self.end_reason = self.end_reason or reason
@@ -192,7 +220,6 @@ class TwilioSocket:
             self._send_close(code)
         self._abort()
         self._finish()
-        return None
 
     @property
     def since_data_s(self) -> float:
@@ -233,21 +260,16 @@ class TwilioSocket:
         if self._sock is None:
             return
         frame = encode_frame(struct.pack("!H", code), OP_CLOSE)
-        try:
-            with self._write_lock:
-                self._sock.sendall(frame)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), self._write_lock:
+            self._sock.sendall(frame)
 
     def _abort_and_stop(self) -> None:
         self._closer = None
         self._abort()
 
     def _abort(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _finish(self) -> None:
         """The reader is done: mark gevent-websocket's socket closed so it adds no frame."""
@@ -262,7 +284,7 @@ class TwilioSocket:
         self._finish()
 
 
-def _take_buffered(rfile: Any, sock: Any) -> bytes:
+def _take_buffered(rfile: _BufferedReader, sock: socket.socket) -> bytes:
     """What the handshake's buffered reader already holds, without waiting for more."""
     sock.settimeout(0.0)
     try:

@@ -160,7 +160,8 @@ class VapiConnector:
             audio_format=audio_format,
             first_message_mode=first_message_mode,
         )
-        request = urllib.request.Request(
+        # The configured base URL, checked to be http(s) in __init__: no file: or custom scheme.
+        request = urllib.request.Request(  # noqa: S310
             f"{self._base_url}/call",
             data=json.dumps(body).encode(),
             method="POST",
@@ -169,16 +170,18 @@ class VapiConnector:
         # Unredirected: even a handler that did follow a redirect would not carry it along.
         request.add_unredirected_header("Authorization", f"Bearer {self._api_key}")
         try:
-            with _deadline(self._timeout_s, "POST /call"):
-                with self._opener.open(request, timeout=self._timeout_s) as response:
-                    raw = response.read(_MAX_RESPONSE_BYTES)
+            with (
+                _deadline(self._timeout_s, "POST /call"),
+                self._opener.open(request, timeout=self._timeout_s) as response,
+            ):
+                raw = response.read(_MAX_RESPONSE_BYTES)
         except urllib.error.HTTPError as exc:
             exc.close()
             if 300 <= exc.code < 400:
                 detail = f"POST /call answered {exc.code}; redirects are not followed"
                 raise VapiUnavailable(ErrorKind.PROTOCOL, detail) from exc
             raise VapiUnavailable(_kind_for_status(exc.code), f"POST /call answered {exc.code}") from exc
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:  # socket.timeout is TimeoutError
             raise VapiUnavailable(ErrorKind.TIMEOUT, "POST /call timed out") from exc
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             raise VapiUnavailable(ErrorKind.CONNECTIVITY, f"POST /call failed: {type(exc).__name__}") from exc
@@ -260,7 +263,7 @@ class VapiLink:
             raise VapiLinkDead("link is closed")
         while True:
             try:
-                frame = self._next_frame()
+                opcode, fin, data = self._next_frame()
             except websocket.WebSocketTimeoutException:
                 continue  # silence; the frame buffer keeps any partial frame
             except websocket.WebSocketProtocolException as exc:
@@ -268,38 +271,43 @@ class VapiLink:
             except (websocket.WebSocketException, OSError) as exc:
                 self._dead = True
                 raise VapiLinkDead(f"read failed: {type(exc).__name__}") from exc
-            opcode = frame.opcode
-            if opcode == _BINARY or opcode == _TEXT:
+            if opcode in (_BINARY, _TEXT):
                 if self._parts_opcode:
                     raise self._refuse(LinkFault.PROTOCOL, "new message inside a fragmented one")
-                if frame.fin:
-                    return frame.data if opcode == _BINARY else frame.data.decode("utf-8", "replace")
-                self._parts.append(frame.data)
+                if fin:
+                    return data if opcode == _BINARY else data.decode("utf-8", "replace")
+                self._parts.append(data)
                 self._parts_opcode = opcode
-                self._parts_bytes = len(frame.data)
+                self._parts_bytes = len(data)
             elif opcode == _CONT:
                 if not self._parts_opcode:
                     raise self._refuse(LinkFault.PROTOCOL, "continuation without a message")
-                self._parts.append(frame.data)
-                self._parts_bytes += len(frame.data)
-                if frame.fin:
+                self._parts.append(data)
+                self._parts_bytes += len(data)
+                if fin:
                     return self._reassembled()
             elif opcode == _PONG:
                 return Signal.PONG
             elif opcode == _PING:
-                self._send(frame.data, _PONG)
+                self._send(data, _PONG)
             elif opcode == _CLOSE:
                 self._dead = True
                 with contextlib.suppress(websocket.WebSocketException, OSError):
                     self._send_close(_CLOSE_NORMAL)  # the answer is a courtesy; the link is over
                 return Signal.CLOSED
 
-    def _next_frame(self) -> ABNF:
-        """Read one frame, refusing it from its header alone when it is too large or forbidden."""
+    def _next_frame(self) -> tuple[int, int, bytes]:
+        """Read one frame, refusing it from its header alone when it is too large or forbidden.
+
+        Returns its opcode, FIN bit and payload.
+        """
         frames = self._frames
         if frames.needs_header():
             frames.recv_header()
-        fin, rsv1, rsv2, rsv3, opcode, masked, length_bits = frames.header
+        header = frames.header
+        if header is None:  # recv_header sets it or raises; websocket-client checks the same
+            raise websocket.WebSocketProtocolException("frame header not received")
+        fin, rsv1, rsv2, rsv3, opcode, masked, length_bits = header
         if rsv1 or rsv2 or rsv3 or masked or opcode not in ABNF.OPCODES:
             # No extension was negotiated, and a server never masks (RFC 6455 §5.1).
             raise self._refuse(LinkFault.PROTOCOL, f"forbidden frame header (opcode {opcode})")
@@ -308,14 +316,21 @@ class VapiLink:
             raise self._refuse(LinkFault.PROTOCOL, "fragmented or oversize control frame")
         if frames.needs_length():
             frames.recv_length()
+        length = frames.length
+        if length is None:  # as for the header
+            raise websocket.WebSocketProtocolException("frame length not received")
         if not control:
-            if frames.length > self._max - self._parts_bytes:
+            if length > self._max - self._parts_bytes:
                 raise self._refuse(LinkFault.OVERSIZE, f"message over {self._max} bytes")
             if len(self._parts) >= MAX_FRAGMENTS:
                 raise self._refuse(LinkFault.OVERSIZE, f"message in over {MAX_FRAGMENTS} fragments")
         # Resumes from the header and length already read (and from a partial payload
         # after a timeout).
-        return frames.recv_frame()
+        frame = frames.recv_frame()
+        data = frame.data
+        if not isinstance(data, bytes):  # a received payload is bytes; ABNF.data is also str for sending
+            raise websocket.WebSocketProtocolException("frame payload not received as bytes")
+        return frame.opcode, frame.fin, data
 
     def _reassembled(self) -> bytes | str:
         data = b"".join(self._parts)  # linear, once, unlike bytes += per fragment
@@ -382,7 +397,8 @@ class VapiLink:
         """
         try:
             if not self._dead:
-                with gevent.Timeout(CLOSE_BUDGET_S, False):
+                # False: the block just ends when time is up (documented; gevent's stubs omit it).
+                with gevent.Timeout(CLOSE_BUDGET_S, False):  # type: ignore[arg-type]
                     if goodbye:
                         self._ws.send(encode_end_call())
                     self._send_close(_CLOSE_NORMAL)
@@ -406,6 +422,6 @@ def _kind_for_status(status: int) -> ErrorKind:
         return ErrorKind.AUTHENTICATION
     if status == 429:
         return ErrorKind.RATE_LIMITED
-    if 500 <= status:
+    if status >= 500:
         return ErrorKind.SERVER
     return ErrorKind.BAD_REQUEST

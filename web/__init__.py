@@ -1,24 +1,29 @@
 """The HTTP and WebSocket surface: Twilio's webhooks and media sockets.
 
 `create_app` builds the Flask app from objects made in run.py; there is no module-level
-app. Blueprints: voice (TwiML webhooks), media (Twilio's media socket), health.
+app. Blueprints: voice (TwiML webhooks), media (Twilio's media socket), health, admin
+and dashboard. Every view reaches what it needs through `context()`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 
 from actors.registry import CallRegistry
+from links.twilio import SocketLimits
+from observability.logging import Logger
 from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
+from records import RecordStore
 from settings import FallbackSettings
-from links.twilio import SocketLimits
+from web.admission import Admission
 
-__all__ = ["WebContext", "create_app"]
+__all__ = ["WebContext", "context", "create_app"]
+
+_EXTENSION = "bridge"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,14 +35,22 @@ class WebContext:
     calls: CallRegistry
     metrics: Metrics
     fallback: FallbackSettings
-    log: Any
+    log: Logger
     log_limiter: LogLimiter  # for what a client can make us log as fast as it sends
     socket_limits: SocketLimits
     media_start_timeout_s: float
-    admission: Any = None  # web.admission.Admission
+    admission: Admission | None = None
     admin_token: str | None = None
     metrics_token: str | None = None
-    records: Any = None  # records.RecordStore, when call records are kept
+    records: RecordStore | None = None  # when call records are kept
+
+
+def context() -> WebContext:
+    """The WebContext of the app serving the current request (the one create_app was given)."""
+    ctx = current_app.extensions[_EXTENSION]
+    if not isinstance(ctx, WebContext):
+        raise TypeError(f"app.extensions[{_EXTENSION!r}] is not a WebContext: build the app with create_app")
+    return ctx
 
 
 def create_app(context: WebContext, *, max_body_bytes: int = 65536) -> Flask:
@@ -49,7 +62,7 @@ def create_app(context: WebContext, *, max_body_bytes: int = 65536) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=max_body_bytes, MAX_FORM_MEMORY_SIZE=max_body_bytes, MAX_FORM_PARTS=200)
     # `//media/<sid>` must not route to the media view: only canonical paths route.
     app.url_map.merge_slashes = False
-    app.extensions["bridge"] = context
+    app.extensions[_EXTENSION] = context
     app.register_blueprint(voice.bp)
     app.register_blueprint(media.bp)
     app.register_blueprint(health.bp)

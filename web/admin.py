@@ -7,29 +7,26 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from collections.abc import Iterator
 
 import gevent
-from flask import Blueprint, Response, abort, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, abort, jsonify, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from chaos.faults import check_fault
 from observability.process import process_stats
 from protocols.twiml import is_call_sid
 from records import RecordsError
+from web import context
 
 __all__ = ["bp"]
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-def _context() -> Any:
-    return current_app.extensions["bridge"]
-
-
 @bp.before_request
 def _authorize() -> None:
-    token = _context().admin_token
+    token = context().admin_token
     if not token:
         abort(404)
     given = request.headers.get("Authorization", "")
@@ -40,13 +37,13 @@ def _authorize() -> None:
 @bp.get("/calls")
 def calls() -> ResponseReturnValue:
     """Every live call with its actor tree."""
-    return jsonify({"calls": [call.snapshot() for call in _context().calls.live()]})
+    return jsonify({"calls": [call.snapshot() for call in context().calls.live()]})
 
 
 @bp.get("/calls/<call_sid>")
 def call(call_sid: str) -> ResponseReturnValue:
     """One call: live, or finished (from the call records)."""
-    ctx = _context()
+    ctx = context()
     live = ctx.calls.get(call_sid)
     if live is not None:
         return jsonify({"live": True, **live.snapshot()})
@@ -62,7 +59,7 @@ def call(call_sid: str) -> ResponseReturnValue:
 @bp.get("/history")
 def history() -> ResponseReturnValue:
     """The latest finished calls, newest first."""
-    ctx = _context()
+    ctx = context()
     limit = request.args.get("limit", default=50, type=int)
     try:
         records = ctx.records.latest(limit if limit is not None else 50) if ctx.records is not None else []
@@ -74,13 +71,13 @@ def history() -> ResponseReturnValue:
 @bp.get("/process")
 def process() -> ResponseReturnValue:
     """What a soak run watches for leaks: memory, greenlets, actors, live calls."""
-    return jsonify(process_stats(_context().calls))
+    return jsonify(process_stats(context().calls))
 
 
 @bp.post("/calls/<call_sid>/chaos")
 def chaos(call_sid: str) -> ResponseReturnValue:
     """Inject one fault into one actor of a live call."""
-    ctx = _context()
+    ctx = context()
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         return jsonify({"error": 'body must be JSON like {"actor": "vapi", "fault": "raise"}'}), 400
@@ -103,12 +100,13 @@ _STREAM_FINISHED = 20
 @bp.get("/stream")
 def stream() -> ResponseReturnValue:
     """Server-sent events: a snapshot of live and recently finished calls every half second."""
-    ctx = _context()
+    ctx = context()
+    records = ctx.records
 
-    def events() -> Any:
+    def events() -> Iterator[str]:
         while True:
             try:
-                finished = [r.to_json() for r in ctx.records.latest(_STREAM_FINISHED)] if ctx.records else []
+                finished = [r.to_json() for r in records.latest(_STREAM_FINISHED)] if records is not None else []
             except RecordsError:
                 finished = []
             payload = {"calls": [call.snapshot() for call in ctx.calls.live()], "finished": finished}

@@ -9,11 +9,11 @@ API is, without ADMIN_TOKEN.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, abort, jsonify, send_from_directory
 
 from chaos.faults import applicable_pairs
+from web import context
 
 __all__ = ["CONTENT_SECURITY_POLICY", "bp"]
 
@@ -41,14 +41,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-def _context() -> Any:
-    return current_app.extensions["bridge"]
-
-
 @bp.before_request
 def _only_with_an_admin_token() -> None:
     # Off means absent, as for the admin API: a 404, not a login page.
-    if not _context().admin_token:
+    if not context().admin_token:
         abort(404)
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from web import context
 
 __all__ = ["bp"]
 
 bp = Blueprint("health", __name__)
-
-
-def _context() -> Any:
-    return current_app.extensions["bridge"]
 
 
 @bp.get("/healthz")
@@ -26,7 +23,8 @@ def healthz() -> tuple[str, int]:
 @bp.get("/readyz")
 def readyz() -> tuple[str, int]:
     """Taking calls: not draining and under MAX_CALLS."""
-    reason = _context().admission.refusal()
+    admission = context().admission
+    reason = admission.refusal() if admission is not None else None
     if reason is not None:
         return f"not ready: {reason}\n", 503
     return "ready\n", 200
@@ -35,9 +33,10 @@ def readyz() -> tuple[str, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; behind METRICS_TOKEN when one is set."""
-    ctx = _context()
-    if ctx.metrics_token:
+    ctx = context()
+    token = ctx.metrics_token
+    if token:
         given = request.headers.get("Authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), ctx.metrics_token.encode())):
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             return Response("unauthorized\n", status=401)
     return Response(generate_latest(ctx.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from typing import Any
+from wsgiref.types import InputStream, StartResponse, WSGIApplication, WSGIEnvironment
 
 import gevent
 
@@ -28,7 +28,7 @@ class BoundedBodies:
 
     def __init__(
         self,
-        app: Any,
+        app: WSGIApplication,
         *,
         max_bytes: int,
         timeout_s: float,
@@ -39,13 +39,13 @@ class BoundedBodies:
         self._timeout_s = timeout_s
         self._on_refused = on_refused
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("wsgi.websocket") is not None:
-            return self._app(environ, start_response)  # type: ignore[no-any-return]
+            return self._app(environ, start_response)
         length_header = environ.get("CONTENT_LENGTH") or ""
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         if not length_header and not chunked:
-            return self._app(environ, start_response)  # type: ignore[no-any-return]
+            return self._app(environ, start_response)
         if length_header:
             try:
                 length = int(length_header)
@@ -68,9 +68,9 @@ class BoundedBodies:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
-        return self._app(environ, start_response)  # type: ignore[no-any-return]
+        return self._app(environ, start_response)
 
-    def _read(self, stream: Any, length: int) -> bytes:
+    def _read(self, stream: InputStream, length: int) -> bytes:
         parts: list[bytes] = []
         remaining = length
         timer = gevent.Timeout(self._timeout_s)
@@ -91,7 +91,7 @@ class BoundedBodies:
         return b"".join(parts)
 
     def _refuse(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], status: str, kind: str
+        self, environ: WSGIEnvironment, start_response: StartResponse, status: str, kind: str
     ) -> Iterable[bytes]:
         if self._on_refused is not None:
             self._on_refused(kind, str(environ.get("REMOTE_ADDR", "?")))
@@ -99,7 +99,7 @@ class BoundedBodies:
         # Input would otherwise read the rest of the body to reuse the connection
         # (256 MiB, if that is what the client announced), so it is marked consumed.
         stream = environ.get("wsgi.input")
-        if hasattr(stream, "content_length") and hasattr(stream, "position"):
+        if stream is not None and hasattr(stream, "content_length") and hasattr(stream, "position"):
             stream.content_length = stream.position
             stream.chunked_input = False
         start_response(status, [("Content-Type", "text/plain"), ("Connection", "close")])

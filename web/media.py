@@ -11,18 +11,20 @@ frame is passed on undecoded; a bad frame costs a counter and a rate-limited log
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from typing import Any
 
 import gevent
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
+from actors.call import CallContext
 from actors.messages import TwilioFrameReceived, TwilioSocketAttached
 from calls.outcome import Outcome
+from links.twilio import FrameTooLarge, TwilioSocket
 from protocols.errors import ProtocolError
 from protocols.twilio import Start, Stop, parse_event
 from protocols.twiml import ADMISSION_PARAMETER
-from links.twilio import FrameTooLarge, TwilioSocket
+from web import WebContext, context
 
 __all__ = ["bp"]
 
@@ -50,14 +52,14 @@ class _Refused(Exception):
 
 @bp.route("/media/<call_sid>", websocket=True)
 def media(call_sid: str) -> tuple[str, int]:
-    ctx: Any = current_app.extensions["bridge"]
+    ctx = context()
     ws = request.environ.get("wsgi.websocket")
     if ws is None:
         return "a WebSocket upgrade is required\n", 400
     socket = TwilioSocket(ws, ctx.socket_limits)
     try:
-        early = _await_start(socket, call_sid, ctx)
-        call = _claim(socket, call_sid, ctx, early[-1])
+        early, start = _await_start(socket, call_sid, ctx)
+        call = _claim(socket, call_sid, ctx, start)
     except _Refused as refused:
         ctx.metrics.malformed.labels(source="media", kind=refused.kind).inc()
         ctx.log_limiter.warning(
@@ -68,19 +70,22 @@ def media(call_sid: str) -> tuple[str, int]:
         _drain_until_closed(socket)
         socket.release()
         return "", 204
-    try:
-        call.supervisor.tell(TwilioSocketAttached())
-    except Exception:  # noqa: BLE001 - its supervisor is restarting; the socket is the call's anyway
-        pass
+    supervisor = call.supervisor
+    if supervisor is not None:
+        # Broad on purpose: its supervisor may be restarting; the socket is the call's anyway.
+        with contextlib.suppress(Exception):
+            supervisor.tell(TwilioSocketAttached())
     for frame in early:  # `connected` and `start`, for TwilioActor as for any frame
-        call.children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT)
+        children = call.children
+        if children is not None:
+            children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT)
     _read(socket, call, ctx)
     socket.release()
     return "", 204
 
 
-def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | bytes]:
-    """The frames up to and including a `start` for this call; raises _Refused otherwise."""
+def _await_start(socket: TwilioSocket, call_sid: str, ctx: WebContext) -> tuple[list[str | bytes], Start]:
+    """The frames up to and including a `start` for this call, and that `start`; raises _Refused otherwise."""
     frames: list[str | bytes] = []
     deadline = gevent.Timeout(ctx.media_start_timeout_s)
     deadline.start()
@@ -100,7 +105,7 @@ def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | by
             if isinstance(event, Start):
                 if event.call_sid != call_sid:
                     raise _Refused("start_for_another_call")
-                return frames
+                return frames, event
             if isinstance(event, Stop):
                 raise _Refused("stop_before_start")
         raise _Refused("no_start")
@@ -112,13 +117,11 @@ def _await_start(socket: TwilioSocket, call_sid: str, ctx: Any) -> list[str | by
         deadline.close()
 
 
-def _claim(socket: TwilioSocket, call_sid: str, ctx: Any, start_frame: str | bytes) -> Any:
+def _claim(socket: TwilioSocket, call_sid: str, ctx: WebContext, start: Start) -> CallContext:
     """Attach the socket to its call if `start` presented the call's admission value."""
     call = ctx.calls.get(call_sid)
     if call is None or call.ended.is_set() or call.state.end_request is not None:
         raise _Refused("call_ended")
-    start = parse_event(start_frame)
-    assert isinstance(start, Start)
     presented = dict(start.custom_parameters).get(ADMISSION_PARAMETER, "")
     if not hmac.compare_digest(presented.encode(), call.state.admission_token.encode()):
         raise _Refused("bad_admission")
@@ -146,7 +149,7 @@ def _is_stop(frame: str | bytes) -> bool:
         return False
 
 
-def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
+def _read(socket: TwilioSocket, call: CallContext, ctx: WebContext) -> None:
     """Read until the call ends; the reader reports the Twilio side's end (stop, or close) once."""
     log = call.log.bind(actor="media_socket")
     stop_mark = _STOP_MARK.encode()
@@ -160,7 +163,10 @@ def _read(socket: TwilioSocket, call: Any, ctx: Any) -> None:
         if frame is None:
             break
         # Looked up per frame: a restarted CallSupervisor brings a new child table.
-        if not call.children.tell_bounded("twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT):
+        children = call.children
+        if children is None or not children.tell_bounded(
+            "twilio", TwilioFrameReceived(frame, socket.received_ns), _MAILBOX_LIMIT
+        ):
             ctx.metrics.dropped.labels(reason="undelivered").inc()
         if (_STOP_MARK in frame if type(frame) is str else stop_mark in frame) and _is_stop(frame):
             call.end(Outcome.COMPLETED, "caller hung up")

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from wsgiref.types import WSGIApplication
 
 import gevent
 from gevent.pool import Pool
@@ -45,8 +46,8 @@ class _ReadTimeout(socket.timeout):
 
 
 def make_server(
-    listener: tuple[str, int] | Any,
-    app: Any,
+    listener: socket.socket | tuple[str, int],
+    app: WSGIApplication,
     *,
     public_url: str,
     validator: SignatureValidator,
@@ -55,7 +56,7 @@ def make_server(
     header_timeout_s: float = 10.0,
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
-    error_log: Any = None,
+    error_log: logging.Logger | None = None,
 ) -> WSGIServer:
     """A WSGIServer that upgrades only signed media sockets of admitted calls.
 
@@ -65,33 +66,30 @@ def make_server(
     # What Twilio was told to dial, less "/media/<sid>": wss://host[:port][/prefix].
     wss_base = media_stream_url(public_url, _ANY_CALL_SID)[: -len(_MEDIA_PREFIX + _ANY_CALL_SID)]
 
-    def refuse(handler: Any, status: str, kind: str, detail: str = "") -> list[bytes]:
-        if on_rejected is not None:
-            on_rejected(kind, str(handler.client_address[0] if handler.client_address else "?"), detail)
-        handler.start_response(status, [("Content-Type", "text/plain"), ("Connection", "close")])
-        handler.close_connection = True
-        return [f"{status[4:].lower()}: {kind}\n".encode()]
-
-    class GatedHandler(WebSocketHandler):
+    # gevent-websocket ships no types, so its handler (and all it inherits from gevent's
+    # typed WSGIHandler) is Any to mypy.
+    class GatedHandler(WebSocketHandler):  # type: ignore[misc]
         _requests_served = 0
 
-        def read_requestline(self) -> Any:
+        def read_requestline(self) -> str:
             # The first request gets the header deadline; later ones on a kept-alive
             # connection get the idle deadline to start.
             wait_s = idle_timeout_s if self._requests_served else header_timeout_s
             with gevent.Timeout(wait_s, _ReadTimeout("request line")):
-                return super().read_requestline()
+                line: str = super().read_requestline()
+            return line
 
-        def read_request(self, raw_requestline: str) -> Any:
+        def read_request(self, raw_requestline: str) -> bool:
             self._requests_served += 1
             with gevent.Timeout(header_timeout_s, _ReadTimeout("headers")):
-                return super().read_request(raw_requestline)
+                parsed: bool = super().read_request(raw_requestline)  # True, or it raised
+            return parsed
 
         def _client(self) -> str:
             address = self.client_address
             return str(address[0] if isinstance(address, tuple) else address or "?")
 
-        def _handle_client_error(self, ex: BaseException) -> Any:
+        def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
             # pywsgi would print each one (with a traceback for some): a client could
             # write our log as fast as it sends garbage. Counted and rate-limited instead.
             timed_out = isinstance(ex, _ReadTimeout)
@@ -108,7 +106,14 @@ def make_server(
             if not str(status or "").startswith("4"):
                 super().log_request()
 
-        def upgrade_websocket(self) -> Any:
+        def _refuse(self, status: str, kind: str, detail: str = "") -> list[bytes]:
+            if on_rejected is not None:
+                on_rejected(kind, str(self.client_address[0] if self.client_address else "?"), detail)
+            self.start_response(status, [("Content-Type", "text/plain"), ("Connection", "close")])
+            self.close_connection = True
+            return [f"{status[4:].lower()}: {kind}\n".encode()]
+
+        def upgrade_websocket(self) -> list[bytes] | list[str] | None:
             environ = self.environ
             if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
                 return None  # an ordinary request
@@ -121,22 +126,24 @@ def make_server(
                 or CALL_SID_PATTERN.fullmatch(call_sid) is None
                 or environ.get("QUERY_STRING")
             ):
-                return refuse(self, "404 Not Found", "not_an_upgrade_route", path[:100])
+                return self._refuse("404 Not Found", "not_an_upgrade_route", path[:100])
             if environ.get("REQUEST_METHOD") != "GET" or self.request_version != "HTTP/1.1":
-                return refuse(self, "400 Bad Request", "bad_handshake", "method or HTTP version")
-            if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+                return self._refuse("400 Bad Request", "bad_handshake", "method or HTTP version")
+            if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "") != "13":
                 self.start_response("426 Upgrade Required", [("Sec-WebSocket-Version", "13")])
                 self.close_connection = True
                 return [b"WebSocket version 13 required\n"]
             if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
-                return refuse(self, "400 Bad Request", "bad_handshake", "Sec-WebSocket-Key")
+                return self._refuse("400 Bad Request", "bad_handshake", "Sec-WebSocket-Key")
             # Twilio signs the wss:// URL exactly as the TwiML gave it, without a query.
             if not validator.validate_websocket(wss_base + path, environ.get("HTTP_X_TWILIO_SIGNATURE")):
-                return refuse(self, "403 Forbidden", "bad_signature", call_sid)
+                return self._refuse("403 Forbidden", "bad_signature", call_sid)
             refusal = admit(call_sid)
             if refusal is not None:
-                return refuse(self, "403 Forbidden", "not_admitted", refusal)
-            return self.upgrade_connection()
+                return self._refuse("403 Forbidden", "not_admitted", refusal)
+            # None once upgraded; else gevent-websocket's own refusal, as text.
+            answer: list[str] | None = self.upgrade_connection()
+            return answer
 
     return WSGIServer(
         listener,

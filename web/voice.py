@@ -12,10 +12,10 @@ ended is never started again, so a replayed webhook or handshake starts nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, request
 from werkzeug.datastructures import MultiDict
 
 from calls.outcome import Outcome
@@ -27,6 +27,7 @@ from protocols.twiml import (
     is_call_sid,
     media_stream_url,
 )
+from web import context
 
 __all__ = ["bp"]
 
@@ -37,17 +38,12 @@ _FORM_TYPE = "application/x-www-form-urlencoded"
 bp = Blueprint("voice", __name__)
 
 
-
-def _context() -> Any:
-    return current_app.extensions["bridge"]
-
-
 def _twiml(body: str) -> Response:
     return Response(body, status=200, mimetype="text/xml")
 
 
-def _refuse(status: int, kind: str) -> None:
-    ctx = _context()
+def _refuse(status: int, kind: str) -> NoReturn:
+    ctx = context()
     ctx.metrics.malformed.labels(source="webhook", kind=kind).inc()
     ctx.log_limiter.warning("webhook_rejected", source=request.remote_addr or "?", kind=kind, path=request.path[:100])
     abort(status)
@@ -55,7 +51,7 @@ def _refuse(status: int, kind: str) -> None:
 
 def _signed_params() -> MultiDict[str, str]:
     """The request's form fields, once its Twilio signature has been checked; else abort."""
-    ctx = _context()
+    ctx = context()
     signature = request.headers.get("X-Twilio-Signature")
     if not signature:
         _refuse(403, "bad_signature")  # nothing of the body is read
@@ -85,10 +81,10 @@ def _call_sid(params: MultiDict[str, str]) -> str:
 def incoming() -> Response:
     """A call arrived: start its actors (so VAPI is dialling already) and connect the stream."""
     call_sid = _call_sid(_signed_params())
-    ctx = _context()
+    ctx = context()
     if ctx.calls.ended_before(call_sid):
         # Twilio never asks again for a call that ended: this is a replay.
-        _context().metrics.malformed.labels(source="webhook", kind="replay").inc()
+        ctx.metrics.malformed.labels(source="webhook", kind="replay").inc()
         ctx.log_limiter.warning("webhook_replay_refused", source=request.remote_addr or "?", kind="replay",
                                 call_sid=call_sid)
         return _twiml(hangup_twiml())
@@ -112,7 +108,7 @@ def incoming() -> Response:
 def after_stream() -> Response:
     """The stream ended: hang up if the conversation ended, else play the fallback."""
     call_sid = _call_sid(_signed_params())
-    ctx = _context()
+    ctx = context()
     outcome = ctx.calls.outcome(call_sid)
     if outcome is not None and outcome.hangs_up:
         return _twiml(hangup_twiml())
