@@ -194,6 +194,7 @@ class BridgeService:
             header_timeout_s=limits.http_header_timeout_s,
             idle_timeout_s=limits.http_idle_timeout_s,
             max_connections=limits.max_connections,
+            access_log=self.log.bind(actor="http"),
         )
         self.server.start()
         self._flusher = gevent.spawn(self._flush_suppressed)

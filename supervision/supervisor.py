@@ -360,7 +360,8 @@ class Supervisor(SupervisedActor):
         restart_ids = tuple(i for i in affected if i == failed.spec.id or i in siblings)
         for i in restart_ids:
             self.child_states[i].state = "restarting"
-        self._log.info("restart_scheduled", child=failed.spec.id, delay_s=round(delay, 3), with_=list(restart_ids))
+        self._log.info("restart_scheduled", **self.child_log_fields(failed.spec.id), delay_s=round(delay, 3),
+                       with_=list(restart_ids))
         self._greenlets.spawn(self._tell_later, delay, _RestartDue(restart_ids))
 
     def _tell_later(self, delay_s: float, message: object) -> None:

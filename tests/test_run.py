@@ -122,6 +122,37 @@ def test_json_logs_parse_line_by_line_and_call_lines_carry_the_call_sid(server, 
     assert TOKEN not in text
 
 
+def test_every_json_line_about_a_call_carries_its_call_sid_and_an_actor(tmp_path):
+    import json
+
+    admin = "admin-token-for-the-log-test"
+    process, base = start_server(tmp_path, DRAIN_TIMEOUT_S="1", LOG_FORMAT="json", ADMIN_TOKEN=admin)
+    headers = {"Authorization": f"Bearer {admin}"}
+    caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
+    try:
+        caller.post_webhook()
+        caller.connect()
+        caller.start_stream()
+        caller.send_audio(silence(300, 8000))
+        assert requests.get(f"{base}/admin/calls/{caller.call_sid}", headers=headers, timeout=5).status_code == 200
+        # A supervisor fault: the root's lines about it are the call's lines too.
+        assert requests.post(f"{base}/admin/calls/{caller.call_sid}/chaos", json={"actor": "supervisor",
+                             "fault": "kill"}, headers=headers, timeout=5).status_code == 202
+        caller.send_audio(silence(500, 8000))
+        caller.send_stop()
+        assert caller.closed.wait(5)
+    finally:
+        caller.close()
+        stop_server(process)
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
+    about_the_call = [line for line in lines if caller.call_sid in json.dumps(line)]
+    events = {line["event"] for line in about_the_call}
+    assert {"call_answered", "call_started", "child_exited", "http_request", "call_ended"} <= events, events
+    unattributed = [line for line in about_the_call
+                    if line.get("call_sid") != caller.call_sid or not line.get("actor")]
+    assert unattributed == []
+
+
 @pytest.fixture
 def chaos_server(tmp_path):
     process, base = start_server(

@@ -158,7 +158,8 @@ def _read(socket: TwilioSocket, call: CallContext, ctx: WebContext) -> None:
             frame = socket.receive()
         except FrameTooLarge as exc:
             ctx.metrics.malformed.labels(source="twilio", kind="oversize").inc()
-            ctx.log_limiter.warning("twilio_frame_malformed", source=call.call_sid, kind="oversize", size=exc.size)
+            ctx.log_limiter.warning("twilio_frame_malformed", source=call.call_sid, kind="oversize",
+                                    call_sid=call.call_sid, size=exc.size)
             continue
         if frame is None:
             break

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import socket
 from collections.abc import Callable
 from wsgiref.types import WSGIApplication
@@ -29,6 +30,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
+from observability.logging import Logger
 from protocols.signature import SignatureValidator
 from protocols.twiml import CALL_SID_PATTERN, media_stream_url
 
@@ -36,6 +38,7 @@ __all__ = ["MEDIA_PATH", "make_server"]
 
 _MEDIA_PREFIX = "/media/"
 _ANY_CALL_SID = "CA" + "0" * 32
+_CALL_SID_IN_PATH = re.compile(r"CA[0-9a-fA-F]{32}")
 MEDIA_PATH = _MEDIA_PREFIX + "<call_sid>"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -57,6 +60,7 @@ def make_server(
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
     error_log: logging.Logger | None = None,
+    access_log: Logger | None = None,
 ) -> WSGIServer:
     """A WSGIServer that upgrades only signed media sockets of admitted calls.
 
@@ -99,12 +103,31 @@ def make_server(
 
         def log_request(self) -> None:
             # Refused requests are counted and logged at a bounded rate where they are
-            # refused; an access line each would let a flood write the log.
+            # refused; an access line each would let a flood write the log. Upgraded
+            # sockets log their own lines (media_socket_closed).
             status = self.status
             if isinstance(status, bytes):
                 status = status.decode("latin-1")
-            if not str(status or "").startswith("4"):
+            status = str(status or "")
+            if status.startswith(("4", "101")):
+                return
+            if access_log is None:
                 super().log_request()
+                return
+            path = str(self.path or "").partition("?")[0][:200]
+            call = _CALL_SID_IN_PATH.search(path)
+            duration_s = (self.time_finish or self.time_start) - self.time_start
+            access_log.info(
+                "http_request",
+                method=str(self.command or ""),
+                path=path,
+                status=int(status[:3]) if status[:3].isdigit() else status,
+                bytes=int(self.response_length or 0),
+                duration_ms=round(duration_s * 1000, 3),
+                client=self._client(),
+                # A call's URLs (/admin/calls/<sid>) belong to that call's log.
+                **({"call_sid": call.group(0)} if call else {}),
+            )
 
         def _refuse(self, status: str, kind: str, detail: str = "") -> list[bytes]:
             if on_rejected is not None:

@@ -91,7 +91,7 @@ def incoming() -> Response:
     refusal = ctx.admission.refusal() if ctx.admission is not None else None
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.
-        ctx.log.warning("call_refused", call_sid=call_sid, reason=refusal)
+        ctx.log.warning("call_refused", call_sid=call_sid, actor="webhook", reason=refusal)
         ctx.metrics.calls.labels(outcome=Outcome.REFUSED.value).inc()
         return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
     call = ctx.calls.start_call(call_sid)
@@ -100,7 +100,7 @@ def incoming() -> Response:
         stream_url=media_stream_url(ctx.public_url, call_sid),
         parameters={"callSid": call_sid, ADMISSION_PARAMETER: call.state.admission_token},
     )
-    ctx.log.info("call_answered", call_sid=call_sid)
+    ctx.log.info("call_answered", call_sid=call_sid, actor="webhook")
     return _twiml(twiml)
 
 
@@ -112,5 +112,5 @@ def after_stream() -> Response:
     outcome = ctx.calls.outcome(call_sid)
     if outcome is not None and outcome.hangs_up:
         return _twiml(hangup_twiml())
-    ctx.log.info("fallback_served", call_sid=call_sid, outcome=outcome.value if outcome else "unknown")
+    ctx.log.info("fallback_served", call_sid=call_sid, actor="webhook", outcome=outcome.value if outcome else "unknown")
     return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
