@@ -7,6 +7,7 @@ answered with a code-less frame, even one we started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from typing import Any
@@ -21,7 +22,8 @@ __all__ = ["GuardedWebSocket", "SimHandler", "send_close_frame"]
 log = logging.getLogger(__name__)
 
 
-class GuardedWebSocket(WebSocket):
+# gevent-websocket ships no types, so its classes are Any to mypy.
+class GuardedWebSocket(WebSocket):  # type: ignore[misc]
     """gevent-websocket's socket with the handler's send lock around every frame it writes."""
 
     __slots__ = ()
@@ -37,14 +39,13 @@ class GuardedWebSocket(WebSocket):
         with handler.send_lock:
             if not handler.close_sent:
                 handler.close_sent = True
-                try:
+                with contextlib.suppress(WebSocketError):
                     super().send_frame(bytes(payload[:2]), self.OPCODE_CLOSE)
-                except WebSocketError:
-                    pass
-        self.closed = True
+        # `closed` is one of the base class's __slots__, which mypy cannot see through the Any base.
+        self.closed = True  # type: ignore[misc]
 
 
-class SimHandler(WebSocketHandler):
+class SimHandler(WebSocketHandler):  # type: ignore[misc]  # untyped base, as above
     """Upgrades to `GuardedWebSocket` and keeps the per-connection send state."""
 
     close_sent = False

@@ -16,6 +16,7 @@ if __name__ == "__main__":  # `python -m sims.caller`: patch before anything imp
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -232,14 +233,18 @@ class SimulatedCaller:
             elif index % _BURST_YIELD_FRAMES == _BURST_YIELD_FRAMES - 1:
                 gevent.sleep(0)
             self._chunk += 1
-            chunk, timestamp = str(self._chunk), str(self._stream_ms)
+            media = {
+                "track": "inbound",
+                "chunk": str(self._chunk),
+                "timestamp": str(self._stream_ms),
+                "payload": base64.b64encode(ulaw[offset : offset + _FRAME_BYTES]).decode("ascii"),
+            }
             self._stream_ms += 20
-            payload = base64.b64encode(ulaw[offset : offset + _FRAME_BYTES]).decode("ascii")
             self._send_event(
                 lambda seq: {
                     "event": "media",
                     "sequenceNumber": seq,
-                    "media": {"track": "inbound", "chunk": chunk, "timestamp": timestamp, "payload": payload},
+                    "media": media,  # noqa: B023 - _send_event calls the builder before it returns
                     "streamSid": self.stream_sid,
                 }
             )
@@ -293,10 +298,8 @@ class SimulatedCaller:
         if ws is not None and not self.closed.is_set() and not self._close_sent:
             with self._send_lock:
                 self._close_sent = True
-                try:
+                with contextlib.suppress(OSError, websocket.WebSocketException):
                     ws.send_close(websocket.STATUS_NORMAL)
-                except (OSError, websocket.WebSocketException):
-                    pass
             if self._receiving:
                 self.closed.wait(timeout=_CLOSE_WAIT_S)  # the receiver reads the server's answering close
         self._group.kill(timeout=1.0)

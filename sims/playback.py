@@ -139,7 +139,7 @@ class TwilioPlayback:
         if not self._fields_ok(message, None, set()):
             return
         self.clears.append(arrived)
-        self.cleared_bytes += int(round(max(0.0, self._playout_end - arrived) * BYTES_PER_S))
+        self.cleared_bytes += round(max(0.0, self._playout_end - arrived) * BYTES_PER_S)
         self._playout_end = arrived
         # Clearing the buffer sends back every mark still waiting in it.
         while self._pending_marks:

@@ -99,14 +99,14 @@ def summarize(reports: Sequence[CallReport]) -> list[str]:
     ok = sum(report.ok for report in reports)
     if latencies.size:
         p50, p95 = np.percentile(latencies, [50, 95])
-        latency = f"p50 {p50:.0f} ms   p95 {p95:.0f} ms   max {latencies.max():.0f} ms   (n={latencies.size})"
+        latency_line = f"p50 {p50:.0f} ms   p95 {p95:.0f} ms   max {latencies.max():.0f} ms   (n={latencies.size})"
     else:
-        latency = "no answered turns"
+        latency_line = "no answered turns"
     audio_s = sum(report.audio_ms_received for report in reports) / 1000.0
     lines += [
         "",
         f"calls          ok {ok}   failed {len(reports) - ok}",
-        f"turn latency   {latency}",
+        f"turn latency   {latency_line}",
         f"audio received {audio_s:.1f} s   clears {sum(r.clears for r in reports)}"
         f"   marks echoed {sum(r.marks_echoed for r in reports)}",
     ]

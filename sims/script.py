@@ -57,7 +57,7 @@ Segment = Say | Pause | Clip
 
 def _frames_ms(ms: float) -> int:
     # Every segment is rounded up to whole frames, so stream time stays frame-exact.
-    return max(0, -(-int(round(ms)) // FRAME_MS) * FRAME_MS)
+    return max(0, -(-round(ms) // FRAME_MS) * FRAME_MS)
 
 
 def _pad_to_frames(pcm: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ class CallerScript:
                 case Say(ms=ms, tone_hz=None, dbfs=dbfs):
                     # A different seed per segment so consecutive utterances differ.
                     pcm = speech_like(_frames_ms(ms), RATE_HZ, dbfs=dbfs, seed=index + 1)
-                case Say(ms=ms, tone_hz=hz, dbfs=dbfs):
+                case Say(ms=ms, tone_hz=hz, dbfs=dbfs) if hz is not None:
                     pcm = tone(hz, _frames_ms(ms), RATE_HZ, dbfs=dbfs)
                 case Pause(ms=ms):
                     pcm = silence(_frames_ms(ms), RATE_HZ)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -152,7 +152,10 @@ class VapiSimulator:
             (self._host, self._port), self._app, handler_class=SimHandler, spawn=self._handlers, log=None
         )
         self._server.start()  # binds now, so base_url is valid when start() returns
-        self._port = self._server.server_port
+        port = self._server.server_port
+        if port is None:  # None only for a server on a non-TCP (e.g. Unix) socket
+            raise RuntimeError("VapiSimulator is not bound to a TCP port")
+        self._port = port
         self._group.spawn(self._server.serve_forever)
         log.info("vapi_sim_started url=%s", self.base_url)
 
@@ -162,7 +165,7 @@ class VapiSimulator:
         if server is None:
             return
         for call in self.calls:
-            call._shutdown()
+            call._shutdown()  # noqa: SLF001 - SimCall is this simulator's own, one module over
         server.stop(timeout=_STOP_GRACE_S)
         self._group.join(timeout=1.0)
         self._group.kill(timeout=1.0)
@@ -217,7 +220,7 @@ class VapiSimulator:
 
     @property
     def _public_host(self) -> str:
-        return "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
+        return "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host  # noqa: S104 - a comparison, not a bind
 
     def _create_call(self) -> tuple[Response, int]:
         self.create_attempts.append(time.monotonic())
@@ -237,7 +240,7 @@ class VapiSimulator:
             return _error(401, "Invalid Key. Hot tip, you may be using the private key instead of the public key.")
         body = request.get_json(silent=True)
         problems, settings = _validate_create(body)
-        if problems:
+        if problems or not isinstance(body, dict):  # a body that is not an object is always a problem
             return _error(400, problems)
         call_id = str(uuid.uuid4())
         call = SimCall(call_id=call_id, config=self.config, **settings)
@@ -246,7 +249,7 @@ class VapiSimulator:
         if self.on_call is not None:
             self.on_call(call)
         log.info("vapi_sim_call_created call_id=%s format=%s", call_id, call.audio_format)
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         created = {
             "id": call_id,
             "assistantId": body.get("assistantId"),
@@ -274,5 +277,5 @@ class VapiSimulator:
             send_close_frame(ws, CLOSE_POLICY, "unknown call")
             ws.closed = True
             return ""
-        call._serve(ws)  # blocks for the socket's life: returning would close it
+        call._serve(ws)  # noqa: SLF001 - blocks for the socket's life: returning would close it
         return ""

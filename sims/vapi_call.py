@@ -236,7 +236,8 @@ class SimCall:
 
     def _read_loop(self) -> None:
         ws = self._ws
-        assert ws is not None
+        if ws is None:  # _serve sets it before spawning this loop
+            raise RuntimeError("read loop started without a socket")
         try:
             while True:
                 try:

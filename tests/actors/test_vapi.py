@@ -1,0 +1,216 @@
+"""VapiActor alone: outage retries, giving up, replay after a lost link, keepalive.
+
+The connector and link are fakes and time is virtual, so every timer (retry backoff,
+keepalive interval, pong timeout) is stepped by the test, exactly to its deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from actors.call import CallContext
+from actors.messages import AssistantAudio, EndCall, EventNoted, HoldCaller, UplinkAudio
+from actors.vapi import _NO_SECOND_GREETING, _RETRY_BACKOFF, VapiActor
+from calls.outcome import Outcome
+from links.errors import ErrorKind, VapiUnavailable
+from links.vapi import Signal
+from protocols.vapi import PCM16K
+from supervision import Exit, ExitKind, backoff_delay_s
+from tests.actors.fakes import FakeClock, FakeConnector, FakeVapiLink, ProbeParent, settle, wait_until
+
+FRAME_BYTES_16K = 640
+
+
+def send_uplink(call: CallContext, parent: ProbeParent, marker: int) -> bytes:
+    """What CodecActor does with 20 ms of caller audio: keep it in the call, tell the VapiActor."""
+    data = bytes([marker]) * FRAME_BYTES_16K
+    seq = call.uplink.append(data)
+    assert parent.table.tell("vapi", UplinkAudio(seq, data, call.clock.monotonic_ns()))
+    return data
+
+
+def link_up(parent: ProbeParent, connector: FakeConnector, count: int = 1) -> FakeVapiLink:
+    assert wait_until(lambda: len(connector.links) == count), connector.creates
+    parent.settle()  # VapiLinkUp handled: the replay is out, live frames may follow
+    return connector.link
+
+
+def test_an_outage_is_retried_with_jittered_backoff_and_the_link_then_replays_what_waited(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    connector.refuse(2, ErrorKind.SERVER)
+    # The third attempt creates the call, but its socket does not open: a retry like the others.
+    connector.connect_script.append(VapiUnavailable(ErrorKind.CONNECTIVITY, "call socket failed: ConnectionRefused"))
+    parent.start(VapiActor)
+    # The caller keeps talking meanwhile; the codec keeps the frames in the call's buffer.
+    waited = [send_uplink(call, parent, n) for n in (1, 2, 3)]
+    assert parent.wait_for("twilio", HoldCaller) == [HoldCaller(True)]
+    assert [e.kind for e in parent.wait_for("supervisor", EventNoted)] == ["outage"]
+
+    # The same arithmetic, on the same seeded random numbers, as the actor's.
+    rng = random.Random(1)
+    delays = [backoff_delay_s(_RETRY_BACKOFF, attempt, rng) for attempt in range(3)]
+    assert delays[0] < delays[1] < delays[2]  # doubling, jitter and all (seed 1)
+    for attempt, delay in enumerate(delays, start=1):
+        assert wait_until(lambda n=attempt: len(connector.creates) == n)
+        assert clock.pending == pytest.approx([delay], abs=1e-9)
+        clock.advance(delay - 0.001)
+        assert len(connector.creates) == attempt, "retried before its delay was over"
+        clock.advance(0.001)
+
+    link = link_up(parent, connector)
+    assert len(connector.creates) == 4
+    gaps = [b - a for a, b in zip(connector.create_times, connector.create_times[1:], strict=False)]
+    assert gaps == pytest.approx(delays, abs=1e-9)
+    assert parent.of("twilio", HoldCaller) == [HoldCaller(True), HoldCaller(False)]
+    # Every attempt is the first link of the call: VAPI greets the caller.
+    assert connector.creates == [(PCM16K, None)] * 4
+    # What waited in the buffer goes out first, in order; live audio follows, once.
+    assert link.audio_sent == waited
+    live = send_uplink(call, parent, 4)
+    parent.table.tell("vapi", UplinkAudio(2, waited[1], clock.monotonic_ns()))  # already replayed
+    parent.settle()
+    assert link.audio_sent == [*waited, live]
+    assert call.uplink.sent_seq == 4
+    assert call.state.vapi_greeted
+    assert call.state.vapi_links == 1
+    assert [e.kind for e in parent.of("supervisor", EventNoted)] == ["outage"]  # no "reconnect" on a first link
+    assert clock.pending == [call.settings.keepalive_interval_s]  # only the keepalive waits now
+
+
+def test_the_next_incarnation_does_not_greet_again_and_replays_only_what_the_lost_link_may_have_swallowed(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    first = parent.start(VapiActor)
+    link1 = link_up(parent, connector)
+    delivered = [send_uplink(call, parent, n) for n in (1, 2, 3)]
+    parent.settle()
+    link1.feed(b"\x01\x02" * 320)  # VAPI speaks: it had everything sent so far
+    parent.wait_for("codec", AssistantAudio)
+    assert call.uplink.alive_seq == 3
+    swallowed = [send_uplink(call, parent, n) for n in (4, 5)]
+    parent.settle()
+    assert link1.audio_sent == delivered + swallowed
+
+    link1.feed(Signal.CLOSED)
+    assert wait_until(lambda: parent.exits)
+    assert parent.exits == [Exit(ExitKind.FAILED, "VapiLinkDead: closed by VAPI")]
+    assert not first.is_alive()
+    assert link1.closed_with == [False]  # a dead link gets no goodbye
+
+    parent.start(VapiActor)  # what the supervisor does next, after its backoff
+    link2 = link_up(parent, connector, count=2)
+    assert connector.creates[1] == (PCM16K, _NO_SECOND_GREETING)
+    assert link2.audio_sent == swallowed
+    assert call.state.vapi_links == 2
+    reconnects = [e for e in parent.of("supervisor", EventNoted) if e.kind == "reconnect"]
+    assert reconnects == [EventNoted("reconnect", "VAPI link 2, 40 ms replayed")]
+    assert parent.of("twilio", HoldCaller) == []  # no outage: the caller heard no hold sound
+
+
+def test_vapi_unreachable_past_the_retry_budget_ends_the_call_as_gave_up_in_virtual_time(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    connector.refuse_forever = VapiUnavailable(ErrorKind.SERVER, "POST /call answered 503")
+    budget = call.settings.retry_budget_s
+    # When the actor must give up: the first retry whose delay would overrun the budget.
+    rng = random.Random(1)
+    delays: list[float] = []
+    while sum(delays) + (delay := backoff_delay_s(_RETRY_BACKOFF, len(delays), rng)) <= budget:
+        delays.append(delay)
+    attempts = len(delays) + 1
+    assert attempts > 5  # a real outage's worth of retries, not an early exit
+
+    started = time.monotonic()
+    ref = parent.start(VapiActor)
+    parent.wait_for("twilio", HoldCaller)
+    clock.advance(sum(delays) - 0.001)
+    parent.settle()
+    assert len(connector.creates) == attempts - 1
+    assert call.state.end_request is None
+    clock.advance(0.002)  # the last attempt fails too, and no delay fits any more
+
+    ends = parent.wait_for("supervisor", EndCall)
+    request = call.state.end_request
+    assert request is not None
+    assert request.outcome is Outcome.GAVE_UP
+    assert request.detail.startswith(f"VAPI unavailable after {attempts} attempts: server:")
+    assert ends == [EndCall(Outcome.GAVE_UP, request.detail)]
+    assert len(connector.creates) == attempts
+    assert clock.sleeps == pytest.approx(delays)
+    assert parent.of("twilio", HoldCaller) == [HoldCaller(True), HoldCaller(False)]
+    assert connector.links == []
+    assert clock.pending == []
+    assert ref.is_alive()  # the supervisor stops it, with the rest of the call
+    assert time.monotonic() - started < budget / 3, "the budget was waited out in real time"
+
+
+def test_a_permanent_refusal_gives_up_at_once(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    connector.refuse(1, ErrorKind.AUTHENTICATION)
+    parent.start(VapiActor)
+    parent.wait_for("supervisor", EndCall)
+    assert call.state.end_request is not None
+    assert call.state.end_request.outcome is Outcome.GAVE_UP
+    assert "after 1 attempts: authentication" in call.state.end_request.detail
+    assert clock.sleeps == []
+    assert len(connector.creates) == 1
+
+
+def test_no_pong_within_the_timeout_fails_the_actor(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    ref = parent.start(VapiActor)
+    link = link_up(parent, connector)
+    assert clock.pending == [5.0]
+    clock.advance(4.999)
+    assert link.pings == 0
+    clock.advance(0.001)
+    assert link.pings == 1
+    assert clock.pending == [1.0]
+    clock.advance(0.999)
+    parent.settle()
+    assert ref.is_alive()
+    assert parent.exits == []
+
+    clock.advance(0.001)
+    assert wait_until(lambda: parent.exits)
+    assert parent.exits == [Exit(ExitKind.FAILED, "VapiLinkDead: no pong within 1s")]
+    assert wait_until(lambda: not ref.is_alive())
+    assert link.closed_with == [False]
+    assert clock.pending == []  # its timers went with it
+
+
+def test_a_pong_in_time_keeps_the_link_and_vouches_only_for_audio_sent_before_its_ping(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    ref = parent.start(VapiActor)
+    link = link_up(parent, connector)
+    before = [send_uplink(call, parent, n) for n in (1, 2)]
+    parent.settle()
+    clock.advance(5.0)
+    assert link.pings == 1
+    after = send_uplink(call, parent, 3)
+    parent.settle()
+    assert link.audio_sent == [*before, after]
+
+    link.feed(Signal.PONG)
+    assert wait_until(lambda: link.unread == 0)
+    settle()
+    assert call.uplink.alive_seq == 2  # frame 3 left after the ping: the pong says nothing of it
+    clock.advance(1.0)
+    parent.settle()
+    assert ref.is_alive()
+    assert parent.exits == []
+    assert clock.pending == [5.0]  # the next round
+
+    # The control: the next ping goes unanswered, and the same link dies for it.
+    clock.advance(5.0)
+    assert link.pings == 2
+    clock.advance(1.0)
+    assert wait_until(lambda: parent.exits)
+    assert parent.exits[0].reason == "VapiLinkDead: no pong within 1s"
