@@ -4,25 +4,66 @@
     python run.py call ...  a simulated caller that does what Twilio does (see --help)
     python run.py chaos ... inject faults into live calls through the admin API (see --help)
     python run.py soak ...  the chaos soak benchmark (same as python -m bench.soak)
+
+Serving and chaos read their settings from the environment and from `.env` in the current
+directory (or the file DOTENV_PATH names); a variable set in the environment wins over the
+file. A setting that cannot be used stops the server before it starts, with one line naming
+it, and exit status 2.
 """
 
 from gevent import monkey
 
 monkey.patch_all()  # before anything else imports sockets, threads or ssl
 
+import io  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.util  # noqa: E402
+from dotenv import dotenv_values  # noqa: E402
+from dotenv.parser import parse_stream  # noqa: E402
 
 from settings import ConfigError, Settings  # noqa: E402
 
+DOTENV_DEFAULT = ".env"
 
-def serve(env: dict[str, str]) -> int:
+
+def load_env(environ: Mapping[str, str]) -> tuple[dict[str, str], Path | None]:
+    """The environment over the `.env` file: what Settings.from_env reads, and the file read.
+
+    The file is DOTENV_PATH if set (it must exist then), else `.env` in the current
+    directory if there is one. Its values are never logged or printed.
+    """
+    named = environ.get("DOTENV_PATH", "").strip()
+    path = Path(named or DOTENV_DEFAULT)
+    if not named and not path.exists():
+        return dict(environ), None
+    if not path.is_file():
+        raise ConfigError("DOTENV_PATH", str(path), "a readable .env file (there is no such file)")
     try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError("DOTENV_PATH", str(path), f"a readable UTF-8 .env file ({reason})") from None
+    # A line python-dotenv cannot parse would only be warned about and skipped, and the
+    # setting on it silently lost: refused instead, by line number (never its text).
+    bad = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if bad:
+        raise ConfigError("DOTENV_PATH", str(path), f"NAME=value lines (line {bad[0]} is not one)")
+    from_file = dotenv_values(stream=io.StringIO(text))
+    merged = {name: value for name, value in from_file.items() if value is not None}
+    merged.update(environ)  # the real environment wins
+    return merged, path
+
+
+def serve(environ: Mapping[str, str]) -> int:
+    try:
+        env, dotenv_path = load_env(environ)
         settings = Settings.from_env(env)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -32,6 +73,16 @@ def serve(env: dict[str, str]) -> int:
     from service import BridgeService
 
     log = configure_logging(fmt=settings.log_format, level=settings.log_level)
+    if dotenv_path is not None:
+        log.info("settings_file_read", path=str(dotenv_path))  # never its values
+    service = BridgeService(settings, log=log)
+    try:
+        service.start()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    for name, problem in settings.production_warnings():
+        log.warning("setting_unusable_with_twilio", setting=name, problem=problem)
     if settings.twilio.auth_token_generated:
         # Printed, not logged: it is a secret, and logs are shipped elsewhere.
         print(
@@ -39,12 +90,6 @@ def serve(env: dict[str, str]) -> int:
             file=sys.stderr,
             flush=True,
         )
-    service = BridgeService(settings, log=log)
-    try:
-        service.start()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
@@ -73,14 +118,19 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "chaos":
         from chaos.cli import main as chaos_main
 
-        return chaos_main(argv[1:], dict(os.environ))
+        try:
+            env, _ = load_env(os.environ)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        return chaos_main(argv[1:], env)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     if argv:
         print(f"unknown command {argv[0]!r}; try --help", file=sys.stderr)
         return 2
-    return serve(dict(os.environ))
+    return serve(os.environ)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ VAPI key is configured, the built-in VAPI simulator.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import gevent
@@ -29,7 +32,7 @@ from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
 from protocols.twilio import MAX_FRAME_BYTES
-from records import CostRates, RecordStore
+from records import CostRates, RecordStore, SchemaTooNew, StoreUnavailable
 from settings import ConfigError, Settings
 from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
@@ -46,6 +49,8 @@ __all__ = ["BridgeService"]
 _SIMULATOR_KEY = "simulator-key"
 # How often rate-limited logs report what they held back.
 _SUPPRESSED_FLUSH_S = 10.0
+# Connections the kernel holds for us before they are accepted (gevent's default too).
+_LISTEN_BACKLOG = 128
 
 
 class BridgeService:
@@ -59,7 +64,7 @@ class BridgeService:
         metrics: Metrics | None = None,
         listener: socket.socket | None = None,
     ) -> None:
-        """`listener`: an already bound socket to serve on instead of HOST:PORT (tests)."""
+        """`listener`: a socket already bound and listening, served on instead of HOST:PORT (tests)."""
         self.settings = settings
         self._listener = listener
         # configure_logging's FilteringBoundLogger is a BoundLogger, but mypy cannot match
@@ -82,15 +87,37 @@ class BridgeService:
         return port
 
     def start(self) -> None:
-        """Build everything and bind. ConfigError for a configured file that cannot be used."""
+        """Build everything and bind.
+
+        What a user's setting can break is tried first, before any part starts, and
+        reported as ConfigError naming the setting: the hold sound file, the listening
+        address (bound here, listening only once the database is open), the database.
+        Anything failing later stops what had started before it is raised.
+        """
         settings = self.settings
-        hold_ulaw = default_hold_ulaw()
-        if settings.vapi.hold_sound_wav:
-            try:
-                hold_ulaw = load_hold_wav(settings.vapi.hold_sound_wav)
-            except ValueError as exc:
-                wanted = f"a usable WAV file ({exc})"
-                raise ConfigError("HOLD_SOUND_WAV", settings.vapi.hold_sound_wav, wanted) from None
+        hold_ulaw = _hold_sound(settings.vapi.hold_sound_wav)
+        own_listener = self._listener is None
+        listener = self._listener if self._listener is not None else _bind(settings.host, settings.port)
+        try:
+            self._start(listener, hold_ulaw, own_listener=own_listener)
+        except BaseException:
+            self.stop(timeout_s=5.0)
+            if own_listener:
+                listener.close()
+            raise
+
+    def _start(self, listener: socket.socket, hold_ulaw: bytes, *, own_listener: bool) -> None:
+        settings = self.settings
+        path = settings.admin.database_path
+        _check_database_path(path)
+        records = RecordStore(path, log=self.log.bind(actor="records"))
+        try:
+            records.start()
+        except (StoreUnavailable, SchemaTooNew) as exc:
+            raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
+        self.records = records
+        if own_listener:
+            _listen(listener, settings.host, settings.port)
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
         self.root = RootSupervisor.start(
             log=self.log.bind(actor="root"),
@@ -120,8 +147,6 @@ class BridgeService:
             assistant_id=settings.vapi.assistant_id,
             timeout_s=settings.vapi.connect_timeout_s,
         )
-        self.records = RecordStore(settings.admin.database_path, log=self.log.bind(actor="records"))
-        self.records.start()
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings, hold_ulaw),
@@ -184,7 +209,7 @@ class BridgeService:
 
         calls = self.calls
         self.server = make_server(
-            self._listener if self._listener is not None else (settings.host, settings.port),
+            listener,
             BoundedBodies(app, max_bytes=limits.max_body_bytes, timeout_s=limits.http_body_timeout_s,
                           on_refused=body_refused),
             public_url=settings.public_url,
@@ -243,3 +268,75 @@ class BridgeService:
         leftover = ActorRegistry.get_all()
         if leftover:
             self.log.warning("actors_left_at_stop", count=len(leftover))
+
+
+def _reason(exc: BaseException, path: str = "") -> str:
+    """An error's message on one line, less the path it starts with (the setting names it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split()).replace(" ()", "")  # an empty inner message says nothing
+    if path and text.startswith(f"{path}: "):
+        text = text[len(path) + 2 :]
+    return text
+
+
+def _hold_sound(path: str | None) -> bytes:
+    """The hold sound as 8 kHz mu-law: HOLD_SOUND_WAV's, or the built-in chime."""
+    if not path:
+        return default_hold_ulaw()
+    if not Path(path).is_file():
+        raise ConfigError("HOLD_SOUND_WAV", path, "a readable WAV file (there is no such file)")
+    try:
+        return load_hold_wav(path)
+    except ValueError as exc:
+        wanted = f"a readable mono 16-bit WAV file at 8 or 16 kHz ({_reason(exc, path)})"
+        raise ConfigError("HOLD_SOUND_WAV", path, wanted) from None
+
+
+def _check_database_path(path: str) -> None:
+    """Say plainly what sqlite would only call "unable to open database file"."""
+    if path == ":memory:":
+        return
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise ConfigError("DATABASE_PATH", path, f"a file in an existing directory ({directory} does not exist)")
+    if target.is_dir():
+        raise ConfigError("DATABASE_PATH", path, "a file, not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # SQLite creates its write-ahead log and shared-memory files beside the database.
+        raise ConfigError("DATABASE_PATH", path, f"a file in a writable directory ({directory} is not writable)")
+    if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        raise ConfigError("DATABASE_PATH", path, "a file this process can read and write")
+
+
+def _address_error(exc: OSError, host: str, port: int) -> ConfigError:
+    reason = _reason(exc)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError("HOST", host, f"an address of this machine to listen on ({reason})")
+    return ConfigError("PORT", str(port), f"a port free to listen on at HOST {host} ({reason})")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to HOST:PORT, not listening yet. ConfigError names HOST or PORT."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError("HOST", host, f"an address or name of this machine to listen on ({_reason(exc)})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise _address_error(exc, host, port) from None
+    return sock
+
+
+def _listen(sock: socket.socket, host: str, port: int) -> None:
+    try:
+        sock.listen(_LISTEN_BACKLOG)
+    except OSError as exc:  # another socket bound the port too (SO_REUSEADDR) and listened first
+        raise _address_error(exc, host, port) from None
+    sock.setblocking(False)

@@ -7,6 +7,7 @@ as one line and turns into exit status 2 before any port is bound.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -251,6 +252,44 @@ class Settings:
             log_format=r.choice("LOG_FORMAT", "console", ("json", "console")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
         )
+
+
+    def production_warnings(self) -> list[tuple[str, str]]:
+        """(variable, problem) for each setting that cannot work with a real Twilio.
+
+        Only with a real VAPI_API_KEY: without one the process is a development server
+        on its built-in simulator, where a loopback URL and a generated token are the point.
+        Problems name variables and say why; they carry no secret.
+        """
+        if self.vapi.api_key is None:
+            return []
+        found: list[tuple[str, str]] = []
+        host = urlsplit(self.public_url).hostname or ""
+        if _is_local_host(host):
+            found.append((
+                "PUBLIC_URL",
+                f"{self.public_url} is a loopback or private address: Twilio cannot reach it; "
+                "set PUBLIC_URL to the public https URL Twilio calls",
+            ))
+        if self.twilio.auth_token_generated:
+            found.append((
+                "TWILIO_AUTH_TOKEN",
+                "is unset, so a development token was generated: Twilio signs with your account's "
+                "auth token and no request will pass the signature check",
+            ))
+        return found
+
+
+def _is_local_host(host: str) -> bool:
+    """A host name or address that the public internet cannot reach."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a DNS name: it may well be public
+    return address.is_private or address.is_loopback or address.is_link_local or address.is_unspecified
 
 
 class _Reader:

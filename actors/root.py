@@ -43,10 +43,12 @@ class RootSupervisor(Supervisor):
         self._on_restart = on_restart
 
     def child_log_fields(self, child_id: str) -> dict[str, object]:
-        # A call's supervisor is named by its CallSid: its lines belong to the call's log.
+        # A call's supervisor is named by its CallSid: its lines belong to the call's log,
+        # and its role there is the call's "supervisor" (as in the admin API and metrics).
+        fields = super().child_log_fields(child_id)
         if is_call_sid(child_id):
-            return {"child": child_id, "call_sid": child_id}
-        return {"child": child_id}
+            fields.update(actor="supervisor", call_sid=child_id)
+        return fields
 
     def on_child_exited(self, child_id: str, exit_: Exit, restarting: bool) -> None:
         if restarting:

@@ -130,6 +130,6 @@ class CallSupervisor(Supervisor):
         if exit_ is not None and exit_.abnormal:
             # This incarnation failed: the root starts another for the same call, and
             # the caller's socket stays open for it.
-            self._log.warning("call_supervisor_failed", reason=exit_.kind.value, detail=exit_.reason)
+            self._log.info("call_supervisor_failed", reason=exit_.kind.value, detail=exit_.reason)
             return
         self._controller.finish()

@@ -69,4 +69,4 @@ class ChaosMonkey(SupervisedActor):
                 if self._inject(call_sid, actor, fault):
                     key = f"{actor}/{fault}"
                     self.injected[key] = self.injected.get(key, 0) + 1
-                    self._log.warning("chaos_injected", call_sid=call_sid, target=actor, fault=fault, source="monkey")
+                    self._log.info("chaos_injected", call_sid=call_sid, target=actor, fault=fault, source="monkey")

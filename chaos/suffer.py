@@ -35,7 +35,8 @@ def suffer(
     blackhole: Callable[[], None] | None = None,
 ) -> None:
     """Fail the calling handler in the named way; `sever`/`blackhole` for a link's own faults."""
-    log.warning("fault_injected", fault=fault)
+    # Deliberate, so INFO: the fault's WARNING is its supervisor's, when it recovers from it.
+    log.info("fault_injected", fault=fault)
     match fault:
         case "raise":
             raise ChaosError("injected failure")

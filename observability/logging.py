@@ -4,6 +4,11 @@ Configured once by run.py. stdlib logging (pykka, gevent's server) goes through 
 renderer, so every line of the process has one shape. Call context (call_sid, actor)
 is bound explicitly on loggers handed down, not through contextvars: every greenlet
 starts with an empty context.
+
+Levels are for alerting: WARNING for a fault the bridge recovered from (one line, e.g.
+the supervisor's `child_exited`), ERROR for what needs a person (a call lost, a give-up,
+a process-level failure). Tracebacks of recovered faults are DEBUG lines, and pykka's
+own logger, whose INFO lines carry tracebacks too, shows below WARNING only at DEBUG.
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level))
+    # pykka logs an exception returned to an asker at INFO with its traceback; its
+    # failures of supervised actors are logged by supervision/ instead (see actor.py).
+    pykka_level = logging.DEBUG if level == "DEBUG" else max(logging.WARNING, getattr(logging, level))
+    logging.getLogger("pykka").setLevel(pykka_level)
     # structlog.get_logger is typed Any; the wrapper_class configured above is what it makes.
     log: FilteringBoundLogger = structlog.get_logger("bridge")
     return log

@@ -5,19 +5,25 @@ SystemExit) into ActorRegistry.stop_all(): every actor of every call would stop.
 such an exception becomes an ordinary failure of this actor only, and an actor killed
 while idle is marked stopped instead of lingering as a zombie that never answers.
 Every way of stopping is reported to the supervisor through the ChildHandle.
+
+Logging: pykka logs every failure at ERROR with its traceback. Under a supervisor a
+failure is an exit the supervisor handles and logs once (a WARNING when it restarts
+the child); here the traceback goes to a DEBUG line about the child, through its
+handle. An actor with no supervisor keeps pykka's ERROR: nobody recovers it.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import gevent
 import gevent.queue
 import pykka
+import structlog
 from pykka import ActorRegistry
 
 from supervision.exits import Exit, ExitKind
@@ -25,7 +31,17 @@ from supervision.exits import Exit, ExitKind
 if TYPE_CHECKING:
     from pykka._envelope import Envelope  # what pykka's own ActorInbox protocol carries
 
-__all__ = ["ActorKilled", "ChildHandle", "SupervisedActor", "kill_actor"]
+__all__ = ["ActorKilled", "ChildHandle", "ChildLog", "ExcInfo", "SupervisedActor", "kill_actor"]
+
+ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+class ChildLog(Protocol):
+    """Where a child's own lines go: its supervisor's logger (structlog's bound loggers fit)."""
+
+    def debug(self, event: str, /, **fields: object) -> object: ...
+
+    def error(self, event: str, /, **fields: object) -> object: ...
 
 
 class ActorKilled(Exception):
@@ -33,14 +49,29 @@ class ActorKilled(Exception):
 
 
 class ChildHandle:
-    """What a supervisor gives each incarnation of a child: where to report how it ended."""
+    """What a supervisor gives each incarnation of a child: where to report how it ended.
 
-    def __init__(self, child_id: str, incarnation: int, on_exit: Callable[[Exit], None] | None = None) -> None:
+    Also where the child's failure details are logged: `log` with `log_fields` (what
+    identifies the child in its supervisor's lines). Without them, a logger of this
+    library's own, with the child's id.
+    """
+
+    def __init__(
+        self,
+        child_id: str,
+        incarnation: int,
+        on_exit: Callable[[Exit], None] | None = None,
+        *,
+        log: ChildLog | None = None,
+        log_fields: Mapping[str, object] | None = None,
+    ) -> None:
         self.child_id = child_id
         self.incarnation = incarnation
         self.exit: Exit | None = None
         self._on_exit = on_exit
         self.stop_requested = False  # set by the supervisor before it stops the child
+        self._log = log
+        self._log_fields = dict(log_fields) if log_fields is not None else {"child": child_id}
 
     def report(self, exit_: Exit) -> None:
         # The first report wins: on_stop after a failure must not turn it into NORMAL.
@@ -48,6 +79,26 @@ class ChildHandle:
             self.exit = exit_
             if self._on_exit is not None:
                 self._on_exit(exit_)
+
+    def _logger(self) -> ChildLog:
+        if self._log is None:
+            # structlog.get_logger is typed Any; what it makes has debug and error.
+            fallback: ChildLog = structlog.get_logger("supervision")
+            return fallback
+        return self._log
+
+    def log_traceback(self, exc_info: ExcInfo) -> None:
+        """A failure's traceback: DEBUG only. The supervisor logs the fault itself, once."""
+        self._logger().debug("child_traceback", **self._log_fields, exc_info=exc_info)
+
+    def log_close_failed(self, exc_info: ExcInfo) -> None:
+        """Releasing what the child held raised: ERROR, with the traceback.
+
+        Nothing recovers this (the child is gone, and whatever the failed close held may
+        be left behind): a bug for a person to fix, so the one failure logged at ERROR.
+        """
+        self._logger().error("child_close_failed", **self._log_fields, reason=_describe(exc_info[1]),
+                             exc_info=exc_info)
 
 
 class SupervisedActor(pykka.ThreadingActor):
@@ -80,7 +131,12 @@ class SupervisedActor(pykka.ThreadingActor):
     def _close_once(self) -> None:
         if not self._closed:
             self._closed = True
-            self._close()
+            try:
+                self._close()
+            except Exception:
+                if self._handle is None:
+                    raise  # pykka logs it (ERROR)
+                self._handle.log_close_failed(sys.exc_info())
 
     def _report(self, exit_: Exit) -> None:
         if self._handle is not None:
@@ -107,6 +163,22 @@ class SupervisedActor(pykka.ThreadingActor):
         self._close_once()
 
     # pykka internals, overridden for containment --------------------------------
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # pykka's version logs "Unhandled exception in ..." at ERROR with the traceback,
+        # then unregisters and stops the actor. Under a supervisor the failure is an exit
+        # it handles (and logs once): the traceback is for debugging only.
+        if self._handle is None:
+            super()._handle_failure(exception_type, exception_value, traceback)
+            return
+        self._handle.log_traceback((exception_type, exception_value, traceback))
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
 
     @staticmethod
     def _create_actor_inbox() -> gevent.queue.Queue[Envelope[Any]]:

@@ -10,6 +10,15 @@ supervisor itself, with an abnormal exit its own parent sees.
 Siblings never hold each other's refs: they send through the supervisor's ChildTable,
 which always points at the live incarnation, so a restarted child is reachable the
 moment it is back.
+
+Log levels, for operators who alert on them. A fault the supervisor recovers from (a
+child failed, was killed, hung and was replaced by the watchdog) is one WARNING line,
+`child_exited`, with actor (the child's role), kind, reason, restarts and restarting; its
+traceback is a DEBUG line (`child_traceback`). ERROR is for what no restart fixes: giving
+up (`supervisor_gave_up`, `child_gave_up`) and a child whose cleanup raised
+(`child_close_failed`). A child that does not stop within its shutdown time is killed and
+the stop goes on (`child_shutdown_timeout`, WARNING): the usual cause is a peer slow to
+finish a close handshake, and nothing waits on it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ class SupervisorLog(Protocol):
     The shape of observability.logging.Logger, declared again here because this library
     imports nothing from the project.
     """
+
+    def debug(self, event: str, /, **fields: object) -> object: ...
 
     def info(self, event: str, /, **fields: object) -> object: ...
 
@@ -199,8 +210,11 @@ class Supervisor(SupervisedActor):
         """With isolate_children: this child exceeded its own intensity and stays stopped."""
 
     def child_log_fields(self, child_id: str) -> dict[str, object]:
-        """Fields for every log line about one child; a subclass may add what identifies it."""
-        return {"child": child_id}
+        """Fields for every log line about one child; a subclass may add what identifies it.
+
+        `actor` is the child's role (its id here), `supervisor` whose child it is.
+        """
+        return {"child": child_id, "actor": child_id, "supervisor": self.name}
 
     def on_shutdown(self) -> None:
         """Runs after every child has stopped, whatever the reason."""
@@ -249,14 +263,15 @@ class Supervisor(SupervisedActor):
     def _start(self, child_id: str) -> None:
         child = self.child_states[child_id]
         child.incarnation += 1
-        handle = ChildHandle(child_id, child.incarnation)
+        handle = ChildHandle(child_id, child.incarnation, log=self._log, log_fields=self.child_log_fields(child_id))
         child.handle = handle
         child.started_at = self._clock()
         try:
             ref = child.spec.start(handle)
         except Exception as exc:  # noqa: BLE001 - logged below, and the child fails like any other
-            # A start function that raises is a failed incarnation like any other.
-            self._log.error("child_start_failed", **self.child_log_fields(child_id), exc_info=True)
+            # A start function that raises is a failed incarnation like any other: its
+            # exit is the WARNING (or the give-up); the traceback is for debugging.
+            self._log.debug("child_start_failed", **self.child_log_fields(child_id), exc_info=True)
             child.state = "running"
             self.actor_ref.tell(_ChildExited(child_id, child.incarnation, Exit(ExitKind.FAILED, f"start: {exc!r}")))
             return
@@ -290,16 +305,20 @@ class Supervisor(SupervisedActor):
         child.ref = None
         self.children._set(child.spec.id, None)  # noqa: SLF001
         restart = _should_restart(child.spec.restart, exit_)
-        log = self._log.warning if exit_.abnormal else self._log.info
-        log(
-            "child_exited",
-            **self.child_log_fields(child.spec.id),
-            reason=exit_.kind.value,
-            detail=exit_.reason,
-            restarts=child.restarts,
-            restarting=restart,
-        )
-        self.on_child_exited(child.spec.id, exit_, restart)
+        # Past the restart intensity the child does not come back: a give-up, logged as
+        # an ERROR below instead of the exit line (one line per fault).
+        within = restart and self._within_intensity(child)
+        if within or not restart:
+            log = self._log.warning if exit_.abnormal else self._log.info
+            log(
+                "child_exited",
+                **self.child_log_fields(child.spec.id),
+                kind=exit_.kind.value,
+                reason=exit_.reason,
+                restarts=child.restarts + 1 if within else child.restarts,  # counting this one
+                restarting=within,
+            )
+        self.on_child_exited(child.spec.id, exit_, within)
         if not restart:
             child.state = "stopped"
             # As OTP's dynamic children: a run-time child that is done is forgotten, so
@@ -310,22 +329,26 @@ class Supervisor(SupervisedActor):
                 self._log.info("auto_shutdown", **self.child_log_fields(child.spec.id))
                 self.actor_ref.stop(block=False)
             return
+        if within:
+            self._schedule_restart(child, exit_)
+        elif self.flags.isolate_children:
+            self._log.error("child_gave_up", **self.child_log_fields(child.spec.id), kind=exit_.kind.value,
+                            reason=exit_.reason, restarts=child.restarts, intensity=self.flags.intensity,
+                            period_s=self.flags.period_s)
+            child.state = "stopped"
+            self.on_child_gave_up(child.spec.id, exit_)
+            if child.spec.restart is Restart.TEMPORARY or child.dynamic:
+                del self.child_states[child.spec.id]
+        else:
+            self._give_up(child.spec.id, exit_)
+
+    def _within_intensity(self, child: ChildState) -> bool:
+        """Count a restart of `child` in its window; False when that exceeds the intensity."""
         if self.flags.isolate_children:
             if child.window is None:
                 child.window = RestartWindow(self.flags.intensity, self.flags.period_s)
-            if not child.window.add(self._clock()):
-                self._log.error("child_gave_up", **self.child_log_fields(child.spec.id),
-                                intensity=self.flags.intensity,
-                                period_s=self.flags.period_s, reason=exit_.kind.value, detail=exit_.reason)
-                child.state = "stopped"
-                self.on_child_gave_up(child.spec.id, exit_)
-                if child.spec.restart is Restart.TEMPORARY or child.dynamic:
-                    del self.child_states[child.spec.id]
-                return
-        elif not self._window.add(self._clock()):
-            self._give_up(child.spec.id, exit_)
-            return
-        self._schedule_restart(child, exit_)
+            return child.window.add(self._clock())
+        return self._window.add(self._clock())
 
     def _auto_shutdown_due(self) -> bool:
         significant = [c for c in self.child_states.values() if c.spec.significant]
@@ -387,12 +410,14 @@ class Supervisor(SupervisedActor):
 
     def _give_up(self, child_id: str, exit_: Exit) -> None:
         self.gave_up = True
+        child = self.child_states.get(child_id)
         self._log.error(
             "supervisor_gave_up",
             offender=child_id,
             **self.child_log_fields(child_id),
-            reason=exit_.kind.value,
-            detail=exit_.reason,
+            kind=exit_.kind.value,
+            reason=exit_.reason,
+            restarts=child.restarts if child is not None else 0,
             intensity=self.flags.intensity,
             period_s=self.flags.period_s,
         )
@@ -418,8 +443,9 @@ class Supervisor(SupervisedActor):
             try:
                 ref.stop(block=True, timeout=child.spec.shutdown_s)
             except pykka.Timeout:
-                self._log.error("child_shutdown_timeout", **self.child_log_fields(child_id),
-                                shutdown_s=child.spec.shutdown_s)
+                # Handled here (killed, the stop goes on): a warning, see the module's docstring.
+                self._log.warning("child_shutdown_timeout", **self.child_log_fields(child_id),
+                                  shutdown_s=child.spec.shutdown_s)
                 kill_actor(ref, "shutdown timeout")
                 ActorRegistry.unregister(ref)
             except ActorDeadError:
@@ -440,8 +466,9 @@ class Supervisor(SupervisedActor):
                 deadline = getattr(actor, "handler_deadline_s", None)
                 busy_since = getattr(actor, "busy_since", None)
                 if deadline and busy_since is not None and now - busy_since > deadline:
-                    self._log.error("child_hung", **self.child_log_fields(child.spec.id),
-                                    busy_s=round(now - busy_since, 3))
+                    # The fault's one WARNING is its exit (kind "hung"), once it is replaced.
+                    self._log.info("child_hung", **self.child_log_fields(child.spec.id),
+                                   busy_s=round(now - busy_since, 3))
                     kill_actor(ref, f"hung for {now - busy_since:.2f}s in one handler")
 
     # Introspection -----------------------------------------------------------------

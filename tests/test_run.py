@@ -27,10 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp_path, **extra: str) -> tuple[subprocess.Popen, str]:
-    """`python run.py` on a free loopback port, once it answers /healthz."""
-    port = free_port()
-    env = {
+def server_env(tmp_path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a test server: loopback, a known token, its own database."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PORT": str(port),
         "HOST": "127.0.0.1",
@@ -38,9 +37,19 @@ def start_server(tmp_path, **extra: str) -> tuple[subprocess.Popen, str]:
         "DATABASE_PATH": str(tmp_path / "calls.db"),
         **extra,
     }
+
+
+def start_server(tmp_path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """`python run.py` on a free loopback port, once it answers /healthz.
+
+    It runs in `tmp_path`, so a `.env` there is the one it reads (never the checkout's).
+    """
+    port = free_port()
+    env = server_env(tmp_path, port, **extra)
     # Logs go to a file, not a pipe: a pipe nobody drains fills up and stalls the server.
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
     log.close()
     base = f"http://127.0.0.1:{port}"
     assert wait_until(lambda: _healthy(base), timeout=15), (tmp_path / "server.log").read_text()[-2000:]
@@ -196,3 +205,145 @@ def test_chaos_cli_lists_calls_and_injects_faults_and_the_monkey_injects_on_its_
         assert not caller.closed.is_set()
     finally:
         caller.close()
+
+
+# --- Start-up failures a user can cause: one line naming the setting, exit 2, nothing started ---
+
+
+def run_until_exit(tmp_path, port: int, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`python run.py` that is expected to stop on its own (bounded by a timeout)."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, env=server_env(tmp_path, port, **extra),
+                          capture_output=True, text=True, timeout=30)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], setting: str, port: int) -> str:
+    """Exit 2, one line on stderr naming `setting`, and nothing was started or left listening."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"configuration error: {setting}="), lines[0]
+    for event in ("vapi_simulator_started", "server_listening"):
+        assert event not in result.stdout
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listening
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing directory", "not sqlite", "a directory"])
+def test_an_unusable_database_path_stops_start_up_with_one_line(tmp_path, case):
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("these are not the call records you are looking for\n" * 50)
+    path = {"missing directory": str(tmp_path / "no-such-dir" / "calls.db"), "not sqlite": str(not_sqlite),
+            "a directory": str(tmp_path)}[case]
+    port = free_port()
+    line = assert_refused(run_until_exit(tmp_path, port, DATABASE_PATH=path), "DATABASE_PATH", port)
+    assert path in line
+
+
+def test_a_busy_port_stops_start_up_with_one_line_naming_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_until_exit(tmp_path, port)
+    # The port was someone else's: the probe after exit must find it free, so check by hand.
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("configuration error: PORT=") and "in use" in lines[0]
+    assert "vapi_simulator_started" not in result.stdout and "call_records_opened" not in result.stdout
+    assert not (tmp_path / "calls.db").exists()  # the port is tried before the database is made
+
+
+def test_a_host_that_is_not_this_machines_stops_start_up_with_one_line_naming_host(tmp_path):
+    port = free_port()
+    assert_refused(run_until_exit(tmp_path, port, HOST="192.0.2.1"), "HOST", port)  # TEST-NET-1
+
+
+@pytest.mark.parametrize("case", ["missing", "not a wav", "stereo"])
+def test_an_unusable_hold_sound_stops_start_up_with_one_line(tmp_path, case):
+    import wave
+
+    path = tmp_path / "hold.wav"
+    if case == "not a wav":
+        path.write_bytes(b"RIFF....not really")
+    elif case == "stereo":
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(8000)
+            wav.writeframes(b"\0\0" * 1600)
+    port = free_port()
+    assert_refused(run_until_exit(tmp_path, port, HOLD_SOUND_WAV=str(path)), "HOLD_SOUND_WAV", port)
+
+
+def test_an_unparsable_env_file_stops_start_up_with_one_line_and_no_value(tmp_path):
+    (tmp_path / ".env").write_text("ADMIN_TOKEN=file-secret-1\nthis line is not a setting\n")
+    port = free_port()
+    line = assert_refused(run_until_exit(tmp_path, port), "DOTENV_PATH", port)
+    assert "line 2" in line and "file-secret-1" not in line
+
+
+# --- Production warnings ---
+
+
+def log_lines(tmp_path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_real_vapi_key_with_a_loopback_url_and_a_generated_token_warns_once_each(tmp_path):
+    key = "vapi-key-that-must-not-be-logged"
+    process, _base = start_server(tmp_path, LOG_FORMAT="json", VAPI_API_KEY=key, TWILIO_AUTH_TOKEN="")
+    stop_server(process)
+    warnings = [line for line in log_lines(tmp_path) if line["event"] == "setting_unusable_with_twilio"]
+    assert sorted(line["setting"] for line in warnings) == ["PUBLIC_URL", "TWILIO_AUTH_TOKEN"]
+    assert all(line["level"] == "warning" for line in warnings)
+    assert key not in (tmp_path / "server.log").read_text()
+
+
+def test_the_development_server_gives_no_production_warnings(server, tmp_path):
+    process, _base = server
+    stop_server(process)
+    assert [line for line in log_lines(tmp_path) if line["level"] == "warning"] == []
+
+
+# --- .env ---
+
+
+def test_env_file_values_are_used_and_the_environment_wins_over_them(tmp_path):
+    (tmp_path / ".env").write_text(
+        "# settings for the test\n"
+        "ADMIN_TOKEN=admin-from-file\n"
+        "METRICS_TOKEN=metrics-from-file\n"
+    )
+    process, base = start_server(tmp_path, METRICS_TOKEN="metrics-from-env", LOG_FORMAT="json")
+    try:
+        def status(path: str, token: str) -> int:
+            return requests.get(base + path, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code
+
+        assert status("/admin/calls", "admin-from-file") == 200  # from .env
+        assert status("/metrics", "metrics-from-env") == 200  # the environment wins
+        assert status("/metrics", "metrics-from-file") != 200
+    finally:
+        stop_server(process)
+    text = (tmp_path / "server.log").read_text()
+    assert "settings_file_read" in text
+    assert "admin-from-file" not in text and "metrics-from" not in text
+
+
+def test_dotenv_path_names_the_file_and_must_exist(tmp_path):
+    elsewhere = tmp_path / "conf"
+    elsewhere.mkdir()
+    (elsewhere / "bridge.env").write_text("ADMIN_TOKEN=admin-from-named-file\n")
+    process, base = start_server(tmp_path, DOTENV_PATH=str(elsewhere / "bridge.env"))
+    try:
+        headers = {"Authorization": "Bearer admin-from-named-file"}
+        assert requests.get(base + "/admin/calls", headers=headers, timeout=5).status_code == 200
+    finally:
+        stop_server(process)
+    port = free_port()
+    line = assert_refused(run_until_exit(tmp_path, port, DOTENV_PATH=str(elsewhere / "missing.env")), "DOTENV_PATH",
+                          port)
+    assert "missing.env" in line

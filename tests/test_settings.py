@@ -47,10 +47,10 @@ def test_a_bad_value_names_the_variable_and_what_is_allowed(name, value):
     assert value in str(info.value) and "expected" in str(info.value)
 
 
-def test_run_py_exits_2_with_one_line_before_binding_a_port():
+def test_run_py_exits_2_with_one_line_before_binding_a_port(tmp_path):
     result = subprocess.run(
-        [sys.executable, "run.py"],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / "run.py")],
+        cwd=tmp_path,  # no .env of the checkout's
         env={"PATH": "/usr/bin:/bin", "PORT": "not-a-port"},
         capture_output=True,
         text=True,
@@ -70,3 +70,27 @@ def test_only_settings_reads_the_environment():
         if "os.environ" in path.read_text() or "getenv(" in path.read_text():
             offenders.append(str(rel))
     assert offenders == []
+
+
+KEY, TOK = "vapi-key-secret", "twilio-token-secret"
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, []),  # the development server: its simulator, loopback and generated token are the point
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK, "PUBLIC_URL": "https://bridge.example.com"}, []),
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK}, ["PUBLIC_URL"]),  # the default: loopback
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK, "PUBLIC_URL": "https://10.1.2.3"}, ["PUBLIC_URL"]),
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK, "PUBLIC_URL": "https://192.168.0.7:8443"}, ["PUBLIC_URL"]),
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK, "PUBLIC_URL": "http://localhost:3000"}, ["PUBLIC_URL"]),
+        ({"VAPI_API_KEY": KEY, "TWILIO_AUTH_TOKEN": TOK, "PUBLIC_URL": "https://[::1]:3000"}, ["PUBLIC_URL"]),
+        ({"VAPI_API_KEY": KEY, "PUBLIC_URL": "https://bridge.example.com"}, ["TWILIO_AUTH_TOKEN"]),
+        ({"VAPI_API_KEY": KEY}, ["PUBLIC_URL", "TWILIO_AUTH_TOKEN"]),
+    ],
+)
+def test_production_warnings_name_settings_that_cannot_work_with_a_real_twilio(env, expected):
+    warnings = Settings.from_env(env).production_warnings()
+    assert [name for name, _ in warnings] == expected
+    for _, problem in warnings:
+        assert "\n" not in problem and KEY not in problem and TOK not in problem

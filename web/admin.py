@@ -87,7 +87,7 @@ def chaos(call_sid: str) -> ResponseReturnValue:
         return jsonify({"error": problem}), 400
     if not is_call_sid(call_sid) or not ctx.calls.inject(call_sid, str(actor), str(fault)):
         return jsonify({"error": "no such live call (or that actor is restarting)"}), 404
-    ctx.log.warning("chaos_injected", call_sid=call_sid, actor="admin", target=actor, fault=fault)
+    ctx.log.info("chaos_injected", call_sid=call_sid, actor="admin", target=actor, fault=fault)
     return jsonify({"call_sid": call_sid, "actor": actor, "fault": fault}), 202
 
 
