@@ -8,7 +8,8 @@ size caps, send timeouts) is `links.vapi.VapiLink`'s business, and what it refus
 counted and logged at a bounded rate. A keepalive pings the socket; a missing pong, a
 closed socket, a refused frame or a failed send makes the actor fail, and its
 supervisor starts a new one with backoff. The new one asks VAPI not to greet again and
-first replays the caller audio the dead link may have swallowed.
+first replays the caller audio VAPI had not answered: the new link is a new VAPI call,
+which has heard none of it (media/uplink.py).
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ class VapiActor(CallActor):
         self._reported_fault: int | None = None  # the fault whose recovery was reported
         self._clock = call.clock
         self._last_pong = 0.0
-        self._ping_seq = 0  # uplink frames sent before the last ping
         # VAPI is untrusted: it must not be able to flood the log with bad input.
         self._limiter = LogLimiter(self._log)
 
@@ -275,26 +275,24 @@ class VapiActor(CallActor):
                 gevent.sleep(0)
                 if self._link_id != link_id:
                     continue  # blackholed: read and drop, as a silent network would
-                # Signs of life count only once this link carries the uplink: before
-                # that, they say nothing about what the previous link swallowed.
                 if type(item) is bytes:
+                    # VAPI speaks: it has taken in the caller's audio sent so far (once
+                    # this link carries the uplink; before, there is nothing of ours to vouch for).
                     if self._ready:
-                        uplink.mark_alive()
+                        uplink.mark_answered()
                     if children is not None and not children.tell_bounded(
                         "codec", AssistantAudio(item, self._clock.monotonic_ns()), _MAILBOX_LIMIT
                     ):
                         self._call.metrics.dropped.labels(reason="undelivered").inc()
                 elif type(item) is str:
-                    if self._ready:
-                        uplink.mark_alive()
+                    # An event (a transcript, say) vouches for nothing: the VAPI call may die
+                    # before it answers, and the next one must hear the caller's words again.
                     if self.actor_inbox.qsize() < _MAILBOX_LIMIT:
                         self._post(VapiEventReceived(link_id, item))
                     else:
                         self._call.metrics.malformed.labels(source="vapi", kind="event_flood").inc()
                 elif item is Signal.PONG:
-                    if self._ready:
-                        # A pong vouches for what was sent before its ping, not after.
-                        uplink.mark_alive(self._ping_seq)
+                    # The link is alive; the audio it carried is answered only when VAPI speaks.
                     self._last_pong = self._clock.monotonic_ns() / 1e9
                 else:
                     self._post(VapiLinkLost(link_id, "closed by VAPI"))
@@ -314,7 +312,6 @@ class VapiActor(CallActor):
             if link is None:
                 return
             sent_at = self._clock.monotonic_ns() / 1e9
-            self._ping_seq = self._call.uplink.sent_seq
             try:
                 link.ping()
             except VapiLinkDead as exc:

@@ -1,8 +1,11 @@
 """Caller audio on its way to VAPI, kept long enough to replay after a dead link.
 
 The buffer belongs to the call, not to the VapiActor, so it survives the actor's
-restart. The link marks the moment it last showed life (a pong or a frame); whatever
-was sent after that may have been swallowed, and is what the next link sends first.
+restart. The next link is a new VAPI call, which has heard nothing of the old one: it
+must first hear what the old call had not answered. So the mark is set when VAPI
+speaks (its audio vouches for everything sent before it), not on mere signs of life:
+a pong or an event proves only delivery, and audio VAPI heard but never answered (its
+call died first) is lost to the conversation unless it is replayed.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ __all__ = ["UplinkBuffer"]
 
 
 class UplinkBuffer:
-    """A bounded sequence of uplink frames with a 'last known delivered' mark."""
+    """A bounded sequence of uplink frames with a 'last answered by VAPI' mark."""
 
     def __init__(self, capacity_frames: int) -> None:
         self._frames: deque[tuple[int, bytes]] = deque(maxlen=max(1, capacity_frames))
         self._capacity = capacity_frames
         self.last_seq = 0
-        self.alive_seq = 0  # frames up to this one reached a link that was still alive
+        self.answered_seq = 0  # frames up to this one were sent before VAPI last spoke
         self.sent_seq = 0  # the last frame handed to a link
 
     def append(self, data: bytes) -> int:
@@ -33,14 +36,12 @@ class UplinkBuffer:
         if seq > self.sent_seq:
             self.sent_seq = seq
 
-    def mark_alive(self, seq: int | None = None) -> None:
-        """The link answered: everything it was sent up to `seq` (default: all) got there."""
-        seq = self.sent_seq if seq is None else seq
-        if seq > self.alive_seq:
-            self.alive_seq = seq
+    def mark_answered(self) -> None:
+        """VAPI spoke: everything sent so far was taken into its conversation, none needs a replay."""
+        self.answered_seq = self.sent_seq
 
     def pending_replay(self) -> list[tuple[int, bytes]]:
-        """Frames after the last sign of life, oldest first, at most the capacity."""
+        """Frames sent after VAPI last spoke (or never sent), oldest first, at most the capacity."""
         if self._capacity <= 0:
             return []
-        return [(seq, data) for seq, data in self._frames if seq > self.alive_seq]
+        return [(seq, data) for seq, data in self._frames if seq > self.answered_seq]

@@ -90,7 +90,7 @@ def test_the_next_incarnation_does_not_greet_again_and_replays_only_what_the_los
     parent.settle()
     link1.feed(b"\x01\x02" * 320)  # VAPI speaks: it had everything sent so far
     parent.wait_for("codec", AssistantAudio)
-    assert call.uplink.alive_seq == 3
+    assert call.uplink.answered_seq == 3
     swallowed = [send_uplink(call, parent, n) for n in (4, 5)]
     parent.settle()
     assert link1.audio_sent == delivered + swallowed
@@ -109,6 +109,36 @@ def test_the_next_incarnation_does_not_greet_again_and_replays_only_what_the_los
     reconnects = [e for e in parent.of("supervisor", EventNoted) if e.kind == "reconnect"]
     assert reconnects == [EventNoted("reconnect", "VAPI link 2, 40 ms replayed")]
     assert parent.of("twilio", HoldCaller) == []  # no outage: the caller heard no hold sound
+
+
+def test_words_vapi_heard_but_had_not_answered_when_its_link_died_are_replayed_to_the_next(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
+) -> None:
+    # Issue 14: VAPI heard the caller's utterance (its transcript and a pong came back),
+    # then the link died before VAPI answered. The next link is a new VAPI call, which
+    # never heard those words: they must be replayed, or the caller's turn goes unanswered.
+    parent.start(VapiActor)
+    link1 = link_up(parent, connector)
+    answered = [send_uplink(call, parent, n) for n in (1, 2)]
+    parent.settle()
+    link1.feed(b"\x01\x02" * 320)  # the assistant's previous answer: frames 1 and 2 were heard
+    parent.wait_for("codec", AssistantAudio)
+    utterance = [send_uplink(call, parent, n) for n in (3, 4, 5)]
+    parent.settle()
+    assert link1.audio_sent == answered + utterance
+    clock.advance(call.settings.keepalive_interval_s)
+    assert link1.pings == 1
+    transcript = '{"type": "transcript", "role": "user", "transcriptType": "final", "transcript": "hello"}'
+    link1.feed(transcript, Signal.PONG)
+    assert wait_until(lambda: link1.unread == 0)
+    parent.settle()
+    assert call.uplink.answered_seq == 2  # heard, not answered
+
+    link1.feed(Signal.CLOSED)
+    assert wait_until(lambda: parent.exits)
+    parent.start(VapiActor)
+    link2 = link_up(parent, connector, count=2)
+    assert link2.audio_sent == utterance
 
 
 def test_vapi_unreachable_past_the_retry_budget_ends_the_call_as_gave_up_in_virtual_time(
@@ -185,7 +215,7 @@ def test_no_pong_within_the_timeout_fails_the_actor(
     assert clock.pending == []  # its timers went with it
 
 
-def test_a_pong_in_time_keeps_the_link_and_vouches_only_for_audio_sent_before_its_ping(
+def test_a_pong_in_time_keeps_the_link_but_vouches_for_no_audio(
     call: CallContext, parent: ProbeParent, clock: FakeClock, connector: FakeConnector
 ) -> None:
     ref = parent.start(VapiActor)
@@ -201,7 +231,8 @@ def test_a_pong_in_time_keeps_the_link_and_vouches_only_for_audio_sent_before_it
     link.feed(Signal.PONG)
     assert wait_until(lambda: link.unread == 0)
     settle()
-    assert call.uplink.alive_seq == 2  # frame 3 left after the ping: the pong says nothing of it
+    # Delivered is not answered: were the VAPI call to die now, the next one must hear it all.
+    assert call.uplink.answered_seq == 0
     clock.advance(1.0)
     parent.settle()
     assert ref.is_alive()

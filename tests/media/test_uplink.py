@@ -1,12 +1,12 @@
 from media.uplink import UplinkBuffer
 
 
-def test_replay_holds_only_what_was_sent_after_the_last_sign_of_life():
+def test_replay_holds_only_what_was_sent_after_vapi_last_spoke():
     buf = UplinkBuffer(capacity_frames=100)
     for n in range(10):
         buf.mark_sent(buf.append(bytes([n])))
         if n == 5:
-            buf.mark_alive()
+            buf.mark_answered()
     assert [seq for seq, _ in buf.pending_replay()] == [7, 8, 9, 10]
 
 
