@@ -4,8 +4,11 @@
     python run.py call ...  a simulated caller that does what Twilio does (see --help)
     python run.py chaos ... inject faults into live calls through the admin API (see --help)
     python run.py soak ...  the chaos soak benchmark (same as python -m bench.soak)
+    python run.py dial +15551234567 [--from +15557654321]
+                            place an outbound call through Twilio, connected to the bridge
+                            (PUBLIC_URL) like an inbound call; prints its CallSid
 
-Serving and chaos read their settings from the environment and from `.env` in the current
+Serving, chaos and dial read their settings from the environment and from `.env` in the current
 directory (or the file DOTENV_PATH names); a variable set in the environment wins over the
 file. A setting that cannot be used stops the server before it starts, with one line naming
 it, and exit status 2.
@@ -106,6 +109,37 @@ def serve(environ: Mapping[str, str]) -> int:
     return 0
 
 
+def dial(argv: list[str], environ: Mapping[str, str]) -> int:
+    """`dial` command: one outbound call; its CallSid on stdout, or one line on stderr and exit 1 or 2."""
+    import argparse
+
+    from links.twilio_rest import OutboundCallError, OutboundErrorKind, TwilioDialer
+
+    parser = argparse.ArgumentParser(
+        prog="run.py dial",
+        description="Place an outbound call through Twilio's REST API; when answered, Twilio connects it to "
+        "this bridge (PUBLIC_URL/voice/incoming) like an inbound call. Needs TWILIO_ACCOUNT_SID, "
+        "TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER (or --from).",
+    )
+    parser.add_argument("to", help="the number to call, in E.164 form (+15551234567)")
+    parser.add_argument("--from", dest="from_", metavar="NUMBER", help="caller ID (default: $TWILIO_FROM_NUMBER)")
+    args = parser.parse_args(argv)
+    try:
+        env, _ = load_env(environ)
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        placed = TwilioDialer.from_settings(settings).place(args.to, args.from_)
+    except OutboundCallError as exc:
+        # Our settings or the number asked for: 2, as for usage errors; Twilio's answer: 1.
+        print(f"dial failed: {exc}", file=sys.stderr)
+        return 2 if exc.kind in (OutboundErrorKind.NOT_CONFIGURED, OutboundErrorKind.INVALID) else 1
+    print(placed.call_sid, flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "call":
         from sims.caller import main as caller_main
@@ -124,6 +158,8 @@ def main(argv: list[str]) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
         return chaos_main(argv[1:], env)
+    if argv and argv[0] == "dial":
+        return dial(argv[1:], os.environ)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

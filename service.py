@@ -26,6 +26,7 @@ from audio.hold import default_hold_ulaw, load_hold_wav
 from calls.outcome import Outcome
 from chaos.monkey import ChaosMonkey
 from links.twilio import SocketLimits
+from links.twilio_rest import TwilioDialer
 from links.vapi import VapiConnector
 from observability.logging import BoundLogger
 from observability.metrics import Metrics
@@ -33,6 +34,7 @@ from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
 from protocols.twilio import MAX_FRAME_BYTES
 from records import CostRates, RecordStore, SchemaTooNew, StoreUnavailable
+from records.recordings import RecordingWriter, prepare_directory
 from settings import ConfigError, Settings
 from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
@@ -76,6 +78,7 @@ class BridgeService:
         self.calls: CallRegistry | None = None
         self.server: WSGIServer | None = None
         self.records: RecordStore | None = None
+        self.recordings: RecordingWriter | None = None
         self._flusher: gevent.Greenlet[[], None] | None = None
 
     @property
@@ -116,6 +119,7 @@ class BridgeService:
         except (StoreUnavailable, SchemaTooNew) as exc:
             raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
         self.records = records
+        self.recordings = _recordings(settings, self.log)
         if own_listener:
             _listen(listener, settings.host, settings.port)
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
@@ -154,6 +158,7 @@ class BridgeService:
             metrics=self.metrics,
             log=self.log,
             records=self.records,
+            recordings=self.recordings,
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
@@ -187,6 +192,7 @@ class BridgeService:
                 metrics_token=settings.admin.metrics_token,
                 admission=self.admission,
                 records=self.records,
+                dialer=TwilioDialer.from_settings(settings),
                 log_limiter=self.log_limiter,
                 socket_limits=SocketLimits(
                     max_message_bytes=MAX_FRAME_BYTES,
@@ -265,6 +271,8 @@ class BridgeService:
             self.server.stop(timeout=timeout_s)
         if self.records is not None:
             self.records.stop()
+        if self.recordings is not None:
+            self.recordings.stop()  # the calls have ended: their last chunks are queued
         leftover = ActorRegistry.get_all()
         if leftover:
             self.log.warning("actors_left_at_stop", count=len(leftover))
@@ -291,6 +299,25 @@ def _hold_sound(path: str | None) -> bytes:
     except ValueError as exc:
         wanted = f"a readable mono 16-bit WAV file at 8 or 16 kHz ({_reason(exc, path)})"
         raise ConfigError("HOLD_SOUND_WAV", path, wanted) from None
+
+
+def _recordings(settings: Settings, log: BoundLogger) -> RecordingWriter | None:
+    """The recordings writer, started, when RECORDINGS_DIR is set (its directory made if missing)."""
+    config = settings.recordings
+    if config.directory is None:
+        return None
+    try:
+        prepare_directory(config.directory)
+    except ValueError as exc:
+        raise ConfigError("RECORDINGS_DIR", config.directory, str(exc)) from None
+    writer = RecordingWriter(
+        config.directory,
+        max_seconds=config.max_seconds,
+        retention_days=config.retention_days,
+        log=log.bind(actor="recordings"),
+    )
+    writer.start()
+    return writer
 
 
 def _check_database_path(path: str) -> None:

@@ -8,6 +8,7 @@ as one line and turns into exit status 2 before any port is bound.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "FallbackSettings",
     "KeepaliveSettings",
     "LimitSettings",
+    "RecordingSettings",
     "Settings",
     "TwilioSettings",
     "VadSettings",
@@ -29,6 +31,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# Twilio's REST API (https://www.twilio.com/docs/usage/api); TWILIO_API_BASE_URL replaces it.
+TWILIO_API_BASE_URL = "https://api.twilio.com"
+# A phone number in E.164 form: "+", a country code and at most 15 digits in all.
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
 class ConfigError(Exception):
@@ -47,16 +54,19 @@ def _mask(secret: str | None) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TwilioSettings:
-    """What we need to check Twilio's requests."""
+    """What we need to check Twilio's requests, and to place outbound calls through its REST API."""
 
     auth_token: str = field(repr=False)
     account_sid: str | None
     auth_token_generated: bool
+    from_number: str | None = None  # the caller ID of outbound calls (E.164)
+    api_base_url: str = TWILIO_API_BASE_URL  # Twilio's REST API; tests point it at a loopback stand-in
 
     def __repr__(self) -> str:
         return (
             f"TwilioSettings(auth_token={_mask(self.auth_token)}, "
-            f"account_sid={self.account_sid!r}, generated={self.auth_token_generated})"
+            f"account_sid={self.account_sid!r}, generated={self.auth_token_generated}, "
+            f"from_number={self.from_number!r}, api_base_url={self.api_base_url!r})"
         )
 
 
@@ -155,6 +165,15 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingSettings:
+    """Call recordings: a stereo WAV per call in `directory` (None: off), written off the hot path."""
+
+    directory: str | None
+    max_seconds: int  # a recording stops growing past this (memory and disk per call)
+    retention_days: float  # recordings older than this are deleted; 0 keeps them forever
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """The whole configuration, parsed once."""
 
@@ -168,6 +187,7 @@ class Settings:
     fallback: FallbackSettings
     admin: AdminSettings
     limits: LimitSettings
+    recordings: RecordingSettings
     outbound_max_frames: int
     playback_lead_ms: int
     media_connect_timeout_s: float
@@ -200,6 +220,10 @@ class Settings:
                 auth_token=token,
                 account_sid=r.optional("TWILIO_ACCOUNT_SID"),
                 auth_token_generated=generated,
+                from_number=r.phone_number("TWILIO_FROM_NUMBER"),
+                api_base_url=r.url(
+                    "TWILIO_API_BASE_URL", TWILIO_API_BASE_URL, schemes=("http", "https")
+                ).rstrip("/"),
             ),
             vapi=VapiSettings(
                 api_key=r.optional("VAPI_API_KEY"),
@@ -245,6 +269,11 @@ class Settings:
                 media_idle_timeout_s=r.number("MEDIA_IDLE_TIMEOUT_S", 5.0, low=0.5, high=600.0),
                 media_frames_per_s=r.number("MEDIA_MAX_FRAMES_PER_S", 200.0, low=60.0, high=100_000.0),
                 media_bytes_per_s=r.number("MEDIA_MAX_BYTES_PER_S", 65536.0, low=20_000.0, high=1e9),
+            ),
+            recordings=RecordingSettings(
+                directory=r.optional("RECORDINGS_DIR"),
+                max_seconds=r.integer("RECORDINGS_MAX_SECONDS", 3600, low=1, high=86400),
+                retention_days=r.number("RECORDINGS_RETENTION_DAYS", 30.0, low=0.0, high=36500.0),
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),
@@ -351,6 +380,12 @@ class _Reader:
             return value
 
         return self._parsed(name, default, parse, allowed)
+
+    def phone_number(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not _E164.fullmatch(raw):
+            raise ConfigError(name, raw, "a phone number in E.164 form, like +15551234567")
+        return raw
 
     def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
         allowed = "an absolute URL starting with " + " or ".join(f"{s}://" for s in schemes) + " with no query"

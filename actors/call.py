@@ -9,10 +9,11 @@ needs. Who writes what:
 |---|---|
 | state | see calls/state.py: one writer per field |
 | socket | the web layer's media view, once, when Twilio's socket presents the admission value |
-| uplink | its frames: CodecActor; its sent/alive marks: VapiActor (its greenlets included) |
+| uplink | its frames: CodecActor; its sent/answered marks: VapiActor (its greenlets included) |
 | children, supervisor, child_states, flags | each CallSupervisor incarnation, when it starts |
 | last_supervisor_exit | the registry, told by the root that the call's supervisor failed |
 | held_reports | appended by any reporter while no supervisor can take a message; emptied by the controller |
+| recorder | the registry, once, at the call's start (None: recordings off); fed only by TwilioActor |
 | ended | finish_call, once |
 """
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from links.vapi import VapiConnector
     from observability.logging import BoundLogger
     from observability.metrics import Metrics
+    from records.recordings import CallRecorder
     from supervision import ChildTable, Exit, SupervisorFlags
     from supervision.supervisor import ChildState
 
@@ -83,6 +85,7 @@ class CallContext:
     on_finished: Callable[[CallContext], None] = lambda call: None
     state: CallState = field(init=False)
     socket: TwilioSocket | None = None
+    recorder: CallRecorder | None = None  # the call's recording (RECORDINGS_DIR), outliving actor restarts
     uplink: UplinkBuffer = field(init=False)
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role

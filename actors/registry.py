@@ -23,6 +23,7 @@ from calls.outcome import Outcome
 from links.vapi import VapiConnector
 from observability.metrics import Metrics
 from records import CallRecord, CostRates, RecordsError, RecordStore, estimate_cost, percentile
+from records.recordings import RecordingWriter
 from settings import Settings
 from supervision import Backoff, ChildSpec, Exit, Restart
 from supervision.supervisor import StartChild
@@ -71,8 +72,10 @@ class CallRegistry:
         log: Any,
         records: RecordStore | None = None,
         rates: CostRates | None = None,
+        recordings: RecordingWriter | None = None,
     ) -> None:
         self._records = records
+        self._recordings = recordings
         self._rates = rates or CostRates()
         self._root = root
         self._settings = settings
@@ -94,6 +97,7 @@ class CallRegistry:
             metrics=self._metrics,
             connector=self._connector,
             on_finished=self._on_finished,
+            recorder=self._recordings.open(call_sid) if self._recordings is not None else None,
         )
         self._live[call_sid] = call
         self._metrics.live_calls.set(len(self._live))
@@ -197,6 +201,8 @@ class CallRegistry:
         self._finished[call.call_sid] = call.state.outcome or Outcome.COMPLETED
         while len(self._finished) > _FINISHED_CAPACITY:
             self._finished.popitem(last=False)
+        if call.recorder is not None:
+            call.recorder.close()  # never blocks: the rest of the recording is queued for its writer
         if self._records is not None:
             # Never blocks: the store queues it for its own writer greenlet.
             self._records.submit(self._record(call))
@@ -226,4 +232,5 @@ class CallRegistry:
             frames_dropped=stats.frames_dropped,
             # The VAPI call lives from the webhook to the end: the whole call.
             cost_usd=estimate_cost(duration_s, duration_s, self._rates),
+            recording_path=recorder.path if (recorder := call.recorder) is not None and not recorder.failed else None,
         )

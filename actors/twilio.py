@@ -182,6 +182,8 @@ class TwilioActor(CallActor):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         self._stream_ms = media.timestamp_ms
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
+        if call.recorder is not None:
+            call.recorder.caller(media.payload, gap)
         if self._clock_paced:
             # Inbound frames arrive in real time: each one is 20 ms of playback.
             self._playback.advance(FRAME_MS)
@@ -270,6 +272,8 @@ class TwilioActor(CallActor):
         socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if self._playback.audible and socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
+            if self._call.recorder is not None:
+                self._call.recorder.clear()
         self._playback.clear()
         self._discarding = False
         self._update_far_end()
@@ -280,6 +284,8 @@ class TwilioActor(CallActor):
         if socket is None:
             return
         socket.send_text(encode_media(call.state.stream_sid or "", ulaw))
+        if call.recorder is not None:
+            call.recorder.assistant(ulaw)
         self._frames_out += 1
         metrics = call.metrics
         self._unflushed_out += 1
@@ -358,6 +364,8 @@ class TwilioActor(CallActor):
         socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
+            if self._call.recorder is not None:
+                self._call.recorder.clear()
         dropped = self._playback.clear()
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)

@@ -7,6 +7,7 @@
     schema.py  the versioned schema: open, refuse newer, migrate
     rows.py    CallRecord <-> table row, with per-field checks
     store.py   RecordStore: writes in one greenlet off the hot path, reads on demand
+    recordings.py  call recordings (stereo WAV): CallRecorder per call, RecordingWriter, retention
 """
 
 from records.cost import CostRates, estimate_cost

@@ -15,7 +15,7 @@ OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRecord:
-    """One finished call: identity, timing, outcome, per-actor restarts, media counters, cost.
+    """One finished call: identity, timing, outcome, per-actor restarts, media counters, cost, recording.
 
     Times are unix seconds (wall clock, so they mean something after a restart).
     `restarts` is a tuple of (actor, count) pairs so the record stays immutable and hashable.
@@ -37,6 +37,8 @@ class CallRecord:
     frames_out: int
     frames_dropped: int
     cost_usd: float
+    # The call's recording (RECORDINGS_DIR), or None: recordings off, or writing it failed.
+    recording_path: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -63,4 +65,5 @@ class CallRecord:
             "frames_out": self.frames_out,
             "frames_dropped": self.frames_dropped,
             "cost_usd": self.cost_usd,
+            "recording_path": self.recording_path,
         }

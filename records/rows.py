@@ -37,6 +37,7 @@ COLUMNS = (
     "frames_out",
     "frames_dropped",
     "cost_usd",
+    "recording_path",
 )
 
 # Built once from the constant COLUMNS above; values always go in as ? parameters.
@@ -72,6 +73,7 @@ def to_row(record: CallRecord) -> tuple[object, ...]:
         _count("frames_out", record.frames_out),
         _count("frames_dropped", record.frames_dropped),
         _real("cost_usd", record.cost_usd),
+        _text("recording_path", record.recording_path, nullable=True),
     )
 
 
@@ -80,7 +82,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
     (
         call_sid, stream_sid, started_at, ended_at, _duration_s, outcome, outcome_detail,
         restarts, vapi_links, barge_ins, turns, p50_ms, p95_ms,
-        frames_in, frames_out, frames_dropped, cost_usd,
+        frames_in, frames_out, frames_dropped, cost_usd, recording_path,
     ) = row  # fmt: skip
     return CallRecord(
         call_sid=call_sid,
@@ -100,6 +102,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
         frames_out=frames_out,
         frames_dropped=frames_dropped,
         cost_usd=cost_usd,
+        recording_path=recording_path,
     )
 
 

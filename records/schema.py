@@ -42,7 +42,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX calls_by_ended_at ON calls (ended_at)",
     ),
-    # v2 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
+    # v2: the call's recording file (RECORDINGS_DIR), NULL when there is none. Rows of v1
+    # files read back with NULL: those calls were never recorded.
+    ("ALTER TABLE calls ADD COLUMN recording_path TEXT",),
+    # v3 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
 )
 
 CURRENT_VERSION = len(MIGRATIONS)

@@ -4,7 +4,8 @@ It does what Twilio does (docs/twilio-media-streams.md): posts the webhook, foll
 the TwiML to `<Connect><Stream>`, sends `connected`, `start` and 20 ms `media` frames on a
 real-time clock, plays the server's audio on a play-out clock so `mark`s are echoed when
 they would have played (all at once on `clear`), and records what Twilio would reject.
-`python -m sims.caller` runs calls from the command line (see `main`).
+`python -m sims.caller` runs calls from the command line (see `main`); `--duration` makes
+each call last that long, `--record` writes each call as the caller lived it to a WAV file.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import argparse
 import base64
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import os
 import struct
 import time
 import uuid
-from collections.abc import Callable, Mapping
+import wave
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,12 +43,13 @@ from twilio.request_validator import RequestValidator
 
 from audio.mulaw import ULAW_SILENCE, pcm16_to_ulaw, ulaw_to_pcm16
 from audio.signals import silence
+from media.recording import stereo_pcm
 from sims.playback import BYTES_PER_S, TwilioPlayback
-from sims.report import ANSWER_TIMEOUT_S, CallReport, judge_call, summarize
+from sims.report import ANSWER_TIMEOUT_S, CallReport, SimDelays, judge_call, summarize
 from sims.script import RATE_HZ, CallerScript, is_utterance
 from sims.webhook import post_form, stream_from_twiml, voice_params
 
-__all__ = ["CallReport", "CallerConfig", "CallerError", "SimulatedCaller", "main"]
+__all__ = ["CallReport", "CallerConfig", "CallerError", "SimulatedCaller", "main", "write_caller_wav"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ _QUIET_TAIL_S = 0.7
 # ...or, with no utterances to wait for, after this long.
 _NO_UTTERANCE_TAIL_S = 3.0
 _DEFAULT_ACCOUNT_SID = "AC" + "5e1f" * 8
+# `--timeout` with `--duration`: the call's length plus this margin (the last answer, closing).
+_DURATION_TIMEOUT_MARGIN_S = ANSWER_TIMEOUT_S + 20.0
 _DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT)
 
 
@@ -92,6 +98,10 @@ class CallerConfig:
     call_sid: str | None = None
     script: CallerScript = field(default_factory=CallerScript.default)
     stop_after_ms: int | None = None
+    # The call lasts about this long: the script repeats, the last round cut short with silence.
+    duration_s: float | None = None
+    # Write the call as the caller lived it to this stereo WAV when `run` ends (see write_caller_wav).
+    record_path: str | None = None
 
 
 class SimulatedCaller:
@@ -116,6 +126,9 @@ class SimulatedCaller:
         self.clears = self.playback.clears
         self.marks_echoed = self.playback.marks_echoed
         self.errors = self.playback.errors
+        # What the caller said, when `config.record_path` is set: (caller-clock time, mu-law) per frame.
+        self.sent: list[tuple[float, bytes]] = []
+        self.stream_started_at: float | None = None  # the origin of the caller's clock in a recording
         self.closed = gevent.event.Event()
         self.close_code: int | None = None
         self.closed_early = False  # the server closed (or dropped) the stream before our stop
@@ -192,6 +205,7 @@ class SimulatedCaller:
 
     def start_stream(self) -> None:
         """Send `connected` and `start`, then start receiving."""
+        self.stream_started_at = time.monotonic()
         self._send_text({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self._send_event(
             lambda seq: {
@@ -222,16 +236,22 @@ class SimulatedCaller:
             # The caller was idle (between steps), not congested: start the clock again
             # rather than bursting to catch up. Within one call the clock is absolute.
             self._next_due = now
+        keep = self.config.record_path is not None
         for index, offset in enumerate(range(0, len(ulaw), _FRAME_BYTES)):
             if self.closed.is_set():
                 raise CallerError("stream closed by the server")
+            said_at = self._next_due
             if realtime:
                 delay = self._next_due - time.monotonic()
                 if delay > 0:
                     gevent.sleep(delay)
                 self._next_due += _FRAME_S
-            elif index % _BURST_YIELD_FRAMES == _BURST_YIELD_FRAMES - 1:
-                gevent.sleep(0)
+            else:
+                if index % _BURST_YIELD_FRAMES == _BURST_YIELD_FRAMES - 1:
+                    gevent.sleep(0)
+                said_at = time.monotonic()
+            if keep:
+                self.sent.append((said_at, ulaw[offset : offset + _FRAME_BYTES]))
             self._chunk += 1
             media = {
                 "track": "inbound",
@@ -351,7 +371,18 @@ class SimulatedCaller:
             failure = str(exc)
         finally:
             self.close()
+        path = self.config.record_path
+        if path is not None:
+            try:
+                self.write_recording(path, origin=self.stream_started_at or started)
+            except (OSError, wave.Error) as exc:
+                failure = failure or f"could not write the recording {path}: {exc}"
         return self._report(failure, utterance_ends, time.monotonic() - started)
+
+    def write_recording(self, path: str, origin: float | None = None) -> None:
+        """The call so far as the caller lived it, to a stereo WAV (see write_caller_wav)."""
+        start = origin if origin is not None else self.stream_started_at or time.monotonic()
+        write_caller_wav(path, start, self.sent, self.playback.played)
 
     def _run_call(self, utterance_ends: list[float]) -> str | None:
         status, _ = self.post_webhook()
@@ -364,16 +395,46 @@ class SimulatedCaller:
         self.connect()
         self.start_stream()
         try:
-            for segment, pcm in self.config.script.render():
-                self.send_audio(pcm)
-                if is_utterance(segment):
-                    utterance_ends.append(time.monotonic())
-            self._send_tail(utterance_ends)
+            if self.config.duration_s is not None:
+                self._send_for(self.config.duration_s, utterance_ends)
+            else:
+                for segment, pcm in self.config.script.render():
+                    self.send_audio(pcm)
+                    if is_utterance(segment):
+                        utterance_ends.append(time.monotonic())
+                self._send_tail(utterance_ends)
             self.send_stop()
         except CallerError:
             if not self.closed_early:
                 raise
         return None
+
+    def _send_for(self, duration_s: float, utterance_ends: list[float]) -> None:
+        """The script over and over for `duration_s` of stream time; what does not fit is silence.
+
+        If the last utterance's answer has not begun to arrive by then, the caller listens on
+        for it (at most ANSWER_TIMEOUT_S) before hanging up, so a turn is never cut off unjudged.
+        """
+        budget = round(duration_s * RATE_HZ)  # samples to send
+        sent = 0
+        rendered = list(self.config.script.render())
+        if sum(pcm.size for _, pcm in rendered):
+            for segment, pcm in itertools.cycle(rendered):
+                if sent + pcm.size > budget:
+                    break
+                self.send_audio(pcm)
+                sent += pcm.size
+                if is_utterance(segment):
+                    utterance_ends.append(time.monotonic())
+        if budget > sent:
+            self.send_audio(np.zeros(budget - sent, dtype=np.int16))
+        if not utterance_ends:
+            return
+        last_end, quiet = utterance_ends[-1], silence(100, RATE_HZ)
+        while not (self.media_events and self.media_events[-1][0] > last_end):
+            if time.monotonic() - last_end >= ANSWER_TIMEOUT_S:
+                return
+            self.send_audio(quiet)
 
     def _send_tail(self, utterance_ends: list[float]) -> None:
         # Twilio keeps sending (silent) frames while the caller listens to the last answer.
@@ -492,21 +553,87 @@ class SimulatedCaller:
             self.closed_early = True
 
 
+def write_caller_wav(
+    path: str, origin: float, said: Sequence[tuple[float, bytes]], heard: Sequence[tuple[float, bytes]]
+) -> None:
+    """A stereo 8 kHz 16-bit WAV of a call on the caller's clock, written with the `wave` module.
+
+    Left: what the caller said, each frame where it was sent. Right: what the caller heard,
+    each piece where the simulated Twilio played it (`TwilioPlayback.played`: after a `clear`,
+    the audio Twilio dropped is not there). Times are monotonic seconds; `origin` is sample 0.
+    Silence wherever nothing was said or heard.
+    """
+
+    def track(events: Sequence[tuple[float, bytes]], length: int) -> bytearray:
+        audio = bytearray([ULAW_SILENCE]) * length
+        for at, ulaw in events:
+            start = max(0, round((at - origin) * BYTES_PER_S))
+            audio[start : start + len(ulaw)] = ulaw
+        return audio
+
+    length = max(
+        (max(0, round((at - origin) * BYTES_PER_S)) + len(ulaw) for at, ulaw in (*said, *heard)), default=0
+    )
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(BYTES_PER_S)
+        wav.writeframes(stereo_pcm(bytes(track(said, length)), bytes(track(heard, length))))
+
+
+def _record_paths(path: str | None, calls: int) -> list[str | None]:
+    """One file per call: `path` itself for one call, else `<stem>-<n><suffix>` for call n."""
+    if path is None:
+        return [None] * calls
+    if calls == 1:
+        return [path]
+    stem, suffix = os.path.splitext(path)
+    return [f"{stem}-{number}{suffix or '.wav'}" for number in range(1, calls + 1)]
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """`call` command: place simulated calls at a running bridge; 0 only if every call succeeded."""
+    from sims.vapi import VapiSimConfig
+
     env = os.environ if env is None else env
+    sim_default = VapiSimConfig()
     parser = argparse.ArgumentParser(prog="call", description="Place simulated Twilio calls at the bridge.")
     parser.add_argument("--server", default="http://127.0.0.1:3000", help="where to connect (default %(default)s)")
     parser.add_argument("--public-url", help="the bridge's PUBLIC_URL, which Twilio signs (default: --server)")
     parser.add_argument("--auth-token", default=env.get("TWILIO_AUTH_TOKEN"), help="default: $TWILIO_AUTH_TOKEN")
     parser.add_argument("--wav", help="mono 16-bit 8/16 kHz WAV to say instead of the built-in script")
     parser.add_argument("--calls", type=int, default=1, help="calls to run at once (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default %(default)s)")
+    parser.add_argument(
+        "--duration", type=float, metavar="SECONDS",
+        help="each call lasts about this long: the script repeats (cut short with silence), then the caller hangs up",
+    )
+    parser.add_argument(
+        "--record", metavar="OUT.wav",
+        help="write each call as the caller lived it: stereo 8 kHz 16-bit WAV, left what it said, right what it "
+        "heard (after clears), on the caller's clock; with several calls OUT-1.wav, OUT-2.wav, ...",
+    )
+    parser.add_argument(
+        "--timeout", type=float,
+        help=f"seconds per call (default 60, or the duration + {_DURATION_TIMEOUT_MARGIN_S:g})",
+    )
+    parser.add_argument(
+        "--sim-endpointing-ms", type=float, default=sim_default.end_of_utterance_ms,
+        help="silence the bridge's VAPI simulator waits for before it takes an utterance as ended "
+        "(its default, %(default)g); for the summary's split of turn latency; 0 against a real VAPI",
+    )
+    parser.add_argument(
+        "--sim-reply-delay-ms", type=float, default=sim_default.reply_delay_ms,
+        help="the VAPI simulator's delay before it answers (its default, %(default)g); 0 against a real VAPI",
+    )
     args = parser.parse_args(argv)
     if not args.auth_token:
         parser.error("--auth-token (or TWILIO_AUTH_TOKEN) is required")
     if args.calls < 1:
         parser.error("--calls must be at least 1")
+    if args.duration is not None and not 0 < args.duration <= 86400:
+        parser.error("--duration must be more than 0 and at most 86400 seconds")
+    if args.timeout is None:
+        args.timeout = 60.0 if args.duration is None else args.duration + _DURATION_TIMEOUT_MARGIN_S
     if not gevent.monkey.is_module_patched("socket"):
         parser.error("gevent.monkey.patch_all() must run before this (run.py and `python -m sims.caller` do it)")
     try:
@@ -520,9 +647,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                 public_url=args.public_url or args.server,
                 auth_token=args.auth_token,
                 script=script,
+                duration_s=args.duration,
+                record_path=path,
             )
         )
-        for _ in range(args.calls)
+        for path in _record_paths(args.record, args.calls)
     ]
     group = gevent.pool.Group()
     runs = [group.spawn(caller.run, args.timeout) for caller in callers]
@@ -530,8 +659,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     group.join(timeout=args.timeout + 10.0)
     group.kill(timeout=1.0)
     reports = [run.value for run in runs if run.successful() and run.value is not None]
-    for line in summarize(reports):
+    delays = SimDelays(endpointing_ms=args.sim_endpointing_ms, reply_delay_ms=args.sim_reply_delay_ms)
+    for line in summarize(reports, delays):
         print(line)
+    for caller in callers:
+        if caller.config.record_path is not None:
+            print(f"{caller.call_sid} recorded to {caller.config.record_path}")
     return 0 if len(reports) == len(callers) and all(report.ok for report in reports) else 1
 
 

@@ -39,6 +39,9 @@ class TwilioPlayback:
         self.clears: list[float] = []
         self.cleared_bytes = 0
         self.marks_echoed: list[tuple[float, str]] = []
+        # What the caller heard, in play-out order: (monotonic time it began playing, mu-law).
+        # A `clear` cuts what had not played yet out of it.
+        self.played: list[tuple[float, bytes]] = []
         self.errors: list[str] = []
         self.media_arrived = gevent.event.Event()
         self._send_event = send_event
@@ -121,6 +124,7 @@ class TwilioPlayback:
             return
         self.received_ulaw += audio
         self.media_events.append((arrived, len(audio)))
+        self.played.append((max(arrived, self._playout_end), audio))
         # Played in the order received, in real time, from when the previous audio ends.
         self._playout_end = max(arrived, self._playout_end) + len(audio) / BYTES_PER_S
         self.media_arrived.set()
@@ -141,9 +145,23 @@ class TwilioPlayback:
         self.clears.append(arrived)
         self.cleared_bytes += round(max(0.0, self._playout_end - arrived) * BYTES_PER_S)
         self._playout_end = arrived
+        self._cut_played(arrived)
         # Clearing the buffer sends back every mark still waiting in it.
         while self._pending_marks:
             self._echo_mark(self._pending_marks.popleft()[1])
+
+    def _cut_played(self, at: float) -> None:
+        """Nothing of what was due to play from `at` on was heard."""
+        played = self.played
+        while played:
+            start, audio = played[-1]
+            if start + len(audio) / BYTES_PER_S <= at:
+                return
+            heard = max(0, int((at - start) * BYTES_PER_S))
+            if heard:
+                played[-1] = (start, audio[:heard])
+                return
+            played.pop()
 
     def _echo_mark(self, name: str) -> None:
         sent = self._send_event(

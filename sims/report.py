@@ -7,10 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ANSWER_TIMEOUT_S", "CallReport", "judge_call", "summarize"]
+__all__ = ["ANSWER_TIMEOUT_S", "CallReport", "SimDelays", "judge_call", "summarize"]
 
 # An utterance with no assistant audio within this long failed its turn.
 ANSWER_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimDelays:
+    """What the VAPI simulator adds to every turn by design, before the bridge has any part in it.
+
+    It takes an utterance as ended only after `endpointing_ms` of silence (heard in real
+    time), then waits `reply_delay_ms` before it answers. Both 0: unknown (a real VAPI).
+    """
+
+    endpointing_ms: float = 0.0
+    reply_delay_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.endpointing_ms + self.reply_delay_ms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,8 +103,12 @@ def judge_call(
     )
 
 
-def summarize(reports: Sequence[CallReport]) -> list[str]:
-    """Lines for the console: each turn, each failure, then a small table."""
+def summarize(reports: Sequence[CallReport], sim: SimDelays | None = None) -> list[str]:
+    """Lines for the console: each turn, each failure, then a small table that says what its figures mean.
+
+    With `sim` (the VAPI simulator's own delays), turn latency is split into the simulator's
+    share and the rest: the bridge's and the network's.
+    """
     lines: list[str] = []
     for report in reports:
         for number, latency in enumerate(report.turns, start=1):
@@ -107,7 +127,29 @@ def summarize(reports: Sequence[CallReport]) -> list[str]:
         "",
         f"calls          ok {ok}   failed {len(reports) - ok}",
         f"turn latency   {latency_line}",
+        "               from the end of each caller utterance (its last frame sent) to the first assistant",
+        "               audio back (the next media message to arrive).",
+    ]
+    if sim is not None and sim.total_ms > 0:
+        lines += [
+            "               Most of it is the VAPI simulator's own, by design: it waits"
+            f" {sim.endpointing_ms:.0f} ms of silence",
+            f"               to end the utterance, then its reply delay of {sim.reply_delay_ms:.0f} ms"
+            f" ({sim.total_ms:.0f} ms a turn),",
+            "               plus any wait for its previous speech to finish playing (it speaks in real time).",
+        ]
+        if latencies.size:
+            rest = latencies - sim.total_ms
+            p50, p95 = np.percentile(rest, [50, 95])
+            lines.append(
+                f"               The rest, the bridge's and the network's share: p50 {p50:.0f} ms   p95 {p95:.0f} ms"
+            )
+    lines += [
         f"audio received {audio_s:.1f} s   clears {sum(r.clears for r in reports)}"
         f"   marks echoed {sum(r.marks_echoed for r in reports)}",
+        "               clears: Twilio `clear` messages received, one per barge-in (the bridge cut the",
+        "               assistant off because the caller spoke over it; what it had not played was dropped).",
+        "               marks echoed: marks the simulated Twilio sent back, each once the audio sent before",
+        "               it had finished playing (or at once, when a clear dropped that audio).",
     ]
     return lines

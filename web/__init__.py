@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from actors.registry import CallRegistry
 from links.twilio import SocketLimits
+from links.twilio_rest import TwilioDialer
 from observability.logging import Logger
 from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
@@ -43,6 +44,7 @@ class WebContext:
     admin_token: str | None = None
     metrics_token: str | None = None
     records: RecordStore | None = None  # when call records are kept
+    dialer: TwilioDialer | None = None  # places outbound calls (POST /admin/calls)
 
 
 def context() -> WebContext:

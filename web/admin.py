@@ -1,4 +1,4 @@
-"""The admin API: live calls, their actor trees, and chaos on demand.
+"""The admin API: live calls, their actor trees, chaos on demand, and outbound calls.
 
 Off (404) unless ADMIN_TOKEN is set; then every request needs `Authorization: Bearer <token>`.
 """
@@ -14,6 +14,7 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from flask.typing import ResponseReturnValue
 
 from chaos.faults import check_fault
+from links.twilio_rest import OutboundCallError
 from observability.process import process_stats
 from protocols.twiml import is_call_sid
 from records import RecordsError
@@ -38,6 +39,34 @@ def _authorize() -> None:
 def calls() -> ResponseReturnValue:
     """Every live call with its actor tree."""
     return jsonify({"calls": [call.snapshot() for call in context().calls.live()]})
+
+
+_DIAL_USAGE = 'body must be JSON like {"to": "+15551234567"}, with an optional "from" (default TWILIO_FROM_NUMBER)'
+
+
+@bp.post("/calls")
+def place_call() -> ResponseReturnValue:
+    """Place an outbound call through Twilio; when answered it connects here like an inbound call.
+
+    202 with the new CallSid (Twilio has queued the call); 400 for a bad body or number, 503
+    when a setting outbound calls need is missing, 502 when Twilio refused or did not answer.
+    """
+    ctx = context()
+    body = request.get_json(silent=True)
+    to = body.get("to") if isinstance(body, dict) else None
+    from_ = body.get("from") if isinstance(body, dict) else None
+    if not isinstance(to, str) or not (from_ is None or isinstance(from_, str)):
+        return jsonify({"error": _DIAL_USAGE, "kind": "invalid"}), 400
+    if ctx.dialer is None:
+        return jsonify({"error": "outbound calls are not available in this server", "kind": "not_configured"}), 503
+    try:
+        placed = ctx.dialer.place(to, from_)
+    except OutboundCallError as exc:
+        ctx.log.warning("outbound_call_failed", actor="admin", kind=exc.kind.value, error=str(exc),
+                        twilio_status=exc.twilio_status, twilio_code=exc.twilio_code)
+        return jsonify(exc.to_json()), exc.kind.http_status
+    ctx.log.info("outbound_call_placed", call_sid=placed.call_sid, actor="admin", status=placed.status)
+    return jsonify(placed.to_json()), 202, {"Location": f"/admin/calls/{placed.call_sid}"}
 
 
 @bp.get("/calls/<call_sid>")

@@ -39,4 +39,6 @@ def metrics() -> Response:
         given = request.headers.get("Authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             return Response("unauthorized\n", status=401)
-    return Response(generate_latest(ctx.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset, and Flask
+    # would append a second `; charset=utf-8` to a text/* mimetype.
+    return Response(generate_latest(ctx.metrics.registry), content_type=CONTENT_TYPE_LATEST)

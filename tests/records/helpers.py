@@ -32,6 +32,7 @@ def make_record(call_sid: str = "CA0001", **changes: Any) -> CallRecord:
         frames_out=4321,
         frames_dropped=12,
         cost_usd=0.0795,
+        recording_path=f"/var/lib/bridge/recordings/{call_sid}.wav",
     )
     return dataclasses.replace(record, **changes)
 

@@ -8,7 +8,7 @@ from records.schema import CURRENT_VERSION, MIGRATIONS, migrate, open_database, 
 from tests.records.v1 import V1_DDL, write_v1_database
 
 # A plausible next release, used to exercise the migration ladder.
-V2_STEP = ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",)
+NEXT_STEP = ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",)
 
 
 def columns(db: sqlite3.Connection) -> list[str]:
@@ -49,10 +49,25 @@ def test_a_v1_database_is_migrated_step_by_step_and_keeps_its_rows(tmp_path):
     write_v1_database(path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        assert migrate(db, path, (*MIGRATIONS, V2_STEP)) == 2
-        assert "transferred_to" in columns(db)
-        assert db.execute("SELECT call_sid, transferred_to FROM calls").fetchall() == [("CAold", None)]
-        assert migrate(db, path, (*MIGRATIONS, V2_STEP)) == 2  # nothing left to do
+        assert migrate(db, path, (*MIGRATIONS, NEXT_STEP)) == CURRENT_VERSION + 1
+        assert {"recording_path", "transferred_to"} <= set(columns(db))
+        assert db.execute("SELECT call_sid, recording_path, transferred_to FROM calls").fetchall() == [
+            ("CAold", None, None)
+        ]
+        assert migrate(db, path, (*MIGRATIONS, NEXT_STEP)) == CURRENT_VERSION + 1  # nothing left to do
+    finally:
+        db.close()
+
+
+def test_v2_adds_a_nullable_recording_path_and_a_v1_file_opens_at_the_current_version(tmp_path):
+    path = str(tmp_path / "calls.db")
+    write_v1_database(path)
+    db, found, reached = open_database(path)
+    try:
+        assert (found, reached) == (1, CURRENT_VERSION) and CURRENT_VERSION >= 2
+        info = {row[1]: row for row in db.execute("PRAGMA table_info(calls)")}
+        assert info["recording_path"][2] == "TEXT" and info["recording_path"][3] == 0  # nullable
+        assert db.execute("SELECT recording_path FROM calls WHERE call_sid = 'CAold'").fetchone() == (None,)
     finally:
         db.close()
 
@@ -65,7 +80,7 @@ def test_a_failed_step_is_rolled_back_and_the_previous_version_stays_whole(tmp_p
     try:
         with pytest.raises(sqlite3.OperationalError):
             migrate(db, path, (*MIGRATIONS, broken))
-        assert user_version(db) == 1
+        assert user_version(db) == CURRENT_VERSION
         assert "half_done" not in columns(db)
         assert not db.in_transaction
     finally:

@@ -294,3 +294,34 @@ def test_two_hundred_live_calls_are_updated_in_place_quickly_and_escaped(bridge,
     page.fill("#filter", calls[123]["call_sid"][-6:])
     expect(page.locator("article[data-call]:visible")).to_have_count(1)
     assert page.page_errors == []
+
+
+@pytest.mark.timeout(150)  # a real bin/demo: its start, a whole call, its stop
+def test_the_demos_dashboard_lists_its_live_calls(tmp_path, page):
+    """What README's Quick start promises: run bin/demo, open the address, paste the token."""
+    from playwright.sync_api import expect
+
+    from tests.test_demo import DEMO_TOKEN, START_TIMEOUT_S, running_demo
+
+    with running_demo(tmp_path) as demo:
+        demo.wait_for(demo.live_calls, START_TIMEOUT_S, "live call in GET /admin/calls")
+        page.goto(f"{demo.base}/dashboard")
+        expect(page.locator("#login")).to_be_visible()
+        page.fill("#token", DEMO_TOKEN)
+        page.press("#token", "Enter")
+
+        expect(page.locator("#login")).to_be_hidden()
+        card = page.locator("article[data-call]").first
+        expect(card).to_be_visible()
+        expect(page.locator("#live-count")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+        expect(card.locator('[data-field="call_sid"]')).to_have_text(re.compile(r"^CA[0-9a-f]{32}$"))
+        expect(card.locator('[data-actor-state="vapi"]')).to_have_text("running")
+        # The outbound figure includes the pacing queue, and says so.
+        expect(card.locator('[data-label="bridge_out_ms"]')).to_have_text("bridge out (incl. pacing)")
+        expect(card.locator('[data-field="bridge_out_ms"]')).to_have_text(re.compile(r"^\d+(\.\d)? ms$"))
+        # Calls keep coming: the first ones finish (about 12 s each) and are listed below.
+        expect(page.locator("#finished-rows tr").first).to_contain_text("completed", timeout=40_000)
+        expect(page.locator("#live-count")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+
+        assert demo.stop() == 0, demo.text()
+    assert page.page_errors == []

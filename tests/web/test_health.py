@@ -56,6 +56,16 @@ def test_metrics_parse_and_move_as_a_call_runs(bridge, vapi_sim, make_caller):
     assert after[("bridge_turn_latency_heard_seconds_count", ())] >= 1
 
 
+def test_metrics_content_type_names_its_charset_once(bridge):
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    content_type = get(bridge, "/metrics").headers["Content-Type"]
+    # Exactly prometheus_client's type (text/plain; version=...; charset=utf-8), nothing appended.
+    assert content_type == CONTENT_TYPE_LATEST
+    assert content_type.startswith("text/plain; version=")
+    assert content_type.lower().count("charset") == 1
+
+
 @pytest.mark.parametrize("server_env", [{"METRICS_TOKEN": "scrape-me"}])
 def test_metrics_can_sit_behind_a_token(bridge):
     assert get(bridge, "/metrics").status_code == 401
