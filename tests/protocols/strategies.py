@@ -35,7 +35,7 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "bridge-hypothesis")
 # The same examples on every run (CI never fails on a fresh seed), no example database written
 # into the tree, and no wall-clock deadline: the machine is shared and a slow example is not a bug.
 FUZZ = settings(
-    max_examples=200,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,

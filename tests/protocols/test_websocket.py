@@ -134,7 +134,7 @@ def test_server_frames_use_the_shortest_length_form():
     assert encode_frame(b"x" * 65536, OP_BINARY)[:2] == bytes([0x82, 127])
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=120, deadline=None, derandomize=True)
 @given(
     messages=st.lists(st.tuples(st.binary(max_size=300), st.booleans(), st.integers(1, 4)), max_size=6),
     mask=st.binary(min_size=4, max_size=4),
@@ -156,7 +156,7 @@ def test_any_sequence_of_fragmented_messages_arrives_intact_however_the_bytes_ar
     assert got == [Message(payload, text) for payload, text, _ in messages]
 
 
-@settings(max_examples=500, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.binary(max_size=400), st.integers(1, 50))
 def test_arbitrary_bytes_give_events_or_a_protocol_error_and_nothing_else(data, cut):
     reader = FrameReader(256)

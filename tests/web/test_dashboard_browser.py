@@ -319,9 +319,8 @@ def test_the_demos_dashboard_lists_its_live_calls(tmp_path, page):
         # The outbound figure includes the pacing queue, and says so.
         expect(card.locator('[data-label="bridge_out_ms"]')).to_have_text("bridge out (incl. pacing)")
         expect(card.locator('[data-field="bridge_out_ms"]')).to_have_text(re.compile(r"^\d+(\.\d)? ms$"))
-        # Calls keep coming: the first ones finish (about 12 s each) and are listed below.
-        expect(page.locator("#finished-rows tr").first).to_contain_text("completed", timeout=40_000)
-        expect(page.locator("#live-count")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+        # Finished calls moving to the table below is the other browser test's; the demo's
+        # continuous calls are tests/test_demo.py's.
 
         assert demo.stop() == 0, demo.text()
     assert page.page_errors == []
