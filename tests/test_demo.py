@@ -137,13 +137,14 @@ def running_demo(tmp_path: Path, **extra: str) -> Iterator[Demo]:
 
 @pytest.mark.timeout(150)  # bounded inside: start 60 s, calls 20 + 45 s, stop 30 s
 def test_demo_places_calls_continuously_and_stops_cleanly_on_ctrl_c(tmp_path):
-    with running_demo(tmp_path) as demo:
+    # Short calls, so that one ends and the next begins within a few seconds.
+    with running_demo(tmp_path, DEMO_CALL_SECONDS="3") as demo:
         first = demo.wait_for(lambda: set(demo.live_calls()), START_TIMEOUT_S, "live call in GET /admin/calls")
         printed = demo.text()
         assert f"{demo.base}/dashboard" in printed and DEMO_TOKEN in printed, printed
         demo.wait_for(lambda: len(demo.live_calls()) >= 2, 20, "two calls at once")  # a few at a time
         # One call after another: once calls have completed, more than the 3 callers' first
-        # calls have been live (each call lasts about 12 s).
+        # calls have been live (each call lasts about 3 s here).
         seen = set(first)
 
         def replaced() -> bool:
