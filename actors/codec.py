@@ -9,13 +9,19 @@ most one filter length of audio.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from actors.base import CallActor
 from actors.call import CallContext
-from actors.messages import AssistantAudio, AssistantUlaw, CallerAudio, CallerPcm, InjectFault, UplinkAudio
+from actors.messages import (
+    AssistantAudio,
+    AssistantUlaw,
+    CallerAudio,
+    CallerPcm,
+    CodecActorMessage,
+    InjectFault,
+    UplinkAudio,
+)
 from audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
 from audio.resample import Downsampler, Upsampler
 from audio.signals import level_dbfs
@@ -35,7 +41,7 @@ class CodecActor(CallActor):
         self._odd_byte = b""  # VAPI may split a 16-bit sample across two frames
         self._up_buffer = np.empty(320, dtype=np.int16)  # one 20 ms frame at 16 kHz, reused
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: CodecActorMessage) -> None:
         match message:
             case CallerAudio():
                 self._on_caller_audio(message)

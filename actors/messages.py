@@ -8,6 +8,7 @@ Each docstring reads "sender → receiver: meaning".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from calls.outcome import Outcome
 
@@ -21,6 +22,8 @@ __all__ = [
     "CallerPressedKey",
     "CallerSpeechStarted",
     "CallerSpeechStopped",
+    "CodecActorMessage",
+    "ControllerMessage",
     "EndCall",
     "EventNoted",
     "FarEndLevel",
@@ -28,11 +31,14 @@ __all__ = [
     "InjectFault",
     "StatsReported",
     "StreamStarted",
+    "TwilioActorMessage",
     "TwilioFrameReceived",
     "TwilioSocketAttached",
     "UplinkAudio",
     "UplinkMeasured",
     "UplinkRecovered",
+    "VadActorMessage",
+    "VapiActorMessage",
     "VapiEventReceived",
     "VapiGaveUp",
     "VapiLinkLost",
@@ -256,3 +262,28 @@ class InjectFault:
     fault: str
 
 
+#
+# What each actor accepts: its on_receive handles exactly these; anything else is logged
+# and counted as unexpected.
+#
+
+TwilioActorMessage: TypeAlias = (
+    TwilioFrameReceived
+    | AssistantUlaw
+    | CallerSpeechStarted
+    | CallerSpeechStopped
+    | AssistantTurnStarted
+    | AssistantInterrupted
+    | HoldCaller
+    | InjectFault
+)
+CodecActorMessage: TypeAlias = CallerAudio | AssistantAudio | InjectFault
+VadActorMessage: TypeAlias = CallerPcm | FarEndLevel | InjectFault
+VapiActorMessage: TypeAlias = (
+    UplinkAudio | VapiEventReceived | VapiLinkUp | VapiGaveUp | VapiLinkLost | CallerPressedKey | InjectFault
+)
+# The call's controller (its supervisor): the actors' reports and the call's end.
+ControllerMessage: TypeAlias = (
+    StatsReported | UplinkMeasured | UplinkRecovered | EventNoted | StreamStarted | TwilioSocketAttached | EndCall
+    | InjectFault
+)

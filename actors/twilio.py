@@ -8,8 +8,6 @@ It is the only writer of the call's Twilio socket; the socket itself belongs to 
 
 from __future__ import annotations
 
-from typing import Any
-
 from actors.base import CallActor
 from actors.call import CallContext
 from actors.messages import (
@@ -26,6 +24,7 @@ from actors.messages import (
     InjectFault,
     StatsReported,
     StreamStarted,
+    TwilioActorMessage,
     TwilioFrameReceived,
 )
 from audio.mulaw import ULAW_SILENCE
@@ -112,7 +111,7 @@ class TwilioActor(CallActor):
         self._send_media = self._send_media_frame
         self._send_mark = self._send_mark_frame
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: TwilioActorMessage) -> None:
         match message:
             case TwilioFrameReceived():
                 self._on_frame(message)

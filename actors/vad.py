@@ -6,13 +6,18 @@ audio currently playing so its echo is not taken for the caller.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from actors.base import CallActor
 from actors.call import CallContext
-from actors.messages import CallerPcm, CallerSpeechStarted, CallerSpeechStopped, FarEndLevel, InjectFault
+from actors.messages import (
+    CallerPcm,
+    CallerSpeechStarted,
+    CallerSpeechStopped,
+    FarEndLevel,
+    InjectFault,
+    VadActorMessage,
+)
 from audio.vad import EnergyVad, VadParams, VadTransition
 from supervision import ChildHandle
 
@@ -36,7 +41,7 @@ class VadActor(CallActor):
         )
         self._far_end: float | None = None
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: VadActorMessage) -> None:
         match message:
             case CallerPcm():
                 self._on_pcm(message)

@@ -34,6 +34,7 @@ from actors.messages import (
     UplinkAudio,
     UplinkMeasured,
     UplinkRecovered,
+    VapiActorMessage,
     VapiEventReceived,
     VapiGaveUp,
     VapiLinkLost,
@@ -109,7 +110,7 @@ class VapiActor(CallActor):
 
     # Messages ------------------------------------------------------------------------
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: VapiActorMessage) -> None:
         match message:
             case UplinkAudio():
                 self._on_uplink(message)
