@@ -53,9 +53,11 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # the legit caller sends digital silence, attackers and victims send loud audio.
 _LOUD_PEAK = 64
 _RELINK_MODE = "assistant-waits-for-user"
-# One line per HTTP request by design (gevent-websocket's handler logs each at INFO):
-# counted apart, and not held to the per-event cap, which is about lines per bad input.
+# One line per HTTP request served by design (the server's structured `http_request`, or
+# gevent-websocket's plain line in older versions; refused requests write none): counted
+# apart, and not held to the per-event cap, which is about lines per bad input.
 ACCESS_LOGGERS = frozenset({"geventwebsocket.handler", "gevent.pywsgi"})
+ACCESS_EVENTS = frozenset({"http_request"})
 ACCESS_LOG = "<access log>"
 
 
@@ -186,7 +188,7 @@ def count_log_lines(path: Path, offset: int, end: int | None = None) -> tuple[in
             continue
         if not isinstance(record, dict):
             events["<not json>"] += 1
-        elif record.get("logger") in ACCESS_LOGGERS:
+        elif record.get("logger") in ACCESS_LOGGERS or record.get("event") in ACCESS_EVENTS:
             events[ACCESS_LOG] += 1
         elif "logger" in record:
             # stdlib logging (a library): the message varies, the logger does not.
