@@ -7,10 +7,7 @@ them by message (chaos/), so chaos goes through the same path as real failures.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
-
-from pykka import ActorDeadError
 
 from actors.call import CallContext
 from actors.messages import InjectFault
@@ -36,13 +33,6 @@ class CallActor(SupervisedActor):
     def _tell(self, role: str, message: Any) -> bool:
         children = self._call.children
         return children.tell(role, message) if children is not None else False
-
-    def _tell_supervisor(self, message: Any) -> None:
-        supervisor = self._call.supervisor
-        if supervisor is not None:
-            # Going away: nothing to tell.
-            with contextlib.suppress(ActorDeadError):
-                supervisor.tell(message)
 
     def _inject(self, message: InjectFault) -> None:
         """Suffer an injected fault as a bug in this handler would (chaos/suffer.py)."""

@@ -150,7 +150,7 @@ class TwilioActor(CallActor):
             case Start():
                 self._call.state.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
-                self._tell_supervisor(StreamStarted(event.stream_sid))
+                self._call.tell_controller(StreamStarted(event.stream_sid))
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)

@@ -114,16 +114,16 @@ class TwilioSocket:
         self._closer: gevent.Greenlet[[], None] | None = None
         self._buffer = bytearray(_RECV_BYTES)
         self._view = memoryview(self._buffer)
-        now = time.monotonic()
+        self.received_ns = time.monotonic_ns()  # when the last bytes arrived
+        now = self.received_ns / 1e9
         self._frames = TokenBucket(limits.frames_per_s, limits.frames_per_s * limits.burst_s, now)
         self._bytes = TokenBucket(limits.bytes_per_s, limits.bytes_per_s * limits.burst_s, now)
-        self._last_data = now
+        self._last_data_ns = self.received_ns  # the arrival of the last data message (or the open)
         self._counted_frames = 0
         self.closed = False
         self.close_code: int | None = None
         self.end_reason: str | None = None
         self.protocol_error: str | None = None
-        self.received_ns = 0  # when the last message's bytes arrived
         # Bytes the handshake's reader may already hold (a client that did not wait for
         # the 101), then the socket alone from here on.
         self._reader.feed(_take_buffered(handler.rfile, self._sock))
@@ -154,7 +154,8 @@ class TwilioSocket:
                     return None
                 continue
             if type(event) is Message:
-                self._last_data = time.monotonic()
+                # The read's own timestamp: no second clock read per message.
+                self._last_data_ns = self.received_ns
                 gevent.sleep(0)
                 if event.text:
                     try:
@@ -185,7 +186,7 @@ class TwilioSocket:
             except TimeoutError:
                 if self.closed:  # closing: the peer had its grace
                     continue
-                if time.monotonic() - self._last_data >= idle_s:
+                if time.monotonic_ns() - self._last_data_ns >= idle_s * 1e9:
                     self._end("idle", 1008)
                     return False
                 continue
@@ -220,11 +221,6 @@ class TwilioSocket:
             self._send_close(code)
         self._abort()
         self._finish()
-
-    @property
-    def since_data_s(self) -> float:
-        """Seconds since the last data message (or since the socket opened)."""
-        return time.monotonic() - self._last_data
 
     # Writing (any greenlet) ----------------------------------------------------------
 

@@ -229,9 +229,8 @@ class FrameReader:
         buffer = self._buffer
         if len(buffer) < end:
             return None
-        payload = bytes(buffer[start:end])
-        if masked:
-            payload = unmask(payload, bytes(buffer[start - 4 : start]))
+        # Masked (every client frame): unmask straight from the buffer's slice, one copy.
+        payload = unmask(buffer[start:end], bytes(buffer[start - 4 : start])) if masked else bytes(buffer[start:end])
         self._consume(end)
         return payload
 
