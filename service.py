@@ -46,7 +46,7 @@ from web.server import make_server
 if TYPE_CHECKING:
     from sims.vapi import VapiSimulator
 
-__all__ = ["BridgeService"]
+__all__ = ["BridgeService", "preflight"]
 
 _SIMULATOR_KEY = "simulator-key"
 # How often rate-limited logs report what they held back.
@@ -111,14 +111,7 @@ class BridgeService:
 
     def _start(self, listener: socket.socket, hold_ulaw: bytes, *, own_listener: bool) -> None:
         settings = self.settings
-        path = settings.admin.database_path
-        _check_database_path(path)
-        records = RecordStore(path, log=self.log.bind(actor="records"))
-        try:
-            records.start()
-        except (StoreUnavailable, SchemaTooNew) as exc:
-            raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
-        self.records = records
+        self.records = _records(settings, self.log)
         self.recordings = _recordings(settings, self.log)
         if own_listener:
             _listen(listener, settings.host, settings.port)
@@ -278,6 +271,38 @@ class BridgeService:
             self.log.warning("actors_left_at_stop", count=len(leftover))
 
 
+def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
+    """What `BridgeService.start()` would refuse, tried once by a master that then forks workers.
+
+    Same order and same one-line ConfigErrors as `start()`: the hold sound, the listening
+    address, the database (opened, migrated and closed again, so workers never race to
+    migrate it), the recordings directory. Returns the socket bound and listening, for the
+    workers to share. Starts nothing that outlives the call.
+    """
+    _hold_sound(settings.vapi.hold_sound_wav)
+    listener = _bind(settings.host, settings.port)
+    try:
+        _records(settings, log).stop()
+        _prepare_recordings_directory(settings)
+        _listen(listener, settings.host, settings.port)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _records(settings: Settings, log: BoundLogger) -> RecordStore:
+    """The call-records store, open (migrated) and writing; ConfigError names DATABASE_PATH."""
+    path = settings.admin.database_path
+    _check_database_path(path)
+    records = RecordStore(path, log=log.bind(actor="records"))
+    try:
+        records.start()
+    except (StoreUnavailable, SchemaTooNew) as exc:
+        raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
+    return records
+
+
 def _reason(exc: BaseException, path: str = "") -> str:
     """An error's message on one line, less the path it starts with (the setting names it)."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -306,10 +331,7 @@ def _recordings(settings: Settings, log: BoundLogger) -> RecordingWriter | None:
     config = settings.recordings
     if config.directory is None:
         return None
-    try:
-        prepare_directory(config.directory)
-    except ValueError as exc:
-        raise ConfigError("RECORDINGS_DIR", config.directory, str(exc)) from None
+    _prepare_recordings_directory(settings)
     writer = RecordingWriter(
         config.directory,
         max_seconds=config.max_seconds,
@@ -318,6 +340,17 @@ def _recordings(settings: Settings, log: BoundLogger) -> RecordingWriter | None:
     )
     writer.start()
     return writer
+
+
+def _prepare_recordings_directory(settings: Settings) -> None:
+    """RECORDINGS_DIR made if missing and checked writable, when set; ConfigError names it."""
+    directory = settings.recordings.directory
+    if directory is None:
+        return
+    try:
+        prepare_directory(directory)
+    except ValueError as exc:
+        raise ConfigError("RECORDINGS_DIR", directory, str(exc)) from None
 
 
 def _check_database_path(path: str) -> None:

@@ -179,6 +179,7 @@ class Settings:
 
     host: str
     port: int
+    workers: int  # 1: one process, as always; more: gunicorn forks this many (service_workers.py)
     public_url: str
     twilio: TwilioSettings
     vapi: VapiSettings
@@ -215,6 +216,7 @@ class Settings:
         return cls(
             host=host,
             port=port,
+            workers=r.integer("WORKERS", 1, low=1, high=256),
             public_url=public_url.rstrip("/"),
             twilio=TwilioSettings(
                 auth_token=token,
