@@ -292,7 +292,16 @@ def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
 
 
 def _records(settings: Settings, log: BoundLogger) -> RecordStore:
-    """The call-records store, open (migrated) and writing; ConfigError names DATABASE_PATH."""
+    """The call-records store, open (migrated) and writing; ConfigError names DATABASE_URL or DATABASE_PATH."""
+    url = settings.admin.database_url
+    if url is not None:
+        records = RecordStore(url, log=log.bind(actor="records"))
+        try:
+            records.start()
+        except (StoreUnavailable, SchemaTooNew) as exc:
+            # The store's messages name the URL less its password; the setting's value is not repeated.
+            raise ConfigError("DATABASE_URL", "***", f"a reachable PostgreSQL database ({_reason(exc)})") from None
+        return records
     path = settings.admin.database_path
     _check_database_path(path)
     records = RecordStore(path, log=log.bind(actor="records"))

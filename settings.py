@@ -152,6 +152,7 @@ class AdminSettings:
     drain_timeout_s: float
     max_calls: int | None
     database_path: str
+    database_url: str | None = field(repr=False)  # PostgreSQL for the call records; may hold a password
     cost_twilio_per_min: float
     cost_vapi_per_min: float
 
@@ -160,7 +161,7 @@ class AdminSettings:
             f"AdminSettings(token={_mask(self.token)}, metrics_token={_mask(self.metrics_token)}, "
             f"chaos_rate_per_min={self.chaos_rate_per_min}, chaos_seed={self.chaos_seed}, "
             f"drain_timeout_s={self.drain_timeout_s}, max_calls={self.max_calls}, "
-            f"database_path={self.database_path!r})"
+            f"database_path={self.database_path!r}, database_url={_mask(self.database_url)})"
         )
 
 
@@ -258,6 +259,7 @@ class Settings:
                 drain_timeout_s=r.number("DRAIN_TIMEOUT_S", 30.0, low=0.0, high=3600.0),
                 max_calls=r.integer("MAX_CALLS", 0, low=1, high=100_000) if r.optional("MAX_CALLS") else None,
                 database_path=r.text("DATABASE_PATH", "bridge.db"),
+                database_url=r.database_url("DATABASE_URL"),
                 cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),
                 cost_vapi_per_min=r.number("COST_VAPI_PER_MIN", 0.03, low=0.0, high=100.0),
             ),
@@ -387,6 +389,16 @@ class _Reader:
         raw = self._raw(name)
         if raw is not None and not _E164.fullmatch(raw):
             raise ConfigError(name, raw, "a phone number in E.164 form, like +15551234567")
+        return raw
+
+    def database_url(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("postgresql", "postgres") or parts.fragment:
+            # Never echo the value: it may hold a password.
+            raise ConfigError(name, "***", "a postgresql://user[:password]@host[:port]/database URL")
         return raw
 
     def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:

@@ -1,0 +1,173 @@
+"""`run.py --workers N` / WORKERS=N as operators run it: gunicorn's master, real worker processes, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import wait_until
+from tests.test_run import ROOT, _healthy, free_port, server_env, stop_server
+
+
+def start_workers(directory: Path, *args: str, **extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`python run.py [args]` on a free loopback port with JSON logs, once it answers /healthz."""
+    port = free_port()
+    env = server_env(directory, port, LOG_FORMAT="json", **extra)
+    log = open(directory / "server.log", "w")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=directory, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, text=True)
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    assert wait_until(lambda: _healthy(base), timeout=20), (directory / "server.log").read_text()[-3000:]
+    return process, base
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of each child process of `pid` (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def workers_of(master: subprocess.Popen[str]) -> set[int]:
+    return {pid for pid, cmd in children(master.pid).items() if "run.py" in cmd}
+
+
+def listening_workers(master: subprocess.Popen[str], directory: Path) -> set[int]:
+    """The master's worker processes that have said they serve."""
+    said = {line["pid"] for line in log_lines(directory) if line["event"] == "server_listening"}
+    return workers_of(master) & said
+
+
+def log_lines(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "server.log").read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Two workers chosen with the flag, over a WORKERS=1 environment that it overrides."""
+    directory = tmp_path_factory.mktemp("workers")
+    process, base = start_workers(directory, "--workers", "2", WORKERS="1", DRAIN_TIMEOUT_S="1")
+    assert wait_until(lambda: len(listening_workers(process, directory)) == 2, timeout=10), children(process.pid)
+    yield process, base, directory
+    stop_server(process)
+
+
+def test_two_workers_serve_one_port_with_one_vapi_simulator_between_them(two_workers):
+    process, _base, directory = two_workers
+    kids = children(process.pid)
+    assert len([cmd for cmd in kids.values() if "run.py" in cmd]) == 2
+    assert len([cmd for cmd in kids.values() if "sims.vapi_process" in cmd]) == 1
+    listening = [line for line in log_lines(directory) if line["event"] == "server_listening"]
+    assert all(line.get("worker") for line in listening)  # each worker says who it is, with its pid
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(two_workers):
+    process, base, directory = two_workers
+    before = workers_of(process)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    # Every request in the meantime is answered, by the survivor or by the new worker.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert requests.get(base + "/healthz", timeout=5).status_code == 200
+        now = workers_of(process)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.05)
+    now = workers_of(process)
+    assert len(now) == 2 and victim not in now and len(now & before) == 1, (before, now)
+    assert wait_until(lambda: len(listening_workers(process, directory)) == 2, timeout=10)
+    assert wait_until(lambda: requests.get(base + "/readyz", timeout=5).status_code == 200, timeout=5)
+
+
+def test_metrics_on_any_worker_report_the_whole_machine(two_workers):
+    process, base, directory = two_workers
+
+    def refused_upgrades() -> float:
+        text = requests.get(base + "/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('bridge_malformed_inputs_total{kind="not_an_upgrade_route"'))
+
+    start = refused_upgrades()
+    for _ in range(20):  # each on a connection of its own, taken by whichever worker accepts it
+        assert requests.get(base + "/not-media", headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+                            timeout=5).status_code == 404
+    # Ask until both workers have answered /metrics: each says all 20 were refused.
+    answered_by: set[int] = set()
+    for _ in range(60):
+        assert refused_upgrades() == start + 20
+        answered_by = {line["pid"] for line in log_lines(directory)
+                       if line["event"] == "http_request" and line["path"] == "/metrics"} & workers_of(process)
+        if len(answered_by) == 2:
+            break
+    assert len(answered_by) == 2, "one worker took every connection"
+
+
+def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path):
+    process, _base = start_workers(tmp_path, WORKERS="2", DRAIN_TIMEOUT_S="1")
+    assert wait_until(lambda: len(listening_workers(process, tmp_path)) == 2, timeout=10)
+    workers = workers_of(process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    lines = log_lines(tmp_path)
+    assert {line["pid"] for line in lines if line["event"] == "drained"} == workers
+    assert children(process.pid) == {}  # no worker, no simulator left behind
+    run_dirs = [line for line in lines if line["event"] == "vapi_simulator_started"]
+    assert len(run_dirs) == 1
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_bad_worker_count_stops_start_up_with_one_line_naming_workers(tmp_path, how):
+    port = free_port()
+    args, extra = (["--workers", "0"], {}) if how == "flag" else ([], {"WORKERS": "many"})
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path,
+                            env=server_env(tmp_path, port, **extra), capture_output=True, text=True, timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("configuration error: WORKERS=")
+
+
+def test_with_workers_a_busy_port_still_stops_start_up_with_one_line_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(ROOT / "run.py"), "--workers", "2"], cwd=tmp_path,
+                                env=server_env(tmp_path, port), capture_output=True, text=True, timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("configuration error: PORT=") and "in use" in lines[0]
+    assert "vapi_simulator_started" not in result.stdout and "Booting worker" not in result.stdout
+    assert not (tmp_path / "calls.db").exists()  # the port is tried before the database, as with one process
+
+
+def test_with_workers_an_unusable_database_stops_start_up_with_one_line(tmp_path):
+    port = free_port()
+    path = str(tmp_path / "no-such-dir" / "calls.db")
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "--workers", "2"], cwd=tmp_path,
+                            env=server_env(tmp_path, port, DATABASE_PATH=path), capture_output=True, text=True,
+                            timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("configuration error: DATABASE_PATH=") and path in lines[0]
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listening
