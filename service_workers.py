@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -53,7 +52,7 @@ from observability.logging import BoundLogger
 from observability.metrics import Metrics, process_exited, use_multiprocess_dir
 from service import BridgeService, preflight
 from settings import ConfigError, Settings
-from sims.vapi_process import API_KEY_ENV, READY_PREFIX
+from sims.vapi_process import READY_PREFIX
 
 __all__ = ["BridgeWorker", "WorkerPlan", "serve_workers"]
 
@@ -65,6 +64,8 @@ _STOP_MARGIN_S = 20
 _WORKER_TIMEOUT_S = 30
 # How soon a worker starts draining after SIGTERM (and /readyz says 503).
 _ALIVE_POLL_S = 0.1
+# The key the shared VAPI simulator takes (a development simulator's: not a secret).
+_SIMULATOR_KEY = "simulator-key"
 # How long the VAPI simulator process may take to say where it listens.
 _SIMULATOR_START_S = 15.0
 
@@ -230,13 +231,10 @@ class _SimulatorProcess:
 
     @classmethod
     def start(cls) -> _SimulatorProcess:
-        api_key = secrets.token_hex(16)
-        env = dict(os.environ)
-        env[API_KEY_ENV] = api_key
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sims.vapi_process", "--exit-with-parent"],
-            env=env, stdout=subprocess.PIPE, text=True,
+        # Run from the checkout, so `-m` finds the module wherever run.py was started from.
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+            [sys.executable, "-m", "sims.vapi_process", "--exit-with-parent", "--api-key", _SIMULATOR_KEY],
+            cwd=_ROOT, stdout=subprocess.PIPE, text=True,
         )
         stdout: IO[str] | None = process.stdout
         line = ""
@@ -251,7 +249,7 @@ class _SimulatorProcess:
             process.kill()
             process.wait()
             raise RuntimeError(f"the VAPI simulator did not start (it said {line.strip()!r})")
-        return cls(process=process, base_url=line[len(READY_PREFIX):].strip(), api_key=api_key)
+        return cls(process=process, base_url=line[len(READY_PREFIX):].strip(), api_key=_SIMULATOR_KEY)
 
     def stop(self) -> None:
         if self.process.poll() is None:

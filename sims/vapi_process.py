@@ -3,12 +3,11 @@
 Processes that must share one simulator (the workers of `run.py --workers N`, or several
 bridge nodes) point VAPI_BASE_URL at it: a VAPI call created by one process is then
 joined by whichever process takes the call's stream. It listens on --host/--port (a free
-loopback port by default), accepts only the key in the environment variable
-VAPI_SIM_API_KEY when that is set, prints one line `listening <base_url>` on stdout once
-bound, and serves until SIGTERM. With --exit-with-parent it also exits when the process
-that started it is gone, and ignores SIGINT: a Ctrl-C reaches every process of the
-terminal's group, and the simulator must outlive the bridge's drain (its parent stops it
-last, with SIGTERM).
+loopback port by default), accepts only --api-key's key when one is given, prints one
+line `listening <base_url>` on stdout once bound, and serves until SIGTERM. With
+--exit-with-parent it also exits when the process that started it is gone, and ignores
+SIGINT: a Ctrl-C reaches every process of the terminal's group, and the simulator must
+outlive the bridge's drain (its parent stops it last, with SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ import gevent.event
 
 from sims.vapi import VapiSimConfig, VapiSimulator
 
-__all__ = ["API_KEY_ENV", "READY_PREFIX", "main"]
+__all__ = ["READY_PREFIX", "main"]
 
-API_KEY_ENV = "VAPI_SIM_API_KEY"
 READY_PREFIX = "listening "
 # How often an orphaned simulator notices that its parent is gone.
 _PARENT_CHECK_S = 1.0
@@ -40,12 +38,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m sims.vapi_process", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 (the default) picks a free port")
+    parser.add_argument("--api-key", help="the only key POST /call accepts (default: any)")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="exit when the parent process is gone; ignore SIGINT")
     args = parser.parse_args(argv)
     parent = os.getppid()
     simulator = VapiSimulator(
-        VapiSimConfig(api_key=os.environ.get(API_KEY_ENV) or None, record=False), host=args.host, port=args.port
+        VapiSimConfig(api_key=args.api_key, record=False), host=args.host, port=args.port
     )
     simulator.start()
     print(f"{READY_PREFIX}{simulator.base_url}", flush=True)
