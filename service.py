@@ -20,6 +20,7 @@ from gevent.pywsgi import WSGIServer
 from pykka import ActorRef, ActorRegistry
 from structlog.typing import FilteringBoundLogger
 
+from actors.fleet import FleetNode, fleet_from_settings
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
 from audio.hold import default_hold_ulaw, load_hold_wav
@@ -76,6 +77,7 @@ class BridgeService:
         self.simulator: VapiSimulator | None = None
         self.root: ActorRef[RootSupervisor] | None = None
         self.calls: CallRegistry | None = None
+        self.fleet: FleetNode | None = None
         self.server: WSGIServer | None = None
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
@@ -144,18 +146,22 @@ class BridgeService:
             assistant_id=settings.vapi.assistant_id,
             timeout_s=settings.vapi.connect_timeout_s,
         )
+        self.fleet, tickets = fleet_from_settings(settings, metrics=self.metrics, log=self.log)
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings, hold_ulaw),
             connector=connector,
             metrics=self.metrics,
             log=self.log,
+            tickets=tickets,
+            fleet=self.fleet,
             records=self.records,
             recordings=self.recordings,
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
         )
+        self.fleet.start(snapshots=self.calls.snapshots, inject=self.calls.inject)
         self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls)
         if settings.admin.chaos_rate_per_min > 0:
             calls = self.calls
@@ -260,6 +266,8 @@ class BridgeService:
             self.server.close()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)
+        if self.fleet is not None:
+            self.fleet.stop()  # after the calls: their outcomes go out first
         if self.server is not None:
             self.server.stop(timeout=timeout_s)
         if self.records is not None:

@@ -5,11 +5,11 @@ the media socket on another, `/voice/after-stream` on a third. What they share i
 
 | entry | written by | read by |
 |---|---|---|
-| admitted (TTL: the ticket's) | the webhook's node | the upgrade gate of any node |
-| claimed by a node (lease, refreshed by its heartbeat) | the node whose socket presented the ticket first | the gate (a second socket is refused), chaos routing |
-| outcome (kept a day) | the owner node, when the call ends | `/voice/after-stream` and replayed webhooks on any node |
-| a node's live snapshots (TTL) | each node, every few seconds | the admin API and dashboard of any node |
-| a node's command queue | any node (a chaos click) | the owner node, which applies it |
+| admitted (TTL: the ticket's) | the webhook's node | the gate of any node |
+| claimed (a lease the heartbeat renews) | the node whose socket showed the ticket first | the gate, chaos routing |
+| outcome (kept a day) | the owner node, at the call's end | after-stream, replayed webhooks |
+| a node's live snapshots (TTL) | each node, every few seconds | the admin API, the dashboard |
+| a node's command queue | any node (a chaos click) | that node, which applies them |
 
 Three backends: `MemoryDirectory` here (one process, the default: nothing to install),
 an SQLite file shared by the workers of one machine (directory/sqlite.py) and Redis for
@@ -100,7 +100,7 @@ class CallDirectory(Protocol):
         ...
 
     def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
-        """`node_id` is alive with these live calls (snapshots with a `call_sid`): their claims and its view live `ttl_s`."""
+        """`node_id` lives, with these calls (snapshots with a `call_sid`); their claims and its view last `ttl_s`."""
         ...
 
     def nodes(self) -> list[NodeView]:

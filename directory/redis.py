@@ -153,7 +153,7 @@ class RedisDirectory:
             if not names:
                 return []
             values = self._redis.mget([self._key("node", name) for name in names])
-            return list(zip(names, values, strict=True))
+            return [(name, None if value is None else str(value)) for name, value in zip(names, values, strict=True)]
 
         views = []
         for name, raw in self._do("nodes", read):
@@ -185,7 +185,10 @@ class RedisDirectory:
             # BLPOP's timeout 0 would wait forever; no wait is a plain LPOP.
             first = self._blocker.blpop([key], timeout=wait_s) if wait_s > 0 else None
             rest = self._blocker.lpop(key, 100)
-            return ([first[1]] if first is not None else []) + list(rest or [])
+            texts = [first[1]] if first is not None else []
+            if isinstance(rest, list):
+                texts.extend(rest)
+            return [str(text) for text in texts]
 
         commands = []
         for text in self._do("take_commands", read):

@@ -253,7 +253,7 @@ class SqliteDirectory:
         while True:
             now = self._clock()
 
-            def body(db: sqlite3.Connection) -> list[str]:
+            def body(db: sqlite3.Connection, now: float = now) -> list[str]:
                 rows = db.execute(
                     "SELECT id, body FROM commands WHERE node_id = ? AND expires_at > ? ORDER BY id", (node_id, now)
                 ).fetchall()

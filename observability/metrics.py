@@ -100,6 +100,10 @@ class Metrics:
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)
         self.chaos = Counter("bridge_chaos_faults", "Faults injected on purpose", ["actor", "fault"], registry=r)
+        self.directory_errors = Counter(
+            "bridge_directory_errors", "Call directory operations that failed (store down or locked), by operation",
+            ["operation"], registry=r,
+        )
         self.frames = Counter("bridge_frames", "Audio frames, by direction", ["direction"], registry=r)
         self.frames_in = self.frames.labels(direction="inbound")  # resolved once: hot path
         self.frames_out = self.frames.labels(direction="outbound")
