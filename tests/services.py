@@ -18,6 +18,7 @@ failure message when it does not come up.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -40,6 +41,7 @@ __all__ = [
     "nginx_binary",
     "nginx_server",
     "postgres_server",
+    "postgres_url",
     "redis_server",
 ]
 
@@ -416,6 +418,19 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         server.remove()
+
+
+_database_names = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL server; dropped after the test."""
+    name = f"test_{os.getpid()}_{next(_database_names)}"
+    url = postgres_server.create_database(name)
+    yield url
+    if postgres_server.running:
+        postgres_server.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
