@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 
+from calls.directory import DirectoryUnavailable
+from directory.sqlite import SqliteDirectory
 from observability.logging import BoundLogger
 from observability.metrics import Metrics, process_exited, use_multiprocess_dir
 from service import BridgeService, preflight
@@ -88,17 +91,23 @@ def serve_workers(settings: Settings, log: BoundLogger, *, on_started: Callable[
         metrics_dir = run_dir / "metrics"
         metrics_dir.mkdir()
         use_multiprocess_dir(str(metrics_dir))  # before any worker makes an instrument
+        worker_settings = _with_shared_directory(settings, run_dir / "directory.sqlite")
         try:
             listener = preflight(settings, log)
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        worker_settings = settings
+        try:
+            _prepare_directory(worker_settings)
+        except ConfigError as exc:
+            listener.close()
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
         if settings.vapi.api_key is None:
             simulator = _SimulatorProcess.start()
             worker_settings = dataclasses.replace(
-                settings, vapi=dataclasses.replace(settings.vapi, api_key=simulator.api_key,
-                                                   base_url=simulator.base_url),
+                worker_settings, vapi=dataclasses.replace(settings.vapi, api_key=simulator.api_key,
+                                                          base_url=simulator.base_url),
             )
             log.info("vapi_simulator_started", base_url=simulator.base_url, simulator_pid=simulator.process.pid)
         on_started()
@@ -117,6 +126,34 @@ def serve_workers(settings: Settings, log: BoundLogger, *, on_started: Callable[
             if simulator is not None:
                 simulator.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _with_shared_directory(settings: Settings, path: Path) -> Settings:
+    """The workers' settings: without REDIS_URL or DIRECTORY_PATH, the call directory is an
+    SQLite file in the master's run directory, so any worker can take any call's stream."""
+    fleet = settings.fleet
+    if fleet.redis_url is not None or fleet.directory_path is not None:
+        return settings
+    return dataclasses.replace(settings, fleet=dataclasses.replace(fleet, directory_path=str(path)))
+
+
+def _prepare_directory(settings: Settings) -> None:
+    """Make the SQLite call directory's file and tables once, before the workers race to.
+
+    ConfigError names DIRECTORY_PATH when the file cannot be made or used.
+    """
+    path = settings.fleet.directory_path
+    if settings.fleet.redis_url is not None or path is None:
+        return
+    if not Path(path).parent.is_dir():
+        raise ConfigError("DIRECTORY_PATH", path, f"a file in an existing directory ({Path(path).parent})")
+    directory = SqliteDirectory(path)
+    try:
+        directory.nodes()  # opens it: the tables and the write-ahead log are made here
+    except (DirectoryUnavailable, sqlite3.Error) as exc:
+        raise ConfigError("DIRECTORY_PATH", path, f"a usable SQLite file ({exc})") from None
+    finally:
+        directory.close()
 
 
 class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-websocket ships no types
@@ -142,6 +179,11 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
         service = BridgeService(plan.settings, log=plan.log.bind(worker=self.age), metrics=metrics,
                                 listener=self.sockets[0])
         service.start()
+        if service.server is not None:
+            # gevent accepts up to 100 pending connections per wake-up: a burst would all go
+            # to whichever worker woke first. One at a time lets the others take their share
+            # (gunicorn's own gevent worker does the same when there are several).
+            service.server.max_accept = 1
         self.service = service
         self.wsgi = service.server.application if service.server is not None else None
 

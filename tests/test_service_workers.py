@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import wait_until
-from tests.test_run import ROOT, _healthy, free_port, server_env, stop_server
+from tests.test_run import ROOT, TOKEN, _healthy, free_port, server_env, stop_server
 
 
 def start_workers(directory: Path, *args: str, **extra: str) -> tuple[subprocess.Popen[str], str]:
@@ -171,3 +171,25 @@ def test_with_workers_an_unusable_database_stops_start_up_with_one_line(tmp_path
     assert lines[0].startswith("configuration error: DATABASE_PATH=") and path in lines[0]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listening
+
+
+def test_ten_calls_succeed_whichever_worker_takes_each_request(two_workers):
+    process, base, directory = two_workers
+    workers = workers_of(process)
+    # Which worker accepts a connection is the kernel's choice: another ten, at most twice,
+    # in the rare case where every stream went to one worker (about 1 in 500).
+    for batch in range(1, 4):
+        calls = subprocess.run([sys.executable, str(ROOT / "run.py"), "call", "--server", base, "--auth-token", TOKEN,
+                                "--calls", "10", "--duration", "2.5"], cwd=directory, capture_output=True, text=True,
+                               timeout=60)
+        assert calls.returncode == 0, calls.stdout[-3000:] + calls.stderr[-2000:]  # every call of every batch
+        lines = log_lines(directory)
+        webhook_pid = {line["call_sid"]: line["pid"] for line in lines if line["event"] == "call_answered"}
+        stream_pid = {line["call_sid"]: line["pid"] for line in lines
+                      if line["event"] == "call_started" and line["call_sid"] in webhook_pid}
+        assert len(stream_pid) == 10 * batch
+        # Both workers took streams, and some streams landed on the other worker than their webhook's.
+        if set(stream_pid.values()) == workers and any(stream_pid[sid] != webhook_pid[sid] for sid in stream_pid):
+            break
+    assert set(stream_pid.values()) == workers
+    assert any(stream_pid[sid] != webhook_pid[sid] for sid in stream_pid)
