@@ -333,7 +333,9 @@ class NginxServer(_Process):
             f"error_log {d}/error.log warn;\n"
             "events { worker_connections 1024; }\n"
             "http {\n"
-            f"    access_log {d}/access.log;\n"
+            # Which upstream took each request: what a fleet test asserts about balancing.
+            "    log_format upstream '$request_method $request_uri $status $upstream_addr';\n"
+            f"    access_log {d}/access.log upstream;\n"
             f"    client_body_temp_path {d}/client_body;\n"
             f"    proxy_temp_path {d}/proxy;\n"
             f"    fastcgi_temp_path {d}/fastcgi;\n"
@@ -369,6 +371,14 @@ class NginxServer(_Process):
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    def requests(self) -> list[tuple[str, str, int, str]]:
+        """(method, uri, status, upstream address) of every request logged so far, in order."""
+        found = []
+        for line in self.access_log.splitlines():
+            method, uri, status, upstream = [*line.split(" ", 3), "", ""][:4]
+            found.append((method, uri, int(status) if status.isdigit() else 0, upstream))
+        return found
 
     @property
     def access_log(self) -> str:
