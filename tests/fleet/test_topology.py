@@ -11,6 +11,7 @@ The processes are started once for the module; each test uses its own calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -288,6 +289,11 @@ def test_admin_on_one_node_lists_and_steers_the_other_nodes_calls(fleet, live_ca
 
     assert wait_until(listed_on_other, timeout=5), other.admin("GET", "/calls").json()
     assert listed_on_other()["node"].startswith(owner.name)
+    # The dashboard's live feed on the other node shows it too.
+    with other.admin("GET", "/stream", stream=True) as feed:
+        first = next(line for line in feed.iter_lines(decode_unicode=True) if line.startswith("data: "))
+    snapshot = json.loads(first[len("data: "):])
+    assert any(c.get("call_sid") == caller.call_sid and c["node"].startswith(owner.name) for c in snapshot["calls"])
 
     answer = other.admin("POST", f"/calls/{caller.call_sid}/chaos", json={"actor": "vad", "fault": "raise"})
     assert answer.status_code == 202, answer.text
