@@ -357,4 +357,5 @@ class CallRegistry:
             # The VAPI call lives from the webhook to the end: the whole call.
             cost_usd=estimate_cost(duration_s, duration_s, self._rates),
             recording_path=recorder.path if (recorder := call.recorder) is not None and not recorder.failed else None,
+            node_id=self.node_id,
         )

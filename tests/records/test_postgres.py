@@ -58,7 +58,7 @@ def test_a_fresh_database_gets_every_step_and_the_same_columns_as_sqlite(conn, p
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'calls'"
     ).fetchall())
     assert types["started_at"] == "double precision" and types["frames_in"] == "bigint"
-    assert types["recording_path"] == "text"
+    assert types["recording_path"] == "text" and types["node_id"] == "text"
     indexes = {name for (name,) in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'calls'")}
     assert indexes == {"calls_pkey", "calls_by_ended_at"}
     assert migrate(conn, postgres_url) == CURRENT_VERSION  # nothing left to do

@@ -54,6 +54,7 @@ def test_a_record_reads_back_with_every_field_intact(store):
         turn_latency_p50_ms=None,
         turn_latency_p95_ms=None,
         recording_path=None,
+        node_id=None,
         restarts=(),
         outcome="gave-up",
         outcome_detail="",
@@ -148,6 +149,7 @@ def test_a_v1_database_from_an_earlier_release_opens_and_reads_back(path, log):
         old = store.get("CAold")
         assert old is not None
         assert old.recording_path is None  # v1 had no recordings: the v2 column reads back NULL
+        assert old.node_id is None  # nor nodes: the v3 column reads back NULL
         assert (old.duration_s, old.restarts, old.turns, old.turn_latency_p95_ms) == (
             30.0,
             (("twilio", 0), ("vapi", 1)),
