@@ -115,7 +115,7 @@ def serve_workers(settings: Settings, log: BoundLogger, *, on_started: Callable[
         # gunicorn takes the socket over from its descriptor (and closes that descriptor).
         master = _Master(plan, fd=listener.detach())
         log.info("workers_starting", workers=settings.workers, host=settings.host, port=settings.port,
-                 public_url=settings.public_url)
+                 public_url=settings.public_url, run_dir=str(run_dir))
         status = master.serve()
         log.info("workers_stopped", status=status)
         return 0 if status == 0 else 1

@@ -14,17 +14,22 @@ from pathlib import Path
 import pytest
 import requests
 
+from audio.signals import silence
+from sims.caller import CallerConfig, SimulatedCaller
 from tests.integration.conftest import wait_until
 from tests.test_run import ROOT, TOKEN, _healthy, free_port, server_env, stop_server
 
 
 def start_workers(directory: Path, *args: str, **extra: str) -> tuple[subprocess.Popen[str], str]:
-    """`python run.py [args]` on a free loopback port with JSON logs, once it answers /healthz."""
+    """`python run.py [args]` on a free loopback port with JSON logs, once it answers /healthz.
+
+    It leads a process group of its own, as a server started from a terminal does.
+    """
     port = free_port()
     env = server_env(directory, port, LOG_FORMAT="json", **extra)
     log = open(directory / "server.log", "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=directory, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     log.close()
     base = f"http://127.0.0.1:{port}"
     assert wait_until(lambda: _healthy(base), timeout=20), (directory / "server.log").read_text()[-3000:]
@@ -55,6 +60,14 @@ def listening_workers(master: subprocess.Popen[str], directory: Path) -> set[int
     """The master's worker processes that have said they serve."""
     said = {line["pid"] for line in log_lines(directory) if line["event"] == "server_listening"}
     return workers_of(master) & said
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def log_lines(directory: Path) -> list[dict]:
@@ -122,17 +135,47 @@ def test_metrics_on_any_worker_report_the_whole_machine(two_workers):
     assert len(answered_by) == 2, "one worker took every connection"
 
 
-def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path):
-    process, _base = start_workers(tmp_path, WORKERS="2", DRAIN_TIMEOUT_S="1")
+@pytest.mark.parametrize("how", ["SIGTERM to the master", "Ctrl-C to every process"])
+def test_stopping_drains_every_worker_live_calls_run_on_and_the_master_exits_0(tmp_path, how):
+    process, base = start_workers(tmp_path, WORKERS="2", DRAIN_TIMEOUT_S="1")
     assert wait_until(lambda: len(listening_workers(process, tmp_path)) == 2, timeout=10)
     workers = workers_of(process)
-    process.send_signal(signal.SIGTERM)
+    everyone = set(children(process.pid))  # the workers and the simulator
+
+    def not_ready() -> bool:
+        try:
+            return requests.get(base + "/readyz", timeout=1).status_code == 503
+        except requests.RequestException:
+            return False
+
+    caller = SimulatedCaller(CallerConfig(server_url=base, public_url=base, auth_token=TOKEN))
+    try:
+        assert caller.post_webhook()[0] == 200
+        caller.connect()
+        caller.start_stream()
+        caller.send_audio(silence(300, 8000))
+        if how == "SIGTERM to the master":
+            process.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl-C: the master, the workers and the simulator all get SIGINT
+            os.killpg(process.pid, signal.SIGINT)
+        signalled = time.monotonic()
+        assert wait_until(not_ready, timeout=3)
+        while not caller.closed.is_set() and time.monotonic() - signalled < 5:
+            try:
+                caller.send_audio(silence(100, 8000))  # the simulator still answers: it is stopped last
+            except Exception:  # noqa: BLE001 - the server closed the stream: expected
+                break
+        assert caller.closed.wait(3)
+        assert time.monotonic() - signalled >= 0.9  # the call ran on for the drain timeout
+    finally:
+        caller.close()
     assert process.wait(timeout=30) == 0
     lines = log_lines(tmp_path)
-    assert {line["pid"] for line in lines if line["event"] == "drained"} == workers
-    assert children(process.pid) == {}  # no worker, no simulator left behind
-    run_dirs = [line for line in lines if line["event"] == "vapi_simulator_started"]
-    assert len(run_dirs) == 1
+    drained = {line["pid"]: line["ended"] for line in lines if line["event"] == "drained"}
+    assert set(drained) == workers and sorted(drained.values()) == [0, 1]  # the call was ended by its worker
+    assert len(everyone) == 3 and wait_until(lambda: not any(map(running, everyone)), timeout=5)  # nothing left
+    [starting] = [line for line in lines if line["event"] == "workers_starting"]
+    assert not Path(starting["run_dir"]).exists()
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
