@@ -311,12 +311,17 @@ def test_the_records_of_both_nodes_calls_are_in_postgresql(fleet):
         fleet.calls.extend(_one_call(fleet) for _ in range(2))
     wanted = {c.call_sid: c for c in fleet.calls}
 
-    def stored() -> dict[str, str]:
+    def stored() -> dict[str, tuple[str, str]]:
         with psycopg.connect(fleet.database_url) as conn:
-            rows = conn.execute("SELECT call_sid, outcome FROM calls WHERE call_sid = ANY(%s)", (list(wanted),))
-            return dict(rows.fetchall())
+            rows = conn.execute(
+                "SELECT call_sid, outcome, node_id FROM calls WHERE call_sid = ANY(%s)", (list(wanted),)
+            ).fetchall()
+        return {sid: (outcome, node) for sid, outcome, node in rows}
 
     assert wait_until(lambda: len(stored()) == len(wanted), timeout=10), (stored(), list(wanted))
-    assert set(stored().values()) == {"assistant-ended"}
-    # Each record is written by the node that held the call's stream: both nodes wrote.
-    assert {wanted[sid].stream for sid in stored()} == {node.name for node in fleet.nodes}
+    records = stored()
+    assert {outcome for outcome, _ in records.values()} == {"assistant-ended"}
+    # Each record names the node that held the call's stream: both nodes wrote to the one history.
+    for sid, (_, node_id) in records.items():
+        assert node_id.startswith(wanted[sid].stream + "-"), (node_id, wanted[sid])
+    assert {wanted[sid].stream for sid in records} == {node.name for node in fleet.nodes}
