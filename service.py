@@ -66,10 +66,18 @@ class BridgeService:
         log: BoundLogger | FilteringBoundLogger | None = None,
         metrics: Metrics | None = None,
         listener: socket.socket | None = None,
+        wait_for_database: bool = False,
     ) -> None:
-        """`listener`: a socket already bound and listening, served on instead of HOST:PORT (tests)."""
+        """`listener`: a socket already bound and listening, served on instead of HOST:PORT (tests).
+
+        `wait_for_database`: a PostgreSQL server (DATABASE_URL) that is down at start is an
+        outage the records wait out, not a start-up error. For gunicorn's workers, whose
+        master checked the database: a worker booted or replaced during an outage must
+        serve, or gunicorn would stop every worker and their live calls with them.
+        """
         self.settings = settings
         self._listener = listener
+        self._wait_for_database = wait_for_database
         # configure_logging's FilteringBoundLogger is a BoundLogger, but mypy cannot match
         # them: its methods take `event` by keyword too, which Logger's **fields may also name.
         self.log: BoundLogger = cast("BoundLogger", log) if log is not None else structlog.get_logger("bridge")
@@ -113,7 +121,7 @@ class BridgeService:
 
     def _start(self, listener: socket.socket, hold_ulaw: bytes, *, own_listener: bool) -> None:
         settings = self.settings
-        self.records = _records(settings, self.log)
+        self.records = _records(settings, self.log, wait_for_database=self._wait_for_database)
         self.recordings = _recordings(settings, self.log)
         if own_listener:
             _listen(listener, settings.host, settings.port)
@@ -299,13 +307,13 @@ def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
     return listener
 
 
-def _records(settings: Settings, log: BoundLogger) -> RecordStore:
+def _records(settings: Settings, log: BoundLogger, *, wait_for_database: bool = False) -> RecordStore:
     """The call-records store, open (migrated) and writing; ConfigError names DATABASE_URL or DATABASE_PATH."""
     url = settings.admin.database_url
     if url is not None:
         records = RecordStore(url, log=log.bind(actor="records"))
         try:
-            records.start()
+            records.start(wait_for_database=wait_for_database)
         except (StoreUnavailable, SchemaTooNew) as exc:
             # The store's messages name the URL less its password; the setting's value is not repeated.
             raise ConfigError("DATABASE_URL", "***", f"a reachable PostgreSQL database ({_reason(exc)})") from None

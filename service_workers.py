@@ -177,7 +177,7 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
         metrics = Metrics(enabled=plan.settings.admin.metrics_enabled, multiprocess_dir=plan.metrics_dir)
         # GeventWorker.patch made self.sockets gevent sockets on the master's listening one.
         service = BridgeService(plan.settings, log=plan.log.bind(worker=self.age), metrics=metrics,
-                                listener=self.sockets[0])
+                                listener=self.sockets[0], wait_for_database=True)
         service.start()
         if service.server is not None:
             # gevent accepts up to 100 pending connections per wake-up: a burst would all go

@@ -13,7 +13,7 @@
 """
 
 from records.cost import CostRates, estimate_cost
-from records.errors import InvalidRecord, RecordsError, SchemaTooNew, StoreUnavailable
+from records.errors import DatabaseUnreachable, InvalidRecord, RecordsError, SchemaTooNew, StoreUnavailable
 from records.model import OUTCOMES, CallRecord
 from records.schema import CURRENT_VERSION
 from records.stats import percentile
@@ -24,6 +24,7 @@ __all__ = [
     "OUTCOMES",
     "CallRecord",
     "CostRates",
+    "DatabaseUnreachable",
     "InvalidRecord",
     "RecordStore",
     "RecordsError",

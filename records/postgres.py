@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 
-from records.errors import SchemaTooNew, StoreUnavailable
+from records.errors import DatabaseUnreachable, SchemaTooNew, StoreUnavailable
 from records.rows import COLUMNS
 from records.schema import MIGRATIONS, Migration
 
@@ -157,12 +157,13 @@ class PostgresDatabase:
 
         Raises:
             SchemaTooNew: the database was written by a newer program.
-            StoreUnavailable: the server cannot be reached, refuses us, or migrating failed.
+            DatabaseUnreachable: connecting failed (server down or unreachable, or it refused us).
+            StoreUnavailable: migrating failed.
         """
         try:
             conn = self._connect()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"{self.name}: cannot connect to the call-records database: {exc}") from exc
+            raise DatabaseUnreachable(f"{self.name}: cannot connect to the call-records database: {exc}") from exc
         try:
             found = schema_version(conn)
             reached = migrate(conn, self.name)

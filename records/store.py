@@ -37,7 +37,7 @@ import gevent.queue
 import structlog
 
 from observability.logging import Logger
-from records.errors import StoreUnavailable
+from records.errors import DatabaseUnreachable, StoreUnavailable
 from records.model import CallRecord
 from records.rows import SELECT_SQL, from_row, to_row
 from records.sqlite import SqliteDatabase
@@ -141,8 +141,13 @@ class RecordStore:
         """Records accepted but not yet written or given up on."""
         return self._accepted - self._settled
 
-    def start(self) -> None:
+    def start(self, *, wait_for_database: bool = False) -> None:
         """Open or create the database, migrate it, and spawn the writer greenlet.
+
+        `wait_for_database`: a database server that cannot be reached now is an outage, not
+        an error: the store starts, warns once, and the writer connects (and migrates) as
+        soon as the server answers. For a process whose database was checked moments ago by
+        its parent (a gunicorn worker, booted or replaced during an outage).
 
         Raises:
             SchemaTooNew: the database comes from a newer program; it is left untouched.
@@ -151,11 +156,23 @@ class RecordStore:
         """
         if self._writer is not None or self._stopped:
             raise RuntimeError("RecordStore.start() may be called once, before stop()")
-        found, reached = self._database.open()
+        try:
+            found, reached = self._database.open()
+        except DatabaseUnreachable as exc:
+            if not wait_for_database:
+                raise
+            self.healthy = False
+            self._on_unreachable(exc, 0)
+            self._open = True
+            self._spawn_writer()
+            return
         self._open = True
         self._log.info(
             "call_records_opened", path=self._path, schema_version=reached, migrated_from=found
         )
+        self._spawn_writer()
+
+    def _spawn_writer(self) -> None:
         writer: gevent.Greenlet[[], None] = gevent.Greenlet(self._run)
         writer.link_exception(self._on_writer_crash)
         writer.start()

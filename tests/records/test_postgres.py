@@ -230,3 +230,25 @@ def test_a_write_the_server_refuses_takes_the_bounded_retries_and_is_dropped(con
         assert store.get("CAaccepted") is not None and store.healthy
     finally:
         store.stop()
+
+
+def test_a_store_told_to_wait_starts_while_the_server_is_down_and_migrates_once_it_is_up(
+    records_postgres: PostgresServer, postgres_url, log
+):
+    records_postgres.stop()
+    store = RecordStore(postgres_url, log=log, outage_delays_s=FAST_OUTAGE)
+    try:
+        with pytest.raises(StoreUnavailable):
+            RecordStore(postgres_url, log=log).start()  # by default a server that is down stops start-up
+        store.start(wait_for_database=True)
+        assert (store.healthy, store.outages) == (False, 1)
+        assert log.events("warning") == ["call_records_unreachable"]
+        assert store.submit(make_record("CAwaited"))
+    finally:
+        records_postgres.start()
+    try:
+        assert store.flush(timeout_s=10)
+        assert store.get("CAwaited") == make_record("CAwaited")
+        assert (store.written, store.dropped, store.healthy) == (1, 0, True)
+    finally:
+        store.stop()
