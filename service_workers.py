@@ -7,7 +7,9 @@ before it forks:
   (a bad setting is still one line and exit status 2, before anything starts), the
   database migrated once, and the port bound and listening: the workers share it;
 - a run directory of its own (removed at exit): prometheus-client's multiprocess files,
-  so /metrics on any worker reports the whole machine (observability/metrics.py);
+  so /metrics on any worker reports the whole machine (observability/metrics.py), and,
+  without REDIS_URL or DIRECTORY_PATH, the SQLite call directory every worker shares
+  (its tables made here once), so any worker takes any call's stream;
 - without VAPI_API_KEY, ONE VAPI simulator (`sims/vapi_process.py`, a process of its own)
   that every worker uses: a VAPI call created by one worker is joined by whichever worker
   takes its stream.
