@@ -274,6 +274,8 @@ class BridgeService:
             self.server.close()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)
+        if self.calls is not None:
+            self.calls.release_parked()
         if self.fleet is not None:
             self.fleet.stop()  # after the calls: their outcomes go out first
         if self.server is not None:

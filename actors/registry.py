@@ -19,10 +19,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import gevent
+import gevent.event
 import pykka
 from pykka import ActorDeadError
 
-from actors.call import CallContext, CallSettings
+from actors.call import CallContext, CallSettings, PreparedVapi
 from actors.controller import finish_call
 from actors.fleet import FleetNode
 from actors.messages import EventNoted, InjectFault
@@ -31,7 +33,7 @@ from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, MemoryDirect
 from calls.outcome import Outcome
 from links.errors import VapiUnavailable
 from links.twilio import TwilioSocket
-from links.vapi import VapiConnector
+from links.vapi import VapiConnector, VapiLink
 from observability.metrics import Metrics
 from protocols.ticket import TicketError, TicketSealer, ticket_from_parameters
 from protocols.vapi import MULAW8K, PCM16K, CreatedCall
@@ -114,6 +116,8 @@ class CallRegistry:
         self._metrics = metrics
         self._log = log
         self._live: dict[str, CallContext] = {}
+        # One process: VAPI sockets opened at the webhook, waiting for their stream (by CallSid).
+        self._parked: dict[str, tuple[PreparedVapi, gevent.Greenlet[[str], None]]] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
 
     @property
@@ -135,6 +139,8 @@ class CallRegistry:
             self._log.warning("vapi_create_deferred", call_sid=call_sid, actor="webhook", kind=exc.kind.value,
                               detail=str(exc))
         self.fleet.admit(call_sid)
+        if created is not None and not self.fleet.shared:
+            self._park(call_sid, created)
         return self._tickets.seal(
             call_sid=call_sid,
             node_id=self.node_id,
@@ -165,19 +171,61 @@ class CallRegistry:
         refusal = self.fleet.claim(call_sid)
         if refusal is not None:
             raise StreamRefused(_CLAIM_REFUSALS.get(refusal, "not_admitted"))
-        prepared = (
-            CreatedCall(ticket.vapi_call_id, ticket.vapi_websocket_url)
-            if ticket.vapi_call_id is not None and ticket.vapi_websocket_url is not None
-            else None
-        )
+        prepared = self._unpark(call_sid)
+        if prepared is None and ticket.vapi_call_id is not None and ticket.vapi_websocket_url is not None:
+            prepared = PreparedVapi(CreatedCall(ticket.vapi_call_id, ticket.vapi_websocket_url))
         try:
             return self.start_call(call_sid, socket=socket, prepared=prepared)
         except Exception:
             self.fleet.finished(call_sid, Outcome.FAILED)
             raise
 
+    def _park(self, call_sid: str, created: CreatedCall) -> None:
+        """Open the VAPI call's socket now, for the stream that can only come to this process.
+
+        Today's latency for one process: the socket (and VAPI's greeting, held in its
+        buffer) is ready while Twilio connects the stream. Closed, with a goodbye, if the
+        stream has not come when the ticket expires.
+        """
+        opening: gevent.event.AsyncResult[VapiLink] = gevent.event.AsyncResult()
+
+        def connect() -> None:
+            try:
+                opening.set(self._connector.connect(created.websocket_url))
+            except VapiUnavailable as exc:
+                opening.set_exception(exc)
+
+        self._release_parked(call_sid)  # a retried webhook: the newer VAPI call wins
+        gevent.spawn(connect)
+        expiry = gevent.spawn_later(self._tickets.ttl_s, self._release_parked, call_sid)
+        self._parked[call_sid] = (PreparedVapi(created, opening), expiry)
+
+    def _unpark(self, call_sid: str) -> PreparedVapi | None:
+        parked = self._parked.pop(call_sid, None)
+        if parked is None:
+            return None
+        prepared, expiry = parked
+        expiry.kill(block=False)
+        return prepared
+
+    def _release_parked(self, call_sid: str) -> None:
+        prepared = self._unpark(call_sid)
+        if prepared is None or prepared.link is None:
+            return
+        try:
+            link = prepared.link.get()  # bounded by the connector's deadline
+        except VapiUnavailable:
+            return
+        if link is not None:
+            link.close(goodbye=True)
+
+    def release_parked(self) -> None:
+        """Close every VAPI socket still waiting for its stream (the server is stopping)."""
+        for call_sid in list(self._parked):
+            self._release_parked(call_sid)
+
     def start_call(
-        self, call_sid: str, *, socket: TwilioSocket | None = None, prepared: CreatedCall | None = None
+        self, call_sid: str, *, socket: TwilioSocket | None = None, prepared: PreparedVapi | None = None
     ) -> CallContext:
         """Start the call's actor tree around its socket, or return the live one."""
         existing = self._live.get(call_sid)

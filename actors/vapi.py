@@ -44,7 +44,7 @@ from actors.messages import (
 )
 from calls.outcome import Outcome
 from chaos.suffer import suffer
-from links.errors import VapiLinkDead, VapiUnavailable
+from links.errors import ErrorKind, VapiLinkDead, VapiUnavailable
 from links.vapi import Signal, VapiLink
 from observability.ratelimit import LogLimiter
 from protocols.errors import ProtocolError
@@ -235,10 +235,17 @@ class VapiActor(CallActor):
         audio_format = PCM16K if call.settings.audio_format == "pcm_s16le" else MULAW8K
         deadline: float | None = None
         attempt = 0
-        created, call.prepared_vapi = call.prepared_vapi, None  # joined once at most, by the first link
-        if created is not None:
+        prepared, call.prepared_vapi = call.prepared_vapi, None  # joined once at most, by the first link
+        created = prepared.call if prepared is not None else None
+        if prepared is not None:
             try:
-                link = call.connector.connect(created.websocket_url)
+                # Bounded: the connector's own deadline ends the opening either way.
+                opened = prepared.link.get() if prepared.link is not None else call.connector.connect(
+                    prepared.call.websocket_url
+                )
+                if opened is None:
+                    raise VapiUnavailable(ErrorKind.CONNECTIVITY, "call socket did not open")
+                link = opened
             except VapiUnavailable as exc:
                 # The webhook's VAPI call is not to be had (it timed out waiting, say): a new one.
                 self._log.info("vapi_prepared_call_lost", kind=exc.kind.value, detail=str(exc))
