@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import gevent
+import gevent.util
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -173,6 +174,11 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
         # Ctrl-C reaches every process of the terminal's group: a worker drains, as one
         # process would. The master's quick stop (a second Ctrl-C) sends SIGQUIT.
         signal.signal(signal.SIGINT, self.handle_exit)
+
+    def handle_usr1(self, _signum: int, _frame: object) -> None:
+        # As with one process: `kill -USR1 <worker pid>` prints its greenlets' stacks, for a
+        # hung worker (gunicorn's own use of USR1, reopening log files, has no files here).
+        gevent.spawn(gevent.util.print_run_info)
 
     def load_wsgi(self) -> None:
         plan: WorkerPlan = self.app.plan
