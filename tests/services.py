@@ -171,7 +171,8 @@ class RedisServer(_Process):
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
-        self.port = free_port()
+        """Start on a free port; after a `stop()`, again on the same port (an outage test)."""
+        self.port = self.port or free_port()
         self._spawn([
             self.binary,
             "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.dir),

@@ -205,7 +205,7 @@ def _post_after_stream(caller: SimulatedCaller) -> tuple[int, str]:
     return caller.post_webhook("/voice/after-stream", extra_params={"CallStatus": "in-progress"})
 
 
-def _one_call(fleet: Fleet) -> CallSeen:
+def _one_call(fleet: Fleet, *, hangs_up: bool = True) -> CallSeen:
     """A call the assistant ends after one answer, every request through nginx."""
     since = len(fleet.nginx.requests())
     caller = _caller(fleet)
@@ -233,7 +233,8 @@ def _one_call(fleet: Fleet) -> CallSeen:
     assert wait_until(logged, timeout=5), fleet.nginx.requests()[since:]
     webhook, stream, after_node = routes[0]  # type: ignore[misc]
     seen = CallSeen(caller.call_sid, webhook, stream, after_node, after)
-    fleet.calls.append(seen)
+    if hangs_up:
+        fleet.calls.append(seen)
     return seen
 
 
@@ -325,3 +326,26 @@ def test_the_records_of_both_nodes_calls_are_in_postgresql(fleet):
     for sid, (_, node_id) in records.items():
         assert node_id.startswith(wanted[sid].stream + "-"), (node_id, wanted[sid])
     assert {wanted[sid].stream for sid in records} == {node.name for node in fleet.nodes}
+
+
+def test_with_redis_down_calls_still_cross_nodes_and_only_the_holders_after_stream_hangs_up(fleet, redis_server):
+    """Last in the module: it stops the session's Redis (and starts it again on the same port)."""
+    redis_server.stop()
+    try:
+        calls = [_one_call(fleet, hangs_up=False) for _ in range(2)]
+        for call in calls:
+            assert call.stream != call.webhook  # the ticket alone carried the call across
+            # Only the node that held the call knows how it ended; another plays the fallback.
+            if call.after_stream == call.stream:
+                assert "<Hangup" in call.after_stream_twiml, call
+            else:
+                assert "<Say" in call.after_stream_twiml and "<Hangup" not in call.after_stream_twiml, call
+        assert any(c.after_stream != c.stream for c in calls)
+        for node in fleet.nodes:
+            assert node.child.log().count('"directory_unavailable"') == 1, node.name
+    finally:
+        redis_server.start()
+    # Redis back: the nodes use it again, and an after-stream on the other node hangs up again.
+    call = _one_call(fleet)
+    assert "<Hangup" in call.after_stream_twiml
+    assert all('"directory_available"' in node.child.log() for node in fleet.nodes)
