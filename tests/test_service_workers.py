@@ -203,15 +203,17 @@ def test_with_workers_a_busy_port_still_stops_start_up_with_one_line_before_anyt
     assert not (tmp_path / "calls.db").exists()  # the port is tried before the database, as with one process
 
 
-def test_with_workers_an_unusable_database_stops_start_up_with_one_line(tmp_path):
+@pytest.mark.parametrize("setting", ["DATABASE_PATH", "DIRECTORY_PATH"])
+def test_with_workers_an_unusable_file_stops_start_up_with_one_line(tmp_path, setting):
     port = free_port()
-    path = str(tmp_path / "no-such-dir" / "calls.db")
+    path = str(tmp_path / "no-such-dir" / "some.db")
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), "--workers", "2"], cwd=tmp_path,
-                            env=server_env(tmp_path, port, DATABASE_PATH=path), capture_output=True, text=True,
+                            env=server_env(tmp_path, port, **{setting: path}), capture_output=True, text=True,
                             timeout=30)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert lines[0].startswith("configuration error: DATABASE_PATH=") and path in lines[0]
+    assert lines[0].startswith(f"configuration error: {setting}=") and path in lines[0]
+    assert "vapi_simulator_started" not in result.stdout and "Booting worker" not in result.stdout
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listening
 
