@@ -236,11 +236,18 @@ class PostgresDatabase:
             self._reader = None
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(
+        # Keyword arguments win over the URL's own parameters, so the URL's `options` (a
+        # search_path, say) are left alone and the timeout is set by a statement instead.
+        conn = psycopg.connect(
             self._url,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT_S,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
             application_name="twilio-vapi-bridge",
             **_TCP,  # type: ignore[arg-type]
         )
+        try:
+            conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn

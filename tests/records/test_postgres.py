@@ -252,3 +252,17 @@ def test_a_store_told_to_wait_starts_while_the_server_is_down_and_migrates_once_
         assert (store.written, store.dropped, store.healthy) == (1, 0, True)
     finally:
         store.stop()
+
+
+def test_the_urls_own_options_are_kept_and_every_statement_is_bounded(conn, postgres_url):
+    conn.execute("CREATE SCHEMA bridge_history")
+    url = postgres_url + "?options=-csearch_path%3Dbridge_history"
+    database = PostgresDatabase(url)
+    database.open()
+    try:
+        assert database.read("SHOW search_path", ()) == [("bridge_history",)]
+        assert database.read("SHOW statement_timeout", ()) == [("10s",)]
+    finally:
+        database.close()
+    tables = conn.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = 'calls'").fetchall()
+    assert tables == [("bridge_history",)]  # the table went where the URL said
