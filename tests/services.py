@@ -17,6 +17,7 @@ failure message when it does not come up.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import itertools
 import os
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Bound on every wait for a service to come up or go down: a loaded 2-core CI box starts
 # PostgreSQL (initdb included) in 2-4 s; more than this means it is not coming.
 START_TIMEOUT_S = 30.0
@@ -96,10 +98,27 @@ def _as_user(user: str | None) -> dict[str, object]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel sends the child `sig` when the test process dies, however it dies.
+
+    Without it a pytest killed by a timeout or SIGKILL would leave servers running forever
+    (they are in a session of their own). It runs after the child took its user, so the
+    credential change does not clear it.
+    """
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return arm
+
+
 class _Process:
     """A service running in the foreground as our child, with its log in its temp dir."""
 
     name = "service"
+    # What the kernel sends the service if the test process dies without stopping it.
+    orphan_signal = signal.SIGTERM
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=f"test-{self.name}-"))
@@ -118,7 +137,8 @@ class _Process:
             # the service in order, instead of the service dying under a running test.
             self._proc = subprocess.Popen(
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.dir, start_new_session=True, **_as_user(user),
+                cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent(self.orphan_signal),
+                **_as_user(user),
             )
         finally:
             log.close()
@@ -225,6 +245,7 @@ class PostgresServer(_Process):
     """
 
     name = "postgres"
+    orphan_signal = signal.SIGQUIT  # immediate shutdown: SIGTERM would wait for every session
     superuser = "postgres"
     database = "bridge"
 
