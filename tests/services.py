@@ -38,6 +38,7 @@ __all__ = [
     "PostgresServer",
     "RedisServer",
     "ServiceUnavailable",
+    "die_with_parent",
     "free_port",
     "nginx_binary",
     "nginx_server",
@@ -98,7 +99,7 @@ def _as_user(user: str | None) -> dict[str, object]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
+def die_with_parent(sig: int) -> Callable[[], None]:
     """A preexec_fn: the kernel sends the child `sig` when the test process dies, however it dies.
 
     Without it a pytest killed by a timeout or SIGKILL would leave servers running forever
@@ -137,7 +138,7 @@ class _Process:
             # the service in order, instead of the service dying under a running test.
             self._proc = subprocess.Popen(
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent(self.orphan_signal),
+                cwd=self.dir, start_new_session=True, preexec_fn=die_with_parent(self.orphan_signal),
                 **_as_user(user),
             )
         finally:

@@ -29,7 +29,7 @@ import requests
 from audio.signals import silence, tone
 from sims.caller import CallerConfig, CallerError, SimulatedCaller
 from tests.fleet.deploy_config import render
-from tests.services import NginxServer, PostgresServer, RedisServer, free_port
+from tests.services import NginxServer, PostgresServer, RedisServer, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_TOKEN = "fleet-test-auth-token-0123456789"
@@ -55,7 +55,8 @@ class Child:
         self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
     def log(self) -> str:
