@@ -6,9 +6,10 @@ greenlet, reads from the requesting greenlet.
 
 Cooperation with gevent: psycopg 3's synchronous API waits for its socket with a Python
 wait function, and it picks one that gevent has patched when `select` is monkey-patched
-at the time psycopg is first imported (run.py patches before importing anything). So a
-query in flight yields to the hub like any socket read: live calls go on while the
-database answers. tests/records/test_postgres.py shows it with a slow query.
+at the time psycopg is first imported (run.py patches before importing anything; psycopg
+3.1.14 and later, see docs/nginx-and-postgresql.md). So a query in flight yields to the hub
+like any socket read: live calls go on while the database answers.
+tests/records/test_postgres.py shows it with a slow query.
 
 The writer and the readers use separate connections, because here (unlike sqlite) a
 query yields: a read must never land inside the writer's open transaction.
