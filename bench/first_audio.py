@@ -2,13 +2,17 @@
 
     python -m bench.first_audio --calls 20 --baseline <git rev> [--vapi-rtt-ms 0,60] [--twilio-setup-ms 150]
 
-Two servers side by side in one run, calls alternating between them:
+Servers side by side in one run, calls alternating between them:
 
 - **baseline**: the project at `--baseline` (a git revision, exported to a temp dir), which
   started each call's actors at the webhook, so the VAPI socket opened while Twilio was
   still connecting the stream;
-- **this tree**: the webhook creates the VAPI call (POST /call) and seals it into the
-  ticket; the node that takes the stream opens the VAPI socket when the stream starts.
+- **one process**: this tree with its default in-memory call directory: the webhook
+  creates the VAPI call and, as the stream can only come to this process, opens its socket
+  at once (the greeting waits in the socket's buffer);
+- **fleet**: this tree with a shared directory (an SQLite file, as the workers of one
+  machine or, with Redis, a fleet): the webhook creates the VAPI call and seals it into
+  the ticket; the node that takes the stream opens the VAPI socket when `start` arrives.
 
 Each call: the simulated Twilio posts the webhook, waits `--twilio-setup-ms` (Twilio
 fetching the TwiML and opening its media socket), opens the stream and sends `start`; the
@@ -27,7 +31,6 @@ if __name__ == "__main__":  # patch before anything imports sockets
     monkey.patch_all()
 
 import argparse
-import secrets
 import socket
 import subprocess
 import sys
@@ -138,11 +141,17 @@ def _one_call(server: ServerProcess, setup_s: float) -> float | None:
 def _servers(workdir: Path, vapi_url: str, baseline: Path | None) -> dict[str, ServerProcess]:
     env = {"TWILIO_AUTH_TOKEN": _TOKEN, "VAPI_API_KEY": _API_KEY, "VAPI_BASE_URL": vapi_url, "LOG_LEVEL": "WARNING"}
     servers = {}
-    for name, root in (("baseline", baseline), ("this tree", None)):
+    configurations = [
+        ("baseline", baseline, {}),
+        ("one process", None, {}),
+        ("fleet", None, {"DIRECTORY_PATH": str(workdir / "directory.db")}),
+    ]
+    for name, root, extra in configurations:
         if name == "baseline" and root is None:
             continue
-        (workdir / name).mkdir()
-        servers[name] = ServerProcess(workdir=workdir / name, chaos_rate=0, seed=0, extra_env=env, project_root=root)
+        (workdir / name.replace(" ", "-")).mkdir()
+        servers[name] = ServerProcess(workdir=workdir / name.replace(" ", "-"), chaos_rate=0, seed=0,
+                                      extra_env={**env, **extra}, project_root=root)
     return servers
 
 
@@ -196,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 proxy.stop()
                 sim.stop()
             rows.extend((rtt, name, samples[name], lost[name]) for name in servers)
-    print(f"first assistant audio after `start`, ms (Twilio setup {args.twilio_setup_ms:g} ms, {args.calls} calls each)")
+    print(f"first assistant audio after `start` (Twilio setup {args.twilio_setup_ms:g} ms, {args.calls} calls each)")
     print("| VAPI RTT ms | server | p50 / p95 ms | calls without audio |")
     print("|---:|---|---:|---:|")
     for rtt, name, figures, missing in rows:
