@@ -55,7 +55,8 @@ class Child:
         self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # In the temp dir: run.py reads .env from its working directory, never the checkout's here.
+                argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
