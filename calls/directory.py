@@ -52,6 +52,8 @@ ALREADY_STREAMING: Final = "already has a media socket"
 OUTCOME_KEPT_S: Final = 24 * 3600.0
 # Outcomes a memory directory remembers: months of calls must cost no memory.
 _MEMORY_OUTCOMES: Final = 10_000
+# Admissions between two sweeps of the ones whose stream never came.
+_SWEEP_EVERY: Final = 256
 
 
 class DirectoryUnavailable(Exception):
@@ -139,6 +141,7 @@ class MemoryDirectory:
         self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._views: dict[str, NodeView] = {}
         self._commands: dict[str, list[dict[str, Any]]] = {}
+        self._admitted_since_sweep = 0
 
     @property
     def shared(self) -> bool:
@@ -152,6 +155,12 @@ class MemoryDirectory:
         return entry
 
     def admit(self, call_sid: str, node_id: str, ttl_s: float) -> None:
+        self._admitted_since_sweep += 1
+        if self._admitted_since_sweep >= _SWEEP_EVERY:
+            # Admissions whose stream never came are otherwise dropped only when asked about.
+            self._admitted_since_sweep = 0
+            for stale in [sid for sid, e in self._entries.items() if e.state == "admitted"]:
+                self._live_entry(stale)
         entry = self._live_entry(call_sid)
         if call_sid in self._outcomes or (entry is not None and entry.state == "claimed"):
             return

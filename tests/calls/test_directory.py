@@ -200,3 +200,14 @@ def test_a_locked_sqlite_directory_is_unavailable_after_its_timeout_not_a_stuck_
     ticker.kill()
     directory.admit(SID, "a", 30)
     assert directory.claim(SID, "a", 1) is None
+
+
+def test_a_memory_directory_forgets_admissions_whose_stream_never_came():
+    clock = Clock()
+    directory = MemoryDirectory(clock)
+    for n in range(300):
+        directory.admit(f"CA{n:032x}", "a", ttl_s=1)
+    clock.now += 2
+    for n in range(300, 600):
+        directory.admit(f"CA{n:032x}", "a", ttl_s=1)
+    assert len(directory._entries) <= 300  # the expired ones were swept, not kept for ever
