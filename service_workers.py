@@ -68,6 +68,8 @@ _ROOT = Path(__file__).resolve().parent
 _STOP_MARGIN_S = 20
 # A worker that has not said it is alive for this long is killed and replaced.
 _WORKER_TIMEOUT_S = 30
+# How long a replacement worker that failed to start waits before the master tries another.
+_RESTART_PAUSE_S = 5.0
 # How soon a worker starts draining after SIGTERM (and /readyz says 503).
 _ALIVE_POLL_S = 0.1
 # The key the shared VAPI simulator takes (a development simulator's: not a secret).
@@ -184,9 +186,20 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
         plan: WorkerPlan = self.app.plan
         metrics = Metrics(enabled=plan.settings.admin.metrics_enabled, multiprocess_dir=plan.metrics_dir)
         # GeventWorker.patch made self.sockets gevent sockets on the master's listening one.
-        service = BridgeService(plan.settings, log=plan.log.bind(worker=self.age), metrics=metrics,
-                                listener=self.sockets[0], wait_for_database=True)
-        service.start()
+        log = plan.log.bind(worker=self.age)
+        service = BridgeService(plan.settings, log=log, metrics=metrics, listener=self.sockets[0],
+                                wait_for_database=True)
+        try:
+            service.start()
+        except Exception:
+            if self.age <= plan.settings.workers:
+                raise  # at start-up: a boot error, and gunicorn stops the master, as a failed start should
+            # A replacement worker: gunicorn would stop every worker, and their calls, for one
+            # that cannot boot. It exits instead (after a pause, so a lasting fault is retried
+            # slowly) and the master starts another; the others serve on meanwhile.
+            log.error("worker_start_failed", retry_in_s=_RESTART_PAUSE_S, exc_info=True)
+            gevent.sleep(_RESTART_PAUSE_S)
+            sys.exit(1)
         if service.server is not None:
             # gevent accepts up to 100 pending connections per wake-up: a burst would all go
             # to whichever worker woke first. One at a time lets the others take their share

@@ -238,3 +238,27 @@ def test_ten_calls_succeed_whichever_worker_takes_each_request(two_workers):
             break
     assert set(stream_pid.values()) == workers
     assert any(stream_pid[sid] != webhook_pid[sid] for sid in stream_pid)
+
+
+def test_a_replacement_worker_that_cannot_start_does_not_stop_the_others(tmp_path):
+    import wave
+
+    hold = tmp_path / "hold.wav"
+    with wave.open(str(hold), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\0\0" * 1600)
+    process, base = start_workers(tmp_path, WORKERS="2", HOLD_SOUND_WAV=str(hold))
+    try:
+        assert wait_until(lambda: len(listening_workers(process, tmp_path)) == 2, timeout=10)
+        hold.unlink()  # every new worker now fails to start
+        victim, survivor = sorted(workers_of(process))
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: any(line["event"] == "worker_start_failed" for line in log_lines(tmp_path)),
+                          timeout=10)
+        assert process.poll() is None and survivor in workers_of(process)
+        assert requests.get(base + "/readyz", timeout=5).status_code == 200
+    finally:
+        stop_server(process)
+    assert process.returncode == 0
