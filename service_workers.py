@@ -40,6 +40,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,9 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
             # that cannot boot. It exits instead (after a pause, so a lasting fault is retried
             # slowly) and the master starts another; the others serve on meanwhile.
             log.error("worker_start_failed", retry_in_s=_RESTART_PAUSE_S, exc_info=True)
-            gevent.sleep(_RESTART_PAUSE_S)
+            until = time.monotonic() + _RESTART_PAUSE_S
+            while self.alive and time.monotonic() < until:  # SIGTERM meanwhile: no need to wait
+                gevent.sleep(_ALIVE_POLL_S)
             sys.exit(1)
         if service.server is not None:
             # gevent accepts up to 100 pending connections per wake-up: a burst would all go
