@@ -64,3 +64,13 @@ def test_one_process_alone_keeps_a_registry_per_metrics_object():
     first.calls.labels(outcome="completed").inc()
     assert first.value("bridge_calls_total", outcome="completed") == 1
     assert second.value("bridge_calls_total", outcome="completed") == 0
+
+
+def test_every_gauge_says_how_the_workers_values_combine():
+    # A gauge left at prometheus-client's default mode ("all") shows one series per worker
+    # pid, dead ones included, instead of one figure for the machine.
+    from prometheus_client import Gauge
+
+    gauges = [value for value in vars(Metrics()).values() if isinstance(value, Gauge)]
+    assert gauges
+    assert all(gauge._multiprocess_mode != "all" for gauge in gauges)
