@@ -165,9 +165,9 @@ def _prepare_directory(settings: Settings) -> None:
 class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-websocket ships no types
     """gevent-websocket's gunicorn worker, serving the process's own BridgeService.
 
-    gunicorn calls `load_wsgi` after the fork and before the worker counts as booted (a
-    failure there is a boot error: the master stops instead of forking it again and
-    again), then `run`.
+    gunicorn calls `load_wsgi` after the fork and before the worker counts as booted, then
+    `run`. A failure in `load_wsgi` is a boot error, on which gunicorn's master stops every
+    worker: right at start-up, wrong for a replacement (see `load_wsgi`).
     """
 
     service: BridgeService | None = None
