@@ -31,6 +31,16 @@ class Clock:
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def nodes(request, tmp_path) -> Iterator[tuple[Callable[[], object], Clock]]:
+    yield from _nodes(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_nodes(request, tmp_path) -> Iterator[tuple[Callable[[], object], Clock]]:
+    """Only the backends other processes share (a memory directory's claims never expire)."""
+    yield from _nodes(request, tmp_path)
+
+
+def _nodes(request, tmp_path) -> Iterator[tuple[Callable[[], object], Clock]]:
     """A factory of directory clients on one store (one per node), and the store's clock."""
     clock = Clock()
     made: list[object] = []
@@ -131,11 +141,9 @@ def test_heartbeats_publish_each_nodes_calls_and_a_silent_nodes_view_ages_out(no
     assert b.owner(SID) is None  # the dead node's claim expired with it
 
 
-def test_a_heartbeat_extends_the_owners_claim(nodes, request):
-    make, clock = nodes
+def test_a_heartbeat_extends_the_owners_claim(shared_nodes, request):
+    make, clock = shared_nodes
     a = make()
-    if isinstance(a, MemoryDirectory):
-        pytest.skip("a memory directory's claims do not expire")
     a.admit(SID, "a", 30)
     a.claim(SID, "node-a", lease_s=0.4)
     for _ in range(3):
@@ -158,11 +166,9 @@ def test_commands_reach_only_the_node_they_are_sent_to_in_order(nodes):
     assert b.take_commands("node-b", wait_s=0) == [{"n": 3}]
 
 
-def test_a_waiting_node_gets_a_command_sent_while_it_waits(nodes):
-    make, _ = nodes
+def test_a_waiting_node_gets_a_command_sent_while_it_waits(shared_nodes):
+    make, _ = shared_nodes
     sender, a = make(), make()
-    if isinstance(a, MemoryDirectory):
-        pytest.skip("a memory directory is one process: nothing arrives while it waits")
     waiter = gevent.spawn(a.take_commands, "node-a", 3.0)
     gevent.sleep(0.1)
     sender.send_command("node-a", {"n": 1}, ttl_s=10)
