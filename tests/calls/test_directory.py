@@ -145,13 +145,13 @@ def test_a_heartbeat_extends_the_owners_claim(shared_nodes, request):
     make, clock = shared_nodes
     a = make()
     a.admit(SID, "a", 30)
-    a.claim(SID, "node-a", lease_s=0.4)
-    for _ in range(3):
+    a.claim(SID, "node-a", lease_s=1.0)
+    for _ in range(3):  # 1.2 s in all: past the first lease, within each renewed one
         if "redis" in request.node.callspec.id:
-            gevent.sleep(0.25)
+            gevent.sleep(0.4)
         else:
-            clock.now += 0.25
-        a.heartbeat("node-a", [{"call_sid": SID}], ttl_s=0.4)
+            clock.now += 0.4
+        a.heartbeat("node-a", [{"call_sid": SID}], ttl_s=1.0)
     assert a.owner(SID) == "node-a"
 
 
