@@ -1,6 +1,9 @@
 """Entry point.
 
     python run.py           serve (embedded VAPI simulator when VAPI_API_KEY is unset)
+    python run.py --workers N
+                            serve with N worker processes on the one port (as WORKERS=N; the
+                            flag wins); 1, the default, is one process
     python run.py call ...  a simulated caller that does what Twilio does (see --help)
     python run.py chaos ... inject faults into live calls through the admin API (see --help)
     python run.py soak ...  the chaos soak benchmark (same as python -m bench.soak)
@@ -24,6 +27,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import cast  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -31,6 +35,7 @@ import gevent.util  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 from dotenv.parser import parse_stream  # noqa: E402
 
+from observability.logging import BoundLogger  # noqa: E402
 from settings import ConfigError, Settings  # noqa: E402
 
 DOTENV_DEFAULT = ".env"
@@ -64,35 +69,40 @@ def load_env(environ: Mapping[str, str]) -> tuple[dict[str, str], Path | None]:
     return merged, path
 
 
-def serve(environ: Mapping[str, str]) -> int:
+def serve(environ: Mapping[str, str], *, workers: str | None = None) -> int:
+    """Serve until SIGTERM or Ctrl-C; `workers` (from --workers) wins over WORKERS."""
     try:
         env, dotenv_path = load_env(environ)
+        if workers is not None:
+            env["WORKERS"] = workers
         settings = Settings.from_env(env)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 
     from observability.logging import configure_logging
-    from service import BridgeService
 
-    log = configure_logging(fmt=settings.log_format, level=settings.log_level)
+    # Several workers share one log: each line says which process wrote it.
+    # configure_logging's FilteringBoundLogger is a BoundLogger that mypy cannot match (see service.py).
+    log = cast(
+        "BoundLogger", configure_logging(fmt=settings.log_format, level=settings.log_level, pid=settings.workers > 1)
+    )
     if dotenv_path is not None:
         log.info("settings_file_read", path=str(dotenv_path))  # never its values
+    if settings.workers > 1:
+        from service_workers import serve_workers
+
+        return serve_workers(settings, log, on_started=lambda: _started(settings, log))
+
+    from service import BridgeService
+
     service = BridgeService(settings, log=log)
     try:
         service.start()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    for name, problem in settings.production_warnings():
-        log.warning("setting_unusable_with_twilio", setting=name, problem=problem)
-    if settings.twilio.auth_token_generated:
-        # Printed, not logged: it is a secret, and logs are shipped elsewhere.
-        print(
-            f"TWILIO_AUTH_TOKEN is unset; development token for this run: {settings.twilio.auth_token}",
-            file=sys.stderr,
-            flush=True,
-        )
+    _started(settings, log)
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
@@ -107,6 +117,19 @@ def serve(environ: Mapping[str, str]) -> int:
     drain.kill()
     service.stop()
     return 0
+
+
+def _started(settings: Settings, log: BoundLogger) -> None:
+    """What the operator is told once the server has started."""
+    for name, problem in settings.production_warnings():
+        log.warning("setting_unusable_with_twilio", setting=name, problem=problem)
+    if settings.twilio.auth_token_generated:
+        # Printed, not logged: it is a secret, and logs are shipped elsewhere.
+        print(
+            f"TWILIO_AUTH_TOKEN is unset; development token for this run: {settings.twilio.auth_token}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def dial(argv: list[str], environ: Mapping[str, str]) -> int:
@@ -163,6 +186,13 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if argv and argv[0].startswith("--workers"):
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="run.py", description="Serve (see python run.py --help).")
+        # A string: Settings checks it as it checks WORKERS, and names WORKERS in its error.
+        parser.add_argument("--workers", required=True, metavar="N", help="worker processes (as WORKERS)")
+        return serve(os.environ, workers=parser.parse_args(argv).workers)
     if argv:
         print(f"unknown command {argv[0]!r}; try --help", file=sys.stderr)
         return 2

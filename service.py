@@ -20,6 +20,7 @@ from gevent.pywsgi import WSGIServer
 from pykka import ActorRef, ActorRegistry
 from structlog.typing import FilteringBoundLogger
 
+from actors.fleet import FleetNode, fleet_from_settings
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
 from audio.hold import default_hold_ulaw, load_hold_wav
@@ -46,7 +47,7 @@ from web.server import make_server
 if TYPE_CHECKING:
     from sims.vapi import VapiSimulator
 
-__all__ = ["BridgeService"]
+__all__ = ["BridgeService", "preflight"]
 
 _SIMULATOR_KEY = "simulator-key"
 # How often rate-limited logs report what they held back.
@@ -65,10 +66,18 @@ class BridgeService:
         log: BoundLogger | FilteringBoundLogger | None = None,
         metrics: Metrics | None = None,
         listener: socket.socket | None = None,
+        wait_for_database: bool = False,
     ) -> None:
-        """`listener`: a socket already bound and listening, served on instead of HOST:PORT (tests)."""
+        """`listener`: a socket already bound and listening, served on instead of HOST:PORT (tests).
+
+        `wait_for_database`: a PostgreSQL server (DATABASE_URL) that is down at start is an
+        outage the records wait out, not a start-up error. For gunicorn's workers, whose
+        master checked the database: a worker booted or replaced during an outage must
+        serve, or gunicorn would stop every worker and their live calls with them.
+        """
         self.settings = settings
         self._listener = listener
+        self._wait_for_database = wait_for_database
         # configure_logging's FilteringBoundLogger is a BoundLogger, but mypy cannot match
         # them: its methods take `event` by keyword too, which Logger's **fields may also name.
         self.log: BoundLogger = cast("BoundLogger", log) if log is not None else structlog.get_logger("bridge")
@@ -76,6 +85,7 @@ class BridgeService:
         self.simulator: VapiSimulator | None = None
         self.root: ActorRef[RootSupervisor] | None = None
         self.calls: CallRegistry | None = None
+        self.fleet: FleetNode | None = None
         self.server: WSGIServer | None = None
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
@@ -111,14 +121,7 @@ class BridgeService:
 
     def _start(self, listener: socket.socket, hold_ulaw: bytes, *, own_listener: bool) -> None:
         settings = self.settings
-        path = settings.admin.database_path
-        _check_database_path(path)
-        records = RecordStore(path, log=self.log.bind(actor="records"))
-        try:
-            records.start()
-        except (StoreUnavailable, SchemaTooNew) as exc:
-            raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
-        self.records = records
+        self.records = _records(settings, self.log, wait_for_database=self._wait_for_database)
         self.recordings = _recordings(settings, self.log)
         if own_listener:
             _listen(listener, settings.host, settings.port)
@@ -151,18 +154,22 @@ class BridgeService:
             assistant_id=settings.vapi.assistant_id,
             timeout_s=settings.vapi.connect_timeout_s,
         )
+        self.fleet, tickets = fleet_from_settings(settings, metrics=self.metrics, log=self.log)
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings, hold_ulaw),
             connector=connector,
             metrics=self.metrics,
             log=self.log,
+            tickets=tickets,
+            fleet=self.fleet,
             records=self.records,
             recordings=self.recordings,
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
         )
+        self.fleet.start(snapshots=self.calls.snapshots, inject=self.calls.inject)
         self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls)
         if settings.admin.chaos_rate_per_min > 0:
             calls = self.calls
@@ -267,6 +274,10 @@ class BridgeService:
             self.server.close()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)
+        if self.calls is not None:
+            self.calls.release_parked()
+        if self.fleet is not None:
+            self.fleet.stop()  # after the calls: their outcomes go out first
         if self.server is not None:
             self.server.stop(timeout=timeout_s)
         if self.records is not None:
@@ -276,6 +287,47 @@ class BridgeService:
         leftover = ActorRegistry.get_all()
         if leftover:
             self.log.warning("actors_left_at_stop", count=len(leftover))
+
+
+def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
+    """What `BridgeService.start()` would refuse, tried once by a master that then forks workers.
+
+    Same order and same one-line ConfigErrors as `start()`: the hold sound, the listening
+    address, the database (opened, migrated and closed again, so workers never race to
+    migrate it), the recordings directory. Returns the socket bound and listening, for the
+    workers to share. Starts nothing that outlives the call.
+    """
+    _hold_sound(settings.vapi.hold_sound_wav)
+    listener = _bind(settings.host, settings.port)
+    try:
+        _records(settings, log).stop()
+        _prepare_recordings_directory(settings)
+        _listen(listener, settings.host, settings.port)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _records(settings: Settings, log: BoundLogger, *, wait_for_database: bool = False) -> RecordStore:
+    """The call-records store, open (migrated) and writing; ConfigError names DATABASE_URL or DATABASE_PATH."""
+    url = settings.admin.database_url
+    if url is not None:
+        records = RecordStore(url, log=log.bind(actor="records"))
+        try:
+            records.start(wait_for_database=wait_for_database)
+        except (StoreUnavailable, SchemaTooNew) as exc:
+            # The store's messages name the URL less its password; the setting's value is not repeated.
+            raise ConfigError("DATABASE_URL", "***", f"a reachable PostgreSQL database ({_reason(exc)})") from None
+        return records
+    path = settings.admin.database_path
+    _check_database_path(path)
+    records = RecordStore(path, log=log.bind(actor="records"))
+    try:
+        records.start()
+    except (StoreUnavailable, SchemaTooNew) as exc:
+        raise ConfigError("DATABASE_PATH", path, f"a usable SQLite database ({_reason(exc, path)})") from None
+    return records
 
 
 def _reason(exc: BaseException, path: str = "") -> str:
@@ -306,10 +358,7 @@ def _recordings(settings: Settings, log: BoundLogger) -> RecordingWriter | None:
     config = settings.recordings
     if config.directory is None:
         return None
-    try:
-        prepare_directory(config.directory)
-    except ValueError as exc:
-        raise ConfigError("RECORDINGS_DIR", config.directory, str(exc)) from None
+    _prepare_recordings_directory(settings)
     writer = RecordingWriter(
         config.directory,
         max_seconds=config.max_seconds,
@@ -318,6 +367,17 @@ def _recordings(settings: Settings, log: BoundLogger) -> RecordingWriter | None:
     )
     writer.start()
     return writer
+
+
+def _prepare_recordings_directory(settings: Settings) -> None:
+    """RECORDINGS_DIR made if missing and checked writable, when set; ConfigError names it."""
+    directory = settings.recordings.directory
+    if directory is None:
+        return
+    try:
+        prepare_directory(directory)
+    except ValueError as exc:
+        raise ConfigError("RECORDINGS_DIR", directory, str(exc)) from None
 
 
 def _check_database_path(path: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,6 +22,7 @@ __all__ = [
     "AdminSettings",
     "ConfigError",
     "FallbackSettings",
+    "FleetSettings",
     "KeepaliveSettings",
     "LimitSettings",
     "RecordingSettings",
@@ -36,6 +38,9 @@ T = TypeVar("T")
 TWILIO_API_BASE_URL = "https://api.twilio.com"
 # A phone number in E.164 form: "+", a country code and at most 15 digits in all.
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# A node's name goes into logs, snapshots and directory keys: plain characters only.
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NODE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class ConfigError(Exception):
@@ -152,6 +157,7 @@ class AdminSettings:
     drain_timeout_s: float
     max_calls: int | None
     database_path: str
+    database_url: str | None = field(repr=False)  # PostgreSQL for the call records; may hold a password
     cost_twilio_per_min: float
     cost_vapi_per_min: float
 
@@ -160,7 +166,27 @@ class AdminSettings:
             f"AdminSettings(token={_mask(self.token)}, metrics_token={_mask(self.metrics_token)}, "
             f"chaos_rate_per_min={self.chaos_rate_per_min}, chaos_seed={self.chaos_seed}, "
             f"drain_timeout_s={self.drain_timeout_s}, max_calls={self.max_calls}, "
-            f"database_path={self.database_path!r})"
+            f"database_path={self.database_path!r}, database_url={_mask(self.database_url)})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSettings:
+    """How the nodes of a fleet share calls: the call directory, node identity, the ticket key.
+
+    The directory is Redis with `redis_url`, else an SQLite file at `directory_path` (the
+    workers of one machine), else this process's memory (one process, the default).
+    """
+
+    node_name: str  # NODE_ID, else the host name; each process appends its pid (service.py)
+    redis_url: str | None = field(repr=False)  # may hold a password
+    directory_path: str | None
+    fleet_secret: str | None = field(repr=False)  # None: the ticket key comes from the Twilio auth token
+
+    def __repr__(self) -> str:
+        return (
+            f"FleetSettings(node_name={self.node_name!r}, redis_url={_mask(self.redis_url)}, "
+            f"directory_path={self.directory_path!r}, fleet_secret={_mask(self.fleet_secret)})"
         )
 
 
@@ -179,6 +205,7 @@ class Settings:
 
     host: str
     port: int
+    workers: int  # 1: one process, as always; more: gunicorn forks this many (service_workers.py)
     public_url: str
     twilio: TwilioSettings
     vapi: VapiSettings
@@ -188,6 +215,7 @@ class Settings:
     admin: AdminSettings
     limits: LimitSettings
     recordings: RecordingSettings
+    fleet: FleetSettings
     outbound_max_frames: int
     playback_lead_ms: int
     media_connect_timeout_s: float
@@ -215,6 +243,7 @@ class Settings:
         return cls(
             host=host,
             port=port,
+            workers=r.integer("WORKERS", 1, low=1, high=256),
             public_url=public_url.rstrip("/"),
             twilio=TwilioSettings(
                 auth_token=token,
@@ -256,6 +285,7 @@ class Settings:
                 drain_timeout_s=r.number("DRAIN_TIMEOUT_S", 30.0, low=0.0, high=3600.0),
                 max_calls=r.integer("MAX_CALLS", 0, low=1, high=100_000) if r.optional("MAX_CALLS") else None,
                 database_path=r.text("DATABASE_PATH", "bridge.db"),
+                database_url=r.database_url("DATABASE_URL"),
                 cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),
                 cost_vapi_per_min=r.number("COST_VAPI_PER_MIN", 0.03, low=0.0, high=100.0),
             ),
@@ -274,6 +304,12 @@ class Settings:
                 directory=r.optional("RECORDINGS_DIR"),
                 max_seconds=r.integer("RECORDINGS_MAX_SECONDS", 3600, low=1, high=86400),
                 retention_days=r.number("RECORDINGS_RETENTION_DAYS", 30.0, low=0.0, high=36500.0),
+            ),
+            fleet=FleetSettings(
+                node_name=r.node_name("NODE_ID", _NODE_UNSAFE.sub("-", socket.gethostname())[:64] or "node"),
+                redis_url=r.redis_url("REDIS_URL"),
+                directory_path=r.optional("DIRECTORY_PATH"),
+                fleet_secret=r.optional("FLEET_SECRET"),
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),
@@ -385,6 +421,32 @@ class _Reader:
         raw = self._raw(name)
         if raw is not None and not _E164.fullmatch(raw):
             raise ConfigError(name, raw, "a phone number in E.164 form, like +15551234567")
+        return raw
+
+    def node_name(self, name: str, default: str) -> str:
+        raw = self._raw(name) or default
+        if not _NODE_NAME.fullmatch(raw):
+            raise ConfigError(name, raw, "a name of letters, digits, '.', '_' or '-', at most 64 characters")
+        return raw
+
+    def redis_url(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            # Never echo the value: it may hold a password.
+            raise ConfigError(name, "***", "a redis://[:password@]host:port/db, rediss:// or unix:// URL")
+        return raw
+
+    def database_url(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("postgresql", "postgres") or parts.fragment:
+            # Never echo the value: it may hold a password.
+            raise ConfigError(name, "***", "a postgresql://user[:password]@host[:port]/database URL")
         return raw
 
     def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:

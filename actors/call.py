@@ -8,7 +8,8 @@ needs. Who writes what:
 | field | writer |
 |---|---|
 | state | see calls/state.py: one writer per field |
-| socket | the web layer's media view, once, when Twilio's socket presents the admission value |
+| socket | the registry, once, at the call's start: the socket that presented the call's ticket |
+| prepared_vapi | the registry, at the call's start (from the ticket); VapiActor takes it for its first link |
 | uplink | its frames: CodecActor; its sent/answered marks: VapiActor (its greenlets included) |
 | children, supervisor, child_states, flags | each CallSupervisor incarnation, when it starts |
 | last_supervisor_exit | the registry, told by the root that the call's supervisor failed |
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,14 +40,15 @@ if TYPE_CHECKING:
     from pykka import ActorRef
 
     from links.twilio import TwilioSocket
-    from links.vapi import VapiConnector
+    from links.vapi import VapiConnector, VapiLink
     from observability.logging import BoundLogger
     from observability.metrics import Metrics
+    from protocols.vapi import CreatedCall
     from records.recordings import CallRecorder
     from supervision import ChildTable, Exit, SupervisorFlags
     from supervision.supervisor import ChildState
 
-__all__ = ["CallContext", "CallSettings"]
+__all__ = ["CallContext", "CallSettings", "PreparedVapi"]
 
 # A call's reports held between supervisor incarnations: a few seconds' worth at most.
 _HELD_REPORTS = 1000
@@ -73,6 +74,19 @@ class CallSettings:
     hold_ulaw: bytes = field(default=b"", repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedVapi:
+    """A VAPI call made before the call's actors started, for the first VAPI link to join.
+
+    `call` is what the webhook created (the ticket carries it). `link` is its socket, when
+    the webhook's own node opened it at once (one process, where the stream cannot land
+    elsewhere): opening, or open with VAPI's greeting waiting in the socket's buffer.
+    """
+
+    call: CreatedCall
+    link: gevent.event.AsyncResult[VapiLink] | None = None
+
+
 @dataclass(slots=True, eq=False)
 class CallContext:
     """One call's state and the resources this process holds for it."""
@@ -85,6 +99,8 @@ class CallContext:
     on_finished: Callable[[CallContext], None] = lambda call: None
     state: CallState = field(init=False)
     socket: TwilioSocket | None = None
+    # The VAPI call the webhook created (from the ticket), not yet joined; None once taken.
+    prepared_vapi: PreparedVapi | None = field(default=None, repr=False)
     recorder: CallRecorder | None = None  # the call's recording (RECORDINGS_DIR), outliving actor restarts
     uplink: UplinkBuffer = field(init=False)
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
@@ -100,9 +116,7 @@ class CallContext:
     rng: random.Random = field(default_factory=random.Random)  # retry jitter (seeded in tests)
 
     def __post_init__(self) -> None:
-        # The admission value is given to Twilio in the TwiML and must come back in the
-        # media socket's `start`; a secret of this call, never logged.
-        self.state = CallState(call_sid=self.call_sid, admission_token=secrets.token_urlsafe(24))
+        self.state = CallState(call_sid=self.call_sid)
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """VapiActor: the call's link to VAPI over its WebSocket transport.
 
-On start it creates a VAPI call and opens its socket in a greenlet of its own, so the
-mailbox keeps draining meanwhile (the caller's audio waits in the call's uplink buffer).
+On start it opens a VAPI call's socket in a greenlet of its own, so the mailbox keeps
+draining meanwhile (the caller's audio waits in the call's uplink buffer). Its first link
+joins the VAPI call the webhook created (the call's ticket carried it); if there is none,
+or it cannot be joined, and on every later link, it creates a new VAPI call first.
 It sends the caller's audio as binary 20 ms frames, hands VAPI's audio to the codec
 and acts on VAPI's JSON events. VAPI is an untrusted peer: the socket itself (framing,
 size caps, send timeouts) is `links.vapi.VapiLink`'s business, and what it refuses is
@@ -42,7 +44,7 @@ from actors.messages import (
 )
 from calls.outcome import Outcome
 from chaos.suffer import suffer
-from links.errors import VapiLinkDead, VapiUnavailable
+from links.errors import ErrorKind, VapiLinkDead, VapiUnavailable
 from links.vapi import Signal, VapiLink
 from observability.ratelimit import LogLimiter
 from protocols.errors import ProtocolError
@@ -233,12 +235,26 @@ class VapiActor(CallActor):
         audio_format = PCM16K if call.settings.audio_format == "pcm_s16le" else MULAW8K
         deadline: float | None = None
         attempt = 0
-        while True:
+        prepared, call.prepared_vapi = call.prepared_vapi, None  # joined once at most, by the first link
+        created = prepared.call if prepared is not None else None
+        if prepared is not None:
+            try:
+                # Bounded: the connector's own deadline ends the opening either way.
+                opened = prepared.link.get() if prepared.link is not None else call.connector.connect(
+                    prepared.call.websocket_url
+                )
+                if opened is None:
+                    raise VapiUnavailable(ErrorKind.CONNECTIVITY, "call socket did not open")
+                link = opened
+            except VapiUnavailable as exc:
+                # The webhook's VAPI call is not to be had (it timed out waiting, say): a new one.
+                self._log.info("vapi_prepared_call_lost", kind=exc.kind.value, detail=str(exc))
+                created = None
+        while created is None:
             mode = _NO_SECOND_GREETING if call.state.vapi_greeted else None
             try:
                 created = call.connector.create_call(audio_format, mode)
                 link = call.connector.connect(created.websocket_url)
-                break
             except VapiUnavailable as exc:
                 call.metrics.vapi_links.labels(event="refused").inc()
                 now = self._clock.monotonic_ns() / 1e9
@@ -256,6 +272,7 @@ class VapiActor(CallActor):
                     return
                 self._log.info("vapi_retry", attempt=attempt, delay_s=round(delay, 3), kind=exc.kind.value)
                 self._clock.sleep(delay)
+                created = None
         if deadline is not None:
             self._log.info("vapi_outage_ended", attempts=attempt + 1)
             self._tell("twilio", HoldCaller(False))

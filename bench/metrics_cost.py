@@ -1,6 +1,6 @@
 """What measuring costs: the same load on the bridge with metrics off and on, side by side.
 
-    python -m bench.metrics_cost [--calls 20] [--seconds 20] [--rounds 2]
+    python -m bench.metrics_cost [--calls 20] [--seconds 20] [--rounds 2] [--workers 1]
 
 Method: one run starts a bridge server process per variant (METRICS=off, METRICS=on),
 alternating off/on for `--rounds` rounds so drift in the machine's speed hits both. The
@@ -9,6 +9,10 @@ time (user + system, from /proc/<pid>/stat) is the bridge's alone. Each round: `
 concurrent calls stream a speech-like script in real time for `--seconds`, the assistant
 answering every utterance. Reported: server CPU milliseconds per call-second, per variant
 (mean over rounds), and the overhead of metrics in percent.
+
+`--workers N` runs the server with WORKERS=N, where every worker writes its metrics to
+shared files (prometheus-client's multiprocess mode); the CPU is then that of the master
+and all its workers together.
 """
 
 from gevent import monkey
@@ -43,13 +47,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its child processes (the workers, with WORKERS > 1)."""
+    total = _cpu_seconds(pid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                total += _cpu_seconds(int(entry))
+        except (OSError, ValueError):  # it ended meanwhile
+            continue
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _one_round(metrics: str, sim: VapiSimulator, calls: int, seconds: float) -> float:
+def _one_round(metrics: str, sim: VapiSimulator, calls: int, seconds: float, workers: int) -> float:
     """Server CPU ms per call-second for one variant."""
     port = _free_port()
     env = {
@@ -62,6 +82,7 @@ def _one_round(metrics: str, sim: VapiSimulator, calls: int, seconds: float) -> 
         "METRICS": metrics,
         "DATABASE_PATH": ":memory:",
         "LOG_LEVEL": "WARNING",
+        "WORKERS": str(workers),
     }
     server = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -84,13 +105,13 @@ def _one_round(metrics: str, sim: VapiSimulator, calls: int, seconds: float) -> 
             caller.connect()
             caller.start_stream()
         gevent.sleep(0.5)  # let every call settle before measuring
-        before = _cpu_seconds(server.pid)
+        before = _tree_cpu_seconds(server.pid)
         started = time.monotonic()
         for caller in callers:
             pool.spawn(_talk, caller, seconds)
         pool.join(timeout=seconds + 10)
         elapsed = time.monotonic() - started
-        used = _cpu_seconds(server.pid) - before
+        used = _tree_cpu_seconds(server.pid) - before
         for caller in callers:
             caller.close()
         return used * 1000 / (calls * elapsed)
@@ -115,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="the server's WORKERS")
     args = parser.parse_args(argv)
     sim = VapiSimulator(VapiSimConfig(api_key=API_KEY, reply_ms=1500, greeting_ms=0))
     sim.start()
@@ -122,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             for variant in ("off", "on"):
-                results[variant].append(_one_round(variant, sim, args.calls, args.seconds))
+                results[variant].append(_one_round(variant, sim, args.calls, args.seconds, args.workers))
     finally:
         sim.stop()
     off = sum(results["off"]) / len(results["off"])
     on = sum(results["on"]) / len(results["on"])
-    print(f"{args.calls} concurrent calls x {args.seconds:g} s, {args.rounds} rounds each, alternating\n")
+    print(f"{args.calls} concurrent calls x {args.seconds:g} s, {args.rounds} rounds each, alternating, "
+          f"WORKERS={args.workers}\n")
     print("| metrics | server CPU ms per call-second (each round) | mean | % of one core per call |")
     print("|---|---|---:|---:|")
     for name, mean in (("off", off), ("on", on)):

@@ -9,7 +9,7 @@ incarnation is running; the actors send it what they measure (actors/messages.py
 
 | field | writer |
 |---|---|
-| call_sid, started_at, admission_token | the registry, when the webhook admits the call; never changed |
+| call_sid, started_at | the registry, when a media socket presents the call's ticket; never changed |
 | stream_sid | TwilioActor, from Twilio's `start` |
 | vapi_links, vapi_greeted | VapiActor (each incarnation in turn), as its links come up |
 | end_request | CallContext.end / request_end: the first request wins, later ones are ignored |
@@ -62,7 +62,6 @@ class CallState:
     """One call's identity, progress and outcome (writers: see the module's table)."""
 
     call_sid: str
-    admission_token: str = field(repr=False)
     started_at: float = field(default_factory=time.time)
     stream_sid: str | None = None
     vapi_links: int = 0
@@ -83,7 +82,7 @@ class CallState:
         self.events.append({"t": time.time(), "kind": kind, "detail": detail})
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data (the admission token stays out: it is a secret of this call)."""
+        """Plain JSON data."""
         request = self.end_request
         return {
             "call_sid": self.call_sid,
@@ -110,12 +109,11 @@ class CallState:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], admission_token: str = "") -> CallState:
+    def from_json(cls, data: dict[str, Any]) -> CallState:
         request = data.get("end_request")
         stats = data["stats"]
         state = cls(
             call_sid=data["call_sid"],
-            admission_token=admission_token,
             started_at=data["started_at"],
             stream_sid=data["stream_sid"],
             vapi_links=data["vapi_links"],

@@ -5,7 +5,8 @@
     python run.py chaos inject --all twilio kill      (every live call)
 
 The token comes from --token or ADMIN_TOKEN; the server from --server (default
-http://127.0.0.1:3000).
+http://127.0.0.1:3000). Any node of a fleet lists every node's calls and passes a fault
+on to the node that holds the call.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if args.command == "list":
         for call in calls["calls"]:
             actors = "  ".join(f"{name}:{a['state']}/{a['restarts']}" for name, a in sorted(call["actors"].items()))
-            print(f"{call['call_sid']}  {actors}")
+            print(f"{call['call_sid']}  {call.get('node', '-')}  {actors}")
         print(f"{len(calls['calls'])} live call(s)")
         return 0
     targets = [c["call_sid"] for c in calls["calls"]] if args.all else [args.call_sid]
@@ -88,5 +89,6 @@ def main(argv: Sequence[str], env: Mapping[str, str]) -> int:
         )
         ok = status == 202
         failed += not ok
-        print(f"{call_sid}  {args.actor}/{args.fault}  {'injected' if ok else f'{status}: {answer}'}")
+        where = f"on {answer.get('node')}" if ok and isinstance(answer, dict) else ""
+        print(f"{call_sid}  {args.actor}/{args.fault}  {f'injected {where}'.strip() if ok else f'{status}: {answer}'}")
     return 1 if failed else 0

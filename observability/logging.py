@@ -14,11 +14,12 @@ own logger, whose INFO lines carry tracebacks too, shows below WARNING only at D
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Protocol, TextIO
 
 import structlog
-from structlog.typing import FilteringBoundLogger, Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 __all__ = ["BoundLogger", "Logger", "configure_logging"]
 
@@ -55,13 +56,24 @@ class _CurrentStdout:
         sys.stdout.flush()
 
 
-def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> FilteringBoundLogger:
-    """Set up structlog and stdlib logging; returns the root structlog logger."""
+def _add_pid(_logger: object, _method: str, event: EventDict) -> EventDict:
+    event.setdefault("pid", os.getpid())  # read per line: a forked worker logs its own
+    return event
+
+
+def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None, pid: bool = False) -> FilteringBoundLogger:
+    """Set up structlog and stdlib logging; returns the root structlog logger.
+
+    `pid`: every line carries the process id that wrote it (several worker processes
+    share one log).
+    """
     out: TextIO | _CurrentStdout = stream or _CurrentStdout()
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if pid:
+        shared.append(_add_pid)
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

@@ -2,13 +2,25 @@
 
 Created once in run.py (or per test) and passed down; no module-level instruments, so
 two servers in one test process do not share counts.
+
+With several worker processes (WORKERS > 1) every worker writes its samples to files in
+one directory that the master makes (prometheus-client's multiprocess mode), and /metrics
+on any worker reads them all: it reports the whole machine. Counters and histograms add
+up over every worker that ever ran since the master started, dead ones included; the live
+calls gauge adds up the workers alive now (`livesum`: the master drops a dead worker's
+share, see `process_exited`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+
+__all__ = ["MULTIPROC_ENV", "Metrics", "process_exited", "use_multiprocess_dir"]
+
+# prometheus-client's own variable: where multiprocess mode keeps its files.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # The bridge's own work on a frame is tens of microseconds; its queues can add
 # milliseconds. Buckets from 50 us up, so a regression shows before it reaches callers.
@@ -18,6 +30,22 @@ _OUTBOUND_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 # Voice-to-voice turns live in the hundreds of milliseconds; callers notice past ~800 ms.
 _TURN_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 _RECOVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def use_multiprocess_dir(path: str) -> None:
+    """Make every instrument created from now on, in this process and its forks, write to `path`.
+
+    prometheus-client picks how values are stored when it is first imported, from the
+    environment; the master sets the variable for its workers and picks again here, so
+    the order of imports does not matter. Call it before any Metrics exists.
+    """
+    os.environ[MULTIPROC_ENV] = path
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # untyped in the library
+
+
+def process_exited(pid: int, path: str) -> None:
+    """Forget the live gauges of a worker that has exited (its counters still count)."""
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # untyped in the library
 
 
 class _Off:
@@ -39,11 +67,24 @@ class _Off:
 class Metrics:
     """Counters a call's actors update. Labels are short, stable, low-cardinality strings."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, enabled: bool = True) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, enabled: bool = True, multiprocess_dir: str | None = None
+    ) -> None:
+        """`multiprocess_dir`: this process is one of several workers sharing that directory
+        (see `use_multiprocess_dir`); `registry` (what /metrics shows) then reads all of them.
+        """
         self.registry = registry or CollectorRegistry()
         self.enabled = enabled
         r = self.registry
-        self.live_calls = Gauge("bridge_live_calls", "Calls with a live actor tree", registry=r)
+        if multiprocess_dir is not None:
+            # The instruments live in a registry of their own: their values are in the
+            # shared files, and /metrics collects those files, this process's among them.
+            r = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        # livesum: with several workers, the calls live on the machine right now.
+        self.live_calls = Gauge(
+            "bridge_live_calls", "Calls with a live actor tree", registry=r, multiprocess_mode="livesum"
+        )
         self.calls = Counter("bridge_calls", "Calls ended, by outcome", ["outcome"], registry=r)
         self.malformed = Counter(
             "bridge_malformed_inputs", "Frames or messages refused, by source and kind", ["source", "kind"], registry=r
@@ -59,6 +100,10 @@ class Metrics:
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)
         self.chaos = Counter("bridge_chaos_faults", "Faults injected on purpose", ["actor", "fault"], registry=r)
+        self.directory_errors = Counter(
+            "bridge_directory_errors", "Call directory operations that failed (store down or locked), by operation",
+            ["operation"], registry=r,
+        )
         self.frames = Counter("bridge_frames", "Audio frames, by direction", ["direction"], registry=r)
         self.frames_in = self.frames.labels(direction="inbound")  # resolved once: hot path
         self.frames_out = self.frames.labels(direction="outbound")

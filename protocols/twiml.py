@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from twilio.twiml.voice_response import VoiceResponse
 
 __all__ = [
-    "ADMISSION_PARAMETER",
     "CALL_SID_PATTERN",
     "MAX_PARAMETER_CHARS",
     "connect_stream_twiml",
@@ -27,11 +26,6 @@ __all__ = [
 # "CA" followed by 32 hex digits. Use with fullmatch (is_call_sid does), so no trailing newline
 # or suffix slips through the way `$` would let it.
 CALL_SID_PATTERN: Final = re.compile(r"CA[0-9a-fA-F]{32}")
-
-# The `<Parameter>` that carries a call's one-time admission value to its media socket:
-# Twilio hands it back in `start.customParameters`, and only a socket that presents it
-# takes the call.
-ADMISSION_PARAMETER: Final = "admission"
 
 # STREAM: "The combined length of each <Parameter> name and value attributes must be under 500
 # characters."

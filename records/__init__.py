@@ -1,4 +1,4 @@
-"""Call records: one row per finished call in an embedded SQLite database.
+"""Call records: one row per finished call, in an embedded SQLite file or in PostgreSQL.
 
     model.py   CallRecord, the immutable record of one finished call
     cost.py    CostRates and estimate_cost (per started Twilio minute, per VAPI second)
@@ -7,11 +7,13 @@
     schema.py  the versioned schema: open, refuse newer, migrate
     rows.py    CallRecord <-> table row, with per-field checks
     store.py   RecordStore: writes in one greenlet off the hot path, reads on demand
+    sqlite.py  the SQLite file (DATABASE_PATH, the default)
+    postgres.py  PostgreSQL (DATABASE_URL): one history for a fleet; same table, same migrations
     recordings.py  call recordings (stereo WAV): CallRecorder per call, RecordingWriter, retention
 """
 
 from records.cost import CostRates, estimate_cost
-from records.errors import InvalidRecord, RecordsError, SchemaTooNew, StoreUnavailable
+from records.errors import DatabaseUnreachable, InvalidRecord, RecordsError, SchemaTooNew, StoreUnavailable
 from records.model import OUTCOMES, CallRecord
 from records.schema import CURRENT_VERSION
 from records.stats import percentile
@@ -22,6 +24,7 @@ __all__ = [
     "OUTCOMES",
     "CallRecord",
     "CostRates",
+    "DatabaseUnreachable",
     "InvalidRecord",
     "RecordStore",
     "RecordsError",

@@ -3,6 +3,7 @@
     RecordsError
     ├── SchemaTooNew       the file was written by a newer program: refused, left untouched
     ├── StoreUnavailable   the database cannot be opened or read (path, permissions, I/O)
+    │   └── DatabaseUnreachable   the database server could not be reached (or refused us)
     └── InvalidRecord      a record whose fields cannot be stored (wrong type, duplicate actor)
 
 Writes never raise any of these to the caller: `RecordStore.submit` counts and logs instead.
@@ -10,7 +11,7 @@ Writes never raise any of these to the caller: `RecordStore.submit` counts and l
 
 from __future__ import annotations
 
-__all__ = ["InvalidRecord", "RecordsError", "SchemaTooNew", "StoreUnavailable"]
+__all__ = ["DatabaseUnreachable", "InvalidRecord", "RecordsError", "SchemaTooNew", "StoreUnavailable"]
 
 
 class RecordsError(Exception):
@@ -32,6 +33,10 @@ class SchemaTooNew(RecordsError):
 
 class StoreUnavailable(RecordsError):
     """The database could not be opened or read; the message names the path and the cause."""
+
+
+class DatabaseUnreachable(StoreUnavailable):
+    """Connecting to the database server failed: it is down, unreachable, or refused the connection."""
 
 
 class InvalidRecord(RecordsError):

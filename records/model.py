@@ -39,6 +39,8 @@ class CallRecord:
     cost_usd: float
     # The call's recording (RECORDINGS_DIR), or None: recordings off, or writing it failed.
     recording_path: str | None = None
+    # The node that held the call's stream (its NODE_ID and pid); None in rows from before v3.
+    node_id: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -66,4 +68,5 @@ class CallRecord:
             "frames_dropped": self.frames_dropped,
             "cost_usd": self.cost_usd,
             "recording_path": self.recording_path,
+            "node_id": self.node_id,
         }

@@ -38,6 +38,7 @@ COLUMNS = (
     "frames_dropped",
     "cost_usd",
     "recording_path",
+    "node_id",
 )
 
 # Built once from the constant COLUMNS above; values always go in as ? parameters.
@@ -74,6 +75,7 @@ def to_row(record: CallRecord) -> tuple[object, ...]:
         _count("frames_dropped", record.frames_dropped),
         _real("cost_usd", record.cost_usd),
         _text("recording_path", record.recording_path, nullable=True),
+        _text("node_id", record.node_id, nullable=True),
     )
 
 
@@ -82,7 +84,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
     (
         call_sid, stream_sid, started_at, ended_at, _duration_s, outcome, outcome_detail,
         restarts, vapi_links, barge_ins, turns, p50_ms, p95_ms,
-        frames_in, frames_out, frames_dropped, cost_usd, recording_path,
+        frames_in, frames_out, frames_dropped, cost_usd, recording_path, node_id,
     ) = row  # fmt: skip
     return CallRecord(
         call_sid=call_sid,
@@ -103,6 +105,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
         frames_dropped=frames_dropped,
         cost_usd=cost_usd,
         recording_path=recording_path,
+        node_id=node_id,
     )
 
 

@@ -45,7 +45,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     # v2: the call's recording file (RECORDINGS_DIR), NULL when there is none. Rows of v1
     # files read back with NULL: those calls were never recorded.
     ("ALTER TABLE calls ADD COLUMN recording_path TEXT",),
-    # v3 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
+    # v3: the node (NODE_ID and pid) that held the call's stream, so a fleet's one history
+    # says where each call ran; NULL for rows written before v3.
+    ("ALTER TABLE calls ADD COLUMN node_id TEXT",),
+    # v4 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
 )
 
 CURRENT_VERSION = len(MIGRATIONS)

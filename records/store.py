@@ -8,32 +8,28 @@ Everything runs on the hub's one OS thread:
   transaction per batch, and yields to the hub between batches.
 - `get` and `latest` (admin requests) query directly from the requesting greenlet.
 
-Writer and readers share one sqlite3 connection. That is safe because a sqlite3 call is a
-blocking C call that never yields to gevent: BEGIN … COMMIT (or ROLLBACK on failure) runs
-without a greenlet switch, so a read can never land inside the writer's transaction, and
-the writer only yields (queue wait, backoff, between batches) with no transaction open.
-Reads exhaust their cursors (`fetchall`) so no statement stays open across a switch. One
-connection is also what makes ":memory:" work: a second one would see another, empty
-database. The connection keeps sqlite3's same-OS-thread check, so use from a real thread
-fails loudly instead of corrupting anything.
-
-Those blocking calls stall every live call while they run, so they are kept short: small
-batches, indexed reads, and a busy timeout of 0 (sqlite's busy handler would sleep inside
-the C call; instead a locked database fails at once and the writer backs off cooperatively).
+Where the records go is the database's business (`Database` below): an SQLite file
+(records/sqlite.py, the embedded default: DATABASE_PATH) or PostgreSQL (records/postgres.py:
+DATABASE_URL), so every node of a fleet writes one history.
 
 A failed write (disk full, read-only file, locked, I/O error) never leaves the writer: it
 is logged as `call_record_write_failed`, counted, and the batch retried after each delay
 in `retry_delays_s`; after the last one the batch is dropped and counted. `healthy` is
 False from a failure until the next successful write.
+
+A database that cannot be reached (PostgreSQL down, restarting, or the network to it cut)
+is an outage, not a failed write: the batch is kept and retried, reconnecting, every
+`outage_delays_s` (the last delay repeating) until the server answers again, with one
+WARNING when the outage starts (`call_records_unreachable`, counted in `outages`) and one
+INFO when writes succeed again. Calls go on meanwhile: records wait in the bounded queue,
+and only when that is full are new ones dropped and counted, never blocking a call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import gevent.event
@@ -41,12 +37,12 @@ import gevent.queue
 import structlog
 
 from observability.logging import Logger
-from records.errors import StoreUnavailable
+from records.errors import DatabaseUnreachable, StoreUnavailable
 from records.model import CallRecord
-from records.rows import INSERT_SQL, SELECT_SQL, from_row, to_row
-from records.schema import open_database
+from records.rows import SELECT_SQL, from_row, to_row
+from records.sqlite import SqliteDatabase
 
-__all__ = ["BATCH_MAX", "RecordStore"]
+__all__ = ["BATCH_MAX", "Database", "RecordStore"]
 
 # Rows per transaction. 200 rows commit in about 1 ms on a local disk (WAL, NORMAL);
 # larger batches would hold the hub longer, smaller ones pay a commit per handful of rows.
@@ -56,6 +52,10 @@ BATCH_MAX = 200
 # full or read-only disk does not, and holding one batch longer only lets the queue fill.
 DEFAULT_RETRY_DELAYS_S = (0.5, 2.0)
 
+# Reconnection pace through an outage: quick for a server restart, then every 5 s, which
+# costs the database one connection attempt per node and nothing else.
+DEFAULT_OUTAGE_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 5.0)
+
 LATEST_LIMIT_MIN = 1
 LATEST_LIMIT_MAX = 1000
 
@@ -63,32 +63,65 @@ LATEST_LIMIT_MAX = 1000
 _KILL_GRACE_S = 0.5
 
 
+class Database(Protocol):
+    """Where RecordStore keeps the `calls` table: records/sqlite.py or records/postgres.py."""
+
+    name: str  # the path, or the URL less its password: what logs and errors show
+    placeholder: str  # the driver's parameter marker in SQL: "?" or "%s"
+    errors: tuple[type[Exception], ...]  # what write() raises for a failed write
+
+    def open(self) -> tuple[int, int]: ...
+    def write(self, rows: list[tuple[object, ...]]) -> None: ...
+    def read(self, sql: str, params: tuple[object, ...]) -> list[Any]: ...
+    def is_outage(self, exc: BaseException) -> bool: ...
+    def error_fields(self, exc: BaseException) -> dict[str, object]: ...
+    def close(self) -> None: ...
+
+
+def open_target(target: str) -> Database:
+    """The database `target` names: a postgresql:// URL, else an SQLite path (or ":memory:")."""
+    if target.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is needed only with DATABASE_URL, and must be imported
+        # after gevent's monkey-patching (it picks its wait function at import).
+        from records.postgres import PostgresDatabase
+
+        return PostgresDatabase(target)
+    return SqliteDatabase(target)
+
+
 class RecordStore:
-    """Call records in an SQLite file: `submit` to write, `get` and `latest` to read.
+    """Call records in a database: `submit` to write, `get` and `latest` to read.
 
     Lifecycle: construct, `start()`, `submit()` each finished call, `stop()` at shutdown.
     Records submitted before `start()` wait in the queue; after `stop()` they are refused.
-    Counters (`written`, `dropped`, `write_errors`) and `healthy` are plain attributes,
-    read by metrics and the admin API.
+    `target` is an SQLite path (or ":memory:") or a postgresql:// URL (`open_target`).
+    Counters (`written`, `dropped`, `write_errors`, `outages`) and `healthy` are plain
+    attributes, read by metrics and the admin API.
     """
 
     def __init__(
         self,
-        path: str,
+        target: str | Database,
         *,
         queue_limit: int = 10_000,
         log: Logger | None = None,
         retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
+        outage_delays_s: Sequence[float] = DEFAULT_OUTAGE_DELAYS_S,
     ) -> None:
         if queue_limit < 1:
             raise ValueError(f"queue_limit={queue_limit!r} is not valid: expected an integer >= 1")
         if any(delay < 0 for delay in retry_delays_s):
             raise ValueError(f"retry_delays_s={retry_delays_s!r} is not valid: expected delays >= 0")
-        self._path = path
+        if not outage_delays_s or any(delay <= 0 for delay in outage_delays_s):
+            raise ValueError(f"outage_delays_s={outage_delays_s!r} is not valid: expected delays > 0")
+        self._database: Database = open_target(target) if isinstance(target, str) else target
+        self._path = self._database.name
         self._log: Logger = log if log is not None else structlog.get_logger("records")
         self._retry_delays_s = tuple(retry_delays_s)
+        self._outage_delays_s = tuple(outage_delays_s)
         self._queue: gevent.queue.Queue[CallRecord] = gevent.queue.Queue(maxsize=queue_limit)
-        self._db: sqlite3.Connection | None = None
+        self._open = False
+        self._unreachable = False
         self._writer: gevent.Greenlet[[], None] | None = None
         self._stopped = False
         # flush() compares how many records were accepted with how many the writer has
@@ -100,6 +133,7 @@ class RecordStore:
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
+        self.outages = 0
         self.healthy = True
 
     @property
@@ -107,20 +141,38 @@ class RecordStore:
         """Records accepted but not yet written or given up on."""
         return self._accepted - self._settled
 
-    def start(self) -> None:
+    def start(self, *, wait_for_database: bool = False) -> None:
         """Open or create the database, migrate it, and spawn the writer greenlet.
 
+        `wait_for_database`: a database server that cannot be reached now is an outage, not
+        an error: the store starts, warns once, and the writer connects (and migrates) as
+        soon as the server answers. For a process whose database was checked moments ago by
+        its parent (a gunicorn worker, booted or replaced during an outage).
+
         Raises:
-            SchemaTooNew: the file comes from a newer program; it is left untouched.
-            StoreUnavailable: the file cannot be opened, read, or migrated.
+            SchemaTooNew: the database comes from a newer program; it is left untouched.
+            StoreUnavailable: the database cannot be opened (or reached), read, or migrated.
             RuntimeError: the store was already started or stopped.
         """
         if self._writer is not None or self._stopped:
             raise RuntimeError("RecordStore.start() may be called once, before stop()")
-        self._db, found, reached = open_database(self._path)
+        try:
+            found, reached = self._database.open()
+        except DatabaseUnreachable as exc:
+            if not wait_for_database:
+                raise
+            self.healthy = False
+            self._on_unreachable(exc, 0)
+            self._open = True
+            self._spawn_writer()
+            return
+        self._open = True
         self._log.info(
             "call_records_opened", path=self._path, schema_version=reached, migrated_from=found
         )
+        self._spawn_writer()
+
+    def _spawn_writer(self) -> None:
         writer: gevent.Greenlet[[], None] = gevent.Greenlet(self._run)
         writer.link_exception(self._on_writer_crash)
         writer.start()
@@ -147,20 +199,21 @@ class RecordStore:
         Raises:
             StoreUnavailable: the store is not open, or the read failed.
         """
-        rows = self._read(f"{SELECT_SQL} WHERE call_sid = ?", (call_sid,))
+        rows = self._read(f"{SELECT_SQL} WHERE call_sid = {self._database.placeholder}", (call_sid,))
         return from_row(rows[0]) if rows else None
 
     def latest(self, limit: int = 50) -> list[CallRecord]:
         """The most recently ended calls, newest first; `limit` is clamped to 1..1000.
 
-        Runs on the hub like every sqlite call: 50 rows take well under a millisecond,
-        the full 1000 about 10 ms, during which live calls wait.
+        With SQLite this runs on the hub like every sqlite call: 50 rows take well under a
+        millisecond, the full 1000 about 10 ms, during which live calls wait. PostgreSQL
+        reads yield while the server answers.
 
         Raises:
             StoreUnavailable: the store is not open, or the read failed.
         """
         limit = min(max(int(limit), LATEST_LIMIT_MIN), LATEST_LIMIT_MAX)
-        sql = f"{SELECT_SQL} ORDER BY ended_at DESC, call_sid DESC LIMIT ?"
+        sql = f"{SELECT_SQL} ORDER BY ended_at DESC, call_sid DESC LIMIT {self._database.placeholder}"
         return [from_row(row) for row in self._read(sql, (limit,))]
 
     def flush(self, timeout_s: float = 5.0) -> bool:
@@ -188,8 +241,10 @@ class RecordStore:
         writer = self._writer
         if writer is not None:
             self.flush(timeout_s)
-            # The writer is waiting on the queue or in a backoff sleep, never inside a
-            # transaction (sqlite calls do not yield), so killing it cannot cut one short.
+            # With SQLite the writer is waiting on the queue or in a backoff sleep, never
+            # inside a transaction (sqlite calls do not yield). With PostgreSQL it may be
+            # inside one only if flush timed out: the server rolls that transaction back
+            # when the connection closes, and the batch is counted as lost below.
             writer.kill(block=True, timeout=_KILL_GRACE_S)
             self._writer = None
         lost = self._queue.qsize() + self._in_flight
@@ -197,12 +252,12 @@ class RecordStore:
             self.dropped += lost
             self._settled += lost
             self._log.error("call_records_lost_at_stop", count=lost)
-        if self._db is not None:
+        if self._open:
+            self._open = False
             try:
-                self._db.close()
-            except sqlite3.Error as exc:
+                self._database.close()
+            except self._database.errors as exc:
                 self._log.warning("call_records_close_failed", error=str(exc))
-            self._db = None
         self._log.info(
             "call_records_closed",
             written=self.written,
@@ -213,12 +268,9 @@ class RecordStore:
     # -- reads, in the requesting greenlet --------------------------------------------
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
-        if self._db is None:
+        if not self._open:
             raise StoreUnavailable(f"{self._path}: the call-records store is not open")
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self._path}: reading call records failed: {exc}") from exc
+        return self._database.read(sql, params)
 
     # -- the writer greenlet ----------------------------------------------------------
 
@@ -260,16 +312,25 @@ class RecordStore:
         if not rows:
             return
         tries = len(self._retry_delays_s) + 1
-        for attempt in range(1, tries + 1):
+        attempt = 0
+        waits = 0
+        while True:
             try:
-                self._insert(rows)
-            except sqlite3.Error as exc:
+                self._database.write(rows)
+            except self._database.errors as exc:
                 self.write_errors += 1
                 self.healthy = False
+                if self._database.is_outage(exc):
+                    # Not an attempt: the batch waits for the server, however long it takes.
+                    self._on_unreachable(exc, len(rows))
+                    gevent.sleep(self._outage_delays_s[min(waits, len(self._outage_delays_s) - 1)])
+                    waits += 1
+                    continue
+                attempt += 1
                 self._log.error(
                     "call_record_write_failed",
                     error=str(exc),
-                    sqlite_error=getattr(exc, "sqlite_errorname", None),
+                    **self._database.error_fields(exc),
                     rows=len(rows),
                     attempt=attempt,
                     tries=tries,
@@ -281,25 +342,25 @@ class RecordStore:
                 gevent.sleep(self._retry_delays_s[attempt - 1])
             else:
                 if not self.healthy:
-                    self._log.info("call_records_writable_again", rows=len(rows))
+                    self._log.info("call_records_writable_again", rows=len(rows), queued=self._queue.qsize())
+                self._unreachable = False
                 self.written += len(rows)
                 self.healthy = True
                 return
 
-    def _insert(self, rows: list[tuple[object, ...]]) -> None:
-        """One transaction for the whole batch; rolled back before any error leaves."""
-        db = self._db
-        if db is None:  # the writer runs only while the connection is open
-            raise StoreUnavailable(f"{self._path}: the call-records store is not open")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(INSERT_SQL, rows)
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # the original error is the one worth reporting
-                    db.execute("ROLLBACK")
-            raise
+    def _on_unreachable(self, exc: BaseException, rows: int) -> None:
+        """One WARNING per outage, however many reconnections it takes."""
+        if self._unreachable:
+            return
+        self._unreachable = True
+        self.outages += 1
+        self._log.warning(
+            "call_records_unreachable",
+            error=" ".join(str(exc).split()),
+            database=self._path,
+            rows=rows,
+            queued=self._queue.qsize(),
+        )
 
     def _refuse(self, record: CallRecord, reason: str) -> bool:
         self.dropped += 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = {"actors", "audio", "bench", "chaos", "links", "media", "observability", "protocols", "records",
+PROJECT = {"actors", "audio", "bench", "calls", "chaos", "directory", "links", "media", "observability", "protocols", "records",
            "service", "settings", "sims", "supervision", "web", "run"}
 
 
@@ -31,7 +31,7 @@ def test_supervision_is_generic_and_imports_nothing_from_the_project():
     assert offenders == {}
 
 
-@pytest.mark.parametrize("package", ["audio", "protocols", "media"])
+@pytest.mark.parametrize("package", ["audio", "protocols", "media", "calls"])
 def test_pure_packages_do_no_io_and_know_no_actors(package):
     forbidden = {"gevent", "pykka", "flask", "structlog", "websocket", "geventwebsocket", "socket", "actors", "web"}
     offenders = {m: n & forbidden for m, n in imports(package).items() if n & forbidden}

@@ -241,6 +241,15 @@ def test_an_unusable_database_path_stops_start_up_with_one_line(tmp_path, case):
     assert path in line
 
 
+def test_an_unreachable_database_url_stops_start_up_with_one_line_without_its_password(tmp_path):
+    port, nobody = free_port(), free_port()  # nothing listens on `nobody`
+    url = f"postgresql://bridge:pw-s3cret@127.0.0.1:{nobody}/calls"
+    result = run_until_exit(tmp_path, port, DATABASE_URL=url)
+    line = assert_refused(result, "DATABASE_URL", port)
+    assert "pw-s3cret" not in result.stdout + result.stderr
+    assert f"bridge:***@127.0.0.1:{nobody}/calls" in line and "Connection refused" in line
+
+
 def test_a_busy_port_stops_start_up_with_one_line_naming_port(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -1,5 +1,9 @@
 """The admin API: live calls, their actor trees, chaos on demand, and outbound calls.
 
+Any node answers for the whole fleet: live calls are this node's (fresh) and the other
+nodes' (as their last heartbeat published them), each with its `node`; a chaos request
+for a call held by another node is queued for that node, which applies it.
+
 Off (404) unless ADMIN_TOKEN is set; then every request needs `Authorization: Bearer <token>`.
 """
 
@@ -37,8 +41,9 @@ def _authorize() -> None:
 
 @bp.get("/calls")
 def calls() -> ResponseReturnValue:
-    """Every live call with its actor tree."""
-    return jsonify({"calls": [call.snapshot() for call in context().calls.live()]})
+    """Every live call of the fleet with its actor tree and its node."""
+    ctx = context()
+    return jsonify({"node": ctx.calls.node_id, "calls": ctx.calls.fleet_snapshots()})
 
 
 _DIAL_USAGE = 'body must be JSON like {"to": "+15551234567"}, with an optional "from" (default TWILIO_FROM_NUMBER)'
@@ -75,7 +80,10 @@ def call(call_sid: str) -> ResponseReturnValue:
     ctx = context()
     live = ctx.calls.get(call_sid)
     if live is not None:
-        return jsonify({"live": True, **live.snapshot()})
+        return jsonify({"live": True, **live.snapshot(), "node": ctx.calls.node_id})
+    elsewhere = next((c for c in ctx.calls.fleet_snapshots() if c.get("call_sid") == call_sid), None)
+    if elsewhere is not None:
+        return jsonify({**elsewhere, "live": True})
     try:
         record = ctx.records.get(call_sid) if ctx.records is not None else None
     except RecordsError:
@@ -105,7 +113,7 @@ def process() -> ResponseReturnValue:
 
 @bp.post("/calls/<call_sid>/chaos")
 def chaos(call_sid: str) -> ResponseReturnValue:
-    """Inject one fault into one actor of a live call."""
+    """Inject one fault into one actor of a live call, on whichever node holds it."""
     ctx = context()
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -114,10 +122,11 @@ def chaos(call_sid: str) -> ResponseReturnValue:
     problem = check_fault(actor, fault)
     if problem is not None:
         return jsonify({"error": problem}), 400
-    if not is_call_sid(call_sid) or not ctx.calls.inject(call_sid, str(actor), str(fault)):
+    node = ctx.calls.inject_anywhere(call_sid, str(actor), str(fault)) if is_call_sid(call_sid) else None
+    if node is None:
         return jsonify({"error": "no such live call (or that actor is restarting)"}), 404
-    ctx.log.info("chaos_injected", call_sid=call_sid, actor="admin", target=actor, fault=fault)
-    return jsonify({"call_sid": call_sid, "actor": actor, "fault": fault}), 202
+    ctx.log.info("chaos_injected", call_sid=call_sid, actor="admin", target=actor, fault=fault, node=node)
+    return jsonify({"call_sid": call_sid, "actor": actor, "fault": fault, "node": node}), 202
 
 
 # How often the dashboard's stream sends a fresh picture: live enough to watch a
@@ -138,7 +147,7 @@ def stream() -> ResponseReturnValue:
                 finished = [r.to_json() for r in records.latest(_STREAM_FINISHED)] if records is not None else []
             except RecordsError:
                 finished = []
-            payload = {"calls": [call.snapshot() for call in ctx.calls.live()], "finished": finished}
+            payload = {"node": ctx.calls.node_id, "calls": ctx.calls.fleet_snapshots(), "finished": finished}
             yield f"event: snapshot\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
             gevent.sleep(_STREAM_PERIOD_S)
 

@@ -1,29 +1,30 @@
 """Twilio's media socket: `/media/<CallSid>`.
 
 The upgrade was allowed by the gate in web/server.py: canonical path, valid signature, a
-call our webhook admitted with no socket yet. Before the socket takes the call, Twilio's
-`start` must arrive within MEDIA_START_TIMEOUT_S and present the call's one-time
-admission value (a `<Parameter>` of the TwiML, which only Twilio saw); a replayed
-handshake cannot. Then the view hands the socket to the call and reads it for the call's
-whole life, in its own greenlet: returning would close the socket under the caller. Each
-frame is passed on undecoded; a bad frame costs a counter and a rate-limited log line.
+call a webhook of the fleet admitted, with no socket yet. Before the socket takes the
+call, Twilio's `start` must arrive within MEDIA_START_TIMEOUT_S and present the call's
+ticket (`<Parameter>`s of the TwiML, which only Twilio saw): sealed by the fleet, for this
+CallSid, unexpired, and not used by another socket (the registry claims the call in the
+fleet's directory; the first claim wins). Only then does the call start on this node,
+whichever node answered the webhook. The view then reads the socket for the call's whole
+life, in its own greenlet: returning would close the socket under the caller. Each frame
+is passed on undecoded; a bad frame costs a counter and a rate-limited log line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 
 import gevent
 from flask import Blueprint, request
 
 from actors.call import CallContext
 from actors.messages import TwilioFrameReceived, TwilioSocketAttached
+from actors.registry import StreamRefused
 from calls.outcome import Outcome
 from links.twilio import FrameTooLarge, TwilioSocket
 from protocols.errors import ProtocolError
 from protocols.twilio import Start, Stop, parse_event
-from protocols.twiml import ADMISSION_PARAMETER
 from web import WebContext, context
 
 __all__ = ["bp"]
@@ -118,18 +119,12 @@ def _await_start(socket: TwilioSocket, call_sid: str, ctx: WebContext) -> tuple[
 
 
 def _claim(socket: TwilioSocket, call_sid: str, ctx: WebContext, start: Start) -> CallContext:
-    """Attach the socket to its call if `start` presented the call's admission value."""
-    call = ctx.calls.get(call_sid)
-    if call is None or call.ended.is_set() or call.state.end_request is not None:
-        raise _Refused("call_ended")
-    presented = dict(start.custom_parameters).get(ADMISSION_PARAMETER, "")
-    if not hmac.compare_digest(presented.encode(), call.state.admission_token.encode()):
-        raise _Refused("bad_admission")
-    if call.socket is not None:
-        # Twilio allows one bidirectional stream per call; a second one is not Twilio.
-        raise _Refused("duplicate_socket")
-    call.socket = socket
-    return call
+    """Start the call here around this socket if `start` presented the call's ticket."""
+    try:
+        return ctx.calls.take_stream(call_sid, dict(start.custom_parameters), socket)
+    except StreamRefused as refused:
+        # Twilio allows one bidirectional stream per call: a second one is not Twilio.
+        raise _Refused(refused.kind) from None
 
 
 def _drain_until_closed(socket: TwilioSocket) -> None:

@@ -5,9 +5,11 @@ PUBLIC_URL (never from the Host header, which a client controls). A request with
 signature is refused before its body is read; one with a signature has its body, already
 bounded in size and time by web/limits.py, parsed with a cap on the number of fields.
 
-A call starts only here: the TwiML carries a one-time admission value that the media
-socket must present in Twilio's `start` (web/media.py), and a CallSid that already
-ended is never started again, so a replayed webhook or handshake starts nothing.
+A call starts only from here: the TwiML carries the call's sealed ticket
+(protocols/ticket.py) that the media socket must present in Twilio's `start`
+(web/media.py), on whichever node it lands; a ticket takes one stream at most, and a
+CallSid that already ended (on any node) is never started again, so a replayed webhook,
+handshake or ticket starts nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from flask import Blueprint, Response, abort, request
 from werkzeug.datastructures import MultiDict
 
 from calls.outcome import Outcome
+from protocols.ticket import ticket_parameters
 from protocols.twiml import (
-    ADMISSION_PARAMETER,
     connect_stream_twiml,
     fallback_twiml,
     hangup_twiml,
@@ -79,7 +81,7 @@ def _call_sid(params: MultiDict[str, str]) -> str:
 
 @bp.post("/voice/incoming")
 def incoming() -> Response:
-    """A call arrived: start its actors (so VAPI is dialling already) and connect the stream."""
+    """A call arrived: create its VAPI call, and connect the stream with the call's ticket."""
     call_sid = _call_sid(_signed_params())
     ctx = context()
     if ctx.calls.ended_before(call_sid):
@@ -94,11 +96,11 @@ def incoming() -> Response:
         ctx.log.warning("call_refused", call_sid=call_sid, actor="webhook", reason=refusal)
         ctx.metrics.calls.labels(outcome=Outcome.REFUSED.value).inc()
         return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
-    call = ctx.calls.start_call(call_sid)
+    ticket = ctx.calls.admit(call_sid)
     twiml = connect_stream_twiml(
         action_url=f"{ctx.public_url}/voice/after-stream",
         stream_url=media_stream_url(ctx.public_url, call_sid),
-        parameters={"callSid": call_sid, ADMISSION_PARAMETER: call.state.admission_token},
+        parameters={"callSid": call_sid, **ticket_parameters(ticket)},
     )
     ctx.log.info("call_answered", call_sid=call_sid, actor="webhook")
     return _twiml(twiml)

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from actors.call import CallContext
+from actors.call import CallContext, PreparedVapi
 from actors.messages import AssistantAudio, EndCall, EventNoted, HoldCaller, UplinkAudio
 from actors.vapi import _NO_SECOND_GREETING, _RETRY_BACKOFF, VapiActor
 from calls.outcome import Outcome
 from links.errors import ErrorKind, VapiUnavailable
 from links.vapi import Signal
-from protocols.vapi import PCM16K
+from protocols.vapi import PCM16K, CreatedCall
 from supervision import Exit, ExitKind, backoff_delay_s
 from tests.actors.fakes import FakeClock, FakeConnector, FakeVapiLink, ProbeParent, settle, wait_until
 
@@ -245,3 +245,31 @@ def test_a_pong_in_time_keeps_the_link_but_vouches_for_no_audio(
     clock.advance(1.0)
     assert wait_until(lambda: parent.exits)
     assert parent.exits[0].reason == "VapiLinkDead: no pong within 1s"
+
+
+def test_the_first_link_joins_the_vapi_call_the_webhook_created_and_a_later_one_creates_its_own(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    call.prepared_vapi = PreparedVapi(CreatedCall(call_id="from-the-ticket", websocket_url="wss://vapi.invalid/call/ticket"))
+    first = parent.start(VapiActor)
+    link1 = link_up(parent, connector)
+    assert connector.creates == []  # no POST /call: the ticket's call is joined
+    assert link1.call_id == "ticket" and call.prepared_vapi is None
+    assert call.state.vapi_links == 1 and call.state.vapi_greeted
+    link1.feed(Signal.CLOSED)
+    assert wait_until(lambda: parent.exits) and not first.is_alive()
+    parent.start(VapiActor)  # the supervisor's restart: the ticket's call is gone with its link
+    link_up(parent, connector, count=2)
+    assert connector.creates == [(PCM16K, _NO_SECOND_GREETING)]
+
+
+def test_a_webhook_vapi_call_that_cannot_be_joined_is_replaced_by_a_new_one_that_greets(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    call.prepared_vapi = PreparedVapi(CreatedCall(call_id="from-the-ticket", websocket_url="wss://vapi.invalid/call/ticket"))
+    connector.connect_script.append(VapiUnavailable(ErrorKind.CONNECTIVITY, "call socket refused: 404"))
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    assert connector.creates == [(PCM16K, None)]  # the caller has not been greeted yet
+    assert link.call_id == "1"
+    assert parent.of("twilio", HoldCaller) == []  # not an outage: no hold sound

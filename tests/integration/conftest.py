@@ -128,6 +128,7 @@ def make_caller(bridge: BridgeService) -> Iterator[Callable[..., SimulatedCaller
         callers.append(caller)
         return caller
 
+    make.bridge = bridge  # type: ignore[attr-defined]  # for helpers that wait on the server's side
     yield make
     for caller in callers:
         caller.close()

@@ -16,11 +16,14 @@ from tests.integration.conftest import AUTH_TOKEN, wait_until
 
 
 def start_call(make_caller, **kw):
+    """Webhook, media socket and `start`; returns once the call runs on the bridge (its actors start at `start`)."""
     caller = make_caller(**kw)
     status, _ = caller.post_webhook()
     assert status == 200
     caller.connect()
     caller.start_stream()
+    bridge = make_caller.bridge
+    assert wait_until(lambda: bridge.calls.get(caller.call_sid) is not None or caller.closed.is_set())
     return caller
 
 
@@ -241,11 +244,16 @@ def test_a_slow_actor_is_not_mistaken_for_a_hung_one(bridge, vapi_sim, make_call
 
 
 @pytest.mark.parametrize("server_env", [{"MEDIA_CONNECT_TIMEOUT_S": "1"}])
-def test_a_call_whose_media_stream_never_comes_is_ended(bridge, vapi_sim, make_caller):
+def test_a_call_whose_media_stream_never_comes_leaves_nothing_and_its_late_stream_is_refused(
+    bridge, vapi_sim, make_caller
+):
     caller = make_caller()
-    status, _ = caller.post_webhook()  # Twilio asked for TwiML, then never opened the stream
+    status, _ = caller.post_webhook()  # Twilio asked for TwiML, then did not open the stream in time
     assert status == 200
-    sim = sim_call_for(vapi_sim)
-    assert wait_until(lambda: bridge.calls.live() == [], timeout=4)
-    assert bridge.calls.outcome(caller.call_sid) == "gave-up"
-    assert sim.ended.wait(3)  # and the VAPI call it had started is ended too
+    sim = sim_call_for(vapi_sim)  # created and joined at the webhook (one process: the stream can only come here)
+    assert bridge.calls.live() == []  # no actors run for it
+    assert sim.ended.wait(3)  # the ticket expired: the VAPI call it had started is ended
+    with pytest.raises(CallerError) as refused:
+        caller.connect()  # and the admission expired with it
+    assert refused.value.status == 403
+    assert bridge.calls.live() == []

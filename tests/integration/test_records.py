@@ -23,14 +23,17 @@ def get_record(port, call_sid):
     )
 
 
-@pytest.fixture
-def database(tmp_path):
-    return str(tmp_path / "calls.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_env(request, tmp_path) -> dict[str, str]:
+    """Where the server keeps its records: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {"DATABASE_PATH": str(tmp_path / "calls.db")}
+    return {"DATABASE_URL": request.getfixturevalue("postgres_url")}
 
 
 @pytest.fixture
-def server_env(database):
-    return {"ADMIN_TOKEN": TOKEN, "DATABASE_PATH": database}
+def server_env(database_env):
+    return {"ADMIN_TOKEN": TOKEN, **database_env}
 
 
 def test_a_finished_calls_record_holds_outcome_duration_and_restarts_after_chaos(bridge, vapi_sim, make_caller):
@@ -61,7 +64,7 @@ def test_a_finished_calls_record_holds_outcome_duration_and_restarts_after_chaos
     assert history["calls"][0]["call_sid"] == caller.call_sid
 
 
-def test_records_survive_a_restart_of_the_server(bridge, vapi_sim, make_caller, database):
+def test_records_survive_a_restart_of_the_server(bridge, vapi_sim, make_caller, database_env):
     caller = start_call(make_caller)
     sim_call_for(vapi_sim)
     caller.send_audio(silence(300, 8000))
@@ -73,7 +76,7 @@ def test_records_survive_a_restart_of_the_server(bridge, vapi_sim, make_caller, 
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     again = BridgeService(
-        make_settings(listener.getsockname()[1], vapi_sim, ADMIN_TOKEN=TOKEN, DATABASE_PATH=database),
+        make_settings(listener.getsockname()[1], vapi_sim, ADMIN_TOKEN=TOKEN, **database_env),
         log=structlog.get_logger("test"),
         listener=listener,
     )
@@ -83,3 +86,31 @@ def test_records_survive_a_restart_of_the_server(bridge, vapi_sim, make_caller, 
         assert record["outcome"] == "assistant-ended" and record["call_sid"] == caller.call_sid
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("database_env", ["postgres"], indirect=True)
+def test_a_postgres_outage_loses_no_live_call_and_its_record_is_written_when_the_server_is_back(
+    bridge, vapi_sim, postgres_server, make_caller
+):
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    caller.send_audio(silence(300, 8000))
+    postgres_server.stop()
+    try:
+        assert speak_and_wait_for_answer(caller)  # the call goes on with the database gone
+        caller.send_stop()
+        assert wait_until(lambda: bridge.calls.outcome(caller.call_sid) == "completed")
+        assert wait_until(lambda: bridge.records.outages == 1, timeout=5)
+        assert bridge.records.written == 0 and bridge.records.dropped == 0
+        assert get_record(bridge.port, caller.call_sid).status_code == 503  # history unreadable, not wrong
+        second = start_call(make_caller)  # and a new call is taken and bridged
+        sim_call_for(vapi_sim, index=1)
+        assert speak_and_wait_for_answer(second)
+        second.send_stop()
+        assert wait_until(lambda: bridge.calls.outcome(second.call_sid) == "completed")
+    finally:
+        postgres_server.start()
+    assert bridge.records.flush(10)
+    assert (bridge.records.written, bridge.records.dropped, bridge.records.healthy) == (2, 0, True)
+    assert get_record(bridge.port, caller.call_sid).json()["outcome"] == "completed"
+    assert get_record(bridge.port, second.call_sid).json()["outcome"] == "completed"

@@ -33,6 +33,7 @@ def make_record(call_sid: str = "CA0001", **changes: Any) -> CallRecord:
         frames_dropped=12,
         cost_usd=0.0795,
         recording_path=f"/var/lib/bridge/recordings/{call_sid}.wav",
+        node_id="bridge-1-4242",
     )
     return dataclasses.replace(record, **changes)
 

@@ -31,6 +31,7 @@ def test_the_row_stores_the_duration_and_the_restarts_as_a_json_object():
         ({"restarts": (("vapi", 1), ("vapi", 2))}, "restarts"),
         ({"restarts": (("vapi", -1),)}, "restarts[vapi]"),
         ({"recording_path": 7}, "recording_path"),
+        ({"node_id": 7}, "node_id"),
     ],
 )
 def test_a_field_the_table_cannot_take_is_refused_naming_it(changes, field):

@@ -72,6 +72,19 @@ def test_v2_adds_a_nullable_recording_path_and_a_v1_file_opens_at_the_current_ve
         db.close()
 
 
+def test_v3_adds_a_nullable_node_id(tmp_path):
+    path = str(tmp_path / "calls.db")
+    write_v1_database(path)
+    db, _, reached = open_database(path)
+    try:
+        assert reached == CURRENT_VERSION and CURRENT_VERSION >= 3
+        info = {row[1]: row for row in db.execute("PRAGMA table_info(calls)")}
+        assert info["node_id"][2] == "TEXT" and info["node_id"][3] == 0  # nullable
+        assert db.execute("SELECT node_id FROM calls WHERE call_sid = 'CAold'").fetchone() == (None,)
+    finally:
+        db.close()
+
+
 def test_a_failed_step_is_rolled_back_and_the_previous_version_stays_whole(tmp_path):
     path = str(tmp_path / "calls.db")
     write_v1_database(path)

@@ -31,12 +31,13 @@ def log() -> RecordingLog:
 
 @pytest.fixture
 def path(tmp_path) -> str:
+    """An SQLite file, for the tests of what only a file does (locks, read-only, old files)."""
     return str(tmp_path / "calls.db")
 
 
 @pytest.fixture
-def store(path, log) -> Iterator[RecordStore]:
-    store = RecordStore(path, log=log, retry_delays_s=FAST_RETRIES)
+def store(target, log) -> Iterator[RecordStore]:
+    store = RecordStore(target, log=log, retry_delays_s=FAST_RETRIES)
     store.start()
     yield store
     store.stop()
@@ -53,6 +54,7 @@ def test_a_record_reads_back_with_every_field_intact(store):
         turn_latency_p50_ms=None,
         turn_latency_p95_ms=None,
         recording_path=None,
+        node_id=None,
         restarts=(),
         outcome="gave-up",
         outcome_detail="",
@@ -87,8 +89,8 @@ def test_a_second_record_for_the_same_call_replaces_the_first(store):
     assert [r.call_sid for r in store.latest()] == ["CAsame"]
 
 
-def test_records_submitted_before_start_are_written_once_started(path, log):
-    store = RecordStore(path, log=log)
+def test_records_submitted_before_start_are_written_once_started(target, log):
+    store = RecordStore(target, log=log)
     store.submit(make_record("CAearly"))
     store.start()
     try:
@@ -122,15 +124,15 @@ def test_latest_clamps_the_limit_to_1_through_1000(store):
 # -- restart, migration, refusal ----------------------------------------------------------
 
 
-def test_records_survive_a_restart_of_the_store(path, log):
+def test_records_survive_a_restart_of_the_store(target, log):
     written = [make_record(f"CA{i}", ended_at=1_760_000_100.0 + i) for i in range(3)]
-    first = RecordStore(path, log=log)
+    first = RecordStore(target, log=log)
     first.start()
     for record in written:
         first.submit(record)
     first.stop()
 
-    second = RecordStore(path, log=log)
+    second = RecordStore(target, log=log)
     second.start()
     try:
         assert second.latest() == written[::-1]
@@ -147,6 +149,7 @@ def test_a_v1_database_from_an_earlier_release_opens_and_reads_back(path, log):
         old = store.get("CAold")
         assert old is not None
         assert old.recording_path is None  # v1 had no recordings: the v2 column reads back NULL
+        assert old.node_id is None  # nor nodes: the v3 column reads back NULL
         assert (old.duration_s, old.restarts, old.turns, old.turn_latency_p95_ms) == (
             30.0,
             (("twilio", 0), ("vapi", 1)),
@@ -197,11 +200,20 @@ def test_a_locked_database_fails_writes_without_raising_and_the_retry_succeeds_o
         store.stop()
 
 
+@pytest.fixture
+def sqlite_store(path, log) -> Iterator[RecordStore]:
+    store = RecordStore(path, log=log, retry_delays_s=FAST_RETRIES)
+    store.start()
+    yield store
+    store.stop()
+
+
 def test_a_read_only_database_drops_the_batch_after_bounded_retries_and_later_writes_succeed(
-    store, log
+    sqlite_store, log
 ):
+    store = sqlite_store
     # Root ignores file permissions, so make the store's own connection refuse writes.
-    store._db.execute("PRAGMA query_only = ON")
+    store._database._db.execute("PRAGMA query_only = ON")
 
     assert store.submit(make_record("CAlost")) is True
     assert store.flush(timeout_s=2.0)
@@ -215,7 +227,7 @@ def test_a_read_only_database_drops_the_batch_after_bounded_retries_and_later_wr
     assert set(failures[0]) == {"error", "sqlite_error", "rows", "attempt", "tries"}
     assert log.fields("call_records_dropped") == [{"rows": 1, "call_sids": ["CAlost"]}]
 
-    store._db.execute("PRAGMA query_only = OFF")  # the disk is writable again
+    store._database._db.execute("PRAGMA query_only = OFF")  # the disk is writable again
     assert store.submit(make_record("CAback")) is True
     assert store.flush()
     assert store.get("CAback") is not None
@@ -255,8 +267,8 @@ def test_an_invalid_record_is_dropped_alone_and_its_batch_mates_are_written(stor
 # -- never blocking -----------------------------------------------------------------------
 
 
-def test_submit_never_blocks_when_the_queue_is_full_and_counts_the_drops(path, log):
-    store = RecordStore(path, queue_limit=3, log=log)
+def test_submit_never_blocks_when_the_queue_is_full_and_counts_the_drops(target, log):
+    store = RecordStore(target, queue_limit=3, log=log)
     store.start()
     try:
         started = time.monotonic()
@@ -302,8 +314,8 @@ def test_a_backlog_is_written_in_batches_that_let_other_greenlets_run(store):
 # -- lifecycle ----------------------------------------------------------------------------
 
 
-def test_stop_flushes_what_was_submitted_and_is_idempotent(path, log):
-    store = RecordStore(path, log=log)
+def test_stop_flushes_what_was_submitted_and_is_idempotent(target, log):
+    store = RecordStore(target, log=log)
     store.start()
     store.submit(make_record("CAlast"))
     store.stop()
@@ -312,8 +324,8 @@ def test_stop_flushes_what_was_submitted_and_is_idempotent(path, log):
     assert log.events().count("call_records_closed") == 1
 
 
-def test_reads_on_a_store_that_is_not_open_raise_unavailable(path, log):
-    store = RecordStore(path, log=log)
+def test_reads_on_a_store_that_is_not_open_raise_unavailable(target, log):
+    store = RecordStore(target, log=log)
     with pytest.raises(StoreUnavailable, match="not open"):
         store.get("CA1")
     with pytest.raises(StoreUnavailable, match="not open"):

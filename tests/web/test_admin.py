@@ -24,7 +24,7 @@ def test_the_admin_api_is_off_without_a_token(bridge):
 def test_the_admin_api_needs_the_bearer_token(bridge):
     assert admin(bridge, "GET", "/calls", token=None).status_code == 401
     assert admin(bridge, "GET", "/calls", token="wrong").status_code == 401
-    assert admin(bridge, "GET", "/calls").json() == {"calls": []}
+    assert admin(bridge, "GET", "/calls").json() == {"node": bridge.calls.node_id, "calls": []}
 
 
 @pytest.mark.parametrize("server_env", [{"ADMIN_TOKEN": TOKEN}])
@@ -35,6 +35,7 @@ def test_live_calls_are_listed_with_their_actor_trees(bridge, vapi_sim, make_cal
     (listed,) = admin(bridge, "GET", "/calls").json()["calls"]
     assert listed["call_sid"] == caller.call_sid
     assert listed["stream_sid"] == caller.stream_sid
+    assert listed["node"] == bridge.calls.node_id
     assert isinstance(listed["started_at"], float)
     assert set(listed["actors"]) == {"twilio", "vapi", "codec", "vad"}
     assert all(a == {"state": "running", "restarts": 0} for a in listed["actors"].values())

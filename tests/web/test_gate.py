@@ -45,6 +45,12 @@ def sign_stream(bridge, path: str) -> str:
     return SignatureValidator(AUTH_TOKEN).sign(f"wss://{host}{path}", {})
 
 
+def streaming(bridge, call_sid: str) -> bool:
+    """Whether the call runs on this node around its media socket."""
+    call = bridge.calls.get(call_sid)
+    return call is not None and call.socket is not None
+
+
 def admitted_call(make_caller):
     caller = make_caller()
     status, _ = caller.post_webhook()
@@ -68,7 +74,7 @@ def test_no_path_form_but_the_canonical_one_upgrades(bridge, vapi_sim, make_call
     assert wait_until(lambda: len(vapi_sim.calls) == 1)
     caller.connect()
     caller.start_stream()
-    assert wait_until(lambda: bridge.calls.get(sid).socket is not None)
+    assert wait_until(lambda: streaming(bridge, sid))
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/dashboard", "/nope", "/voice/incoming", "/metrics"])
@@ -85,7 +91,7 @@ def test_an_unsigned_or_wrongly_signed_media_socket_is_refused_with_403(bridge, 
     assert raw_upgrade(bridge.port, path, signature=sign_stream(bridge, f"/media/{UNKNOWN_SID}")).startswith(
         "HTTP/1.1 403"
     )
-    assert bridge.calls.get(caller.call_sid).socket is None
+    assert bridge.calls.get(caller.call_sid) is None
 
 
 def test_a_signed_socket_for_a_call_no_webhook_admitted_starts_nothing(bridge, vapi_sim):
@@ -116,8 +122,7 @@ def test_a_replayed_handshake_gets_nothing_while_the_call_lives_or_after_it_ende
     caller = admitted_call(make_caller)
     caller.connect()
     caller.start_stream()
-    call = bridge.calls.get(caller.call_sid)
-    assert wait_until(lambda: call.socket is not None)
+    assert wait_until(lambda: streaming(bridge, caller.call_sid))
     path = f"/media/{caller.call_sid}"
     signature = sign_stream(bridge, path)
     for _ in range(3):
@@ -133,7 +138,7 @@ def test_a_replayed_webhook_after_the_call_ended_starts_no_second_call(bridge, v
     caller = admitted_call(make_caller)
     caller.connect()
     caller.start_stream()
-    assert wait_until(lambda: bridge.calls.get(caller.call_sid).socket is not None)
+    assert wait_until(lambda: streaming(bridge, caller.call_sid))
     created = bridge.metrics.value("bridge_vapi_links_total", event="created")
     caller.send_stop()
     assert wait_until(lambda: bridge.calls.get(caller.call_sid) is None)
@@ -145,31 +150,62 @@ def test_a_replayed_webhook_after_the_call_ended_starts_no_second_call(bridge, v
     assert bridge.metrics.value("bridge_vapi_links_total", event="created") == created
 
 
-def test_a_socket_whose_start_lacks_the_admission_value_does_not_take_the_call(bridge, make_caller):
+@pytest.mark.parametrize("forged", ["guessed", "missing", "another call's", "sealed with another key"])
+def test_a_socket_whose_start_lacks_the_calls_ticket_does_not_take_the_call(bridge, vapi_sim, make_caller, forged):
+    from protocols.ticket import TicketSealer, ticket_key, ticket_parameters
+
     caller = admitted_call(make_caller)
     real_parameters = dict(caller.custom_parameters)
-    caller.custom_parameters = {"callSid": caller.call_sid, "admission": "guessed"}
+    other = admitted_call(make_caller)
+    stranger = TicketSealer(ticket_key(fleet_secret="not ours", auth_token=AUTH_TOKEN), ttl_s=30)
+    caller.custom_parameters = {
+        "guessed": {"callSid": caller.call_sid, "ticket": "guessed"},
+        "missing": {"callSid": caller.call_sid},
+        "another call's": {**other.custom_parameters, "callSid": caller.call_sid},
+        "sealed with another key": {"callSid": caller.call_sid, **ticket_parameters(
+            stranger.seal(call_sid=caller.call_sid, node_id="x", now=__import__("time").time()))},
+    }[forged]
     caller.connect()
     caller.start_stream()
     assert caller.closed.wait(5)
     assert caller.close_code == 1008
-    call = bridge.calls.get(caller.call_sid)
-    assert call is not None and call.socket is None and call.state.end_request is None
-    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="bad_admission") == 1
-    # Twilio's own socket, with the value from the TwiML, still gets the call.
+    assert bridge.calls.get(caller.call_sid) is None and bridge.calls.live() == []
+    kind = "ticket_for_another_call" if forged == "another call's" else "bad_ticket"
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind=kind) == 1
+    assert len(vapi_sim.calls) == 2  # the two webhooks' VAPI calls, and no other
+    # Twilio's own socket, with the ticket from the TwiML, still gets the call.
     caller.close()
     twilio = make_caller(call_sid=caller.call_sid)
     twilio.stream_url, twilio.custom_parameters = caller.stream_url, real_parameters
     twilio.connect()
     twilio.start_stream()
-    assert wait_until(lambda: call.socket is not None)
+    assert wait_until(lambda: streaming(bridge, caller.call_sid))
+
+
+def test_a_replayed_ticket_after_its_stream_ended_starts_nothing(bridge, vapi_sim, make_caller):
+    # A captured `start` (its ticket) replayed on a new, validly signed socket: the
+    # ticket was good for one stream, and that call has ended.
+    caller = admitted_call(make_caller)
+    caller.connect()
+    caller.start_stream()
+    assert wait_until(lambda: streaming(bridge, caller.call_sid))
+    caller.send_stop()
+    assert wait_until(lambda: bridge.calls.outcome(caller.call_sid) == "completed")
+    links = bridge.metrics.value("bridge_vapi_links_total", event="created")
+    replay = make_caller(call_sid=caller.call_sid)
+    replay.stream_url, replay.custom_parameters = caller.stream_url, dict(caller.custom_parameters)
+    with pytest.raises(CallerError) as refused:
+        replay.connect()  # the gate already knows the call ended
+    assert refused.value.status == 403
+    assert bridge.calls.live() == []
+    assert bridge.metrics.value("bridge_vapi_links_total", event="created") == links
 
 
 def test_a_handshake_for_a_call_that_already_has_its_socket_is_refused(bridge, make_caller):
     caller = admitted_call(make_caller)
     caller.connect()
     caller.start_stream()
-    assert wait_until(lambda: bridge.calls.get(caller.call_sid).socket is not None)
+    assert wait_until(lambda: streaming(bridge, caller.call_sid))
     second = make_caller(call_sid=caller.call_sid)
     second.stream_url, second.custom_parameters = caller.stream_url, dict(caller.custom_parameters)
     with pytest.raises(CallerError) as refused:
@@ -191,3 +227,21 @@ def test_a_flood_of_refused_upgrades_and_webhooks_writes_a_handful_of_log_lines(
     assert len([line for line in lines if "HTTP/1.1\" 40" in line]) == 0  # no access line per refusal
     assert bridge.metrics.value("bridge_malformed_inputs_total", source="media_handshake", kind="bad_signature") == 300
     assert bridge.metrics.value("bridge_malformed_inputs_total", source="webhook", kind="bad_signature") == 300
+
+
+def test_two_sockets_presenting_one_ticket_get_one_call_between_them(bridge, vapi_sim, make_caller):
+    # Both pass the gate (neither has claimed the call yet); the claim at `start` decides.
+    caller = admitted_call(make_caller)
+    twin = make_caller(call_sid=caller.call_sid)
+    twin.stream_url, twin.custom_parameters = caller.stream_url, dict(caller.custom_parameters)
+    caller.connect()
+    twin.connect()
+    caller.start_stream()
+    twin.start_stream()
+    # Which of the two the server reads first is the server's business: one of them, once.
+    assert wait_until(lambda: caller.closed.is_set() or twin.closed.is_set())
+    loser, winner = (twin, caller) if twin.closed.is_set() else (caller, twin)
+    assert loser.close_code == 1008
+    assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="duplicate_socket") == 1
+    assert wait_until(lambda: streaming(bridge, caller.call_sid)) and not winner.closed.is_set()
+    assert len(bridge.calls.live()) == 1

@@ -28,16 +28,6 @@ CALL_SID = "CA" + "ab" * 16
 
 
 @dataclass
-class StartedCall:
-    call_sid: str
-    admission_token: str = "one-time-value"
-
-    @property
-    def state(self) -> StartedCall:  # the views read call.state.admission_token
-        return self
-
-
-@dataclass
 class FakeCalls:
     started: list[str] = field(default_factory=list)
     ended: dict[str, Outcome] = field(default_factory=dict)
@@ -45,9 +35,9 @@ class FakeCalls:
     def ended_before(self, call_sid: str) -> bool:
         return call_sid in self.ended
 
-    def start_call(self, call_sid: str) -> StartedCall:
+    def admit(self, call_sid: str) -> str:
         self.started.append(call_sid)
-        return StartedCall(call_sid)
+        return "sealed-ticket-" + "x" * 600  # longer than one <Parameter> may carry
 
     def outcome(self, call_sid: str) -> Outcome | None:
         return self.ended.get(call_sid)
@@ -81,14 +71,15 @@ def signed_post(client: Any, path: str, params: dict[str, str]) -> Any:
     return client.post(path, data=params, headers={"X-Twilio-Signature": signature})
 
 
-def test_a_signed_incoming_webhook_starts_the_call_and_answers_connect_stream_with_its_admission_value():
+def test_a_signed_incoming_webhook_admits_the_call_and_answers_connect_stream_with_its_ticket():
     client, calls, _ = make_client()
     response = signed_post(client, "/voice/incoming", {"CallSid": CALL_SID, "From": "+14155550100"})
     assert response.status_code == 200 and response.mimetype == "text/xml"
     stream = ET.fromstring(response.data).find("Connect/Stream")  # noqa: S314 - our own TwiML
     assert stream is not None and stream.get("url") == f"wss://bridge.example.com/media/{CALL_SID}"
     parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert parameters == {"callSid": CALL_SID, "admission": "one-time-value"}
+    assert list(parameters) == ["callSid", "ticket", "ticket1"]
+    assert parameters["ticket"] + parameters["ticket1"] == "sealed-ticket-" + "x" * 600
     assert calls.started == [CALL_SID]
 
 

@@ -139,6 +139,7 @@ class Card {
   update(snap, nowSeconds) {
     const f = this.fields;
     setText(f.age, isNumber(snap.started_at) ? duration(nowSeconds - snap.started_at) : DASH);
+    setText(f.node, text(snap.node));
     const latency = snap.latency ?? {};
     setText(f.bridge_in_ms, ms(latency.bridge_in_ms));
     setText(f.bridge_out_ms, ms(latency.bridge_out_ms));

@@ -1,0 +1,123 @@
+"""deploy/nginx.conf run by a real nginx in front of two loopback upstreams that say who they are."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import requests
+
+from tests.fleet.deploy_config import DEPLOY_CONF, render
+from tests.services import NginxServer, free_port
+
+
+class Upstream:
+    """A loopback HTTP/1.1 server answering every request with its name, and a WebSocket-style
+    101 answer (then an echo of the bytes that follow) to an upgrade request; it keeps the
+    request heads it saw."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.heads: list[str] = []
+        self._server = gevent.spawn(self._serve)
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            gevent.spawn(self._handle, conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            self.heads.append(head)
+            if "upgrade: websocket" in head.lower():
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                while chunk := conn.recv(4096):
+                    conn.sendall(self.name.encode() + b":" + chunk)
+                return
+            body = self.name.encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        self._server.kill()
+        self.listener.close()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[Upstream]]:
+    nodes = [Upstream("node-a"), Upstream("node-b")]
+    yield nodes
+    for node in nodes:
+        node.close()
+
+
+def test_the_shipped_config_shows_two_nodes_round_robin_and_passive_checks_only():
+    text = DEPLOY_CONF.read_text()
+    live = "\n".join(line.split("#")[0] for line in text.splitlines())  # what nginx reads
+    for sticky in ("ip_hash", "hash ", "sticky"):
+        assert sticky not in live
+    assert "max_fails=" in live and "fail_timeout=" in live
+    assert "health_check" not in live and "health_check uri=/readyz" in text  # NGINX Plus only: a comment
+    assert "listen 443 ssl" in text and "listen 443" not in live  # TLS: a comment
+
+
+def test_requests_alternate_between_the_nodes_with_the_proxy_headers(nginx_server: NginxServer, upstreams):
+    port = free_port()
+    nginx_server.start(render([u.address for u in upstreams], port), port)
+    answers = [requests.get(f"{nginx_server.url}/readyz", timeout=5).text for _ in range(6)]
+    assert sorted(answers) == ["node-a"] * 3 + ["node-b"] * 3
+    assert all(a != b for a, b in itertools.pairwise(answers))  # round robin, not sticky
+    head = upstreams[0].heads[0].lower()
+    assert "x-forwarded-for: 127.0.0.1" in head and "x-forwarded-proto: http" in head
+
+
+def test_a_node_that_is_down_is_skipped_and_left_out(nginx_server: NginxServer, upstreams):
+    dead = free_port()  # nothing listens there: connections are refused
+    port = free_port()
+    nginx_server.start(render([f"127.0.0.1:{dead}", upstreams[0].address], port), port)
+    answers = [requests.post(f"{nginx_server.url}/voice/incoming", data={"x": "1"}, timeout=5) for _ in range(4)]
+    assert [(a.status_code, a.text) for a in answers] == [(200, "node-a")] * 4
+    assert len(upstreams[0].heads) == 4  # each request reached the live node exactly once
+
+
+def test_media_sockets_are_upgraded_and_tunnelled_both_ways(nginx_server: NginxServer, upstreams):
+    port = free_port()
+    nginx_server.start(render([u.address for u in upstreams], port), port)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(
+            b"GET /media/CA0123 HTTP/1.1\r\nHost: bridge.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += conn.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 101")
+        conn.sendall(b"frame-1")
+        echoed = conn.recv(4096)
+    assert echoed in (b"node-a:frame-1", b"node-b:frame-1")
+    head = next(h for u in upstreams for h in u.heads).lower()
+    assert "upgrade: websocket" in head and "connection: upgrade" in head
+    assert "sec-websocket-key: dghlihnhbxbszsbub25jzq==" in head
+
+
+def test_only_media_paths_are_upgraded(nginx_server: NginxServer, upstreams):
+    port = free_port()
+    nginx_server.start(render([u.address for u in upstreams], port), port)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    requests.get(f"{nginx_server.url}/admin/calls", headers=upgrade, timeout=5)
+    head = next(h for u in upstreams for h in u.heads).lower()
+    assert "upgrade:" not in head and "connection: close" in head
