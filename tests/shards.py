@@ -5,9 +5,9 @@ deadlines that must pass, real servers starting. So a few pytest processes side 
 on a two-core machine finish in a fraction of the time of one. pytest-xdist cannot be
 used: its workers talk over execnet threads, which gevent's monkey-patching (needed by
 every test, tests/conftest.py) breaks. pytest-split instead gives each process a group
-of tests balanced by the durations recorded in tests/test_durations.json (refresh it
-with `bin/test --store-durations --durations-path tests/test_durations.json`; tests it
-does not list are spread by count).
+of tests balanced by the durations recorded in tests/test_durations.json: the tests
+that take 0.2 s or more (refresh it with `python -m tests.shards --store`, a whole
+sequential run); the many quick ones it does not list are spread by count.
 
 `python -m tests.shards` runs TEST_SHARDS groups (default 3) and prints each group's
 output as it finishes, then one closing line for the whole suite; the exit status is
@@ -16,6 +16,7 @@ the worst of the groups'.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -29,6 +30,8 @@ _DURATIONS = _ROOT / "tests" / "test_durations.json"
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 # pytest's exit status when no test ran: a group may be empty, the suite may not.
 _NO_TESTS = 5
+# Only these are worth recording: the rest cost less than the spread between groups.
+_RECORDED_S = 0.2
 
 
 def _group_command(shards: int, group: int) -> list[str]:
@@ -49,7 +52,25 @@ def _counts(output: str) -> dict[str, int]:
     return counts
 
 
+def store() -> int:
+    """One sequential run that records every test's duration; keep the slow ones."""
+    with tempfile.TemporaryDirectory(prefix="test-durations-") as tmp:
+        path = Path(tmp) / "durations.json"
+        status = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--store-durations",
+             "--durations-path", str(path)],
+            cwd=_ROOT,
+        )
+        durations = json.loads(path.read_text())
+    slow = {test: round(seconds, 2) for test, seconds in sorted(durations.items()) if seconds >= _RECORDED_S}
+    _DURATIONS.write_text(json.dumps(slow, indent=0) + "\n")
+    print(f"{len(slow)} of {len(durations)} tests recorded in {_DURATIONS.relative_to(_ROOT)}")
+    return status
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--store"]:
+        return store()
     shards = max(1, int(os.environ.get("TEST_SHARDS", "3")))
     started = time.monotonic()
     totals: dict[str, int] = {}
@@ -59,7 +80,9 @@ def main() -> int:
         for group in range(1, shards + 1):
             log = Path(tmp) / f"group-{group}.log"
             with log.open("wb") as out:
-                process = subprocess.Popen(_group_command(shards, group), cwd=_ROOT, stdout=out, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(
+                    _group_command(shards, group), cwd=_ROOT, stdout=out, stderr=subprocess.STDOUT
+                )
             running.append((group, process, log))
         while running:
             for entry in list(running):
