@@ -12,6 +12,9 @@ fails loudly instead of corrupting anything.
 Those blocking calls stall every live call while they run, so they are kept short: small
 batches, indexed reads, and a busy timeout of 0 (sqlite's busy handler would sleep inside
 the C call; instead a locked database fails at once and the writer backs off cooperatively).
+Several workers of one machine share the file: one worker's commit locks it for a moment,
+so a write that finds it locked tries again a few times within _LOCKED_WAIT_S, sleeping
+between tries as a greenlet, before it counts as a failed write.
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ import contextlib
 import sqlite3
 from typing import Any
 
+import gevent
+
 from records.errors import StoreUnavailable
 from records.rows import INSERT_SQL
 from records.schema import open_database
 
 __all__ = ["SqliteDatabase"]
+
+# A sibling worker's batch commits in milliseconds; a lock held longer than this is not
+# a sibling's commit, and the store's own retries and logging take over.
+_LOCKED_WAIT_S = 2.0
+_LOCKED_FIRST_SLEEP_S = 0.005
 
 
 class SqliteDatabase:
@@ -53,7 +63,7 @@ class SqliteDatabase:
         if db is None:  # the writer runs only while the connection is open
             raise StoreUnavailable(f"{self.name}: the call-records store is not open")
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             db.executemany(INSERT_SQL, rows)
             db.execute("COMMIT")
         except sqlite3.Error:
@@ -61,6 +71,21 @@ class SqliteDatabase:
                 with contextlib.suppress(sqlite3.Error):  # the original error is the one worth reporting
                     db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _begin(db: sqlite3.Connection) -> None:
+        """Take the write lock, waiting cooperatively while another process holds it."""
+        sleep_s, waited_s = _LOCKED_FIRST_SLEEP_S, 0.0
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or waited_s >= _LOCKED_WAIT_S:
+                    raise
+            gevent.sleep(sleep_s)
+            waited_s += sleep_s
+            sleep_s = min(sleep_s * 2, 0.2)
 
     def read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Rows of `sql` (with `?` placeholders).

@@ -176,9 +176,28 @@ def test_a_database_from_a_newer_program_stops_the_store_from_starting(path, log
 # -- failing disk -------------------------------------------------------------------------
 
 
+def test_a_lock_a_sibling_worker_holds_for_a_moment_is_waited_out_without_a_failed_write(path, log):
+    store = RecordStore(path, log=log, retry_delays_s=(0.3,))
+    store.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another worker's batch, committing
+    try:
+        released = gevent.spawn_later(0.1, blocker.execute, "COMMIT")
+        assert store.submit(make_record("CAsibling")) is True
+        assert store.flush()
+        released.join()
+        assert store.get("CAsibling") is not None
+        assert (store.written, store.dropped, store.write_errors) == (1, 0, 0)
+        assert log.fields("call_record_write_failed") == []
+    finally:
+        blocker.close()
+        store.stop()
+
+
 def test_a_locked_database_fails_writes_without_raising_and_the_retry_succeeds_once_released(
-    path, log
+    path, log, monkeypatch
 ):
+    monkeypatch.setattr("records.sqlite._LOCKED_WAIT_S", 0.02)  # a lock held longer than a sibling's commit
     store = RecordStore(path, log=log, retry_delays_s=(0.3,))  # time to release the lock
     store.start()
     blocker = sqlite3.connect(path, isolation_level=None)
@@ -235,7 +254,8 @@ def test_a_read_only_database_drops_the_batch_after_bounded_retries_and_later_wr
     assert "call_records_writable_again" in log.events("info")
 
 
-def test_flush_gives_up_at_its_timeout_while_writes_keep_failing(path, log):
+def test_flush_gives_up_at_its_timeout_while_writes_keep_failing(path, log, monkeypatch):
+    monkeypatch.setattr("records.sqlite._LOCKED_WAIT_S", 0.02)
     store = RecordStore(path, log=log, retry_delays_s=(10.0,))
     store.start()
     blocker = sqlite3.connect(path, isolation_level=None)
