@@ -64,7 +64,7 @@ from bench._load_calls import LoadCall, Pacer, VapiFront, Window, setup_call
 from bench._load_wire import WireError
 from bench._server import ServerError, ServerProcess
 
-__all__ = ["LoadResult", "Target", "format_table", "main", "run_load"]
+__all__ = ["THIS_CHECKOUT", "LoadResult", "Target", "format_table", "main", "run_load"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 _P99_LIMIT_MS = 10.0
@@ -88,6 +88,9 @@ class Target:
     argv: tuple[str, ...] = ("run.py",)
 
 
+THIS_CHECKOUT = Target("this checkout", _ROOT)
+
+
 @dataclass
 class LoadResult:
     target: str
@@ -107,6 +110,7 @@ class LoadResult:
     dropped_down: int
     cpu_pct: float  # of one core, over the window
     cpu_per_call_pct: float
+    sys_pct: float  # of cpu_pct, the kernel's share (socket syscalls, loopback TCP)
     rss_mb: float
     rss_per_call_mb: float
     load_cpu_pct: float
@@ -138,16 +142,18 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _cpu_s(pids: Sequence[int]) -> float:
-    total = 0
+def _cpu_s(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU seconds of `pids`."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / _CLK_TCK
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / _CLK_TCK, system / _CLK_TCK
 
 
 def _rss_bytes(pids: Sequence[int]) -> int:
@@ -196,7 +202,8 @@ def _delivered(calls: Sequence[LoadCall]) -> bool:
 
 
 def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: bool,
-             log: Callable[[str], None], duplex: bool = False) -> LoadResult:
+             log: Callable[[str], None], duplex: bool = False,
+             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S) -> LoadResult:
     """One target at `calls` concurrent calls; ServerError when the server cannot be run."""
     api_key = secrets.token_hex(8)
     front = VapiFront(api_key)
@@ -220,9 +227,9 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         warm = [LoadCall(-1 - i, Window()) for i in range(min(_WARMUP_CALLS, calls))]
         for call in warm:
             _setup(call, front, server, pacer)
-        gevent.sleep(_WARMUP_S)
+        gevent.sleep(warmup_s)
         _hang_up(warm, _HANGUP_S)
-        gevent.sleep(1.0)
+        gevent.sleep(min(1.0, warmup_s))
         pids = _tree(server.pid)
         rss_idle = _rss_bytes(pids)
         # Ramp.
@@ -233,15 +240,15 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
             live.append(call)
             _setup(call, front, server, pacer)
         log(f"  {target.label}: {calls} calls up in {time.monotonic() - started:.1f} s")
-        gevent.sleep(_SETTLE_S)
+        gevent.sleep(settle_s)
         # The window.
         pids = _tree(server.pid)
-        cpu0, own0, t0 = _cpu_s(pids), _own_cpu_s(), time.perf_counter()
+        (user0, sys0), own0, t0 = _cpu_s(pids), _own_cpu_s(), time.perf_counter()
         late0 = pacer.late
         window.start = t0
         gevent.sleep(seconds)
         window.end = t1 = time.perf_counter()
-        cpu1, own1 = _cpu_s(pids), _own_cpu_s()
+        (user1, sys1), own1 = _cpu_s(pids), _own_cpu_s()
         rss = _rss_bytes(pids)
         late = pacer.late - late0
         # Drain, count, hang up.
@@ -258,13 +265,13 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         _hang_up(live, _HANGUP_S)
         failed = [c for c in live if c.error is not None]
         up, down = _percentiles(window.up), _percentiles(window.down)
-        cpu_pct = (cpu1 - cpu0) / (t1 - t0) * 100
+        cpu_pct = (user1 + sys1 - user0 - sys0) / (t1 - t0) * 100
         return LoadResult(
             target=target.label, calls=calls, workers=workers, connected=calls - len(failed), failed=len(failed),
             up_p50_ms=up[0], up_p99_ms=up[1], up_max_ms=up[2],
             down_p50_ms=down[0], down_p99_ms=down[1], down_max_ms=down[2],
             frames_up=frames_up, frames_down=frames_down, dropped_up=dropped_up, dropped_down=dropped_down,
-            cpu_pct=cpu_pct, cpu_per_call_pct=cpu_pct / calls,
+            cpu_pct=cpu_pct, cpu_per_call_pct=cpu_pct / calls, sys_pct=(sys1 - sys0) / (t1 - t0) * 100,
             rss_mb=rss / _MIB, rss_per_call_mb=(rss - rss_idle) / _MIB / calls,
             load_cpu_pct=(own1 - own0) / (t1 - t0) * 100, pacer_late=late,
             clears=sum(c.clears for c in live) + front.unexpected,
@@ -333,7 +340,8 @@ def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None)
             f"| {r.target}{workers} | {r.calls} | {r.failed} "
             f"| {_ms(r.up_p50_ms)} / {_ms(r.up_p99_ms)} / {_ms(r.up_max_ms)} "
             f"| {_ms(r.down_p50_ms)} / {_ms(r.down_p99_ms)} / {_ms(r.down_max_ms)} "
-            f"| {r.dropped_up} / {r.dropped_down} | {r.cpu_pct:.0f} % | {r.cpu_per_call_pct:.3f} % | {ratio} "
+            f"| {r.dropped_up} / {r.dropped_down} | {r.cpu_pct:.0f} % ({r.sys_pct:.0f} % sys) "
+            f"| {r.cpu_per_call_pct:.3f} % | {ratio} "
             f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % | {'yes' if r.held else 'no'} |"
         )
     return "\n".join(lines)
@@ -383,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     floor_result: LoadResult | None = None
     swept: dict[str, int | None] = {}
     checkouts = [RefCheckout(commit) for commit in args.ref]
-    targets: list[tuple[Target, RefCheckout | None]] = [(Target("this checkout", _ROOT), None)]
+    targets: list[tuple[Target, RefCheckout | None]] = [(THIS_CHECKOUT, None)]
     targets += [(Target("ref", _ROOT), checkout) for checkout in checkouts]
     if args.floor:
         targets.append((Target("floor", _ROOT, ("-m", "bench._floor")), None))
