@@ -18,6 +18,7 @@ from gevent import monkey
 
 monkey.patch_all()  # before anything else imports sockets, threads or ssl
 
+import gc  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -84,6 +85,10 @@ def serve(environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    # Everything made so far (modules, the app, settings) lives as long as the process:
+    # out of the collector's sight, a full collection walks only what calls made, so it
+    # stays short enough not to stall the media path (docs/performance.md).
+    gc.freeze()
     for name, problem in settings.production_warnings():
         log.warning("setting_unusable_with_twilio", setting=name, problem=problem)
     if settings.twilio.auth_token_generated:
