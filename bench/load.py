@@ -32,6 +32,13 @@ Method, per target and N:
 * `--sweep` runs N = 100, 150, 200, ... until a step fails (p99 >= 10 ms either way, a
   drop or a failed call), then the midpoint below it; it reports the largest N that held.
 
+Fairness notes: an old commit runs with this checkout's venv, so websocket-client masks
+with wsaccel there too (it uses it whenever it is importable), which makes the old code
+slightly cheaper than it was. The floor sets TCP_NODELAY on its media sockets as the
+bridge does; without it Nagle's algorithm alone puts the downlink p99 near 20 ms.
+Near one core CPU per call is clipped (a saturated server does more per wake-up and
+falls behind): compare CPU per call where no target is saturated.
+
 Exit status 0 when every run held (or the sweep found an N), 1 otherwise, 2 when a run
 could not be carried out.
 """
