@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import shutil
@@ -210,6 +211,7 @@ class BridgeWorker(GeventWebSocketWorker):  # type: ignore[misc]  # gevent-webso
             service.server.max_accept = 1
         self.service = service
         self.wsgi = service.server.application if service.server is not None else None
+        gc.freeze()  # as run.py does for one process: full collections walk only what calls made
 
     def run(self) -> None:
         service = self.service

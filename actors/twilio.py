@@ -36,11 +36,11 @@ from protocols.twilio import (
     Dtmf,
     Mark,
     Media,
+    MediaEncoder,
     Start,
     Stop,
     encode_clear,
     encode_mark,
-    encode_media,
     parse_event,
 )
 from supervision import ChildHandle
@@ -107,6 +107,7 @@ class TwilioActor(CallActor):
         self._latency_out_ms: float | None = None
         self._flushed_played = 0
         self._flushed_cancelled = 0
+        self._media: MediaEncoder | None = None  # for the stream in the call's state
         # Bound once: the hot path calls these 50 times a second.
         self._send_media = self._send_media_frame
         self._send_mark = self._send_mark_frame
@@ -282,7 +283,10 @@ class TwilioActor(CallActor):
         socket = call.socket
         if socket is None:
             return
-        socket.send_text(encode_media(call.state.stream_sid or "", ulaw))
+        media = self._media
+        if media is None or media.stream_sid != call.state.stream_sid:
+            media = self._media = MediaEncoder(call.state.stream_sid or "")
+        socket.send_utf8(media.encode(ulaw))
         if call.recorder is not None:
             call.recorder.assistant(ulaw)
         self._frames_out += 1

@@ -75,6 +75,8 @@ _REPORT_EVERY = 50
 # Messages waiting in a mailbox this link feeds, beyond which more are dropped and
 # counted: the reader yields after each message, so only a stuck actor lets it fill.
 _MAILBOX_LIMIT = 1000
+# Messages the reader may hand on without yielding while nothing more is buffered.
+_YIELD_EVERY = 8
 
 
 class VapiActor(CallActor):
@@ -285,12 +287,17 @@ class VapiActor(CallActor):
     def _read(self, link: VapiLink, link_id: int) -> None:
         uplink = self._call.uplink
         children = self._call.children
+        unyielded = 0
         try:
             while True:
                 item = link.recv()
-                # A burst from VAPI is read from the socket's buffer without waiting:
-                # let the codec (and every other call) run between its messages.
-                gevent.sleep(0)
+                # A burst from VAPI is read from the link's buffer without waiting: let the
+                # codec (and every other call) run between its messages. With nothing more
+                # buffered the next read waits on the socket, which yields anyway.
+                unyielded += 1
+                if link.buffered or unyielded >= _YIELD_EVERY:
+                    unyielded = 0
+                    gevent.sleep(0)
                 if self._link_id != link_id:
                     continue  # blackholed: read and drop, as a silent network would
                 if type(item) is bytes:

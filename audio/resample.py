@@ -67,7 +67,9 @@ _INT16_MIN = -32768.0
 _INT16_MAX = 32767.0
 # History ring length in samples: about 32 frames of 20 ms, so the history is copied back
 # to the start of the ring once every ~0.6 s instead of on every frame.
-_RING_SAMPLES = 8192
+# 2048 float64 samples (16 KiB) per instance: a rewind every six 20 ms frames copies 50
+# samples, and each call holds two of these, so the ring is a call's memory, not its CPU.
+_RING_SAMPLES = 2048
 
 # Upsampler: 8 kHz input samples the FIR reads before the current one, and where the
 # centre tap lands (output 2n+1 is input n - 12).

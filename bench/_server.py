@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,11 +52,13 @@ class ServerProcess:
         seed: int,
         port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
-        project_root: Path | None = None,
+        root: Path | None = None,
+        argv: Sequence[str] = ("run.py",),
     ) -> None:
-        """`project_root`: run that checkout's run.py (a bench's baseline) instead of this one's."""
         self.workdir = workdir
-        self._root = project_root or _PROJECT_ROOT
+        # Another checkout (bench/load.py --ref), or another program (its --floor): same process handling.
+        self._root = root or _PROJECT_ROOT
+        self._argv = list(argv)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth_token = secrets.token_hex(16)
@@ -92,7 +94,7 @@ class ServerProcess:
         """Spawn the server and wait for /healthz; ServerError if it exits or stays silent."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(
-            [sys.executable, "run.py"],
+            [sys.executable, *self._argv],
             cwd=self._root,
             env=self._env,
             stdin=subprocess.DEVNULL,

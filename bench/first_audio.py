@@ -151,7 +151,7 @@ def _servers(workdir: Path, vapi_url: str, baseline: Path | None) -> dict[str, S
             continue
         (workdir / name.replace(" ", "-")).mkdir()
         servers[name] = ServerProcess(workdir=workdir / name.replace(" ", "-"), chaos_rate=0, seed=0,
-                                      extra_env={**env, **extra}, project_root=root)
+                                      extra_env={**env, **extra}, root=root)
     return servers
 
 

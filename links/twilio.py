@@ -11,7 +11,8 @@ reader cannot give it against an untrusted peer:
 - writes that cannot block: a peer that does not read makes a send fail within
   SEND_TIMEOUT_S (below the actors' handler deadline), and the connection is cut;
 - one writer at a time (gevent raises ConcurrentObjectUseError otherwise);
-- the reader yields after every message, so a flood cannot starve other calls.
+- the reader yields whenever more input is buffered, and at least every few messages,
+  so a flood cannot starve other calls.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ __all__ = ["SEND_TIMEOUT_S", "FrameTooLarge", "SocketLimits", "TwilioSocket"]
 SEND_TIMEOUT_S = 0.5
 # After our close frame, how long the peer gets to answer before we cut the TCP connection.
 _CLOSE_GRACE_S = 2.0
-_RECV_BYTES = 65536
+# Twilio's frames are ~300 bytes: 16 KiB holds a burst of them and keeps a call's
+# memory small (every call has one); a larger message is simply read in several turns.
+_RECV_BYTES = 16384
+# Messages the reader may return without yielding to other greenlets, when nothing more
+# is buffered (each of them came from a read that may well have waited, and yielded).
+_YIELD_EVERY = 8
 
 
 class FrameTooLarge(Exception):
@@ -120,6 +126,7 @@ class TwilioSocket:
         self._bytes = TokenBucket(limits.bytes_per_s, limits.bytes_per_s * limits.burst_s, now)
         self._last_data_ns = self.received_ns  # the arrival of the last data message (or the open)
         self._counted_frames = 0
+        self._unyielded = 0
         self.closed = False
         self.close_code: int | None = None
         self.end_reason: str | None = None
@@ -128,6 +135,10 @@ class TwilioSocket:
         # the 101), then the socket alone from here on.
         self._reader.feed(_take_buffered(handler.rfile, self._sock))
         self._sock.settimeout(SEND_TIMEOUT_S)
+        # 20 ms frames go out as they are written, not held back for Nagle's algorithm
+        # until the peer acknowledges the previous ones.
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # Reading (the socket's own greenlet only) ---------------------------------------
 
@@ -156,7 +167,13 @@ class TwilioSocket:
             if type(event) is Message:
                 # The read's own timestamp: no second clock read per message.
                 self._last_data_ns = self.received_ns
-                gevent.sleep(0)
+                # Yield when more is already buffered (a burst, or a flood), and at least every
+                # few messages; otherwise the next read waits on the socket, which yields anyway,
+                # and a switch through the hub per message is a cost the hot path need not pay.
+                self._unyielded += 1
+                if reader.buffered or self._unyielded >= _YIELD_EVERY:
+                    self._unyielded = 0
+                    gevent.sleep(0)
                 if event.text:
                     try:
                         return event.payload.decode("utf-8")
@@ -230,11 +247,22 @@ class TwilioSocket:
             return False
         return self._send_frame(text.encode("utf-8"), OP_TEXT)
 
+    def send_utf8(self, data: bytes) -> bool:
+        """Send one text message already encoded as UTF-8 (the media path's JSON); as send_text."""
+        if self.closed:
+            return False
+        return self._send_frame(data, OP_TEXT)
+
     def _send_frame(self, payload: bytes, opcode: int) -> bool:
         frame = encode_frame(payload, opcode)
         try:
             with self._write_lock:
-                self._sock.sendall(frame)
+                # One send() takes the whole frame unless the kernel's buffer is full;
+                # gevent's sendall with a timeout costs clock reads and a buffer-size
+                # query even then, so it only finishes what send() could not.
+                sent = self._sock.send(frame)
+                if sent < len(frame):
+                    self._sock.sendall(frame[sent:])
             return True
         except OSError:
             # A timed-out sendall may have sent part of the frame: the stream is broken.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import socket
 import ssl
 import urllib.error
@@ -28,6 +29,7 @@ from websocket import ABNF
 from links.errors import ErrorKind, LinkFault, VapiLinkDead, VapiUnavailable
 from protocols.errors import ProtocolError
 from protocols.vapi import AudioFormat, CreatedCall, create_call_body, encode_end_call, parse_create_response
+from protocols.websocket import OP_BINARY, encode_masked_frame
 
 __all__ = [
     "CLOSE_BUDGET_S",
@@ -71,6 +73,10 @@ _CONT: Final = ABNF.OPCODE_CONT
 _PING: Final = ABNF.OPCODE_PING
 _PONG: Final = ABNF.OPCODE_PONG
 _CLOSE: Final = ABNF.OPCODE_CLOSE
+# Masking keys for audio frames come from the OS in blocks: one getrandom() per 1024
+# frames, where websocket-client makes one per frame. Each key is used once.
+_KEY_BLOCK: Final = 4096
+_RECV_BYTES: Final = 16384  # as websocket-client reads, to keep large buffers from being made and shrunk
 
 
 class Signal(enum.Enum):
@@ -236,12 +242,21 @@ class VapiLink:
         # bytes concatenation (quadratic); its frame buffer lets us see each frame's
         # length before its payload is read, and keeps partial state across a timeout.
         self._frames = ws.frame_buffer
+        # websocket-client reads each frame with two or three recv() calls of exactly the
+        # bytes it needs next. Reads go through a buffer of ours instead: one recv() takes
+        # whatever the socket has, and `buffered` tells the reader whether more is waiting.
+        self._sock_recv = self._frames.recv  # websocket-client's own: its timeout and EOF handling
+        self._frames.recv = self._recv_buffered
+        self._rbuf = b""
+        self._rpos = 0
         self._max = max_message_bytes
         self._parts: list[bytes] = []  # the fragments of the message being reassembled
         self._parts_opcode = 0  # its opcode; 0 when none is in progress
         self._parts_bytes = 0
         self._dead = False
         self._close_sent = False
+        self._keys = b""
+        self._key_pos = 0
 
     def __repr__(self) -> str:
         return f"VapiLink(dead={self._dead})"
@@ -332,6 +347,20 @@ class VapiLink:
             raise websocket.WebSocketProtocolException("frame payload not received as bytes")
         return frame.opcode, frame.fin, data
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes already read from the socket and not yet taken by a frame."""
+        return self._rpos < len(self._rbuf)
+
+    def _recv_buffered(self, bufsize: int) -> bytes:
+        pos, buf = self._rpos, self._rbuf
+        if pos >= len(buf):
+            buf, pos = self._sock_recv(_RECV_BYTES), 0
+            self._rbuf = buf
+        end = min(pos + bufsize, len(buf))
+        self._rpos = end
+        return buf if pos == 0 and end == len(buf) else buf[pos:end]
+
     def _reassembled(self) -> bytes | str:
         data = b"".join(self._parts)  # linear, once, unlike bytes += per fragment
         opcode = self._parts_opcode
@@ -352,7 +381,36 @@ class VapiLink:
     # Sending -------------------------------------------------------------------------
 
     def send_audio(self, data: bytes) -> None:
-        self._send(data, _BINARY)
+        """One binary frame of audio, framed and masked here (in C) and written under
+        websocket-client's own send lock, so it never interleaves with the library's
+        frames (pings, text, close). websocket-client's send builds a frame object,
+        validates it, draws a key from the OS and masks per frame: 50 times a second
+        a call, that was the largest cost of the uplink after the actor hops."""
+        if self._dead:
+            raise VapiLinkDead("link is closed")
+        ws = self._ws
+        sock = ws.sock
+        if sock is None:
+            self._dead = True
+            raise VapiLinkDead("link is closed")
+        pos = self._key_pos
+        if pos >= len(self._keys):
+            self._keys, pos = os.urandom(_KEY_BLOCK), 0
+        self._key_pos = pos + 4
+        frame = encode_masked_frame(data, OP_BINARY, self._keys[pos : pos + 4])
+        try:
+            with ws.lock:
+                # As links/twilio.py: send() first, sendall (bounded by the socket's
+                # timeout) only for what a full kernel buffer left over.
+                sent = sock.send(frame)
+                if sent < len(frame):
+                    sock.sendall(frame[sent:])
+        except TimeoutError as exc:  # the socket's timeout (SOCKET_TIMEOUT_S) bounds the whole send
+            self._kill()
+            raise VapiLinkDead(f"send timed out after {SOCKET_TIMEOUT_S:g}s", LinkFault.TIMEOUT) from exc
+        except OSError as exc:
+            self._kill()
+            raise VapiLinkDead(f"send failed: {type(exc).__name__}") from exc
 
     def send_text(self, text: str) -> None:
         self._send(text, _TEXT)

@@ -26,6 +26,7 @@ __all__ = [
     "Dtmf",
     "Mark",
     "Media",
+    "MediaEncoder",
     "Start",
     "Stop",
     "TwilioEvent",
@@ -297,6 +298,23 @@ def encode_media(stream_sid: str, ulaw: bytes) -> str:
             "media": {"payload": b64encode(ulaw).decode("ascii")},
         }
     )
+
+
+class MediaEncoder:
+    """`media` messages for one stream as UTF-8 bytes, the same text `encode_media` builds.
+
+    The hot path's encoder: the parts that never change are encoded once, so a frame
+    costs one base64 encoding and one join, with no dict, JSON encoder or str round trip.
+    """
+
+    __slots__ = ("_head", "stream_sid")
+
+    def __init__(self, stream_sid: str) -> None:
+        self.stream_sid = stream_sid
+        self._head = ('{"event":"media","streamSid":' + _encode_json(stream_sid) + ',"media":{"payload":"').encode()
+
+    def encode(self, ulaw: bytes) -> bytes:
+        return b"".join((self._head, b64encode(ulaw), b'"}}'))
 
 
 def encode_mark(stream_sid: str, name: str) -> str:

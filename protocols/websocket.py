@@ -6,8 +6,9 @@ bits, control frames short and unfragmented, valid close codes, continuation onl
 inside a fragmented message) and what this server needs of an untrusted peer: a message
 larger than the limit is skipped as it arrives, never buffered, and reported once.
 
-Unmasking is one big-integer XOR per frame rather than a Python loop per byte (the
-largest single cost of gevent-websocket's reader on the bridge's hot path).
+Masking and unmasking are one call into C per frame (wsaccel's XOR masker, the one
+websocket-client also uses), not a Python loop per byte (the largest single cost of
+gevent-websocket's reader on the bridge's hot path).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from typing import Final
+
+from wsaccel.xormask import XorMaskerSimple  # type: ignore[import-untyped]  # ships no types
 
 __all__ = [
     "OP_BINARY",
@@ -30,6 +33,7 @@ __all__ = [
     "Pong",
     "WebSocketProtocolError",
     "encode_frame",
+    "encode_masked_frame",
     "is_valid_close_code",
     "unmask",
 ]
@@ -45,6 +49,8 @@ _CONTROL_MAX: Final = 125
 _HEADER = struct.Struct("!BB")
 _LEN16 = struct.Struct("!H")
 _LEN64 = struct.Struct("!Q")
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
 _CLOSE_CODE = struct.Struct("!H")
 
 # Close codes a peer may send (RFC 6455 §7.4 and the IANA registry): 1004-1006 and 1015
@@ -103,24 +109,27 @@ def is_valid_close_code(code: int) -> bool:
 
 
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """XOR `payload` with the 4-byte `mask` repeated; linear in the length, no per-byte loop."""
-    n = len(payload)
-    if n == 0:
-        return b""
-    key = (mask * ((n + 3) >> 2))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    """XOR `payload` with the 4-byte `mask` repeated (masking and unmasking are the same)."""
+    masked: bytes = XorMaskerSimple(mask).process(payload)
+    return masked
+
+
+def _header(opcode: int, n: int, mask_bit: int) -> bytes:
+    if n < 126:
+        return _HEADER.pack(0x80 | opcode, mask_bit | n)
+    if n < 65536:
+        return _HEADER_16.pack(0x80 | opcode, mask_bit | 126, n)
+    return _HEADER_64.pack(0x80 | opcode, mask_bit | 127, n)
 
 
 def encode_frame(payload: bytes, opcode: int) -> bytes:
     """One unmasked, final frame, as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        header = _HEADER.pack(0x80 | opcode, n)
-    elif n < 65536:
-        header = _HEADER.pack(0x80 | opcode, 126) + _LEN16.pack(n)
-    else:
-        header = _HEADER.pack(0x80 | opcode, 127) + _LEN64.pack(n)
-    return header + payload
+    return _header(opcode, len(payload), 0) + payload
+
+
+def encode_masked_frame(payload: bytes, opcode: int, key: bytes) -> bytes:
+    """One masked, final frame, as a client sends it; `key`: 4 unpredictable bytes for this frame."""
+    return b"".join((_header(opcode, len(payload), 0x80), key, XorMaskerSimple(key).process(payload)))
 
 
 class FrameReader:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import gevent
 import gevent.queue
 import pykka
+import pykka.messages
 import structlog
 from pykka import ActorRegistry
 
@@ -32,6 +33,14 @@ if TYPE_CHECKING:
     from pykka._envelope import Envelope  # what pykka's own ActorInbox protocol carries
 
 __all__ = ["ActorKilled", "ChildHandle", "ChildLog", "ExcInfo", "SupervisedActor", "kill_actor"]
+
+# The messages pykka's own _handle_receive acts on; everything else is on_receive's.
+_PYKKA_MESSAGES = frozenset({
+    pykka.messages._ActorStop,  # noqa: SLF001 - pykka's stop message has no public name
+    pykka.messages.ProxyCall,
+    pykka.messages.ProxyGetAttr,
+    pykka.messages.ProxySetAttr,
+})
 
 ExcInfo: TypeAlias = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -200,7 +209,11 @@ class SupervisedActor(pykka.ThreadingActor):
     def _handle_receive(self, message: Any) -> Any:
         self.busy_since = time.monotonic()
         try:
-            return super()._handle_receive(message)
+            # pykka's own messages (stop, proxy calls) go through pykka; every other one
+            # straight to on_receive, without pykka's four isinstance checks per message.
+            if type(message) in _PYKKA_MESSAGES:
+                return super()._handle_receive(message)
+            return self.on_receive(message)
         except Exception:
             raise
         except BaseException as exc:  # GreenletExit, gevent.Timeout, SystemExit, ...

@@ -142,6 +142,10 @@ class FakeTwilioSocket:
         self.sent.append(text)
         return True
 
+    def send_utf8(self, data: bytes) -> bool:
+        self.sent.append(data.decode("utf-8"))
+        return True
+
     def close(self, code: int = 1000) -> None:
         self.close_codes.append(code)
 
@@ -231,6 +235,11 @@ class FakeVapiLink:
     @property
     def unread(self) -> int:
         return self._inbox.qsize()
+
+    @property
+    def buffered(self) -> bool:
+        """As VapiLink.buffered: more is waiting to be read."""
+        return not self._inbox.empty()
 
     def recv(self) -> Received:
         if self._dead:

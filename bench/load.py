@@ -1,0 +1,444 @@
+"""Load: N concurrent calls, paced in real time both ways, against a real server process.
+
+    python -m bench.load [--calls 100] [--seconds 10] [--sweep] [--floor] [--ref COMMIT ...]
+                         [--workers N] [--no-pin] [--json PATH]
+
+The server under test is `python run.py` (this checkout, or `--ref COMMIT` checked out in
+a temporary worktree and run with this venv) pointed by VAPI_BASE_URL at a VAPI stand-in
+inside this process; `--floor` adds `bench/_floor.py`, a minimal forwarding bridge on
+the same libraries, so its cost is beside ours in the same run. This process (one
+gevent process, bench/_load_calls.py) is both ends of every call: it posts Twilio's
+signed webhook, opens the media socket, streams 20 ms mu-law frames, echoes marks as
+audio plays out, and as VAPI streams 20 ms of assistant audio every 20 ms.
+
+Method, per target and N:
+* Fresh server. Warm-up: a few calls for 2 s, ended (imports, caches, first-call
+  allocations are start-up cost). Then the idle RSS is read.
+* Ramp: calls are set up one after another (webhook, media socket, `start`, the
+  bridge's VAPI call and socket), each paced from the moment its VAPI leg is open.
+* Settle 2 s, then the measurement window (`--seconds`): latencies of frames sent
+  inside it (bench/_load_calls.py says exactly what is timed), the server's CPU time
+  from /proc/<pid>/stat (utime + stime, the process and its children, so WORKERS>1
+  is counted whole) over the window, its RSS at the end.
+* Sending stops; after at most 3 s for frames in flight, a frame not delivered is
+  dropped (counted per direction from outside: frames sent minus frames received).
+  Then every caller sends `stop` and closes; a call failed if any step of its set-up
+  failed or the bridge closed either leg before the caller hung up.
+* CPU per call is the server's CPU (percent of one core) over the window divided by N;
+  RSS per call is (RSS at the end of the window - idle RSS) / N.
+* With one worker, the server is pinned to CPU 0 and this process to CPU 1, so neither
+  steals the other's core (`--no-pin` turns it off). This process's own CPU is reported:
+  above ~85 % of its core its wake-ups lag and the latencies it reports are its own.
+* `--sweep` runs N = 100, 150, 200, ... until a step fails (p99 >= 10 ms either way, a
+  drop or a failed call), then the midpoint below it; it reports the largest N that held.
+
+Fairness notes: an old commit runs with this checkout's venv, so websocket-client masks
+with wsaccel there too (it uses it whenever it is importable), which makes the old code
+slightly cheaper than it was. The floor sets TCP_NODELAY on its media sockets as the
+bridge does; without it Nagle's algorithm alone puts the downlink p99 near 20 ms.
+Near one core CPU per call is clipped (a saturated server does more per wake-up and
+falls behind): compare CPU per call where no target is saturated.
+
+Exit status 0 when every run held (or the sweep found an N), 1 otherwise, 2 when a run
+could not be carried out.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # patch before anything imports sockets
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import argparse
+import json
+import os
+import resource
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gevent
+import numpy as np
+
+from bench._load_calls import LoadCall, Pacer, VapiFront, Window, setup_call
+from bench._load_wire import WireError
+from bench._server import ServerError, ServerProcess
+
+__all__ = ["THIS_CHECKOUT", "LoadResult", "Target", "format_table", "main", "run_load"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+_P99_LIMIT_MS = 10.0
+_WARMUP_CALLS = 4
+_WARMUP_S = 2.0
+_SETTLE_S = 2.0
+_SETUP_TIMEOUT_S = 10.0
+_DRAIN_S = 3.0
+_HANGUP_S = 10.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """What runs as the server: this checkout, an old commit's checkout, or the floor."""
+
+    label: str
+    root: Path
+    argv: tuple[str, ...] = ("run.py",)
+
+
+THIS_CHECKOUT = Target("this checkout", _ROOT)
+
+
+@dataclass
+class LoadResult:
+    target: str
+    calls: int
+    workers: int
+    connected: int
+    failed: int
+    up_p50_ms: float
+    up_p99_ms: float
+    up_max_ms: float
+    down_p50_ms: float
+    down_p99_ms: float
+    down_max_ms: float
+    frames_up: int
+    frames_down: int
+    dropped_up: int
+    dropped_down: int
+    cpu_pct: float  # of one core, over the window
+    cpu_per_call_pct: float
+    sys_pct: float  # of cpu_pct, the kernel's share (socket syscalls, loopback TCP)
+    rss_mb: float
+    rss_per_call_mb: float
+    load_cpu_pct: float
+    pacer_late: int
+    clears: int
+    first_error: str | None
+
+    @property
+    def held(self) -> bool:
+        return (self.failed == 0 and self.dropped_up == 0 and self.dropped_down == 0
+                and self.up_p99_ms < _P99_LIMIT_MS and self.down_p99_ms < _P99_LIMIT_MS)
+
+
+# ---- /proc ---------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (worker processes)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _cpu_s(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU seconds of `pids`."""
+    user = system = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def _rss_bytes(pids: Sequence[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except OSError:
+            continue
+    return total
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---- one run -------------------------------------------------------------------------
+
+
+def _percentiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    a = np.asarray(values, dtype=np.float64) * 1000
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99)), float(a.max())
+
+
+def _hang_up(calls: Sequence[LoadCall], timeout_s: float) -> None:
+    for call in calls:
+        call.send_stop()
+    deadline = time.monotonic() + timeout_s
+    for call in calls:
+        call.tw_closed.wait(max(0.0, deadline - time.monotonic()))
+    for call in calls:
+        for sock in (call.tw, call.vapi):
+            if sock is not None:
+                sock.close()
+
+
+def _delivered(calls: Sequence[LoadCall]) -> bool:
+    return all(
+        call.up_rx // call.up_frame_bytes >= len(call.up_sent) and call.down_rx // 160 >= len(call.down_sent)
+        for call in calls if call.error is None
+    )
+
+
+def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: bool,
+             log: Callable[[str], None], duplex: bool = False,
+             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S) -> LoadResult:
+    """One target at `calls` concurrent calls; ServerError when the server cannot be run."""
+    api_key = secrets.token_hex(8)
+    front = VapiFront(api_key)
+    front.start()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    env = {"VAPI_API_KEY": api_key, "VAPI_BASE_URL": front.base_url}
+    if workers > 1:
+        env["WORKERS"] = str(workers)
+    server = ServerProcess(workdir=workdir, chaos_rate=0.0, seed=1, extra_env=env, root=target.root,
+                           argv=target.argv)
+    pacer = Pacer()
+    live: list[LoadCall] = []
+    try:
+        server.start()
+        assert server.pid is not None
+        if pin and workers <= 1:
+            os.sched_setaffinity(server.pid, {0})
+            os.sched_setaffinity(0, {1})
+        pacer.start()
+        # Warm-up.
+        warm = [LoadCall(-1 - i, Window()) for i in range(min(_WARMUP_CALLS, calls))]
+        for call in warm:
+            _setup(call, front, server, pacer)
+        gevent.sleep(warmup_s)
+        _hang_up(warm, _HANGUP_S)
+        gevent.sleep(min(1.0, warmup_s))
+        pids = _tree(server.pid)
+        rss_idle = _rss_bytes(pids)
+        # Ramp.
+        window = Window()
+        started = time.monotonic()
+        for i in range(calls):
+            call = LoadCall(i, window, duplex=duplex)
+            live.append(call)
+            _setup(call, front, server, pacer)
+        log(f"  {target.label}: {calls} calls up in {time.monotonic() - started:.1f} s")
+        gevent.sleep(settle_s)
+        # The window.
+        pids = _tree(server.pid)
+        (user0, sys0), own0, t0 = _cpu_s(pids), _own_cpu_s(), time.perf_counter()
+        late0 = pacer.late
+        window.start = t0
+        gevent.sleep(seconds)
+        window.end = t1 = time.perf_counter()
+        (user1, sys1), own1 = _cpu_s(pids), _own_cpu_s()
+        rss = _rss_bytes(pids)
+        late = pacer.late - late0
+        # Drain, count, hang up.
+        for call in live:
+            call.sending = False
+        deadline = time.monotonic() + _DRAIN_S
+        while not _delivered(live) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        ok = [c for c in live if c.error is None]
+        dropped_up = sum(max(0, len(c.up_sent) - c.up_rx // c.up_frame_bytes) for c in ok)
+        dropped_down = sum(max(0, len(c.down_sent) - c.down_rx // 160) for c in ok)
+        frames_up = sum(len(c.up_sent) for c in ok)
+        frames_down = sum(len(c.down_sent) for c in ok)
+        _hang_up(live, _HANGUP_S)
+        failed = [c for c in live if c.error is not None]
+        up, down = _percentiles(window.up), _percentiles(window.down)
+        cpu_pct = (user1 + sys1 - user0 - sys0) / (t1 - t0) * 100
+        return LoadResult(
+            target=target.label, calls=calls, workers=workers, connected=calls - len(failed), failed=len(failed),
+            up_p50_ms=up[0], up_p99_ms=up[1], up_max_ms=up[2],
+            down_p50_ms=down[0], down_p99_ms=down[1], down_max_ms=down[2],
+            frames_up=frames_up, frames_down=frames_down, dropped_up=dropped_up, dropped_down=dropped_down,
+            cpu_pct=cpu_pct, cpu_per_call_pct=cpu_pct / calls, sys_pct=(sys1 - sys0) / (t1 - t0) * 100,
+            rss_mb=rss / _MIB, rss_per_call_mb=(rss - rss_idle) / _MIB / calls,
+            load_cpu_pct=(own1 - own0) / (t1 - t0) * 100, pacer_late=late,
+            clears=sum(c.clears for c in live) + front.unexpected,
+            first_error=failed[0].error if failed else None,
+        )
+    finally:
+        pacer.stop()
+        for call in live:
+            call.sending = False
+            for sock in (call.tw, call.vapi):
+                if sock is not None:
+                    sock.close()
+        server.stop(timeout_s=10.0)
+        front.stop()
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _setup(call: LoadCall, front: VapiFront, server: ServerProcess, pacer: Pacer) -> None:
+    try:
+        with gevent.Timeout(_SETUP_TIMEOUT_S, WireError(f"set-up took over {_SETUP_TIMEOUT_S:g} s")):
+            setup_call(call, front, server.url, server.auth_token, _SETUP_TIMEOUT_S)
+    except (WireError, OSError) as exc:
+        call.fail(f"set-up: {exc}")
+        return
+    pacer.add(call)
+
+
+# ---- targets and the table -------------------------------------------------------------
+
+
+class RefCheckout:
+    """An old commit in a temporary git worktree (detached), removed afterwards."""
+
+    def __init__(self, commit: str) -> None:
+        self.commit = commit
+        self.path = Path(tempfile.mkdtemp(prefix=f"bench-ref-{commit[:8]}-"))
+
+    def __enter__(self) -> Target:
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(self.path), self.commit],
+                       cwd=_ROOT, check=True, capture_output=True)
+        short = subprocess.run(["git", "rev-parse", "--short", self.commit], cwd=_ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        return Target(label=f"ref {short}", root=self.path)
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["git", "worktree", "remove", "--force", str(self.path)], cwd=_ROOT, capture_output=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _ms(value: float) -> str:
+    return "–" if value != value else f"{value:.1f}"
+
+
+def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None) -> str:
+    lines = [
+        "| target | calls | failed | in p50 / p99 / max ms | out p50 / p99 / max ms | dropped in / out "
+        "| server CPU | CPU per call | × floor | RSS per call | load CPU | held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = (f"{r.cpu_per_call_pct / floor.cpu_per_call_pct:.2f}"
+                 if floor is not None and floor.calls == r.calls and floor.cpu_per_call_pct > 0 else "")
+        workers = f" ({r.workers} workers)" if r.workers > 1 else ""
+        lines.append(
+            f"| {r.target}{workers} | {r.calls} | {r.failed} "
+            f"| {_ms(r.up_p50_ms)} / {_ms(r.up_p99_ms)} / {_ms(r.up_max_ms)} "
+            f"| {_ms(r.down_p50_ms)} / {_ms(r.down_p99_ms)} / {_ms(r.down_max_ms)} "
+            f"| {r.dropped_up} / {r.dropped_down} | {r.cpu_pct:.0f} % ({r.sys_pct:.0f} % sys) "
+            f"| {r.cpu_per_call_pct:.3f} % | {ratio} "
+            f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % | {'yes' if r.held else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def _sweep(run: Callable[[int], LoadResult], start: int, step: int, most: int,
+           results: list[LoadResult]) -> int | None:
+    best: int | None = None
+    n = start
+    while n <= most:
+        result = run(n)
+        results.append(result)
+        if not result.held:
+            if best is not None and step >= 20:
+                mid = best + step // 2
+                result = run(mid)
+                results.append(result)
+                if result.held:
+                    best = mid
+            return best
+        best = n
+        n += step
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--sweep", action="store_true", help="find the largest N at p99 < 10 ms, no drops")
+    parser.add_argument("--sweep-from", type=int, default=100)
+    parser.add_argument("--sweep-step", type=int, default=50)
+    parser.add_argument("--sweep-max", type=int, default=400)
+    parser.add_argument("--floor", action="store_true", help="also run the minimal forwarding bridge")
+    parser.add_argument("--ref", action="append", default=[], metavar="COMMIT", help="also run an old commit")
+    parser.add_argument("--duplex", action="store_true",
+                        help="the assistant talks all the time (default: answers each utterance for 1 s)")
+    parser.add_argument("--workers", type=int, default=1, help="WORKERS for the server (run.py)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to separate CPUs")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results: list[LoadResult] = []
+    floor_result: LoadResult | None = None
+    swept: dict[str, int | None] = {}
+    checkouts = [RefCheckout(commit) for commit in args.ref]
+    targets: list[tuple[Target, RefCheckout | None]] = [(THIS_CHECKOUT, None)]
+    targets += [(Target("ref", _ROOT), checkout) for checkout in checkouts]
+    if args.floor:
+        targets.append((Target("floor", _ROOT, ("-m", "bench._floor")), None))
+    try:
+        for target, checkout in targets:
+            if checkout is not None:
+                target = checkout.__enter__()
+            try:
+                def run(n: int, target: Target = target) -> LoadResult:
+                    log(f"{target.label}: {n} calls ...")
+                    result = run_load(target, n, seconds=args.seconds, workers=args.workers,
+                                      pin=not args.no_pin, log=log, duplex=args.duplex)
+                    log(format_table([result]).splitlines()[-1])
+                    return result
+
+                if args.sweep:
+                    swept[target.label] = _sweep(run, args.sweep_from, args.sweep_step, args.sweep_max, results)
+                else:
+                    result = run(args.calls)
+                    results.append(result)
+                    if target.label == "floor":
+                        floor_result = result
+            finally:
+                if checkout is not None:
+                    checkout.__exit__()
+    except ServerError as exc:
+        log(f"could not run: {exc}")
+        return 2
+    print(format_table(results, floor_result))
+    for label, best in swept.items():
+        print(f"\n{label}: largest N held (p99 < {_P99_LIMIT_MS:g} ms both ways, no drops, no failed call): {best}")
+    for r in results:
+        if r.first_error:
+            print(f"\n{r.target} at {r.calls}: {r.failed} failed, first: {r.first_error}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) | {"held": r.held} for r in results], indent=2))
+    if args.sweep:
+        return 0 if all(best is not None for best in swept.values()) else 1
+    return 0 if all(r.held for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
