@@ -5,9 +5,10 @@ deadlines that must pass, real servers starting. So a few pytest processes side 
 on a two-core machine finish in a fraction of the time of one. pytest-xdist cannot be
 used: its workers talk over execnet threads, which gevent's monkey-patching (needed by
 every test, tests/conftest.py) breaks. pytest-split instead gives each process a group
-of tests balanced by the durations recorded in tests/test_durations.json: the tests
-that take 0.2 s or more (refresh it with `python -m tests.shards --store`, a whole
-sequential run); the many quick ones it does not list are spread by count.
+of tests balanced by the durations recorded in tests/test_durations.json (refresh it
+with `python -m tests.shards --store`, a whole sequential run; a test it does not list
+counts as the average). tests/test_standalone.py is left out of it: its test ids are the
+very outside paths that test forbids in tracked files, and its tests take milliseconds.
 
 `python -m tests.shards` runs TEST_SHARDS groups (default 3) and prints each group's
 output as it finishes, then one closing line for the whole suite; the exit status is
@@ -30,8 +31,7 @@ _DURATIONS = _ROOT / "tests" / "test_durations.json"
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 # pytest's exit status when no test ran: a group may be empty, the suite may not.
 _NO_TESTS = 5
-# Only these are worth recording: the rest cost less than the spread between groups.
-_RECORDED_S = 0.2
+_UNRECORDED = "tests/test_standalone.py::"
 
 
 def _group_command(shards: int, group: int) -> list[str]:
@@ -53,7 +53,7 @@ def _counts(output: str) -> dict[str, int]:
 
 
 def store() -> int:
-    """One sequential run that records every test's duration; keep the slow ones."""
+    """One sequential run that records every test's duration."""
     with tempfile.TemporaryDirectory(prefix="test-durations-") as tmp:
         path = Path(tmp) / "durations.json"
         status = subprocess.call(
@@ -62,9 +62,9 @@ def store() -> int:
             cwd=_ROOT,
         )
         durations = json.loads(path.read_text())
-    slow = {test: round(seconds, 2) for test, seconds in sorted(durations.items()) if seconds >= _RECORDED_S}
-    _DURATIONS.write_text(json.dumps(slow, indent=0) + "\n")
-    print(f"{len(slow)} of {len(durations)} tests recorded in {_DURATIONS.relative_to(_ROOT)}")
+    kept = {test: round(seconds, 3) for test, seconds in sorted(durations.items()) if not test.startswith(_UNRECORDED)}
+    _DURATIONS.write_text(json.dumps(kept, indent=0) + "\n")
+    print(f"{len(kept)} of {len(durations)} tests recorded in {_DURATIONS.relative_to(_ROOT)}")
     return status
 
 
