@@ -70,6 +70,11 @@ class CallSettings:
     vad_echo_margin_db: float
     media_connect_timeout_s: float
     retry_budget_s: float = 15.0
+    vad_engine: str = "energy"
+    vad_silero_threshold: float = 0.5
+    echo_canceller: bool = False
+    echo_max_delay_ms: int = 400
+    playback_hangover_ms: int = 300
     hold_ulaw: bytes = field(default=b"", repr=False)
 
 

@@ -25,6 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "SILERO_THRESHOLD",
     "ECHO_HOLD_MS",
     "ECHO_MARGIN_DB",
     "HANGOVER_MS",
@@ -40,6 +43,12 @@ __all__ = [
     "VadTransition",
 ]
 
+# Which detector judges the caller (VAD_ENGINE). Silero won the evaluation in
+# docs/barge-in.md; "energy" needs nothing beyond numpy and is the fallback.
+ENGINES = ("silero", "webrtc", "energy")
+DEFAULT_ENGINE = "silero"
+# Silero's own default speech threshold (its get_speech_timestamps uses 0.5).
+SILERO_THRESHOLD = 0.5
 # 20 ms frames of stationary noise vary by 0.5 dB RMS (white) to 1 dB (pink), peaking
 # 2-4 dB above their mean; speech at a normal level sits 20-40 dB above line noise.
 # 10 dB keeps noise out with a wide margin and still catches a soft talker on a noisy line.

@@ -21,6 +21,10 @@ FRAME_MS = 20
 # that it never runs dry waiting for an echo, coarse enough to add only 25 small
 # messages a second.
 MARK_EVERY_FRAMES = 2
+# After the last assistant audio was due to have played, the assistant still counts as
+# audible this long (PLAYBACK_HANGOVER_MS): real-time delivery leaves 20-60 ms gaps
+# between frames, and a caller who talks over the last word still means to interrupt.
+HANGOVER_MS = 300
 
 
 class MarkResult:
