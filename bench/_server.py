@@ -52,8 +52,11 @@ class ServerProcess:
         seed: int,
         port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        root: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        # Where run.py is: this checkout, or another commit's (a bench comparing versions).
+        self.root = root or _PROJECT_ROOT
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth_token = secrets.token_hex(16)
@@ -90,7 +93,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(
             [sys.executable, "run.py"],
-            cwd=_PROJECT_ROOT,
+            cwd=self.root,
             env=self._env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
