@@ -76,7 +76,7 @@ class TrialPlan:
     condition: Condition
     index: int
     caller_clip: int
-    assistant_turns: tuple[tuple[int, float], ...]  # (assistant line, pause before it s)
+    assistant_turns: tuple[tuple[int, float, float], ...]  # (assistant line, pause before it s, its length s)
     echo_delay_ms: float
     during_offset_s: float
     room_offset: int  # where in the room loops this call's background starts
@@ -124,15 +124,18 @@ class TrialResult:
 def plan_trial(condition: Condition, index: int, corpus: Corpus, rng: random.Random) -> TrialPlan:
     lines = len(corpus.assistant_8k)
     if condition.timing == "silent":
-        turns: list[tuple[int, float]] = []
+        turns: list[tuple[int, float, float]] = []
         total = 0.0
-        while total < condition.silent_s:
+        while total < condition.silent_s - 0.5:
             line = rng.randrange(lines)
-            turns.append((line, 0.0 if not turns else rng.uniform(0.8, 2.0)))
-            total += corpus.assistant_8k[line].size / RATE_HZ
+            # The last turn is cut short to make the call's length (at the end of a word or not).
+            seconds = min(corpus.assistant_8k[line].size / RATE_HZ, condition.silent_s - total)
+            turns.append((line, 0.0 if not turns else rng.uniform(0.8, 2.0), seconds))
+            total += seconds
     else:
         pause = _BEFORE_PAUSE_S if condition.timing == "before" else 0.0
-        turns = [(rng.randrange(lines), pause)]
+        line = rng.randrange(lines)
+        turns = [(line, pause, corpus.assistant_8k[line].size / RATE_HZ)]
     return TrialPlan(
         condition=condition,
         index=index,
@@ -199,7 +202,6 @@ class _Mic:
         self.echo_delay_s = plan.echo_delay_ms / 1000.0
         self.echo_filter = BandPass()
         self.room = _room(condition.background, corpus, plan.room_offset, frames * FRAME)
-        self.turn_seconds = [turn.size / RATE_HZ for turn in corpus.assistant_8k]
         self.worst_lag_s = 0.0
 
     def frame(self, due: float) -> NDArray[np.int16]:
@@ -239,15 +241,15 @@ def run_trial(server_url: str, auth_token: str, plan: TrialPlan, corpus: Corpus)
     result = TrialResult(plan=plan)
     condition = plan.condition
     caller = SimulatedCaller(CallerConfig(server_url=server_url, public_url=server_url, auth_token=auth_token))
-    assistant_s = sum(corpus.assistant_8k[line].size for line, _ in plan.assistant_turns) / RATE_HZ
-    pauses_s = sum(pause for _, pause in plan.assistant_turns)
+    assistant_s = sum(seconds for _, _, seconds in plan.assistant_turns)
+    pauses_s = sum(pause for _, pause, _ in plan.assistant_turns)
     frames = round((assistant_s + pauses_s + _LISTEN_S + 4.0) / 0.020) + _CHUNK_FRAMES
 
     def configure(call: SimCall) -> None:
         turns = corpus.assistant_16k if call.sample_rate == 16000 else corpus.assistant_8k
         call.turns = [
-            AssistantTurn(pcm=_int16(at_level(turns[line], ASSISTANT_DBFS)), pause_s=pause)
-            for line, pause in plan.assistant_turns
+            AssistantTurn(pcm=_cut(at_level(turns[line], ASSISTANT_DBFS), seconds, call.sample_rate), pause_s=pause)
+            for line, pause, seconds in plan.assistant_turns
         ]
         call.send_realtime = condition.pace == "realtime"
 
@@ -268,15 +270,22 @@ def run_trial(server_url: str, auth_token: str, plan: TrialPlan, corpus: Corpus)
     return result
 
 
-def _int16(samples: NDArray[np.float64]) -> NDArray[np.int16]:
-    return np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+def _cut(samples: NDArray[np.float64], seconds: float, rate_hz: int) -> NDArray[np.int16]:
+    """The first `seconds` of a turn as int16, faded out over 20 ms if cut short (no click)."""
+    keep = min(samples.size, round(seconds * rate_hz))
+    out = samples[:keep].copy()
+    if keep < samples.size:
+        fade = min(keep, rate_hz // 50)
+        out[keep - fade :] *= np.linspace(1.0, 0.0, fade)
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
 def _play(caller: SimulatedCaller, mic: _Mic, plan: TrialPlan, assistant_s: float, frames: int) -> None:
     """Send frames until the trial has seen what it came for."""
     timing = plan.condition.timing
     played = caller.playback.played
-    first_audio_deadline = time.monotonic() + _FIRST_AUDIO_TIMEOUT_S + sum(p for _, p in plan.assistant_turns)
+    pauses_s = sum(pause for _, pause, _ in plan.assistant_turns)
+    first_audio_deadline = time.monotonic() + _FIRST_AUDIO_TIMEOUT_S + pauses_s
     listen_until: float | None = None  # monotonic
     sent = 0
     while sent < frames:
@@ -300,7 +309,7 @@ def _play(caller: SimulatedCaller, mic: _Mic, plan: TrialPlan, assistant_s: floa
                 mic.onset = mic.n
                 listen_until = due + _LISTEN_S
         elif timing == "silent":
-            listen_until = listen_until or first + assistant_s + 1.5 + sum(p for _, p in plan.assistant_turns)
+            listen_until = listen_until or first + assistant_s + pauses_s + 1.5
         if listen_until is not None and due >= listen_until:
             return
 
@@ -331,7 +340,7 @@ def _measure(result: TrialResult, caller: SimulatedCaller, mic: _Mic, sim_call: 
     condition = result.plan.condition
     if sim_call is not None and result.first_audio_ms is not None:
         # Every planned turn was spoken by the time the trial ended (it listens until then).
-        speech_s = sum(mic.turn_seconds[line] for line, _ in result.plan.assistant_turns)
+        speech_s = sum(seconds for _, _, seconds in result.plan.assistant_turns)
         if condition.timing == "silent":
             result.assistant_s = speech_s
         elif condition.timing == "during" and result.onset_ms is not None:
