@@ -14,6 +14,7 @@ needs. Who writes what:
 | last_supervisor_exit | the registry, told by the root that the call's supervisor failed |
 | held_reports | appended by any reporter while no supervisor can take a message; emptied by the controller |
 | recorder | the registry, once, at the call's start (None: recordings off); fed only by TwilioActor |
+| far_end | TwilioActor (its Playback): assistant audio sent, at the time it plays; read by the echo canceller |
 | ended | finish_call, once |
 """
 
@@ -32,6 +33,7 @@ from pykka import ActorDeadError
 
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.messages import EndCall
+from audio.echo import FarEndTrack
 from calls.outcome import EndRequest, Outcome
 from calls.state import CallState
 from media.uplink import UplinkBuffer
@@ -92,6 +94,7 @@ class CallContext:
     socket: TwilioSocket | None = None
     recorder: CallRecorder | None = None  # the call's recording (RECORDINGS_DIR), outliving actor restarts
     uplink: UplinkBuffer = field(init=False)
+    far_end: FarEndTrack = field(init=False)  # outlives actor restarts, like the uplink
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
     supervisor: ActorRef[Any] | None = None  # the current CallSupervisor's ref
@@ -109,6 +112,7 @@ class CallContext:
         # media socket's `start`; a secret of this call, never logged.
         self.state = CallState(call_sid=self.call_sid, admission_token=secrets.token_urlsafe(24))
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
+        self.far_end = FarEndTrack()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about the live call, for the admin API and the dashboard."""

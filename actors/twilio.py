@@ -12,6 +12,7 @@ from actors.base import CallActor
 from actors.call import CallContext
 from actors.messages import (
     AssistantInterrupted,
+    AssistantTurnEnded,
     AssistantTurnStarted,
     AssistantUlaw,
     CallerAudio,
@@ -81,13 +82,20 @@ class TwilioActor(CallActor):
         super().__init__(handle, call)
         self._now_ns = call.clock.monotonic_ns
         settings = call.settings
-        self._playback = Playback(lead_ms=settings.playback_lead_ms, max_frames=settings.outbound_max_frames)
+        self._playback = Playback(
+            lead_ms=settings.playback_lead_ms,
+            max_frames=settings.outbound_max_frames,
+            hangover_ms=settings.playback_hangover_ms,
+            far_end=call.far_end,
+        )
         self._clock = StreamClock()
         self._discarding = False
         self._last_discard_ns = 0
         self._far_end: float | None = None
         self._malformed = 0
-        self._stream_ms = 0
+        self._stream_ms = -FRAME_MS  # the last inbound frame's timestamp
+        self._stream_at_ns = self._now_ns()  # when it arrived: with it, the stream's time now
+        self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
         self._turn_mark: str | None = None  # the mark after a turn's first frame
@@ -125,6 +133,9 @@ class TwilioActor(CallActor):
                 self._turn_mark = None
             case AssistantTurnStarted():
                 self._discarding = False
+                self._vapi_speaking = True
+            case AssistantTurnEnded():
+                self._vapi_speaking = False
             case AssistantInterrupted():
                 self._barge_in("vapi_user_interrupted")
             case HoldCaller():
@@ -151,6 +162,7 @@ class TwilioActor(CallActor):
                 self._call.state.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._call.tell_controller(StreamStarted(event.stream_sid))
+                self._stream_at_ns = self._now_ns()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)
@@ -180,6 +192,7 @@ class TwilioActor(CallActor):
             for n in range(gap, 0, -1):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         self._stream_ms = media.timestamp_ms
+        self._stream_at_ns = received_ns
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)
@@ -218,7 +231,7 @@ class TwilioActor(CallActor):
             self._playback.enqueue(self._call.settings.hold_ulaw, _HOLD_LEVEL_DBFS)
         if self._call.state.stream_sid is None or self._call.socket is None:
             return  # nothing to send to yet; the audio waits in the queue
-        self._playback.pump(self._send_media, self._send_mark)
+        self._playback.pump(self._send_media, self._send_mark, self._stream_now_ms())
         self._update_far_end()
 
     def _flush_frame_counts(self) -> None:
@@ -273,7 +286,7 @@ class TwilioActor(CallActor):
             socket.send_text(encode_clear(stream_sid))
             if self._call.recorder is not None:
                 self._call.recorder.clear()
-        self._playback.clear()
+        self._playback.clear(self._stream_now_ms())
         self._discarding = False
         self._update_far_end()
 
@@ -342,6 +355,14 @@ class TwilioActor(CallActor):
                 self._turn_mark = None
         self._pump()
 
+    def _stream_now_ms(self) -> float:
+        """The inbound stream's time now: the last frame's end, plus the time since it came."""
+        return self._stream_ms + FRAME_MS + (self._now_ns() - self._stream_at_ns) / 1e6
+
+    def _audible(self) -> bool:
+        """The caller hears the assistant: by marks, the send clock, or VAPI's own word."""
+        return self._vapi_speaking or self._playback.audible_at(self._stream_now_ms())
+
     def _update_far_end(self) -> None:
         level = self._playback.far_end_dbfs
         previous = self._far_end
@@ -354,18 +375,19 @@ class TwilioActor(CallActor):
     # Barge-in ------------------------------------------------------------------------
 
     def _on_caller_speech(self, message: CallerSpeechStarted) -> None:
-        if self._playback.audible and not self._holding:  # talking over hold music is no barge-in
+        if not self._holding and self._audible():  # talking over hold music is no barge-in
             self._barge_in("caller_speech")
 
     def _barge_in(self, cause: str) -> None:
-        if not self._playback.audible:
+        if not self._audible():
             return
         socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
             if self._call.recorder is not None:
                 self._call.recorder.clear()
-        dropped = self._playback.clear()
+        dropped = self._playback.clear(self._stream_now_ms())
+        self._vapi_speaking = False  # VAPI's turn is over for the caller, whatever VAPI says next
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
             self._unreported_dropped += dropped
