@@ -91,10 +91,7 @@ class VadActor(CallActor):
             engine = self._call.settings.vad_engine
             self._log.warning("vad_engine_unavailable", engine=engine, detail=str(loading.exception))
             return
-        speaking = self._vad.speaking
-        self._vad = EnergyVad(self._params, classifier=classifier)
-        if speaking:
-            self._vad.force_speaking()
+        self._vad.attach(classifier)
 
     def _on_pcm(self, message: CallerPcm) -> None:
         if self._loading is not None:

@@ -81,7 +81,7 @@ _NLMS_STEP = 0.5
 _STEP_SPREAD = 16
 # Residual echo ratio before anything is learnt, and its ceiling (G.168's minimum echo
 # return loss, 6 dB).
-_INITIAL_RATIO = 10.0 ** (-12.0 / 10.0)
+_INITIAL_RATIO = 10.0 ** (-16.0 / 10.0)
 _MAX_RATIO = 0.25
 # How the ratio follows frames of echo alone: down within ~0.2 s (within 0.1 s when a
 # frame is 10 dB under it: no echo at all), up as fast from frames within 6 dB over it
@@ -327,6 +327,8 @@ class EchoCanceller:
         peak = int(np.argmax(corr))
         rms = float(np.sqrt(np.mean(corr * corr)))
         if rms <= 0.0 or corr[peak] < _PEAK_OVER_RMS * rms:
+            if self.delay is None:
+                self._no_echo_found(near, far, peak)
             return
         delay = lags - peak
         current = self.delay
@@ -337,6 +339,29 @@ class EchoCanceller:
             self._candidate = delay  # a new delay must be seen twice
             return
         self._move_to(delay, near, far)
+
+    def _no_echo_found(self, near: NDArray[np.float32], far: NDArray[np.float32], lag: int) -> None:
+        """No delay stands out: bound the echo by what of the caller's side correlates with the far end.
+
+        Only far-end audio old enough to have come back within the window counts (it must
+        have played more than the whole delay range ago), so an echo still on its way does
+        not pass for no echo. The least-squares gain at the best lag measures the part of
+        the caller's audio that is the far end's; the caller's own voice does not
+        correlate, so a caller talking over the assistant cannot raise the bound.
+        """
+        window, lags = self._window, self._max_lag
+        echoable = np.count_nonzero(np.abs(far[lags:window]) > 32.0) if window > lags else 0
+        if echoable < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000 // 2:
+            return
+        aligned = far[lag : lag + window]
+        power = float(aligned.dot(aligned))
+        if power <= 0.0:
+            return
+        gain = float(near.dot(aligned)) / power
+        # The ratio is against the loudest far-end frame, the gain against the mean power.
+        bound = max(_MIN_RATIO, _ECHO_ALONE_FACTOR * gain * gain)
+        if bound < self._ratio:
+            self._ratio = bound
 
     def _move_to(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> None:
         """Place the filter at `delay`, its main tap at the least-squares gain of the window."""

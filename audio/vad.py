@@ -255,10 +255,10 @@ class EnergyVad:
         """While speaking: how long since the last frame that counted as speech."""
         return self._quiet_ms
 
-    def force_speaking(self) -> None:
-        """Carry on a detector's speaking state (a new one replacing it mid-utterance)."""
-        self._speaking = True
-        self._quiet_ms = 0
+    def attach(self, classifier: SpeechClassifier) -> None:
+        """Start judging with `classifier` (one that finished loading after the call began)."""
+        self._classifier = classifier
+        self._classifier_left = 0
 
     @property
     def noise_floor_dbfs(self) -> float:
