@@ -9,7 +9,7 @@ import numpy as np
 
 from bench._bargein_trial import Condition, TrialResult
 
-__all__ = ["MATRIX_GROUPS", "Group", "SideResult", "format_report", "matrix"]
+__all__ = ["MATRIX_GROUPS", "Group", "SideResult", "format_report", "format_summary", "matrix"]
 
 LEVELS = (-35.0, -30.0, -24.0, -18.0, -12.0)
 ECHOES: tuple[float | None, ...] = (None, -20.0, -10.0, -6.0)
@@ -97,9 +97,14 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def _latency_cell(results: Sequence[TrialResult]) -> tuple[str, str]:
+    """"detected/expected" (with how many a false barge-in had cut short first), and p50 / p95 ms."""
     expected = len(results)
     latencies = [lat for r in results if (lat := r.latency_ms) is not None]
     detected = f"{len(latencies)}/{expected}"
+    # A false barge-in before the caller spoke drops the rest of the turn: nothing left to clear.
+    early = sum(1 for r in results if r.latency_ms is None and r.false_clears)
+    if early:
+        detected += f" ({early} cut early)"
     if not latencies:
         return detected, "–"
     return detected, f"{_pct(latencies, 50):.0f} / {_pct(latencies, 95):.0f}"
@@ -119,6 +124,72 @@ def _level(condition: Condition) -> str:
 
 def _echo(condition: Condition) -> str:
     return "none" if condition.echo_db is None else f"{condition.echo_db:g} dB"
+
+
+def _summary_rows(groups: Sequence[Group]) -> list[tuple[str, list[Condition], str]]:
+    """(title, conditions pooled, kind) for the short table: "latency" or "false" rows."""
+    conditions = [c for g in groups for c in g.conditions]
+
+    def pick(
+        timing: str, pace: str, background: str | None = None,
+        levels: tuple[float, ...] | None = None, echoes: tuple[float | None, ...] | None = None,
+    ) -> list[Condition]:
+        return [
+            c for c in conditions
+            if c.timing == timing and c.pace == pace
+            and (background is None or c.background == background)
+            and (levels is None or c.level_dbfs in levels)
+            and (echoes is None or c.echo_db in echoes)
+        ]
+
+    loud = (-30.0, -24.0, -18.0, -12.0)
+    rows: list[tuple[str, list[Condition], str]] = []
+    for pace in PACES:
+        rows.append((f"over the assistant, {pace}: caller -30 to -12 dBFS, echo none to -10 dB",
+                     pick("during", pace, background="none", levels=loud, echoes=(None, -20.0, -10.0)),
+                     "latency"))
+    for pace in PACES:
+        rows.append((f"over the assistant, {pace}: caller -35 dBFS, echo none to -10 dB",
+                     pick("during", pace, background="none", levels=(-35.0,), echoes=(None, -20.0, -10.0)),
+                     "latency"))
+    for pace in PACES:
+        rows.append((f"over the assistant, {pace}: echo -6 dB, caller -35 to -12 dBFS",
+                     pick("during", pace, background="none", echoes=(-6.0,)), "latency"))
+    for pace in PACES:
+        rows.append((f"over the assistant, {pace}: -24 dBFS, echo -10 dB, TV / babble / pink noise",
+                     [c for c in pick("during", pace) if c.background != "none"], "latency"))
+    for timing, title in (("first-frame", "talking from the first frame"), ("before", "talking from 1 s before")):
+        for pace in PACES:
+            rows.append((f"{title}, {pace} (from the assistant's first audio)",
+                         pick(timing, pace), "latency"))
+    for pace in PACES:
+        rows.append((f"silent caller, {pace}: echo -10 dB + {ROOM_B}",
+                     pick("silent", pace, background=ROOM_B), "false"))
+    for pace in PACES:
+        rows.append((f"silent caller, {pace}: echo -6 dB; TV -32; babble + echo -10 dB",
+                     [c for c in pick("silent", pace) if c.background != ROOM_B], "false"))
+    rows.append(("every silent stretch (silent callers, and before each caller's onset)",
+                 [c for c in conditions if c.timing in ("silent", "during", "after")], "false"))
+    return [row for row in rows if row[1]]
+
+
+def format_summary(groups: Sequence[Group], sides: Sequence[SideResult]) -> list[str]:
+    """Markdown: the matrix pooled into a few rows, the sides side by side."""
+    names = [side.label for side in sides]
+    header = ["condition"]
+    for n in names:
+        header += [f"{n}: detected", f"{n}: onset → clear p50 / p95 ms"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * 2 * len(names)]
+    for title, pooled, kind in _summary_rows(groups):
+        cells = [title]
+        for side in sides:
+            runs = [r for c in pooled for r in side.of(c)]
+            if kind == "latency":
+                cells += list(_latency_cell(runs))
+            else:
+                cells += ["false barge-ins:", _false_cell(runs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_report(groups: Sequence[Group], sides: Sequence[SideResult]) -> list[str]:

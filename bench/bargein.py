@@ -54,7 +54,7 @@ import gevent
 import gevent.pool
 
 from bench._bargein_audio import Corpus, missing_tools
-from bench._bargein_matrix import Group, SideResult, format_report, matrix
+from bench._bargein_matrix import Group, SideResult, format_report, format_summary, matrix
 from bench._bargein_trial import PAIRING, TrialPlan, TrialResult, plan_trial, run_trial
 from bench._server import ServerError, ServerProcess
 from sims.vapi import VapiSimConfig, VapiSimulator
@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.parallel} calls at once, {time.monotonic() - started:.0f} s in all.")
     for line in described:
         print(f"- {line}")
+    print()
+    print("**Summary** (each row pools the conditions it names; the tables below have every one)")
+    print()
+    for line in format_summary(groups, results):
+        print(line)
     for line in format_report(groups, results):
         print(line)
     failed = sum(len(side.errors) for side in results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench._bargein_audio import missing_tools
-from bench._bargein_matrix import Group, SideResult, format_report
+from bench._bargein_matrix import Group, SideResult, format_report, format_summary
 from bench._bargein_trial import Condition, TrialPlan, TrialResult
 from bench.bargein import Side, run_bench
 
@@ -63,3 +63,10 @@ def test_latency_counts_from_the_later_of_onset_and_first_audio_and_early_clears
     table = "\n".join(format_report([Group("during", "t", (OVER,), 2), Group("silent", "s", (SILENT,), 1)], [side]))
     assert "| burst | -18 | none | 1/2 | 220 / 220 |" in table, table
     assert "| burst | none | none | 2 in 0.5 min (4.00/min) |" in table, table
+    # The early clear cut the turn short for nobody here: the late one is a plain miss.
+    assert "| 1/2 | 220 / 220 |" in table and "cut early" not in table, table
+    summary = "\n".join(format_summary([Group("during", "t", (OVER,), 2), Group("silent", "s", (SILENT,), 1)], [side]))
+    assert "| over the assistant, burst: caller -30 to -12 dBFS, echo none to -10 dB | 1/2 | 220 / 220 |" in summary
+    # 3 false barge-ins over 1.4 s + 30 s of assistant speech heard in silence.
+    assert "| every silent stretch (silent callers, and before each caller's onset) | false barge-ins: | " \
+        "3 in 0.5 min (5.73/min) |" in summary, summary
