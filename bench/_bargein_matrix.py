@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class SideResult:
     results: list[TrialResult]
     server_cpu_s: float
     wall_s: float
+    log_levels: dict[str, int] = field(default_factory=dict)
 
     def of(self, condition: Condition) -> list[TrialResult]:
         return [r for r in self.results if r.plan.condition == condition and r.error is None]
@@ -242,6 +243,10 @@ def format_report(groups: Sequence[Group], sides: Sequence[SideResult]) -> list[
     lines.append(
         "| server CPU ms per call-second | "
         + " | ".join(f"{1000 * s.server_cpu_s / max(s.call_s, 1e-9):.1f}" for s in sides) + " |"
+    )
+    lines.append(
+        "| server log lines: warning / error | "
+        + " | ".join(f"{s.log_levels.get('warning', 0)} / {s.log_levels.get('error', 0)}" for s in sides) + " |"
     )
     lines.append(
         "| caller frames late, worst ms | "

@@ -38,6 +38,7 @@ if __name__ == "__main__":  # `python -m bench.bargein`: patch before anything i
     monkey.patch_all()
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -131,7 +132,34 @@ def run_side(
         status = server.stop()
     if status not in (0, None):
         log(f"  {side.label}: server exited with {status}; see {server.log_path}")
-    return SideResult(label=side.label, results=results, server_cpu_s=cpu, wall_s=time.monotonic() - started)
+    return SideResult(label=side.label, results=results, server_cpu_s=cpu, wall_s=time.monotonic() - started,
+                      log_levels=_log_levels(server.log_path, log))
+
+
+def _log_levels(path: Path, log: Callable[[str], None] | None = None) -> dict[str, int]:
+    """How many lines of each level the server logged (JSON lines; others count as "other").
+
+    With `log`, the commonest warning and error events are told to it.
+    """
+    counts: dict[str, int] = {}
+    events: dict[str, int] = {}
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    level, event = str(record.get("level", "other")), str(record.get("event", "?"))
+                except (ValueError, AttributeError):
+                    level, event = "other", "?"
+                counts[level] = counts.get(level, 0) + 1
+                if level in ("warning", "error", "critical"):
+                    events[f"{level} {event}"] = events.get(f"{level} {event}", 0) + 1
+    except OSError:
+        pass
+    if log is not None:
+        for name, count in sorted(events.items(), key=lambda item: -item[1])[:5]:
+            log(f"  server log: {count} x {name}")
+    return counts
 
 
 class _Checkout:
