@@ -1,6 +1,6 @@
 """Barge-in bench: real speech over sockets through the real server, in a matrix of conditions.
 
-    python -m bench.bargein [--quick] [--ref [LABEL=]COMMIT] [--side 'LABEL:KEY=VALUE,...'] ...
+    python -m bench.bargein [--quick] [--ref '[LABEL=]COMMIT[:KEY=VALUE,...]'] [--side 'LABEL:KEY=VALUE,...']
                             [--parallel 10] [--seed 1] [--reps N] [--false-minutes 10]
 
 For each side (a server version and its settings) it starts `python run.py` on a loopback
@@ -19,11 +19,12 @@ from the assistant's first audio instead), and false barge-ins per minute of ass
 speech heard by a caller who had said nothing (silent callers, and the stretch before a
 caller's onset). Every side runs the same trials (same seed), one side after another.
 
-Sides: by default this checkout with its settings. `--ref [LABEL=]COMMIT` adds that commit's
-server (checked out with `git worktree add --detach` in a temporary directory, run with
-this checkout's virtualenv, removed afterwards). `--side 'LABEL:KEY=VALUE,...'` adds this
-checkout with extra settings (e.g. `--side 'energy VAD:VAD_ENGINE=energy'`); with any
-`--side`, this checkout's default side is only run if also asked for as `--side this`.
+Sides: by default this checkout with its settings. `--ref [LABEL=]COMMIT[:KEY=VALUE,...]`
+adds that commit's server (checked out with `git worktree add --detach` in a temporary
+directory, run with this checkout's virtualenv, removed afterwards), with those settings.
+`--side 'LABEL:KEY=VALUE,...'` adds this checkout with extra settings (e.g.
+`--side 'energy VAD:VAD_ENGINE=energy'`); with any `--side`, this checkout's default side
+is only run if also asked for as `--side this`.
 
 Prints markdown tables and the issue's Done-when verdicts. Exit 0 when the run was carried
 out (whatever the verdicts), 1 if more than 5 % of the calls failed, 2 if it could not run.
@@ -257,9 +258,9 @@ def _parse_side(text: str) -> Side:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bargein", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small subset (about a minute per side)")
-    parser.add_argument("--ref", action="append", default=[], metavar="[LABEL=]COMMIT",
-                        help="also measure the server of this commit (first in the tables; label default "
-                        "'ref COMMIT'); repeatable")
+    parser.add_argument("--ref", action="append", default=[], metavar="[LABEL=]COMMIT[:KEY=VALUE,...]",
+                        help="also measure the server of this commit, with these settings (first in the tables; "
+                        "label default 'ref COMMIT'); repeatable")
     parser.add_argument("--side", action="append", type=_parse_side, default=[], metavar="'LABEL:KEY=VALUE,...'",
                         help="measure this checkout with these settings; repeatable ('this' alone: as configured)")
     parser.add_argument("--parallel", type=int, default=10, help="calls at once (default %(default)s)")
@@ -280,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sides = []
     for ref in args.ref:
-        label, _, commit = ref.rpartition("=")
-        sides.append(Side(label or f"ref {commit}", commit=commit))
+        named, _, settings = ref.partition(":")
+        label, _, commit = named.rpartition("=")
+        env = _parse_side(f"x:{settings}").env if settings else {}
+        sides.append(Side(label or f"ref {commit}", commit=commit, env=env))
     sides += args.side or [Side("this")]
     groups = matrix(quick=args.quick, reps=args.reps, false_minutes=args.false_minutes,
                     call_minutes=args.call_minutes)
