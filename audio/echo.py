@@ -67,6 +67,10 @@ _BAND_LOW_HZ, _BAND_HIGH_HZ = 250.0, 3500.0
 # A correlation peak counts when it is this many times the RMS of the correlation over
 # the searched lags: the largest of 3,000 uncorrelated lags is about 3.7 times it.
 _PEAK_OVER_RMS = 7.0
+# A peak is followed only if the far end at that delay explains this much of the caller's
+# side's energy over the window (-13 dB: an echo 10 dB down under a caller as loud as the
+# assistant still qualifies).
+_MIN_EXPLAINED = 0.05
 # Two estimates agree within this; a changed delay must be seen twice before the filter moves.
 _DELAY_AGREE_SAMPLES = 4
 # NLMS filter: 16 taps before the estimated delay (the delay is found to a sample or two,
@@ -331,6 +335,16 @@ class EchoCanceller:
                 self._no_echo_found(near, far, peak)
             return
         delay = lags - peak
+        aligned = far[peak : peak + window]
+        power = float(aligned.dot(aligned))
+        near_power = float(near.dot(near))
+        gain = float(near.dot(aligned)) / power if power > 0.0 else 0.0
+        if gain * gain * power < _MIN_EXPLAINED * near_power:
+            # A peak, but the far end at that delay explains next to nothing of the caller's
+            # side (tones and buzzes correlate at many lags): no echo path worth following.
+            if self.delay is None:
+                self._no_echo_found(near, far, peak)
+            return
         current = self.delay
         if current is not None and abs(delay - current) <= _DELAY_AGREE_SAMPLES:
             self._candidate = None
@@ -338,7 +352,7 @@ class EchoCanceller:
         if current is not None and (self._candidate is None or abs(delay - self._candidate) > _DELAY_AGREE_SAMPLES):
             self._candidate = delay  # a new delay must be seen twice
             return
-        self._move_to(delay, near, far)
+        self._move_to(delay, gain)
 
     def _no_echo_found(self, near: NDArray[np.float32], far: NDArray[np.float32], lag: int) -> None:
         """No delay stands out: bound the echo by what of the caller's side correlates with the far end.
@@ -363,19 +377,16 @@ class EchoCanceller:
         if bound < self._ratio:
             self._ratio = bound
 
-    def _move_to(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> None:
+    def _move_to(self, delay: int, gain: float) -> None:
         """Place the filter at `delay`, its main tap at the least-squares gain of the window."""
         self.delay = delay
         self._candidate = None
-        lags = self._max_lag
-        aligned = far[lags - delay : lags - delay + len(near)]
-        power = float(aligned.dot(aligned))
-        gain = float(near.dot(aligned)) / power if power > 0.0 else 0.0
         self._weights[:] = 0.0
         self._weights[_PRE_TAPS] = gain
         # What is left is measured against the far end around the delay from now on, not
-        # over the whole range: start from the safe side and learn it down.
-        self._ratio = _MAX_RATIO
+        # over the whole range: start from the echo's own level (an upper bound of what the
+        # filter leaves) and learn it down.
+        self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, _ECHO_ALONE_FACTOR * gain * gain))
 
 
 def _max_frame_power(samples: NDArray[np.float32], frame: int) -> float:

@@ -22,9 +22,10 @@ seconds to catch up, and the detector reports speech until it has.
 
 The floor does not start at the first frame: a caller who speaks from the first frame
 would make their own voice the floor and get no onset until their first pause. It starts
-at NOISE_FLOOR_START_DBFS and, over the first WARMUP_MS, jumps to the level of the line
-as soon as that level is steady (stationary noise varies by 1-2 dB frame to frame,
-speech by 5-10 dB), so a noisy line is not taken for speech either.
+at NOISE_FLOOR_START_DBFS; after the first WARMUP_MS it jumps to the line's level if that
+level was steady (stationary noise stays within a few dB, speech swings by 10-20 dB
+between syllables and words), so a noisy line is not taken for speech either. No onset
+is reported before that decision.
 """
 
 from __future__ import annotations
@@ -102,12 +103,11 @@ NOISE_FLOOR_MIN_DBFS = -70.0
 # Where the noise floor starts: line and comfort noise (-55 to -65 dBFS), so a caller who
 # speaks at once is 20-40 dB over it.
 NOISE_FLOOR_START_DBFS = -60.0
-# The first frames decide whether the line is steady noise: within half a second of a
-# steady level the floor has met it. Speech varies by 5-10 dB between 20 ms frames,
-# stationary noise (white, pink, hum, a fan) by 0.5-2 dB.
-WARMUP_MS = 500
-_STEADY_DB = 3.0
-_STEADY_FRAMES = 3
+# The first 200 ms decide whether the line is steady noise. 20 ms frames of stationary
+# noise (white, pink, hum, a fan) span 3-5 dB over 200 ms; speech spans 10-20 dB (a
+# syllable's rise and fall, the gaps between words).
+WARMUP_MS = 200
+_STEADY_DB = 7.0
 # A voice in the room that is not the caller (a TV, people nearby) is quieter than the
 # caller but is speech all the same; only its level tells it apart. The detector tracks
 # the 91st percentile of frame levels while the caller is not speaking (a stochastic
@@ -222,8 +222,7 @@ class EnergyVad:
         self._far_hold: deque[float] = deque(maxlen=self._hold_frames)
         self._classifier = classifier
         self._linger_frames = max(1, _CLASSIFIER_LINGER_MS // frame_ms)
-        self._warmup_frames = max(_STEADY_FRAMES, WARMUP_MS // frame_ms)
-        self._warmup: list[float] = []
+        self._warmup_frames = max(2, WARMUP_MS // frame_ms)
         self.reset()
 
     def reset(self) -> None:
@@ -234,7 +233,7 @@ class EnergyVad:
         self._quiet_ms = 0  # uninterrupted non-speech while speaking
         self._far_hold.clear()
         self._far_left = 0  # frames the held assistant level still gates
-        self._warmup.clear()
+        self._warmup: list[float] | None = []  # levels of the first frames, until the warm-up decides
         self._background = NOISE_FLOOR_START_DBFS  # the 91st percentile of levels while the caller is silent
         self._classifier_left = 0  # frames the classifier is still fed without passing the level checks
         if self._classifier is not None:
@@ -326,15 +325,16 @@ class EnergyVad:
 
     def _track_floor(self, floor: float, gap: float, level: float) -> float:
         warmup = self._warmup
-        if len(warmup) < self._warmup_frames:
-            # Until the line has shown a steady level, the floor stays low; once it has, the
-            # floor is that level (a caller speaking from the first frame is never steady).
+        if warmup is not None:
+            # Until the warm-up has decided, the floor stays low; if the line was steady, the
+            # floor is its level (a caller speaking from the first frame is never steady).
             warmup.append(max(level, NOISE_FLOOR_MIN_DBFS))
-            recent = warmup[-_STEADY_FRAMES:]
-            if len(recent) == _STEADY_FRAMES and max(recent) - min(recent) <= _STEADY_DB:
-                del warmup[:]
-                warmup.extend([0.0] * self._warmup_frames)  # warm-up over
-                return sum(recent) / _STEADY_FRAMES
+            if len(warmup) < self._warmup_frames:
+                return floor
+            self._warmup = None
+            if max(warmup) - min(warmup) <= _STEADY_DB:
+                self._speech_ms = 0  # it was noise
+                return sum(warmup) / len(warmup)
         if gap < 0.0:
             return floor + gap * self._noise_fall
         if gap < self._params.threshold_db:
@@ -343,6 +343,11 @@ class EnergyVad:
 
     def _advance(self, is_speech: bool) -> VadTransition | None:
         frame_ms = self._frame_ms
+        if self._warmup is not None and self._classifier is None:
+            # No onset before the warm-up has decided whether this level is the line's noise.
+            if is_speech:
+                self._speech_ms += frame_ms
+            return None
         if self._speaking:
             if is_speech:
                 self._quiet_ms = 0
