@@ -46,6 +46,8 @@ _AFTER_GAP_S = 0.8
 DETECT_WINDOW_MS = 3000.0
 # How long a trial listens on after its reference (onset, or the assistant's first audio).
 _LISTEN_S = 3.2
+# Once the barge-in's clear has come, the call goes on this long (the echo of the cut, say).
+_AFTER_CLEAR_S = 0.3
 _CHUNK_FRAMES = 5  # send_live between checks of the trial's progress
 _SETUP_TIMEOUT_S = 10.0
 _FIRST_AUDIO_TIMEOUT_S = 10.0
@@ -287,6 +289,7 @@ def _play(caller: SimulatedCaller, mic: _Mic, plan: TrialPlan, assistant_s: floa
     pauses_s = sum(pause for _, pause, _ in plan.assistant_turns)
     first_audio_deadline = time.monotonic() + _FIRST_AUDIO_TIMEOUT_S + pauses_s
     listen_until: float | None = None  # monotonic
+    reference_at: float | None = None  # monotonic: a clear from here on is the barge-in sought
     sent = 0
     while sent < frames:
         caller.send_live(_CHUNK_FRAMES, mic.frame)
@@ -297,11 +300,13 @@ def _play(caller: SimulatedCaller, mic: _Mic, plan: TrialPlan, assistant_s: floa
                 raise CallerError("no assistant audio reached the caller")
             continue
         first = played[0][0]
-        if timing in ("first-frame", "before"):
-            listen_until = listen_until or first + _LISTEN_S
+        if timing in ("first-frame", "before") and reference_at is None:
+            reference_at = first
+            listen_until = first + _LISTEN_S
         elif timing == "during" and mic.onset is None:
             mic.onset = max(mic.n, mic.sample_at(first + plan.during_offset_s, due))
-            listen_until = due + (mic.onset - mic.n) / RATE_HZ + _LISTEN_S
+            reference_at = due + (mic.onset - mic.n) / RATE_HZ
+            listen_until = reference_at + _LISTEN_S
         elif timing == "after" and mic.onset is None:
             arrived = caller.media_events[-1][0]
             done = len(caller.received_ulaw) >= 0.9 * assistant_s * RATE_HZ or bool(caller.clears)
@@ -310,6 +315,11 @@ def _play(caller: SimulatedCaller, mic: _Mic, plan: TrialPlan, assistant_s: floa
                 listen_until = due + _LISTEN_S
         elif timing == "silent":
             listen_until = listen_until or first + assistant_s + pauses_s + 1.5
+        if reference_at is not None and listen_until is not None and caller.clears:
+            # The barge-in came: nothing more to learn from this call.
+            cleared = [at for at in caller.clears if at >= reference_at - 0.020]
+            if cleared:
+                listen_until = min(listen_until, cleared[0] + _AFTER_CLEAR_S)
         if listen_until is not None and due >= listen_until:
             return
 

@@ -211,7 +211,8 @@ def run_bench(
 ) -> tuple[list[SideResult], list[str]]:
     """Make the sounds, run every side, and return the results with the run's description lines."""
     made = time.monotonic()
-    corpus = Corpus.make(seed)
+    rooms = any(c.background != "none" for group in groups for c in group.conditions)
+    corpus = Corpus.make(seed, rooms=rooms)
     plans = plan_all(groups, corpus, seed)
     log(f"sounds made in {time.monotonic() - made:.1f} s; {len(plans)} calls per side")
     api_key = secrets.token_hex(8)

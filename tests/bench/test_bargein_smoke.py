@@ -15,7 +15,7 @@ OVER = Condition("during", "burst", -18.0, None)
 SILENT = Condition("silent", "burst", None, None, silent_s=4.0)
 
 
-# Sounds (about 3 s), a server start, and two calls side by side of about 8 s: some 15 s.
+# Sounds (about 1 s), a server start, and two calls side by side (the longer about 6 s): some 10 s.
 @pytest.mark.skipif(_MISSING is not None, reason=f"needs the bench's tools: {_MISSING}")
 @pytest.mark.timeout(90)
 def test_a_caller_talking_over_the_assistant_is_cleared_and_a_silent_one_is_not():
@@ -34,7 +34,7 @@ def test_a_caller_talking_over_the_assistant_is_cleared_and_a_silent_one_is_not(
     assert over.onset_ms - over.first_audio_ms >= 500.0  # the caller started during the turn
     assert silent.clears_ms == [] and silent.false_clears == 0, table
     assert 3.5 < silent.assistant_s < 4.5, table  # its exposure: the assistant's 4 s, heard
-    assert side.server_cpu_s > 0.0 and side.call_s > 8.0
+    assert side.server_cpu_s > 0.0 and side.call_s > 5.0
     assert "| burst | -18 | none | 1/1 |" in table and "0 in 0.1 min" in table, table
     assert described[0].startswith("this: ")
 
