@@ -23,8 +23,8 @@ Sides: by default this checkout with its settings. `--ref [LABEL=]COMMIT[:KEY=VA
 adds that commit's server (checked out with `git worktree add --detach` in a temporary
 directory, run with this checkout's virtualenv, removed afterwards), with those settings.
 `--side 'LABEL:KEY=VALUE,...'` adds this checkout with extra settings (e.g.
-`--side 'energy VAD:VAD_ENGINE=energy'`); with any `--side`, this checkout's default side
-is only run if also asked for as `--side this`.
+`--side 'energy VAD:VAD_ENGINE=energy'`); with any `--side` (or `--no-this`), this
+checkout's default side is only run if also asked for as `--side this`.
 
 Prints markdown tables and the issue's Done-when verdicts. Exit 0 when the run was carried
 out (whatever the verdicts), 1 if more than 5 % of the calls failed, 2 if it could not run.
@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         "label default 'ref COMMIT'); repeatable")
     parser.add_argument("--side", action="append", type=_parse_side, default=[], metavar="'LABEL:KEY=VALUE,...'",
                         help="measure this checkout with these settings; repeatable ('this' alone: as configured)")
+    parser.add_argument("--no-this", action="store_true",
+                        help="without --side: measure the --ref sides only, not this checkout as configured")
     parser.add_argument("--parallel", type=int, default=10, help="calls at once (default %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="sounds and trials (default %(default)s)")
     parser.add_argument("--reps", type=int, help="trials per condition (default 3; --quick 1)")
@@ -286,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         label, _, commit = named.rpartition("=")
         env = _parse_side(f"x:{settings}").env if settings else {}
         sides.append(Side(label or f"ref {commit}", commit=commit, env=env))
-    sides += args.side or [Side("this")]
+    sides += args.side or ([] if args.no_this else [Side("this")])
+    if not sides:
+        parser.error("nothing to measure: --no-this needs a --ref")
     groups = matrix(quick=args.quick, reps=args.reps, false_minutes=args.false_minutes,
                     call_minutes=args.call_minutes)
 
