@@ -127,9 +127,9 @@ class EchoSettings:
 
     `canceller` on: the audio the bridge sent is the reference of an adaptive echo
     canceller whose delay (0 to `max_delay_ms` after the audio was due to play) is found
-    per call and tracked (audio/echo.py). Off: the VAD only requires the caller to be
-    within VAD_ECHO_MARGIN_DB of the assistant's level while the assistant is audible,
-    as before the canceller existed.
+    per call and tracked (audio/echo.py); a frame must be 6 dB over the echo predicted to
+    be left in it. Off: the VAD only requires the caller to be within VAD_ECHO_MARGIN_DB of
+    the assistant's level while the assistant is audible, as before the canceller existed.
     """
 
     canceller: bool

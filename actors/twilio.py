@@ -68,6 +68,9 @@ _LATENCY_SAMPLE_EVERY = 10
 # assistant's audio forever. Checked every 200 ms, on inbound frames.
 _MARKS_OVERDUE_NS = 3_000_000_000
 _MARK_CHECK_EVERY = 10
+# How fast the stream's origin may creep later (1 ms a second): far above any clock drift,
+# far below the jitter it must not follow.
+_STREAM_DRIFT_NS = 20_000
 # Far-end level changes smaller than this are not worth a message to the VAD.
 _LEVEL_STEP_DB = 3.0
 # Malformed frames: log the first few per call, then one in this many (the counter has all).
@@ -94,7 +97,10 @@ class TwilioActor(CallActor):
         self._far_end: float | None = None
         self._malformed = 0
         self._stream_ms = -FRAME_MS  # the last inbound frame's timestamp
-        self._stream_at_ns = self._now_ns()  # when it arrived: with it, the stream's time now
+        # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
+        # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
+        # frame so clock drift is followed.
+        self._stream_origin_ns = self._now_ns()
         self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
@@ -162,7 +168,7 @@ class TwilioActor(CallActor):
                 self._call.state.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._call.tell_controller(StreamStarted(event.stream_sid))
-                self._stream_at_ns = self._now_ns()
+                self._stream_origin_ns = self._now_ns()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)
@@ -192,7 +198,9 @@ class TwilioActor(CallActor):
             for n in range(gap, 0, -1):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         self._stream_ms = media.timestamp_ms
-        self._stream_at_ns = received_ns
+        # The frame ends at timestamp + 20 ms; it cannot have been sent before then.
+        origin = received_ns - (media.timestamp_ms + FRAME_MS) * 1_000_000
+        self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)
@@ -356,8 +364,8 @@ class TwilioActor(CallActor):
         self._pump()
 
     def _stream_now_ms(self) -> float:
-        """The inbound stream's time now: the last frame's end, plus the time since it came."""
-        return self._stream_ms + FRAME_MS + (self._now_ns() - self._stream_at_ns) / 1e6
+        """The inbound stream's time now, on the clock of its earliest-arriving frames."""
+        return (self._now_ns() - self._stream_origin_ns) / 1e6
 
     def _audible(self) -> bool:
         """The caller hears the assistant: by marks, the send clock, or VAPI's own word."""

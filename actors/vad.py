@@ -57,6 +57,7 @@ class VadActor(CallActor):
         self._far = call.far_end
         self._far_end: float | None = None
         self._far_was_active = False
+        self._echo_delay: int | None = None
         self._loading: Any = None  # the worker thread loading the classifier
         if s.vad_engine != "energy":
             self._loading = gevent.get_hub().threadpool.spawn(make_classifier, s.vad_engine, s.vad_silero_threshold)
@@ -101,6 +102,9 @@ class VadActor(CallActor):
         if canceller is not None:
             estimate = canceller.process(pcm, message.stream_ms, caller_speaking=vad.speaking)
             transition = vad.process(estimate.residual, echo_dbfs=estimate.floor_dbfs)
+            if canceller.delay != self._echo_delay:
+                self._echo_delay = canceller.delay
+                self._log.info("echo_path_found", delay_ms=canceller.delay_ms, stream_ms=message.stream_ms)
         else:
             transition = vad.process(pcm, self._far_end)
         if transition is VadTransition.STARTED:

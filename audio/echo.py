@@ -59,6 +59,9 @@ _TRACK_KEEP_MS = 2500
 _SEARCH_WINDOW_MS = 512
 _SEARCH_EVERY_FRAMES = 5
 _TRACK_EVERY_FRAMES = 10
+# Once three searches in a row have confirmed the delay, every 500 ms is enough to follow it.
+_SETTLED_EVERY_FRAMES = 25
+_SETTLED_AFTER = 3
 # The far end must have been active for this much of the window before a search.
 _SEARCH_MIN_ACTIVE_MS = 200
 # PHAT weighting over the telephone band only (G.712: 300-3400 Hz); outside it is
@@ -241,6 +244,7 @@ class EchoCanceller:
         self._ratio = _INITIAL_RATIO
         self._frames = 0
         self._far_frames = 0  # frames in a row with the far end possibly echoing
+        self._confirmed = 0  # searches in a row that found the current delay again
         self._searches = 0
 
     @property
@@ -267,7 +271,11 @@ class EchoCanceller:
             self._far_frames = 0
             return out
         self._far_frames += 1
-        if self._frames % (_SEARCH_EVERY_FRAMES if self.delay is None else _TRACK_EVERY_FRAMES) == 0:
+        if self.delay is None:
+            every = _SEARCH_EVERY_FRAMES
+        else:
+            every = _SETTLED_EVERY_FRAMES if self._confirmed >= _SETTLED_AFTER else _TRACK_EVERY_FRAMES
+        if self._frames % every == 0:
             self._search(t + frame)
         delay = self.delay
         if delay is None:
@@ -348,7 +356,9 @@ class EchoCanceller:
         current = self.delay
         if current is not None and abs(delay - current) <= _DELAY_AGREE_SAMPLES:
             self._candidate = None
+            self._confirmed += 1
             return
+        self._confirmed = 0
         if current is not None and (self._candidate is None or abs(delay - self._candidate) > _DELAY_AGREE_SAMPLES):
             self._candidate = delay  # a new delay must be seen twice
             return

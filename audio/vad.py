@@ -311,17 +311,23 @@ class EnergyVad:
         classifier = self._classifier
         if classifier is None:
             is_speech = loud and gap >= params.threshold_db
+            voice = True
         else:
-            is_speech = False
+            voice = likely = False
             if loud:
                 self._classifier_left = self._linger_frames
             if self._classifier_left:
                 self._classifier_left -= 1
-                is_speech = classifier.is_speech(pcm8k) and loud
+                voice = classifier.is_speech(pcm8k)
+                likely = voice or classifier.likely
                 if not self._classifier_left:
                     classifier.skip()
+            # Towards an onset, a loud frame counts if the classifier finds it likely a voice
+            # (half its threshold: its probability trails a word's start by a window or two)
+            # and the onset needs it sure at the end. Once speaking, it must be sure.
+            is_speech = loud and (voice or (likely and not self._speaking))
         self._floor = self._track_floor(floor, max(level, NOISE_FLOOR_MIN_DBFS) - floor, level)
-        return self._advance(is_speech)
+        return self._advance(is_speech, voice)
 
     def _track_floor(self, floor: float, gap: float, level: float) -> float:
         warmup = self._warmup
@@ -341,7 +347,7 @@ class EnergyVad:
             return floor + gap * self._noise_rise
         return floor + self._speech_rise_db
 
-    def _advance(self, is_speech: bool) -> VadTransition | None:
+    def _advance(self, is_speech: bool, voice: bool = True) -> VadTransition | None:
         frame_ms = self._frame_ms
         if self._warmup is not None and self._classifier is None:
             # No onset before the warm-up has decided whether this level is the line's noise.
@@ -359,8 +365,8 @@ class EnergyVad:
             self._speech_ms = 0
             return VadTransition.STOPPED
         if is_speech:
-            self._speech_ms += frame_ms
-            if self._speech_ms >= self._params.min_speech_ms:
+            self._speech_ms = min(self._speech_ms + frame_ms, self._params.min_speech_ms)
+            if self._speech_ms >= self._params.min_speech_ms and voice:
                 self._speaking = True
                 self._quiet_ms = 0
                 return VadTransition.STARTED

@@ -36,6 +36,10 @@ class SpeechClassifier(Protocol):
     def is_speech(self, pcm8k: NDArray[np.int16] | NDArray[np.float32]) -> bool:
         """One 20 ms frame of 8 kHz audio: does it hold a voice?"""
 
+    @property
+    def likely(self) -> bool:
+        """The last frame judged was at least half-way to the threshold."""
+
     def skip(self) -> None:
         """The VAD did not look at a frame (too quiet to matter): forget the context."""
 
@@ -61,6 +65,10 @@ class WebrtcClassifier:
             np.clip(pcm8k, -32768, 32767, out=self._pcm, casting="unsafe")
             pcm8k = self._pcm
         return bool(self._vad.is_speech(pcm8k.tobytes(), _RATE))
+
+    @property
+    def likely(self) -> bool:
+        return False  # WebRTC answers yes or no
 
     def skip(self) -> None:
         pass
@@ -118,6 +126,10 @@ class SileroClassifier:
     @property
     def probability(self) -> float:
         return self._prob
+
+    @property
+    def likely(self) -> bool:
+        return self._prob >= self._threshold / 2
 
     def is_speech(self, pcm8k: NDArray[np.int16] | NDArray[np.float32]) -> bool:
         n, fill, buf, window = len(pcm8k), self._fill, self._buf, self._window

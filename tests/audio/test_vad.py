@@ -290,6 +290,10 @@ class FakeClassifier:
         self.calls += 1
         return self.answer
 
+    @property
+    def likely(self):
+        return self.answer
+
     def skip(self):
         self.skips += 1
 
