@@ -274,7 +274,8 @@ def _verdicts(groups: Sequence[Group]) -> list[tuple[str, Callable[[SideResult],
         missed = len(runs) - len(lats)
         p95 = _pct(lats, 95) if lats else float("inf")
         ok = missed == 0 and p95 <= DONE_LATENCY_MS
-        return f"{'PASS' if ok else 'FAIL'}: p95 {p95:.0f} ms, {missed} of {len(runs)} missed"
+        p50 = _pct(lats, 50) if lats else float("inf")
+        return f"{'PASS' if ok else 'FAIL'}: p95 {p95:.0f} ms (p50 {p50:.0f}), {missed} of {len(runs)} missed"
 
     def first_frame(side: SideResult) -> str:
         runs = [r for c in first for r in side.of(c)]
@@ -283,8 +284,9 @@ def _verdicts(groups: Sequence[Group]) -> list[tuple[str, Callable[[SideResult],
         lats = [lat for r in runs if (lat := r.latency_ms) is not None]
         missed = len(runs) - len(lats)
         worst = max(lats) if lats else float("inf")
+        p95 = _pct(lats, 95) if lats else float("inf")
         ok = missed == 0 and worst <= DONE_FIRST_FRAME_MS
-        return f"{'PASS' if ok else 'FAIL'}: worst {worst:.0f} ms, {missed} of {len(runs)} missed"
+        return f"{'PASS' if ok else 'FAIL'}: worst {worst:.0f} ms (p95 {p95:.0f}), {missed} of {len(runs)} missed"
 
     def false_b(side: SideResult) -> str:
         runs = [r for c in silent_b for r in side.of(c)]
