@@ -275,7 +275,9 @@ def _verdicts(groups: Sequence[Group]) -> list[tuple[str, Callable[[SideResult],
         p95 = _pct(lats, 95) if lats else float("inf")
         ok = missed == 0 and p95 <= DONE_LATENCY_MS
         p50 = _pct(lats, 50) if lats else float("inf")
-        return f"{'PASS' if ok else 'FAIL'}: p95 {p95:.0f} ms (p50 {p50:.0f}), {missed} of {len(runs)} missed"
+        early = sum(1 for r in runs if r.latency_ms is None and r.false_clears)
+        cut = f" ({early} cut early by a false barge-in)" if early else ""
+        return f"{'PASS' if ok else 'FAIL'}: p95 {p95:.0f} ms (p50 {p50:.0f}), {missed} of {len(runs)} missed{cut}"
 
     def first_frame(side: SideResult) -> str:
         runs = [r for c in first for r in side.of(c)]
