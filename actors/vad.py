@@ -33,11 +33,6 @@ from supervision import ChildHandle
 
 __all__ = ["VadActor"]
 
-# The caller counts as still talking, for a barge-in when the assistant starts, if their
-# last speech frame is at most this old (the VAD's hangover is longer than any answer's
-# wait would be; this is not).
-_STILL_TALKING_MS = 100
-
 
 class VadActor(CallActor):
     role = "vad"
@@ -57,6 +52,7 @@ class VadActor(CallActor):
         self._far = call.far_end
         self._far_end: float | None = None
         self._far_was_active = False
+        self._reassert = False  # the assistant started while the caller was speaking
         self._echo_delay: int | None = None
         self._loading: Any = None  # the worker thread loading the classifier
         if s.vad_engine != "energy":
@@ -114,8 +110,15 @@ class VadActor(CallActor):
             self._log.info("caller_speech_stopped", stream_ms=message.stream_ms)
             self._tell("twilio", CallerSpeechStopped(message.stream_ms))
         # The assistant starting while the caller is already talking: the caller was first.
+        # Said again at the caller's next speech frame (they may be between two words), so
+        # not if the VAD is only running out its hangover when an answer starts.
         far_active = self._far.active_until > message.stream_ms * 8
-        if far_active and not self._far_was_active and vad.speaking and vad.quiet_ms <= _STILL_TALKING_MS:
+        if far_active and not self._far_was_active and vad.speaking:
+            self._reassert = True
+        if not vad.speaking or not far_active:
+            self._reassert = False
+        elif self._reassert and vad.quiet_ms == 0:
+            self._reassert = False
             self._log.info("caller_already_speaking", stream_ms=message.stream_ms)
             self._tell("twilio", CallerSpeechStarted(message.stream_ms))
         self._far_was_active = far_active
