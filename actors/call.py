@@ -15,6 +15,7 @@ needs. Who writes what:
 | last_supervisor_exit | the registry, told by the root that the call's supervisor failed |
 | held_reports | appended by any reporter while no supervisor can take a message; emptied by the controller |
 | recorder | the registry, once, at the call's start (None: recordings off); fed only by TwilioActor |
+| far_end | TwilioActor (its Playback): assistant audio sent, at the time it plays; read by the echo canceller |
 | ended | finish_call, once |
 """
 
@@ -32,6 +33,7 @@ from pykka import ActorDeadError
 
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.messages import EndCall
+from audio.echo import FarEndTrack
 from calls.outcome import EndRequest, Outcome
 from calls.state import CallState
 from media.uplink import UplinkBuffer
@@ -71,6 +73,11 @@ class CallSettings:
     vad_echo_margin_db: float
     media_connect_timeout_s: float
     retry_budget_s: float = 15.0
+    vad_engine: str = "energy"
+    vad_silero_threshold: float = 0.5
+    echo_canceller: bool = False
+    echo_max_delay_ms: int = 400
+    playback_hangover_ms: int = 300
     hold_ulaw: bytes = field(default=b"", repr=False)
 
 
@@ -103,6 +110,7 @@ class CallContext:
     prepared_vapi: PreparedVapi | None = field(default=None, repr=False)
     recorder: CallRecorder | None = None  # the call's recording (RECORDINGS_DIR), outliving actor restarts
     uplink: UplinkBuffer = field(init=False)
+    far_end: FarEndTrack = field(init=False)  # outlives actor restarts, like the uplink
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
     supervisor: ActorRef[Any] | None = None  # the current CallSupervisor's ref
@@ -118,6 +126,7 @@ class CallContext:
     def __post_init__(self) -> None:
         self.state = CallState(call_sid=self.call_sid)
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
+        self.far_end = FarEndTrack()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about the live call, for the admin API and the dashboard."""

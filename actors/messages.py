@@ -15,6 +15,7 @@ from calls.outcome import Outcome
 __all__ = [
     "AssistantAudio",
     "AssistantInterrupted",
+    "AssistantTurnEnded",
     "AssistantTurnStarted",
     "AssistantUlaw",
     "CallerAudio",
@@ -160,6 +161,13 @@ class AssistantTurnStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class AssistantTurnEnded:
+    """VapiActor → TwilioActor: VAPI says the assistant stopped speaking (`speech-update` stopped)."""
+
+    turn: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantInterrupted:
     """VapiActor → TwilioActor: VAPI says the user interrupted; stop playing."""
 
@@ -273,6 +281,7 @@ TwilioActorMessage: TypeAlias = (
     | CallerSpeechStarted
     | CallerSpeechStopped
     | AssistantTurnStarted
+    | AssistantTurnEnded
     | AssistantInterrupted
     | HoldCaller
     | InjectFault

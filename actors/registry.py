@@ -70,6 +70,11 @@ def call_settings(settings: Settings, hold_ulaw: bytes = b"") -> CallSettings:
         vad_min_speech_ms=settings.vad.min_speech_ms,
         vad_hangover_ms=settings.vad.hangover_ms,
         vad_echo_margin_db=settings.vad.echo_margin_db,
+        vad_engine=settings.vad.engine,
+        vad_silero_threshold=settings.vad.silero_threshold,
+        echo_canceller=settings.echo.canceller,
+        echo_max_delay_ms=settings.echo.max_delay_ms,
+        playback_hangover_ms=settings.playback_hangover_ms,
         media_connect_timeout_s=settings.media_connect_timeout_s,
     )
 

@@ -12,6 +12,7 @@ from actors.base import CallActor
 from actors.call import CallContext
 from actors.messages import (
     AssistantInterrupted,
+    AssistantTurnEnded,
     AssistantTurnStarted,
     AssistantUlaw,
     CallerAudio,
@@ -67,6 +68,9 @@ _LATENCY_SAMPLE_EVERY = 10
 # assistant's audio forever. Checked every 200 ms, on inbound frames.
 _MARKS_OVERDUE_NS = 3_000_000_000
 _MARK_CHECK_EVERY = 10
+# How fast the stream's origin may creep later (1 ms a second): far above any clock drift,
+# far below the jitter it must not follow.
+_STREAM_DRIFT_NS = 20_000
 # Far-end level changes smaller than this are not worth a message to the VAD.
 _LEVEL_STEP_DB = 3.0
 # Malformed frames: log the first few per call, then one in this many (the counter has all).
@@ -81,13 +85,23 @@ class TwilioActor(CallActor):
         super().__init__(handle, call)
         self._now_ns = call.clock.monotonic_ns
         settings = call.settings
-        self._playback = Playback(lead_ms=settings.playback_lead_ms, max_frames=settings.outbound_max_frames)
+        self._playback = Playback(
+            lead_ms=settings.playback_lead_ms,
+            max_frames=settings.outbound_max_frames,
+            hangover_ms=settings.playback_hangover_ms,
+            far_end=call.far_end,
+        )
         self._clock = StreamClock()
         self._discarding = False
         self._last_discard_ns = 0
         self._far_end: float | None = None
         self._malformed = 0
-        self._stream_ms = 0
+        self._stream_ms = -FRAME_MS  # the last inbound frame's timestamp
+        # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
+        # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
+        # frame so clock drift is followed.
+        self._stream_origin_ns = self._now_ns()
+        self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
         self._turn_mark: str | None = None  # the mark after a turn's first frame
@@ -126,6 +140,9 @@ class TwilioActor(CallActor):
                 self._turn_mark = None
             case AssistantTurnStarted():
                 self._discarding = False
+                self._vapi_speaking = True
+            case AssistantTurnEnded():
+                self._vapi_speaking = False
             case AssistantInterrupted():
                 self._barge_in("vapi_user_interrupted")
             case HoldCaller():
@@ -152,6 +169,7 @@ class TwilioActor(CallActor):
                 self._call.state.stream_sid = event.stream_sid
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._call.tell_controller(StreamStarted(event.stream_sid))
+                self._stream_origin_ns = self._now_ns()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)
@@ -181,6 +199,9 @@ class TwilioActor(CallActor):
             for n in range(gap, 0, -1):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         self._stream_ms = media.timestamp_ms
+        # The frame ends at timestamp + 20 ms; it cannot have been sent before then.
+        origin = received_ns - (media.timestamp_ms + FRAME_MS) * 1_000_000
+        self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)
@@ -219,7 +240,7 @@ class TwilioActor(CallActor):
             self._playback.enqueue(self._call.settings.hold_ulaw, _HOLD_LEVEL_DBFS)
         if self._call.state.stream_sid is None or self._call.socket is None:
             return  # nothing to send to yet; the audio waits in the queue
-        self._playback.pump(self._send_media, self._send_mark)
+        self._playback.pump(self._send_media, self._send_mark, self._stream_now_ms())
         self._update_far_end()
 
     def _flush_frame_counts(self) -> None:
@@ -274,7 +295,7 @@ class TwilioActor(CallActor):
             socket.send_text(encode_clear(stream_sid))
             if self._call.recorder is not None:
                 self._call.recorder.clear()
-        self._playback.clear()
+        self._playback.clear(self._stream_now_ms())
         self._discarding = False
         self._update_far_end()
 
@@ -346,6 +367,14 @@ class TwilioActor(CallActor):
                 self._turn_mark = None
         self._pump()
 
+    def _stream_now_ms(self) -> float:
+        """The inbound stream's time now, on the clock of its earliest-arriving frames."""
+        return (self._now_ns() - self._stream_origin_ns) / 1e6
+
+    def _audible(self) -> bool:
+        """The caller hears the assistant: by marks, the send clock, or VAPI's own word."""
+        return self._vapi_speaking or self._playback.audible_at(self._stream_now_ms())
+
     def _update_far_end(self) -> None:
         level = self._playback.far_end_dbfs
         previous = self._far_end
@@ -358,18 +387,19 @@ class TwilioActor(CallActor):
     # Barge-in ------------------------------------------------------------------------
 
     def _on_caller_speech(self, message: CallerSpeechStarted) -> None:
-        if self._playback.audible and not self._holding:  # talking over hold music is no barge-in
+        if not self._holding and self._audible():  # talking over hold music is no barge-in
             self._barge_in("caller_speech")
 
     def _barge_in(self, cause: str) -> None:
-        if not self._playback.audible:
+        if not self._audible():
             return
         socket, stream_sid = self._call.socket, self._call.state.stream_sid
         if socket is not None and stream_sid is not None:
             socket.send_text(encode_clear(stream_sid))
             if self._call.recorder is not None:
                 self._call.recorder.clear()
-        dropped = self._playback.clear()
+        dropped = self._playback.clear(self._stream_now_ms())
+        self._vapi_speaking = False  # VAPI's turn is over for the caller, whatever VAPI says next
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
             self._unreported_dropped += dropped

@@ -28,6 +28,7 @@ from actors.call import CallContext
 from actors.messages import (
     AssistantAudio,
     AssistantInterrupted,
+    AssistantTurnEnded,
     AssistantTurnStarted,
     CallerPressedKey,
     EventNoted,
@@ -185,6 +186,8 @@ class VapiActor(CallActor):
         match event:
             case SpeechUpdate(status="started", role="assistant"):
                 self._tell("twilio", AssistantTurnStarted(event.turn))
+            case SpeechUpdate(status="stopped", role="assistant"):
+                self._tell("twilio", AssistantTurnEnded(event.turn))
             case UserInterrupted():
                 self._tell("twilio", AssistantInterrupted())
             case StatusUpdate(status="ended"):

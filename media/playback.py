@@ -1,11 +1,19 @@
-"""What the caller hears of the assistant, tracked by Twilio's marks.
+"""What the caller hears of the assistant: Twilio's marks and the bridge's own send clock.
 
-Assistant audio arrives from VAPI faster than real time. It waits here, and only a
-shallow lead (about 200 ms) goes to Twilio ahead of what Twilio has played, so a
+Assistant audio arrives from VAPI in a burst or paced in real time. It waits here, and
+only a shallow lead (about 200 ms) goes to Twilio ahead of what Twilio has played, so a
 barge-in can drop the rest at once. After every few frames a mark goes out; Twilio
 echoes it when the audio before it has played. A mark echoed after a `clear` means that
 audio was cancelled, not played, so every mark name carries the clear epoch it was sent in.
-"Assistant audible" is derived from marks, never from our own send clock.
+
+Marks alone cannot say the assistant is audible when audio arrives in real time: each
+frame is played almost as soon as it is sent, so almost nothing is ever in flight. The
+send clock can: Twilio plays what it is sent back to back, from when it arrives, so a
+frame sent at stream time `now` plays from max(now, end of the previous frame). The
+assistant is audible while Twilio holds unplayed audio (marks), while frames wait here,
+or until `hangover_ms` after the last frame sent was due to end (the send clock).
+Frames sent are written, at the stream time they are due to play, to the call's
+far-end track, the echo canceller's reference (audio/echo.py).
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["FRAME_BYTES", "MarkResult", "Playback"]
+from audio.echo import FarEndTrack
+
+__all__ = ["FRAME_BYTES", "HANGOVER_MS", "MarkResult", "Playback"]
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_MS = 20
@@ -21,6 +31,10 @@ FRAME_MS = 20
 # that it never runs dry waiting for an echo, coarse enough to add only 25 small
 # messages a second.
 MARK_EVERY_FRAMES = 2
+# After the last assistant audio was due to have played, the assistant still counts as
+# audible this long (PLAYBACK_HANGOVER_MS): real-time delivery leaves 20-60 ms gaps
+# between frames, and a caller who talks over the last word still means to interrupt.
+HANGOVER_MS = 300
 
 
 class MarkResult:
@@ -32,9 +46,14 @@ class MarkResult:
 class Playback:
     """Outbound queue, pacing by lead, and mark bookkeeping for one stream."""
 
-    def __init__(self, *, lead_ms: int, max_frames: int) -> None:
+    def __init__(
+        self, *, lead_ms: int, max_frames: int, hangover_ms: int = HANGOVER_MS, far_end: FarEndTrack | None = None
+    ) -> None:
         self._lead_ms = lead_ms
         self._max_frames = max_frames
+        self._hangover_ms = hangover_ms
+        self._far_end = far_end
+        self.play_end_ms = -float(hangover_ms) - 1.0  # stream time the last frame sent is due to end
         self._queue: deque[tuple[bytes, float, int]] = deque()  # (frame, level, received_ns)
         self._epoch = 0
         self.sent_ms = 0  # stream of assistant audio handed to Twilio, this epoch
@@ -60,14 +79,22 @@ class Playback:
         self.dropped_overflow += dropped
         return dropped
 
-    def pump(self, send_media: Callable[[bytes, int], None], send_mark: Callable[[str], None]) -> int:
+    def pump(
+        self, send_media: Callable[[bytes, int], None], send_mark: Callable[[str], None], now_ms: float = 0.0
+    ) -> int:
         """Send queued frames while Twilio holds less than the lead; returns frames sent.
 
         `send_media(frame, received_ns)` gets when the frame's audio arrived from VAPI.
+        `now_ms` is the inbound stream's time now: what the send clock starts from.
         """
         sent = 0
+        far_end = self._far_end
         while self._queue and self.sent_ms - self.played_ms < self._lead_ms:
             frame, level, received_ns = self._queue.popleft()
+            starts = max(self.play_end_ms, now_ms)
+            self.play_end_ms = starts + len(frame) * FRAME_MS / FRAME_BYTES
+            if far_end is not None:
+                far_end.write(starts, frame)
             send_media(frame, received_ns)
             self.sent_ms += len(frame) * FRAME_MS // FRAME_BYTES
             self._in_flight.append((self.sent_ms, level))
@@ -103,9 +130,16 @@ class Playback:
         while self._in_flight and self._in_flight[0][0] <= self.played_ms:
             self._in_flight.popleft()
 
-    def clear(self) -> int:
-        """Drop everything queued and start a new epoch; returns the frames dropped."""
+    def clear(self, now_ms: float | None = None) -> int:
+        """Drop everything queued and start a new epoch; returns the frames dropped.
+
+        `now_ms`: the stream time of the `clear`; what was due to play after it never will.
+        """
         dropped = len(self._queue)
+        if now_ms is not None and self.play_end_ms > now_ms:
+            self.play_end_ms = now_ms
+            if self._far_end is not None:
+                self._far_end.cut(now_ms)
         self._queue.clear()
         self._in_flight.clear()
         self._epoch += 1
@@ -118,8 +152,12 @@ class Playback:
 
     @property
     def audible(self) -> bool:
-        """Twilio still has, or we still hold, assistant audio for the caller."""
+        """Twilio still has, or we still hold, assistant audio for the caller (marks only)."""
         return bool(self._queue) or self.sent_ms > self.played_ms
+
+    def audible_at(self, now_ms: float) -> bool:
+        """`audible`, or the send clock says the caller heard the assistant within the hangover."""
+        return bool(self._queue) or self.sent_ms > self.played_ms or now_ms < self.play_end_ms + self._hangover_ms
 
     @property
     def queued_frames(self) -> int:

@@ -129,6 +129,8 @@ class SimulatedCaller:
         # What the caller said, when `config.record_path` is set: (caller-clock time, mu-law) per frame.
         self.sent: list[tuple[float, bytes]] = []
         self.stream_started_at: float | None = None  # the origin of the caller's clock in a recording
+        # (due on the caller's clock, media timestamp ms) of each frame `send_live` sent.
+        self.frame_clock: list[tuple[float, int]] = []
         self.closed = gevent.event.Event()
         self.close_code: int | None = None
         self.closed_early = False  # the server closed (or dropped) the stream before our stop
@@ -270,6 +272,51 @@ class SimulatedCaller:
             )
         if not realtime:
             self._next_due = None  # the next paced frame goes out now, not after the burst's length
+
+    def send_live(self, frames: int, make_frame: Callable[[float], np.ndarray]) -> None:
+        """Send `frames` 20 ms frames paced in real time, each made just before it goes out.
+
+        `make_frame(due)` gets the monotonic time the frame is due on the caller's clock (it
+        holds what the microphone picked up in the 20 ms before `due`) and returns 160 int16
+        samples at 8 kHz. So a bench can mix in what the caller heard (`playback.heard`):
+        echo made from the audio actually played, not from what was meant to be. Each
+        frame's (due, media timestamp ms) is appended to `frame_clock`, which maps the
+        caller's clock to stream time.
+        """
+        now = time.monotonic()
+        if self._next_due is None or now - self._next_due > _REANCHOR_S:
+            self._next_due = now  # as in send_audio: idle between steps, not congested
+        for _ in range(frames):
+            if self.closed.is_set():
+                raise CallerError("stream closed by the server")
+            delay = self._next_due - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            due = self._next_due
+            self._next_due += _FRAME_S
+            pcm = np.asarray(make_frame(due), dtype=np.int16)
+            if pcm.size != _FRAME_BYTES:
+                raise ValueError(f"make_frame returned {pcm.size} samples, not {_FRAME_BYTES}")
+            ulaw = pcm16_to_ulaw(pcm)
+            if self.config.record_path is not None:
+                self.sent.append((due, ulaw))
+            self.frame_clock.append((due, self._stream_ms))
+            self._chunk += 1
+            media = {
+                "track": "inbound",
+                "chunk": str(self._chunk),
+                "timestamp": str(self._stream_ms),
+                "payload": base64.b64encode(ulaw).decode("ascii"),
+            }
+            self._stream_ms += 20
+            self._send_event(
+                lambda seq: {
+                    "event": "media",
+                    "sequenceNumber": seq,
+                    "media": media,  # noqa: B023 - _send_event calls the builder before it returns
+                    "streamSid": self.stream_sid,
+                }
+            )
 
     def skip_ms(self, ms: int) -> None:
         """Twilio dropped `ms` of audio under congestion: the next frame's timestamp (and chunk) jump."""

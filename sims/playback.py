@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import time
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent.event
+
+from audio.mulaw import ULAW_SILENCE
 
 __all__ = ["BYTES_PER_S", "EventSender", "TwilioPlayback"]
 
@@ -49,11 +52,36 @@ class TwilioPlayback:
         self._playout_end = 0.0
         self._pending_marks: deque[tuple[float, str]] = deque()
         self._wakeup = gevent.event.Event()
+        self._heard_cursor = 0
 
     @property
     def playout_end(self) -> float:
         """Monotonic time at which everything received so far will have played."""
         return self._playout_end
+
+    def heard(self, start: float, samples: int) -> bytes:
+        """The mu-law the caller heard from monotonic time `start` for `samples` samples.
+
+        Silence where nothing played; audio a `clear` dropped was never heard. Calls must
+        ask for non-decreasing `start` (a play-out cursor moves forward only) and for a
+        time already past: a later `clear` can still cut what was due to play later.
+        """
+        out = bytearray([ULAW_SILENCE]) * samples
+        played = self.played
+        cursor = min(self._heard_cursor, len(played))
+        # Skip what ended before `start`; entries start in play-out order.
+        while cursor < len(played) and played[cursor][0] + len(played[cursor][1]) / BYTES_PER_S <= start:
+            cursor += 1
+        self._heard_cursor = cursor
+        end = start + samples / BYTES_PER_S
+        for at, audio in itertools.islice(played, cursor, None):
+            if at >= end:
+                break
+            offset = round((at - start) * BYTES_PER_S)
+            skip = max(0, -offset)
+            piece = audio[skip : skip + samples - max(0, offset)]
+            out[max(0, offset) : max(0, offset) + len(piece)] = piece
+        return bytes(out)
 
     def error(self, problem: str) -> None:
         # A broken server may get every frame wrong: log the first, count the rest.

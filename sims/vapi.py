@@ -56,6 +56,9 @@ class VapiSimConfig:
     # False: the assistant talks on when the caller speaks over it and never sends
     # `user-interrupted`, so only the bridge's own barge-in can stop what the caller hears.
     interruptible: bool = True
+    # False: utterances are heard (and `transcript`s sent) but never answered; benches
+    # that script every assistant turn (`SimCall.turns`) use it.
+    answers: bool = True
     # Keep everything each call received, for tests to inspect. Off for the simulator
     # embedded in a long-running server, where it would grow by 32 KB a second a call;
     # ended calls are then forgotten too.

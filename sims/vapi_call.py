@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from sims.vapi import VapiSimConfig
 
-__all__ = ["SimCall"]
+__all__ = ["AssistantTurn", "SimCall"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ class _Speech:
     ms: int
     utterance_gen: int = 0  # answers only: dropped if the caller spoke again before `due`
     end_call: bool = False
+    pause_s: float = 0.0  # scripted turns: silence after the previous turn before this one
+    audio: bytes | None = None  # scripted turns: what to say, in the call's format
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistantTurn:
+    """A scripted assistant turn (benches): `pcm` int16 at the call's sample rate, spoken
+    `pause_s` after the previous turn has played out (or after the socket opens)."""
+
+    pcm: np.ndarray
+    pause_s: float = 0.0
 
 
 class SimCall:
@@ -125,6 +136,13 @@ class SimCall:
         self.on_audio: Callable[[SimCall, bytes], None] | None = None
         # How long this call's greeting is; a bench may change it before the socket opens.
         self.greeting_ms = config.greeting_ms
+        # Benches may set these before the socket opens. `turns`: what the assistant says,
+        # in place of the greeting (the first is spoken as the greeting). `send_realtime`:
+        # this call's delivery pace (the config's by default).
+        self.turns: list[AssistantTurn] | None = None
+        self.send_realtime = config.send_realtime
+        # (monotonic start, monotonic end, turn number) of every turn spoken, cut or not.
+        self.turns_spoken: list[tuple[float, float, int]] = []
 
         self._config = config
         sample_bytes = 1 if audio_format == "mulaw" else 2
@@ -211,7 +229,9 @@ class SimCall:
             self._group.spawn(self._read_loop)
             self._group.spawn(self._speak_loop)
             self._send_json({"type": "status-update", "status": "in-progress"})
-            if self.first_message_mode != "assistant-waits-for-user":
+            if self.turns is not None:
+                self._queue_turns(self.turns)
+            elif self.first_message_mode != "assistant-waits-for-user":
                 self._requests.put(_Speech(kind="greeting", due=time.monotonic(), ms=self.greeting_ms))
             while not self._finished.wait(timeout=0.25):
                 if self._close_deadline is not None and time.monotonic() > self._close_deadline:
@@ -224,6 +244,20 @@ class SimCall:
             ws.closed = True
             self.ended.set()
             log.info("vapi_sim_ended call_id=%s reason=%s", self.call_id, self.ended_reason)
+
+    def _queue_turns(self, turns: list[AssistantTurn]) -> None:
+        for index, turn in enumerate(turns):
+            pcm = np.asarray(turn.pcm, dtype=np.int16)
+            audio = pcm16_to_ulaw(pcm) if self.audio_format == "mulaw" else pcm.astype("<i2").tobytes()
+            self._requests.put(
+                _Speech(
+                    kind="greeting" if index == 0 else "say",
+                    due=time.monotonic(),
+                    ms=round(pcm.size * 1000 / self.sample_rate),
+                    pause_s=turn.pause_s,
+                    audio=audio,
+                )
+            )
 
     def _shutdown(self) -> None:
         """Simulator stopping: close with 1001 unless faulted, and let the handler return."""
@@ -308,6 +342,8 @@ class SimCall:
 
     def _on_speech_ended(self) -> None:
         self.utterances += 1
+        if not self._config.answers:
+            return
         self._send_json(
             {
                 "type": "transcript",
@@ -331,6 +367,9 @@ class SimCall:
             delay = speech.due - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
+            if speech.pause_s > 0:
+                # `_speak` returned once the previous turn had played out: the caller hears this silence.
+                gevent.sleep(speech.pause_s)
             if self._close_deadline is not None:
                 return
             if speech.kind == "answer" and speech.utterance_gen != self._utterance_gen:
@@ -339,7 +378,7 @@ class SimCall:
                 self.greeted = True
             elif speech.kind == "answer":
                 self.answers_sent += 1
-            completed = self._speak(speech.ms)
+            completed = self._speak(speech.ms, speech.audio)
             if completed and speech.kind == "answer":
                 self._answers_completed += 1
             limit = self._config.end_after_turns
@@ -347,19 +386,21 @@ class SimCall:
                 self._end("assistant-ended-call")
                 return
 
-    def _speak(self, ms: int) -> bool:
+    def _speak(self, ms: int, scripted: bytes | None = None) -> bool:
         """Send one spoken turn; True if it played out without being cut."""
         turn = self._next_turn
         self._next_turn += 1
         self._cut.clear()
         self._speaking = True
+        start = time.monotonic()
         try:
             self._send_json({"type": "speech-update", "status": "started", "role": "assistant", "turn": turn})
-            audio = self._speech_audio(ms, turn)
+            audio = scripted if scripted is not None else self._speech_audio(ms, turn)
             start = time.monotonic()
+            realtime = self.send_realtime
             self._playout_end = max(start, self._playout_end)
             for index, offset in enumerate(range(0, len(audio), self._frame_bytes)):
-                if self._config.send_realtime:
+                if realtime:
                     wait = start + index * _FRAME_S - time.monotonic()
                     if wait > 0 and self._cut.wait(timeout=wait):
                         break
@@ -374,6 +415,7 @@ class SimCall:
             return not self._cut.is_set()
         finally:
             self._speaking = False
+            self.turns_spoken.append((start, time.monotonic(), turn))
             if self._close_deadline is None:
                 self._send_json({"type": "speech-update", "status": "stopped", "role": "assistant", "turn": turn})
 

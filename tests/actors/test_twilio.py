@@ -166,6 +166,48 @@ def test_caller_speech_over_audible_assistant_clears_twilio_and_reports_a_barge_
     assert socket.events()[sent_before + 1 :] == lead_of(1, 40, 80)  # a new clear epoch
 
 
+@pytest.mark.parametrize("hangover_ms", [300])
+def test_caller_speech_over_real_time_assistant_audio_clears_by_the_send_clock(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket, hangover_ms: int
+) -> None:
+    # Real-time delivery: one frame at a time, each played (its mark echoed) before the
+    # next comes. Marks say nothing is in flight; the caller hears the assistant all along.
+    call.settings = replace(call.settings, playback_hangover_ms=hangover_ms)
+    ref = started(parent, clock)
+    for k in range(10):
+        frame(ref, clock, twilio_media(STREAM_SID, 20 * k, SILENT))
+        assistant(ref, clock, frames=1)
+        parent.settle()
+        frame(ref, clock, twilio_mark(STREAM_SID, f"0:{20 * (k + 1)}"))
+        clock.advance(0.020)
+    parent.settle()
+    sent_before = len(socket.sent)
+    ref.tell(CallerSpeechStarted(200))
+    parent.wait_for("supervisor", EventNoted)
+    parent.settle()
+    assert socket.messages[sent_before:] == [{"event": "clear", "streamSid": STREAM_SID}]
+    assert parent.of("supervisor", EventNoted) == [EventNoted("barge_in", "caller_speech")]
+
+
+def test_the_assistant_stops_being_audible_a_hangover_after_its_last_audio(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    ref = started(parent, clock)
+    frame(ref, clock, twilio_media(STREAM_SID, 0, SILENT))
+    assistant(ref, clock, frames=1)
+    parent.settle()
+    frame(ref, clock, twilio_mark(STREAM_SID, "0:20"))
+    clock.advance(0.020 + call.settings.playback_hangover_ms / 1000 + 0.001)
+    ref.tell(CallerSpeechStarted(400))
+    parent.settle()
+    assert parent.of("supervisor", EventNoted) == []  # nothing to interrupt any more
+
+    ref.tell(AssistantTurnStarted(3))  # VAPI says the assistant speaks: audible before its audio
+    ref.tell(CallerSpeechStarted(420))
+    parent.wait_for("supervisor", EventNoted)
+    assert parent.of("supervisor", EventNoted) == [EventNoted("barge_in", "caller_speech")]
+
+
 def test_a_stop_frame_does_not_end_the_call_by_itself(
     call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
 ) -> None:

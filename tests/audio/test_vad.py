@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from audio.signals import level_dbfs, pink_noise, silence, speech_like, white_noise
-from audio.vad import EnergyVad, VadParams, VadTransition
+from audio.vad import WARMUP_MS, EnergyVad, VadParams, VadTransition
 
 RATE = 8000
 FRAME = 160  # 20 ms
@@ -225,3 +225,94 @@ def test_other_frame_sizes_are_supported():
     assert [e for e in events if e] == [STARTED]
     with pytest.raises(ValueError):
         EnergyVad(PARAMS, frame_ms=0)
+
+
+# --- Issue 13: the first frame, a voice in the room, the echo floor, a classifier ----------
+
+
+def words(ms, dbfs, seed=1):
+    """speech_like with a 60 ms dip between 160 ms syllables, as talk has (speech_like alone
+    swings by only 5 dB: steadier than any voice)."""
+    pcm = speech_like(ms, RATE, dbfs=dbfs, seed=seed)
+    for start in range(RATE * 160 // 1000, pcm.size, RATE * 220 // 1000):
+        pcm[start : start + RATE * 60 // 1000] //= 10
+    return pcm
+
+
+def test_a_caller_speaking_from_the_first_frame_starts_by_the_end_of_the_warmup():
+    # The noise floor used to start at the first frame's level: the caller's own voice.
+    events = run(words(1500, -26.0))
+    assert events and events[0][1] is STARTED
+    assert events[0][0] <= max(PARAMS.min_speech_ms, WARMUP_MS) + 60  # at most a syllable dip late
+
+
+@pytest.mark.parametrize("noise", [pink_noise, white_noise])
+def test_a_noisy_line_from_the_first_frame_never_starts(noise):
+    # ...and starting the floor low must not make steady noise from the first frame speech.
+    assert run(noise(10_000, RATE, dbfs=-35.0, seed=4)) == []
+
+
+def tv(ms, dbfs, seed=6):
+    """Another voice in the room: talk with pauses, 1.2 s on, 0.6 s off, at `dbfs`."""
+    out = np.zeros(RATE * ms // 1000, dtype=np.int16)
+    on, period = RATE * 1200 // 1000, RATE * 1800 // 1000
+    for k, start in enumerate(range(0, out.size - on, period)):
+        out[start : start + on] = speech_like(1200, RATE, dbfs=dbfs, seed=seed + k)
+    return out
+
+
+def test_a_tv_at_minus_38_dbfs_stops_starting_within_seconds_and_the_caller_still_does():
+    room = mix(tv(20_000, -38.0), pink_noise(20_000, RATE, dbfs=-50.0, seed=2))
+    vad = EnergyVad(PARAMS)
+    events = run(room, vad=vad)
+    assert [ms for ms, t in events if t is STARTED and ms > 5000] == []
+    assert vad.background_dbfs > -41.0  # it has learnt the voice in the room
+    caller = mix(speech_like(1000, RATE, dbfs=-28.0, seed=9), pink_noise(1000, RATE, dbfs=-50.0, seed=3))
+    after = run(caller, vad=vad)
+    assert after and after[0][1] is STARTED and after[0][0] <= 300
+
+
+def test_a_frame_under_the_echo_floor_is_never_speech():
+    vad = EnergyVad(PARAMS)
+    pcm = np.concatenate([pink_noise(1000, RATE, dbfs=-50.0), speech_like(1000, RATE, dbfs=-26.0)])
+    events = [vad.process(pcm[i : i + FRAME], echo_dbfs=-20.0) for i in range(0, pcm.size, FRAME)]
+    assert STARTED not in events
+    vad.reset()
+    events = [vad.process(pcm[i : i + FRAME], echo_dbfs=-35.0) for i in range(0, pcm.size, FRAME)]
+    assert STARTED in events
+
+
+class FakeClassifier:
+    def __init__(self, answer):
+        self.answer, self.calls, self.skips, self.closed = answer, 0, 0, False
+
+    def is_speech(self, pcm8k):
+        self.calls += 1
+        return self.answer
+
+    @property
+    def likely(self):
+        return self.answer
+
+    def skip(self):
+        self.skips += 1
+
+    def close(self):
+        self.closed = True
+
+
+def test_with_a_classifier_loud_non_speech_never_starts_and_speech_does():
+    loud = speech_like(1000, RATE, dbfs=-20.0)
+    assert run(loud, vad=EnergyVad(PARAMS, classifier=FakeClassifier(False))) == []
+    events = run(loud, vad=EnergyVad(PARAMS, classifier=FakeClassifier(True)))
+    assert events and events[0] == (PARAMS.min_speech_ms, STARTED)
+
+
+def test_the_classifier_is_not_asked_about_a_quiet_line():
+    classifier = FakeClassifier(True)
+    run(pink_noise(5000, RATE, dbfs=-55.0, seed=1), vad=EnergyVad(PARAMS, classifier=classifier))
+    assert classifier.calls == 0
+    burst = np.concatenate([silence(1000, RATE), speech_like(200, RATE, dbfs=-20.0), silence(1000, RATE)])
+    run(burst, vad=EnergyVad(PARAMS, classifier=classifier))
+    # The 200 ms of speech, and 200 ms after it so it keeps its context over short dips.
+    assert 10 <= classifier.calls <= 10 + 10 + 1

@@ -21,6 +21,14 @@ STUBBORN_REALTIME = VapiSimConfig(
 )
 
 
+@pytest.fixture
+def server_env():
+    # These tests speak in synthetic signals (audio.signals.speech_like), which Silero
+    # rightly does not take for a voice: they run the energy engine, with the echo
+    # canceller. test_bargein.py speaks to the default engine with espeak-ng.
+    return {"VAD_ENGINE": "energy"}
+
+
 def wait_for_assistant_audio(caller, min_bytes=800, timeout=3.0):
     """Keep the line alive (Twilio streams continuously) until assistant audio arrives."""
     deadline = time.monotonic() + timeout

@@ -86,3 +86,52 @@ def test_far_end_level_is_the_loudest_unplayed_frame():
 
 def test_foreign_mark_names_are_reported_unknown():
     assert Playback(lead_ms=200, max_frames=10).on_mark("hello") == MarkResult.UNKNOWN
+
+
+# --- The send clock (issue 13): audible whatever the delivery pace ------------------------
+
+
+def test_real_time_delivery_is_audible_by_the_send_clock_though_marks_say_all_played():
+    # Real-time delivery: each frame is played (and its mark echoed) before the next one
+    # comes, so marks alone say "nothing playing" between frames.
+    from audio.echo import FarEndTrack
+
+    playback = Playback(lead_ms=200, max_frames=1500, hangover_ms=300, far_end=FarEndTrack())
+    wire = Wire()
+    for k in range(5):
+        now_ms = 1000.0 + 20 * k
+        playback.enqueue(bytes(FRAME_BYTES), -20.0)
+        playback.pump(wire.media, wire.mark, now_ms)
+        playback.on_mark(wire.marks()[-1])
+        assert not playback.audible  # what marks alone say
+        assert playback.audible_at(now_ms + 10)
+    assert playback.play_end_ms == 1100.0
+    assert playback.audible_at(1100.0 + 299)
+    assert not playback.audible_at(1100.0 + 300)
+
+
+def test_a_burst_plays_back_to_back_from_when_it_was_sent():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Wire()
+    playback.enqueue(bytes(FRAME_BYTES * 50), -20.0)
+    playback.pump(wire.media, wire.mark, 500.0)
+    assert playback.play_end_ms == 500.0 + 200  # the lead, queued behind each other
+    playback.on_mark(wire.marks()[0])  # 40 ms played
+    playback.pump(wire.media, wire.mark, 540.0)
+    assert playback.play_end_ms == 500.0 + 240
+
+
+def test_the_far_end_track_gets_each_frame_at_the_time_it_plays_and_a_clear_cuts_it():
+    from audio.echo import FarEndTrack
+
+    track = FarEndTrack()
+    playback = Playback(lead_ms=200, max_frames=1500, far_end=track)
+    wire = Wire()
+    playback.enqueue(bytes([0x10]) * FRAME_BYTES * 10, -20.0)  # loud mu-law
+    playback.pump(wire.media, wire.mark, 1000.0)
+    assert track.read(8000 - 160, 160).max() == 0  # nothing before 1000 ms
+    assert track.read(8000, 1600).min() != 0  # 1000-1200 ms: the ten frames
+    playback.clear(1100.0)  # Twilio dropped what had not played by 1100 ms
+    assert track.read(8000, 800).min() != 0
+    assert track.read(8800, 800).max() == 0
+    assert playback.play_end_ms == 1100.0

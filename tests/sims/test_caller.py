@@ -445,3 +445,31 @@ def test_main_places_calls_and_prints_a_summary(bridge: FakeBridge, tmp_path: An
 
     assert main([*argv, "--auth-token", "wrong"], env={}) == 1
     assert "FAILED: webhook answered HTTP 403" in capsys.readouterr().out
+
+
+# ---- frames made as they go out (benches) -------------------------------------------
+
+
+def test_send_live_makes_each_frame_when_due_and_clocks_it(bridge: FakeBridge, streaming: SimulatedCaller) -> None:
+    made: list[tuple[float, float]] = []
+
+    def make_frame(due: float) -> np.ndarray:
+        made.append((due, time.monotonic()))
+        return np.full(160, 1000 * len(made), dtype=np.int16)
+
+    streaming.send_live(25, make_frame)
+    assert eventually(lambda: len(bridge.events("media")) == 25)
+    media = bridge.events("media")
+    dues = [due for due, _ in made]
+    # Paced on an absolute 20 ms clock, each frame made at (not before) its due time.
+    assert np.allclose(np.diff(dues), 0.020)
+    assert all(0 <= at - due < 0.03 for due, at in made)
+    assert 0.45 < media[-1][0] - media[0][0] < 0.55
+    decoded = [ulaw_to_pcm16(base64.b64decode(m["media"]["payload"])) for _, m in media]
+    assert [int(np.median(frame)) for frame in decoded[:3]] == [
+        int(np.median(ulaw_to_pcm16(pcm16_to_ulaw(np.full(160, v, dtype=np.int16))))) for v in (1000, 2000, 3000)
+    ]
+    assert streaming.frame_clock == [(due, 52 + 20 * k) for k, due in enumerate(dues)]
+
+    with pytest.raises(ValueError, match="not 160"):
+        streaming.send_live(1, lambda due: np.zeros(80, dtype=np.int16))

@@ -19,6 +19,7 @@ import websocket
 from audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
 from audio.signals import dominant_frequency_hz, silence, tone
 from sims.vapi import SimCall, VapiSimConfig, VapiSimulator
+from sims.vapi_call import AssistantTurn
 
 FAST = VapiSimConfig(greeting_ms=200, reply_ms=400, reply_delay_ms=150, end_of_utterance_ms=240)
 PCM16K = {"format": "pcm_s16le", "container": "raw", "sampleRate": 16000}
@@ -358,3 +359,41 @@ def test_stop_closes_live_calls_with_1001(sim_factory: Any, connect: Any) -> Non
     sim.stop()
     assert call.ended.is_set()
     assert client.closed.wait(timeout=2) and client.close_code == 1001
+
+
+# ---- scripted turns (benches) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["burst", "realtime"])
+def test_scripted_turns_replace_the_greeting_at_this_calls_pace(sim: VapiSimulator, realtime: bool) -> None:
+    status, created = post_call(sim, create_body())
+    assert status == 201
+    call = sim.call(created["id"])
+    first, second = tone(300.0, 400, 16000, dbfs=-20.0), tone(500.0, 200, 16000, dbfs=-20.0)
+    call.turns = [AssistantTurn(pcm=first), AssistantTurn(pcm=second, pause_s=0.3)]
+    call.send_realtime = realtime  # the config (FAST) says burst
+    client = Client(created["transport"]["websocketCallUrl"], PCM16K)
+    try:
+        stopped, _ = client.wait_text("speech-update", status="stopped", turn=0)
+        started, _ = client.wait_text("speech-update", status="started", turn=1)
+        client.wait_text("speech-update", status="stopped", turn=1)
+        audio = np.frombuffer(bytes(client.audio), dtype="<i2")
+        assert np.array_equal(audio, np.concatenate([first, second]))  # instead of the 200 ms greeting
+        first_frames = client.audio_times[: 400 // 20]
+        spread = first_frames[-1] - first_frames[0]
+        assert (0.3 < spread < 0.5) if realtime else spread < 0.1
+        assert started - stopped >= 0.3  # the pause, after the first turn had played out
+        assert [turn for _, _, turn in call.turns_spoken] == [0, 1]
+    finally:
+        client.close()
+
+
+def test_a_simulator_that_does_not_answer_still_hears_the_utterance(sim_factory: Any, connect: Any) -> None:
+    sim = sim_factory(VapiSimConfig(greeting_ms=200, reply_delay_ms=50, end_of_utterance_ms=240, answers=False))
+    client, call = connect(sim, mode="assistant-waits-for-user")
+    client.send_pcm(tone(300.0, 400, 16000, dbfs=-20.0))
+    client.send_pcm(silence(700, 16000))
+    assert eventually(lambda: call.utterances == 1)
+    gevent.sleep(0.3)
+    assert client.audio == b"" and call.answers_sent == 0
+    assert client.types() == ["status-update"]

@@ -1,0 +1,408 @@
+"""The assistant's echo in the caller's audio: found, tracked and removed, frame by frame.
+
+A caller on a speakerphone (or a handset with poor isolation, or a line with a hybrid)
+sends back what the bridge sent, some tens to hundreds of milliseconds later, quieter
+and band-limited. The bridge has the exact audio it sent and knows when it was due to
+play (`FarEndTrack`, written by the Twilio side on the inbound stream's clock), so it
+can subtract the echo before the VAD judges the caller (`EchoCanceller`):
+
+1. **Delay**: generalised cross-correlation with phase transform (GCC-PHAT, Knapp and
+   Carter 1976) between the last half second of caller audio and the far end, over lags
+   0..max_delay_ms, every 100 ms while the assistant is audible. PHAT whitening makes
+   the peak sharp whatever the spectra of the two voices, and is restricted to the
+   telephone band so mu-law noise outside it does not count. A peak must stand well
+   above the correlation's spread to be believed; a new delay must be seen twice.
+2. **Path**: a short normalised-LMS filter (Widrow and Hoff; the normalised form as in
+   G.168-style line echo cancellers) placed at that delay, 6 ms wide, learns the gain and
+   the band of the echo path. It adapts only when the frame looks like echo alone (not
+   louder than the echo predicted for it), so the caller's speech does not teach it.
+3. **What is left**: the residual echo is predicted per frame as a tracked ratio times
+   the loudest far-end frame around the delay (over the whole delay range while no delay
+   is known); a frame must stand RESIDUAL_MARGIN_DB above that prediction to be judged
+   by the VAD at all. The ratio starts at -12 dB (a speakerphone's echo is -10 to -20 dB,
+   and the loudest frame of a 400 ms window is several dB over the average) and is learnt
+   from frames of echo alone: down quickly, up slowly, never above -6 dB (the smallest
+   echo return loss G.168 allows). While no delay is known it is learnt only once the
+   assistant has been audible for the whole delay range, so an echo still on its way
+   cannot teach it that there is none.
+
+Pure numpy, no I/O; one instance per call, fed every caller frame in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from audio.mulaw import ulaw_to_pcm16
+
+__all__ = ["MAX_DELAY_MS", "RESIDUAL_MARGIN_DB", "EchoCanceller", "EchoEstimate", "FarEndTrack"]
+
+# Echo comes back 40-300 ms after the audio was due to play (network both ways, Twilio's
+# and the handset's jitter buffers, the room); the search covers that with room to spare.
+MAX_DELAY_MS = 400
+
+# How far over the predicted residual echo a frame must be to count as the caller. The
+# prediction is already the loudest far-end frame near the delay times the mean ratio.
+RESIDUAL_MARGIN_DB = 6.0
+
+_RATE = 8000
+_FULL_SCALE_POWER = 32767.0 * 32767.0
+# The far end kept: the delay search needs half a second plus the largest delay.
+_TRACK_KEEP_MS = 2500
+# Delay search: the last half second of audio (2-3 syllables, enough for a sharp peak;
+# much shorter windows give false peaks on vowels, which are nearly periodic), every
+# 100 ms while no delay is known, every 200 ms to track it once found. Its FFTs (8192
+# points) are most of the canceller's cost, so they run only while the far end is active.
+_SEARCH_WINDOW_MS = 512
+_SEARCH_EVERY_FRAMES = 5
+_TRACK_EVERY_FRAMES = 10
+# Once three searches in a row have confirmed the delay, every 500 ms is enough to follow it.
+_SETTLED_EVERY_FRAMES = 25
+_SETTLED_AFTER = 3
+# The far end must have been active for this much of the window before a search.
+_SEARCH_MIN_ACTIVE_MS = 200
+# PHAT weighting over the telephone band only (G.712: 300-3400 Hz); outside it is
+# mu-law quantisation noise and the band filters' edges.
+_BAND_LOW_HZ, _BAND_HIGH_HZ = 250.0, 3500.0
+# A correlation peak counts when it is this many times the RMS of the correlation over
+# the searched lags: the largest of 3,000 uncorrelated lags is about 3.7 times it.
+_PEAK_OVER_RMS = 7.0
+# A peak is followed only if the far end at that delay explains this much of the caller's
+# side's energy over the window (-13 dB: an echo 10 dB down under a caller as loud as the
+# assistant still qualifies).
+_MIN_EXPLAINED = 0.05
+# Two estimates agree within this; a changed delay must be seen twice before the filter moves.
+_DELAY_AGREE_SAMPLES = 4
+# NLMS filter: 16 taps before the estimated delay (the delay is found to a sample or two,
+# but the play clock of real-time audio wanders by a few ms) and 32 after (the band
+# filter's response). Step size 0.5 is the usual compromise between speed and misadjustment.
+_PRE_TAPS = 16
+_TAPS = 48
+_NLMS_STEP = 0.5
+# The block update is normalised by the block's energy times this, not times the taps
+# (the textbook NLMS bound): one block of 160 samples averages the gradient, so a step
+# 3x bolder converges in about a second on speech; a third of that diverged in tests.
+_STEP_SPREAD = 16
+# Residual echo ratio before anything is learnt, and its ceiling (G.168's minimum echo
+# return loss, 6 dB).
+_INITIAL_RATIO = 10.0 ** (-16.0 / 10.0)
+_MAX_RATIO = 0.25
+# How the ratio follows frames of echo alone: down within ~0.2 s (within 0.1 s when a
+# frame is 10 dB under it: no echo at all), up as fast from frames within 6 dB over it
+# (they do not pass as the caller either, so they can only be echo as far as the VAD goes).
+_RATIO_DOWN = 0.1
+_RATIO_DROP = 0.5
+_RATIO_UP = 0.1
+# A frame is taken for echo alone when it is no more than 6 dB over the prediction.
+_ECHO_ALONE_FACTOR = 4.0
+# The ratio never goes below this (the canceller is never trusted beyond 40 dB).
+_MIN_RATIO = 1e-4
+# The loudest far-end frame within this of the delay is what may echo now (jitter of
+# the play clock, reverberation tail).
+_SPREAD_MS = 20
+# Far-end frames quieter than this (-60 dBFS) carry nothing worth cancelling.
+_ACTIVE_POWER = _FULL_SCALE_POWER * 1e-6
+
+
+class _History:
+    """A linear buffer of float32 samples on an absolute sample clock, zeros where unwritten.
+
+    Positions only grow (old samples fall off the front); reading returns views, valid
+    until the next write.
+    """
+
+    __slots__ = ("_base", "_buf", "_end", "_keep")
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._buf = np.zeros(keep * 2, dtype=np.float32)
+        self._base = 0  # absolute position of _buf[0]
+        self._end = 0  # absolute position up to which _buf holds data (zeros included)
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    def _reach(self, upto: int) -> None:
+        """Make the buffer hold [.., upto), zero-filling anything new."""
+        if upto <= self._end:
+            return
+        buf = self._buf
+        if upto - self._base > len(buf):
+            new_base = upto - self._keep
+            keep_from = max(new_base, self._base)
+            if keep_from < self._end:
+                n = self._end - keep_from
+                buf[:n] = buf[keep_from - self._base : self._end - self._base]
+                buf[n:] = 0.0
+            else:
+                buf[:] = 0.0
+            self._base = new_base
+            self._end = max(self._end, new_base)
+        buf[self._end - self._base : upto - self._base] = 0.0
+        self._end = upto
+
+    def write(self, at: int, samples: NDArray[np.floating] | NDArray[np.integer]) -> None:
+        if at < self._base:
+            return  # too old to matter
+        stop = at + len(samples)
+        self._reach(stop)
+        self._buf[at - self._base : stop - self._base] = samples
+
+    def zero_from(self, at: int) -> None:
+        """Forget everything from `at` on (it will never be played)."""
+        if at < self._end:
+            start = max(at, self._base)
+            self._buf[start - self._base : self._end - self._base] = 0.0
+            self._end = max(start, self._base)
+
+    def read(self, start: int, n: int) -> NDArray[np.float32]:
+        """Samples [start, start+n); zeros before the kept history or after the end."""
+        self._reach(start + n)
+        if start < self._base:
+            out = np.zeros(n, dtype=np.float32)
+            have = start + n - self._base
+            if have > 0:
+                out[n - have :] = self._buf[:have]
+            return out
+        return self._buf[start - self._base : start - self._base + n]
+
+
+class FarEndTrack:
+    """The assistant's audio as the caller hears it, on the inbound stream's clock.
+
+    The Twilio side writes each frame it sends at the stream time it is due to play
+    (`write`), and forgets what a `clear` dropped (`cut`). Times are in milliseconds of
+    the inbound stream; the track holds the last few seconds.
+    """
+
+    __slots__ = ("_active_until", "_history")
+
+    def __init__(self) -> None:
+        self._history = _History(_TRACK_KEEP_MS * _RATE // 1000)
+        self._active_until = -(10**9)  # sample position after the last audible far-end frame
+
+    def write(self, at_ms: float, ulaw: bytes) -> None:
+        at = round(at_ms * _RATE / 1000)
+        pcm = ulaw_to_pcm16(ulaw)
+        self._history.write(at, pcm)
+        if len(pcm) and int(np.abs(pcm).max()) > 32:  # above -60 dBFS: worth cancelling
+            self._active_until = max(self._active_until, at + len(pcm))
+
+    def cut(self, at_ms: float) -> None:
+        """Audio due from `at_ms` on was dropped (Twilio's buffer was cleared)."""
+        at = round(at_ms * _RATE / 1000)
+        self._history.zero_from(at)
+        self._active_until = min(self._active_until, at)
+
+    @property
+    def active_until(self) -> int:
+        """Sample position just after the last audible frame written."""
+        return self._active_until
+
+    def read(self, start: int, n: int) -> NDArray[np.float32]:
+        return self._history.read(start, n)
+
+
+class EchoEstimate:
+    """What EchoCanceller.process found about one frame (one object, reused)."""
+
+    __slots__ = ("echo_dbfs", "floor_dbfs", "residual")
+
+    def __init__(self, frame_samples: int) -> None:
+        self.residual = np.zeros(frame_samples, dtype=np.float32)
+        # Predicted level of the echo left in `residual`, dBFS; None: no echo possible now.
+        self.echo_dbfs: float | None = None
+        # The level `residual` must reach to be more than echo: echo_dbfs + RESIDUAL_MARGIN_DB.
+        self.floor_dbfs: float | None = None
+
+
+class EchoCanceller:
+    """Removes the far end's echo from caller frames; see the module docstring."""
+
+    def __init__(self, far: FarEndTrack, *, max_delay_ms: int = MAX_DELAY_MS, frame_ms: int = 20) -> None:
+        self._far = far
+        self._frame = _RATE * frame_ms // 1000
+        self._max_lag = max_delay_ms * _RATE // 1000
+        self._window = _SEARCH_WINDOW_MS * _RATE // 1000
+        self._near = _History(self._window + self._frame)
+        self._fft_n = 1 << math.ceil(math.log2(self._window + self._max_lag))
+        freqs = np.fft.rfftfreq(self._fft_n, 1.0 / _RATE)
+        self._band = ((freqs >= _BAND_LOW_HZ) & (freqs <= _BAND_HIGH_HZ)).astype(np.float32)
+        self._spread = _SPREAD_MS * _RATE // 1000
+        self._out = EchoEstimate(self._frame)
+        self._db_offset = 10.0 * math.log10(self._frame * _FULL_SCALE_POWER)
+        self.reset()
+
+    def reset(self) -> None:
+        self._weights = np.zeros(_TAPS, dtype=np.float32)
+        self.delay: int | None = None  # samples; None until found
+        self._candidate: int | None = None
+        self._ratio = _INITIAL_RATIO
+        self._frames = 0
+        self._far_frames = 0  # frames in a row with the far end possibly echoing
+        self._confirmed = 0  # searches in a row that found the current delay again
+        self._searches = 0
+
+    @property
+    def delay_ms(self) -> float | None:
+        return None if self.delay is None else self.delay * 1000.0 / _RATE
+
+    @property
+    def residual_ratio_db(self) -> float:
+        """Echo left after cancelling, relative to the loudest far end around the delay."""
+        return 10.0 * math.log10(self._ratio)
+
+    def process(self, near: NDArray[np.int16], t_ms: int, *, caller_speaking: bool = False) -> EchoEstimate:
+        """Take one caller frame starting at stream time `t_ms`; return the residual and its echo."""
+        frame = self._frame
+        t = t_ms * _RATE // 1000
+        out = self._out
+        residual = out.residual
+        residual[:] = near
+        self._near.write(t, residual)
+        self._frames += 1
+        far = self._far
+        if far.active_until <= t - self._max_lag - self._spread:
+            out.echo_dbfs = out.floor_dbfs = None  # nothing played recently enough to echo now
+            self._far_frames = 0
+            return out
+        self._far_frames += 1
+        if self.delay is None:
+            every = _SEARCH_EVERY_FRAMES
+        else:
+            every = _SETTLED_EVERY_FRAMES if self._confirmed >= _SETTLED_AFTER else _TRACK_EVERY_FRAMES
+        if self._frames % every == 0:
+            self._search(t + frame)
+        delay = self.delay
+        if delay is None:
+            # Anything played over the whole delay range may be echoing now.
+            window = far.read(t - self._max_lag - self._spread, self._max_lag + frame + self._spread)
+            far_power = _max_frame_power(window, frame)
+            echo_power = self._ratio * far_power
+            near_power = float(residual.dot(residual))
+        else:
+            start = t - delay + _PRE_TAPS - (_TAPS - 1)
+            seg = far.read(start, frame + _TAPS - 1)
+            # estimate[n] = sum_k w[k] * far(t + n - delay + PRE - k)
+            near_power = float(residual.dot(residual))
+            residual -= np.convolve(seg, self._weights, "valid")
+            around = far.read(t - delay - self._spread, frame + 2 * self._spread)
+            far_power = _max_frame_power(around, frame)
+            echo_power = self._ratio * far_power
+            seg_power = float(seg.dot(seg))
+            # Adapt on echo alone: neither the caller (VAD) nor a frame far above the echo predicted.
+            if (not caller_speaking and seg_power > _ACTIVE_POWER * frame
+                    and near_power <= _ECHO_ALONE_FACTOR * max(far_power, 1.0)):
+                err = residual
+                step = _NLMS_STEP / (seg_power * _STEP_SPREAD / len(seg) * frame + 1.0)
+                self._weights += step * np.correlate(seg, err, "valid")[::-1]
+        residual_power = float(residual.dot(residual))
+        if delay is not None and residual_power > 2.0 * near_power + self._frame:
+            # The filter adds more than it removes (the path changed under it): start it afresh.
+            self._weights[:] = 0.0
+            residual[:] = near
+            residual_power = near_power
+        settled = delay is not None or self._far_frames * frame > self._max_lag + self._spread
+        if far_power > _ACTIVE_POWER * frame and not caller_speaking and settled:
+            inst = residual_power / far_power
+            ratio = self._ratio
+            if inst * 10.0 < ratio:
+                ratio += (inst - ratio) * _RATIO_DROP
+            elif inst < ratio:
+                ratio += (inst - ratio) * _RATIO_DOWN
+            elif inst <= ratio * _ECHO_ALONE_FACTOR:
+                ratio += (inst - ratio) * _RATIO_UP
+            self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, ratio))
+        if echo_power > 0.0:
+            out.echo_dbfs = 10.0 * math.log10(echo_power) - self._db_offset
+            out.floor_dbfs = out.echo_dbfs + RESIDUAL_MARGIN_DB
+        else:
+            out.echo_dbfs = out.floor_dbfs = None
+        return out
+
+    def _search(self, now: int) -> None:
+        """GCC-PHAT over the last second: move the filter to a new delay seen twice."""
+        window, lags, n = self._window, self._max_lag, self._fft_n
+        far = self._far.read(now - window - lags, window + lags)
+        active = np.count_nonzero(np.abs(far[lags:]) > 32.0)
+        if active < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000:
+            return
+        near = self._near.read(now - window, window)
+        spec = np.conj(np.fft.rfft(near, n)) * np.fft.rfft(far, n)
+        spec *= self._band / (np.abs(spec) + 1e-9)
+        corr = np.fft.irfft(spec, n)[: lags + 1]
+        self._searches += 1
+        peak = int(np.argmax(corr))
+        rms = float(np.sqrt(np.mean(corr * corr)))
+        if rms <= 0.0 or corr[peak] < _PEAK_OVER_RMS * rms:
+            if self.delay is None:
+                self._no_echo_found(near, far, peak)
+            return
+        delay = lags - peak
+        aligned = far[peak : peak + window]
+        power = float(aligned.dot(aligned))
+        near_power = float(near.dot(near))
+        gain = float(near.dot(aligned)) / power if power > 0.0 else 0.0
+        if gain * gain * power < _MIN_EXPLAINED * near_power:
+            # A peak, but the far end at that delay explains next to nothing of the caller's
+            # side (tones and buzzes correlate at many lags): no echo path worth following.
+            if self.delay is None:
+                self._no_echo_found(near, far, peak)
+            return
+        current = self.delay
+        if current is not None and abs(delay - current) <= _DELAY_AGREE_SAMPLES:
+            self._candidate = None
+            self._confirmed += 1
+            return
+        self._confirmed = 0
+        if current is not None and (self._candidate is None or abs(delay - self._candidate) > _DELAY_AGREE_SAMPLES):
+            self._candidate = delay  # a new delay must be seen twice
+            return
+        self._move_to(delay, gain)
+
+    def _no_echo_found(self, near: NDArray[np.float32], far: NDArray[np.float32], lag: int) -> None:
+        """No delay stands out: bound the echo by what of the caller's side correlates with the far end.
+
+        Only far-end audio old enough to have come back within the window counts (it must
+        have played more than the whole delay range ago), so an echo still on its way does
+        not pass for no echo. The least-squares gain at the best lag measures the part of
+        the caller's audio that is the far end's; the caller's own voice does not
+        correlate, so a caller talking over the assistant cannot raise the bound.
+        """
+        window, lags = self._window, self._max_lag
+        echoable = np.count_nonzero(np.abs(far[lags:window]) > 32.0) if window > lags else 0
+        if echoable < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000 // 2:
+            return
+        aligned = far[lag : lag + window]
+        power = float(aligned.dot(aligned))
+        if power <= 0.0:
+            return
+        gain = float(near.dot(aligned)) / power
+        # The ratio is against the loudest far-end frame, the gain against the mean power.
+        bound = max(_MIN_RATIO, _ECHO_ALONE_FACTOR * gain * gain)
+        if bound < self._ratio:
+            self._ratio = bound
+
+    def _move_to(self, delay: int, gain: float) -> None:
+        """Place the filter at `delay`, its main tap at the least-squares gain of the window."""
+        self.delay = delay
+        self._candidate = None
+        self._weights[:] = 0.0
+        self._weights[_PRE_TAPS] = gain
+        # What is left is measured against the far end around the delay from now on, not
+        # over the whole range: start from the echo's own level (an upper bound of what the
+        # filter leaves) and learn it down.
+        self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, _ECHO_ALONE_FACTOR * gain * gain))
+
+
+def _max_frame_power(samples: NDArray[np.float32], frame: int) -> float:
+    """Energy of the loudest `frame`-long block of `samples` (blocks from the end back)."""
+    n = len(samples) // frame * frame
+    if n == 0:
+        return float(samples.dot(samples))
+    blocks = samples[len(samples) - n :].reshape(-1, frame)
+    return float(np.einsum("ij,ij->i", blocks, blocks).max())

@@ -1,0 +1,134 @@
+"""The far-end track and the echo canceller, on synthetic echo paths (pure, no I/O)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audio.echo import RESIDUAL_MARGIN_DB, EchoCanceller, FarEndTrack
+from audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
+from audio.signals import level_dbfs, pink_noise, speech_like, white_noise
+
+FRAME = 160
+
+
+def voice(ms: int, dbfs: float, seed: int) -> np.ndarray:
+    """Non-periodic, speech-shaped audio: noise under a syllable-rate envelope (echo paths are
+    found on it as on a voice; a steady tone would have no single delay)."""
+    n = ms * 8
+    noise = white_noise(ms, 8000, dbfs=0.0, seed=seed).astype(np.float64)
+    lowpassed = np.convolve(noise, np.ones(4) / 4, mode="same")
+    envelope = 0.2 + np.abs(np.sin(2 * np.pi * 3.0 * np.arange(n) / 8000 + seed))
+    x = lowpassed * envelope
+    return (x / np.sqrt(np.mean(x**2)) * 32767 * 10 ** (dbfs / 20)).astype(np.int16)
+
+
+def band(x: np.ndarray) -> np.ndarray:
+    """A causal 300-3400 Hz FIR: what a handset and the network do to the echo."""
+    n = np.arange(33) - 16
+    taps = np.hamming(33) * (0.85 * np.sinc(0.85 * n) - 0.075 * np.sinc(0.075 * n))
+    return np.convolve(x.astype(np.float64), taps)[: len(x)]
+
+
+def echo_of(far: np.ndarray, delay_ms: int, gain_db: float) -> np.ndarray:
+    d = delay_ms * 8
+    out = np.zeros(len(far))
+    out[d:] = band(far)[: len(far) - d] * 10 ** (gain_db / 20)
+    return out
+
+
+def run(far: np.ndarray, near: np.ndarray, canceller: EchoCanceller, track: FarEndTrack, speaking=None):
+    """Feed both sides frame by frame as the actors do; yield (frame index, estimate)."""
+    far_ulaw = pcm16_to_ulaw(far)
+    near = ulaw_to_pcm16(pcm16_to_ulaw(np.clip(np.round(near), -32768, 32767).astype(np.int16)))
+    for i in range(len(near) // FRAME):
+        track.write(i * 20, far_ulaw[i * FRAME : (i + 1) * FRAME])
+        yield i, canceller.process(near[i * FRAME : (i + 1) * FRAME], i * 20, caller_speaking=bool(speaking and speaking(i)))
+
+
+@pytest.mark.parametrize("delay_ms", [40, 130, 300])
+def test_the_delay_is_found_per_call_and_the_echo_is_cancelled_by_15_db(delay_ms):
+    far = voice(4000, -20.0, seed=1)
+    near = echo_of(far, delay_ms, -10.0) + pink_noise(4000, 8000, dbfs=-70.0, seed=2)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    results = list(run(far, near, canceller, track))
+    # The band filter delays by 2 ms (16 samples): that is part of this echo path.
+    assert canceller.delay_ms == pytest.approx(delay_ms + 2, abs=1)
+    late_near = near[3000 * 8 :]
+    late_residual = np.concatenate([est.residual.copy() for i, est in results[150:]])
+    assert level_dbfs(late_near) - level_dbfs(late_residual) >= 15
+
+
+def test_echo_never_clears_the_floor_and_a_caller_6_db_under_the_assistant_does():
+    far = voice(6000, -20.0, seed=3)
+    near = echo_of(far, 180, -10.0) + pink_noise(6000, 8000, dbfs=-45.0, seed=4)
+    caller = speech_like(1500, 8000, dbfs=-26.0, seed=5).astype(np.float64)
+    near[4000 * 8 : 4000 * 8 + len(caller)] += caller
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    echo_frames_over, caller_frames_over = 0, 0
+    for i, est in run(far, near, canceller, track, speaking=lambda i: 205 <= i < 275):
+        level = level_dbfs(est.residual)
+        over = est.floor_dbfs is not None and level >= est.floor_dbfs
+        if 25 <= i < 200:  # after the first half second: the echo alone
+            echo_frames_over += over
+        elif 200 <= i < 275:  # the caller talking over the assistant
+            caller_frames_over += over
+    assert echo_frames_over <= 2  # an odd frame; the VAD needs five
+    assert caller_frames_over >= 50  # of 75
+
+
+def test_with_no_echo_the_floor_comes_down_to_let_a_quiet_caller_through():
+    far = voice(3000, -20.0, seed=6)
+    near = pink_noise(3000, 8000, dbfs=-50.0, seed=7).astype(np.float64)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    floors = [est.floor_dbfs for _, est in run(far, near, canceller, track)]
+    assert canceller.delay is None
+    assert max(f for f in floors[:20] if f is not None) > -30  # at first: nothing measured, careful
+    assert max(f for f in floors[-25:] if f is not None) < -36  # a -30 dBFS caller passes
+
+
+def test_a_caller_talking_over_the_whole_first_turn_does_not_teach_it_that_the_echo_is_loud():
+    far = voice(4000, -20.0, seed=8)
+    near = speech_like(4000, 8000, dbfs=-28.0, seed=9).astype(np.float64)  # no echo at all
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    floors = [est.floor_dbfs for _, est in run(far, near, canceller, track)]
+    assert np.median([f for f in floors[-50:] if f is not None]) < -32
+
+
+def test_nothing_is_predicted_once_the_far_end_has_been_silent_longer_than_the_delay_range():
+    far = np.concatenate([voice(1000, -20.0, seed=10), np.zeros(8000, dtype=np.int16)])
+    near = echo_of(far, 100, -10.0)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track, max_delay_ms=400)
+    results = [(i, est.floor_dbfs) for i, est in run(far, near, canceller, track)]
+    assert results[53][1] is not None  # 60 ms after the last far audio: its echo is still coming
+    assert all(floor is None for i, floor in results if i >= 50 + 22)
+
+
+def test_a_cut_forgets_what_a_clear_dropped():
+    track = FarEndTrack()
+    loud = pcm16_to_ulaw(np.full(FRAME, 8000, dtype=np.int16))
+    for i in range(10):
+        track.write(i * 20, loud)
+    track.cut(100)  # Twilio was cleared at 100 ms: frames due later never play
+    assert np.all(track.read(0, 800) != 0)
+    assert np.all(track.read(800, 800) == 0)
+    assert track.active_until == 800
+
+
+def test_the_track_keeps_only_recent_audio_and_reads_zeros_elsewhere():
+    track = FarEndTrack()
+    frame = pcm16_to_ulaw(np.full(FRAME, 1000, dtype=np.int16))
+    for i in range(500):  # 10 s
+        track.write(i * 20, frame)
+    assert np.all(track.read(0, 160) == 0)  # long gone
+    assert np.all(track.read(499 * 160, 160) != 0)
+    assert np.all(track.read(500 * 160, 160) == 0)  # not yet written
+
+
+def test_margin_is_the_documented_constant():
+    assert RESIDUAL_MARGIN_DB == 6.0
