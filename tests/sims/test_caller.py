@@ -221,9 +221,11 @@ def test_media_frames_are_paced_in_real_time(bridge: FakeBridge, streaming: Simu
     assert eventually(lambda: len(bridge.events("media")) == 60)
     media = bridge.events("media")
     paced = [t for t, _ in media[:50]]
-    # 50 frames at 20 ms: 49 intervals, no drift, no bursts.
+    # 50 frames at 20 ms: 49 intervals, no drift, no bursts. One wake-up may be late on a
+    # busy machine (the suite runs in parallel groups); the pace is the median's to show.
     assert 0.93 < paced[-1] - paced[0] < 1.05
-    assert max(np.diff(paced)) < 0.06
+    assert 0.018 < float(np.median(np.diff(paced))) < 0.022
+    assert max(np.diff(paced)) < 0.15
     assert media[59][0] - media[50][0] < 0.05  # the unpaced ones went at once
     timestamps = [int(m["media"]["timestamp"]) for _, m in media]
     assert timestamps[0] == 52 and np.all(np.diff(timestamps) == 20)
