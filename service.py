@@ -24,6 +24,7 @@ from actors.fleet import FleetNode, fleet_from_settings
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
 from audio.hold import default_hold_ulaw, load_hold_wav
+from calls.handoff import DEPLOY
 from calls.outcome import Outcome
 from chaos.monkey import ChaosMonkey
 from links.twilio import SocketLimits
@@ -249,11 +250,22 @@ class BridgeService:
 
         Returns how many calls had to be ended. New calls hear the fallback meanwhile,
         and /readyz says not ready, so a load balancer sends them elsewhere.
+
+        In a fleet (a shared directory: Redis, or the workers' SQLite file) the node hands
+        its live calls over instead of waiting for them: it stops accepting connections (the
+        load balancer, or a sibling worker, takes every new request), then marks each call
+        moving and lets its stream go; Twilio asks the action URL, which another node answers
+        with a new stream (calls/handoff.py). The calls it could not hand off drain as usual.
         """
         if self.calls is None:
             raise RuntimeError("nothing to drain: the service was not started")
         self.admission.draining = True
         self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
+        if self.fleet is not None and self.fleet.shared and self.calls.live():
+            if self.server is not None and not self.server.closed:
+                self.server.close()  # established sockets stay; new connections go to another node
+            handed = self.calls.hand_off_all(DEPLOY)
+            self.log.info("handing_off", calls=handed)
         deadline = time.monotonic() + timeout_s
         while self.calls.live() and time.monotonic() < deadline:
             gevent.sleep(0.1)
