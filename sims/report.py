@@ -152,11 +152,11 @@ def summarize(reports: Sequence[CallReport], sim: SimDelays | None = None) -> li
             lines.append(
                 f"               The rest, the bridge's and the network's share: p50 {p50:.0f} ms   p95 {p95:.0f} ms"
             )
-    silences = np.array([s for report in reports for s in report.resume_silences_s], dtype=np.float64)
-    if silences.size:
+    gaps = np.array([s for report in reports for s in report.resume_silences_s], dtype=np.float64)
+    if gaps.size:
         lines += [
-            f"resumes        {silences.size} in {sum(bool(r.resume_silences_s) for r in reports)} call(s)"
-            f"   silence p50 {np.percentile(silences, 50) * 1000:.0f} ms   max {silences.max() * 1000:.0f} ms",
+            f"resumes        {gaps.size} in {sum(bool(r.resume_silences_s) for r in reports)} call(s)"
+            f"   silence p50 {np.percentile(gaps, 50) * 1000:.0f} ms   max {gaps.max() * 1000:.0f} ms",
             "               a new stream for a live call after the bridge's side of the old one ended (a node",
             "               handed it off, died, or lost the socket); silence: the old socket's close (or the end",
             "               of the audio it had buffered) to the new stream's `start`, on the caller's clock.",
