@@ -43,12 +43,20 @@ class Conversation:
             self.add(turn.role, turn.text)
 
     def add(self, role: str, text: str) -> None:
-        """Append a turn (an empty text is no turn); drop the oldest ones past the bounds."""
+        """Append what `role` said (an empty text is nothing); drop the oldest turns past the bounds.
+
+        A speaker's consecutive utterances make one turn: VAPI reports a final transcript per
+        utterance, and a turn is everything one side said before the other answered.
+        """
         text = text.strip()
         if not text:
             return
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
+        if self._turns and self._turns[-1].role == role:
+            previous = self._turns.pop()
+            self._chars -= len(previous.text)
+            text = f"{previous.text} {text}"
         # Keep the end of an over-long turn: what the speaker said last is what the next turn answers.
         text = text[-self.max_chars:]
         self._turns.append(Turn(role, text))

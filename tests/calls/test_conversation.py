@@ -19,8 +19,16 @@ def test_turns_are_kept_in_order_and_blank_ones_ignored():
 def test_the_oldest_turns_go_first_past_the_turn_bound():
     conversation = Conversation(max_turns=3)
     for i in range(5):
-        conversation.add("user", f"turn {i}")
+        conversation.add("user" if i % 2 else "assistant", f"turn {i}")
     assert [t.text for t in conversation.turns()] == ["turn 2", "turn 3", "turn 4"]
+
+
+def test_a_speakers_consecutive_utterances_are_one_turn():
+    conversation = Conversation()
+    conversation.add("assistant", "Hello.")
+    conversation.add("assistant", "Where to?")
+    conversation.add("user", "The station.")
+    assert conversation.turns() == (Turn("assistant", "Hello. Where to?"), Turn("user", "The station."))
 
 
 def test_the_oldest_turns_go_first_past_the_character_bound():
@@ -34,8 +42,9 @@ def test_the_oldest_turns_go_first_past_the_character_bound():
 def test_an_over_long_turn_keeps_its_end():
     conversation = Conversation(max_chars=5)
     conversation.add("user", "first")
-    conversation.add("assistant", "0123456789")
-    assert conversation.turns() == (Turn("assistant", "56789"),)
+    conversation.add("assistant", "01234")
+    conversation.add("assistant", "56789")
+    assert conversation.turns() == (Turn("assistant", "56789"),)  # "01234 56789", cut to its end
 
 
 def test_an_unknown_role_is_refused():
@@ -69,5 +78,5 @@ def test_copy_is_independent():
     conversation = Conversation()
     conversation.add("user", "one")
     copy = conversation.copy()
-    conversation.add("user", "two")
+    conversation.add("assistant", "two")
     assert len(copy) == 1
