@@ -172,12 +172,12 @@ class FleetNode:
     def take_moving(self, call_sid: str) -> Handoff | None:
         return self._try("take_moving", lambda: self.directory.take_moving(call_sid, self.node_id), None)
 
-    def orphan(self, call_sid: str, *, now: float) -> tuple[str | None, Handoff | None]:
+    def orphan(self, call_sid: str, *, now: float, left_at: float) -> tuple[str | None, Handoff | None]:
         """(owner, hand-off) of a live call held by another node: the hand-off only if that node is gone.
 
         Gone: its heartbeat view expired or is older than a missed beat. The hand-off is the
-        one its last snapshot of the call published, as a crash that left at `now` (when Twilio
-        asked the action URL, which it does as the stream breaks). (None, None): no node holds
+        one its last snapshot of the call published, as a crash that left at `left_at` (when
+        Twilio asked the action URL, which it does as the stream breaks). (None, None): no node holds
         the call (or the directory is down).
         """
         owner = self.owner(call_sid)
@@ -194,7 +194,7 @@ class FleetNode:
         return owner, Handoff(
             call_sid=call_sid, conversation_json=published.conversation_json, greeted=published.greeted,
             resumes=published.resumes, from_node=owner, reason=CRASH,
-            left_at=now, started_at=published.started_at, hops=published.hops,
+            left_at=left_at, started_at=published.started_at, hops=published.hops,
         )
 
     # The fleet's view -----------------------------------------------------------------

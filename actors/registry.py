@@ -427,7 +427,7 @@ class CallRegistry:
                 return AfterStream(outcome=outcome)
             handoff = self.fleet.moving(call_sid)
             if handoff is None and call_sid not in self._live:
-                owner, handoff = self.fleet.orphan(call_sid, now=now)
+                owner, handoff = self.fleet.orphan(call_sid, now=time.time(), left_at=now)
                 if handoff is not None and not self.fleet.mark_moving(handoff):
                     handoff = None
                 elif handoff is None and owner is None:

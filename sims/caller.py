@@ -308,14 +308,19 @@ class SimulatedCaller:
                 "payload": base64.b64encode(ulaw[offset : offset + _FRAME_BYTES]).decode("ascii"),
             }
             self._stream_ms += 20
-            self._send_event(
-                lambda seq: {
-                    "event": "media",
-                    "sequenceNumber": seq,
-                    "media": media,  # noqa: B023 - _send_event calls the builder before it returns
-                    "streamSid": self.stream_sid,
-                }
-            )
+            try:
+                self._send_event(
+                    lambda seq: {
+                        "event": "media",
+                        "sequenceNumber": seq,
+                        "media": media,  # noqa: B023 - _send_event calls the builder before it returns
+                        "streamSid": self.stream_sid,
+                    }
+                )
+            except CallerError:
+                if not self.config.follow_action or self.closed.is_set():
+                    raise
+                # The stream ended under the caller: the receiver follows the action URL; the caller talks on.
         if not realtime:
             self._next_due = None  # the next paced frame goes out now, not after the burst's length
 
