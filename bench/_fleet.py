@@ -195,6 +195,10 @@ class FleetNode:
             self.rss_peak[self.lives] = max(self.rss_peak.get(self.lives, 0), rss)
         return sample if isinstance(sample, dict) else None
 
+    def faults_injected(self) -> int:
+        """The chaos monkey's injections over every life of this node (its chaos_injected lines)."""
+        return self.child.log().count('"event": "chaos_injected"')
+
     def error_lines(self) -> list[str]:
         """The ERROR lines of every life of this node (JSON logs: "level": "error")."""
         return [line for line in self.child.log().splitlines() if '"level": "error"' in line

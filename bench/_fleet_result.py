@@ -49,6 +49,7 @@ class NodeReport:
     rss_peaks: list[int]  # peak RSS seen in each life, in order
     error_lines: int
     error_events: dict[str, int]  # event -> ERROR lines
+    faults: int  # the chaos monkey's injections (its chaos_injected lines)
     exit_status: int | None  # on the final SIGTERM (None: killed)
 
 
@@ -117,6 +118,7 @@ def format_fleet_table(r: FleetSoakResult) -> str:
         ("phone calls started (connected)", f"{len(calls)} ({sum(c.connected for c in calls)})"),
         ("phone calls completed (caller hung up)", str(ended.get("hung-up", 0))),
         ("call-minutes", f"{sum(c.stream_s for c in calls) / 60:.1f}"),
+        ("faults injected (chaos, both nodes)", str(sum(n.faults for n in r.nodes)) if r.nodes else "n/a"),
         ("**phone calls lost**", f"**{len(lost)}**"),
     ]
     rows += [(f"lost: {reason}", str(n)) for reason, n in sorted(lost_by_restart.items())]

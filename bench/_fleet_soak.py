@@ -171,7 +171,8 @@ def run_fleet_soak(
     if not results:
         problems.append("no call ran")
     nodes = [_node_report(node.name, node.lives, [node.rss_peak[k] for k in sorted(node.rss_peak)],
-                          node.error_lines(), fleet.node_exits.get(node.name)) for node in fleet.nodes]
+                          node.error_lines(), node.faults_injected(), fleet.node_exits.get(node.name))
+             for node in fleet.nodes]
     for node in nodes:
         if node.exit_status != 0:
             problems.append(f"{node.name} exit status {node.exit_status} on the final SIGTERM (None: killed)")
@@ -205,7 +206,9 @@ def _outcomes(fleet: Fleet, calls: list[PhoneCall]) -> dict[str, str]:
     return found
 
 
-def _node_report(name: str, lives: int, peaks: list[int], errors: list[str], exit_status: int | None) -> NodeReport:
+def _node_report(
+    name: str, lives: int, peaks: list[int], errors: list[str], faults: int, exit_status: int | None,
+) -> NodeReport:
     events: Counter[str] = Counter()
     for line in errors:
         try:
@@ -213,4 +216,4 @@ def _node_report(name: str, lives: int, peaks: list[int], errors: list[str], exi
         except ValueError:
             events["(not JSON)"] += 1
     return NodeReport(name=name, lives=lives, rss_peaks=peaks, error_lines=len(errors), error_events=dict(events),
-                      exit_status=exit_status)
+                      faults=faults, exit_status=exit_status)
