@@ -550,4 +550,5 @@ class CallRegistry:
             cost_usd=estimate_cost(duration_s, duration_s, self._rates),
             recording_path=recorder.path if (recorder := call.recorder) is not None and not recorder.failed else None,
             node_id=self.node_id,
+            handoffs=resumed.hops if (resumed := self._resumed.get(call.call_sid)) is not None else (),
         )

@@ -12,6 +12,7 @@ once for the module; the second test continues the first one's calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -248,10 +249,11 @@ def test_sigkill_resumes_every_call_on_the_other_node_from_its_last_heartbeat(fl
         with psycopg.connect(fleet.database_url) as conn:
             rows = conn.execute("SELECT call_sid, outcome, handoffs FROM calls WHERE call_sid = ANY(%s)",
                                 (wanted,)).fetchall()
-        return {sid: (outcome, hops) for sid, outcome, hops in rows}
+        return {sid: (outcome, json.loads(hops)) for sid, outcome, hops in rows}
 
     assert wait_until(lambda: len(stored()) == len(wanted), timeout=10)
     for sid, (outcome, hops) in stored().items():
         assert outcome == "completed", sid
         assert [(h["from"].split("-")[1], h["to"].split("-")[1], h["reason"]) for h in hops] == [
             ("a", "b", "deploy"), ("b", "a", "crash")], hops
+        assert all(h["silence_ms"] is not None and h["silence_ms"] >= 0 for h in hops), hops
