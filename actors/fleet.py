@@ -88,6 +88,7 @@ class FleetNode:
         self._outcomes: gevent.queue.Queue[tuple[str, Outcome]] = gevent.queue.Queue()
         self._snapshots: Callable[[], list[dict[str, Any]]] = list
         self._inject: Callable[[str, str, str], bool] = lambda call_sid, actor, fault: False
+        self.draining = False  # published with the heartbeat: no node hands this one a call
 
     @property
     def shared(self) -> bool:
@@ -156,6 +157,11 @@ class FleetNode:
         self._outcomes.put_nowait((call_sid, outcome))
 
     # Calls moving between nodes (calls/handoff.py) ---------------------------------------
+
+    def peers_taking_calls(self) -> list[str]:
+        """The other live nodes that are not stopping: where a handed-off call can go."""
+        now = time.time()
+        return [view.node_id for view in self.other_nodes() if not view.draining and now - view.at <= _OWNER_GONE_S]
 
     def mark_moving(self, handoff: Handoff) -> bool:
         """Publish the live call's hand-off (and release its claim); False when the directory is down."""
@@ -241,7 +247,8 @@ class FleetNode:
     def heartbeat(self) -> None:
         """Publish this node's live calls once (the heartbeat greenlet's step; tests call it too)."""
         calls = self._snapshots()
-        self._try("heartbeat", lambda: self.directory.heartbeat(self.node_id, calls, HEARTBEAT_TTL_S), None)
+        self._try("heartbeat", lambda: self.directory.heartbeat(
+            self.node_id, calls, HEARTBEAT_TTL_S, draining=self.draining), None)
 
     def _heartbeats(self) -> None:
         while True:

@@ -69,6 +69,7 @@ class NodeView:
     node_id: str
     at: float  # when it was published (seconds since the epoch)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    draining: bool = False  # it is stopping: no call should be handed to it
 
 
 class CallDirectory(Protocol):
@@ -103,8 +104,11 @@ class CallDirectory(Protocol):
         """The node holding the live call, if one does."""
         ...
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
-        """`node_id` lives, with these calls (snapshots with a `call_sid`); their claims and its view last `ttl_s`."""
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
+        """`node_id` lives, with these calls (snapshots with a `call_sid`); their claims and its view last `ttl_s`.
+
+        `draining`: the node is stopping (other nodes must not hand it calls).
+        """
         ...
 
     def nodes(self) -> list[NodeView]:
@@ -211,9 +215,9 @@ class MemoryDirectory:
         entry = self._entries.get(call_sid)
         return entry.node_id if entry is not None and entry.state == "claimed" else None
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
-        self._views[node_id] = NodeView(node_id, now, list(calls))
+        self._views[node_id] = NodeView(node_id, now, list(calls), draining)
         for call in calls:
             entry = self._entries.get(str(call.get("call_sid")))
             if entry is not None and entry.state == "claimed" and entry.node_id == node_id:

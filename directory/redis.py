@@ -140,9 +140,9 @@ class RedisDirectory:
         value = self._do("owner", lambda: self._redis.get(self._key("claim", call_sid)))
         return None if value is None else str(value)
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
-        view = json.dumps({"at": now, "calls": list(calls)}, separators=(",", ":"))
+        view = json.dumps({"at": now, "calls": list(calls), "draining": draining}, separators=(",", ":"))
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
@@ -170,7 +170,7 @@ class RedisDirectory:
                 continue  # its heartbeat expired: a dead node's calls age out
             try:
                 data = json.loads(raw)
-                views.append(NodeView(name, float(data["at"]), list(data["calls"])))
+                views.append(NodeView(name, float(data["at"]), list(data["calls"]), data.get("draining") is True))
             except (ValueError, KeyError, TypeError):
                 continue
         return views

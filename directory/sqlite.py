@@ -210,10 +210,14 @@ class SqliteDirectory:
         )
         return None if row is None else str(row[0])
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
         sids = [(now + ttl_s, str(call.get("call_sid")), node_id) for call in calls]
-        view = json.dumps(list(calls), separators=(",", ":"))
+        # A list (the calls), or with `draining` an object: files written before it read the same.
+        listed: list[dict[str, Any]] | dict[str, Any] = list(calls)
+        if draining:
+            listed = {"calls": listed, "draining": True}
+        view = json.dumps(listed, separators=(",", ":"))
 
         def body(db: sqlite3.Connection) -> None:
             db.executemany(
@@ -244,7 +248,10 @@ class SqliteDirectory:
                 parsed = json.loads(calls)
             except ValueError:
                 continue
-            views.append(NodeView(str(node_id), float(at), parsed if isinstance(parsed, list) else []))
+            draining = isinstance(parsed, dict) and parsed.get("draining") is True
+            if isinstance(parsed, dict):
+                parsed = parsed.get("calls")
+            views.append(NodeView(str(node_id), float(at), parsed if isinstance(parsed, list) else [], draining))
         return views
 
     def send_command(self, node_id: str, command: dict[str, Any], ttl_s: float) -> None:

@@ -245,3 +245,13 @@ def test_a_finished_call_is_no_longer_moving(nodes):
     node.mark_moving(SID, Handoff(call_sid=SID, from_node="node-a"), ttl_s=30)
     node.finish(SID, Outcome.COMPLETED)
     assert node.moving(SID) is None and node.outcome(SID) is Outcome.COMPLETED
+
+
+def test_a_draining_nodes_heartbeat_says_so(nodes):
+    make, _ = nodes
+    a, b = make(), make()
+    a.heartbeat("node-a", [{"call_sid": SID}], ttl_s=5, draining=True)
+    b.heartbeat("node-b", [], ttl_s=5)
+    views = {view.node_id: view for view in b.nodes()}
+    assert views["node-a"].draining and not views["node-b"].draining
+    assert [c["call_sid"] for c in views["node-a"].calls] == [SID]
