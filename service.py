@@ -263,8 +263,12 @@ class BridgeService:
             raise RuntimeError("nothing to drain: the service was not started")
         self.admission.draining = True
         self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
-        if self.fleet is not None and self.fleet.shared and self.calls.live():
-            self._hand_off()
+        if self.fleet is not None and self.fleet.shared:
+            # Said even with no calls: a node stopping with others must not be handed theirs.
+            self.fleet.draining = True
+            self.fleet.heartbeat()
+            if self.calls.live():
+                self._hand_off()
         deadline = time.monotonic() + timeout_s
         while self.calls.live() and time.monotonic() < deadline:
             gevent.sleep(0.1)
@@ -280,15 +284,13 @@ class BridgeService:
     def _hand_off(self) -> None:
         """Hand the live calls to the fleet, if another node takes calls (else they drain here).
 
-        This node says it is draining first and waits a moment, so nodes stopping together
+        This node has said it is draining (drain) and waits a moment, so nodes stopping together
         (every worker of a machine on the master's SIGTERM, say) see each other stopping and
         drain rather than hand their calls to a node that is about to go too.
         """
         fleet, calls = self.fleet, self.calls
         if fleet is None or calls is None:
             return
-        fleet.draining = True
-        fleet.heartbeat()
         gevent.sleep(_PEERS_SETTLE_S)
         peers = fleet.peers_taking_calls()
         if not peers:
