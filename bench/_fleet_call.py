@@ -1,8 +1,9 @@
 """One phone call of the fleet soak, as Twilio would carry it through nginx.
 
 The simulated Twilio posts the voice webhook, opens the `<Connect><Stream>` and speaks
-the caller's script in real time. When the bridge closes the stream before the caller
-hangs up, Twilio fetches the `<Connect action>` URL (signed, through nginx) and does what
+the caller's script in real time. When the stream ends before the caller hangs up (the
+bridge closed it, or it broke: a send failing before the close was read is the same to
+Twilio), Twilio fetches the `<Connect action>` URL (signed, through nginx) and does what
 the TwiML says: a new `<Connect><Stream>` is a resume (same CallSid, new StreamSid; the
 caller goes on with the script), `<Hangup/>` ends the call, anything else (the fallback's
 `<Say>`) is what the caller hears instead of the assistant.
@@ -16,12 +17,14 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import gevent
 
 from sims.caller import CallerConfig, CallerError, SimulatedCaller
 from sims.report import ANSWER_TIMEOUT_S
 from sims.script import CallerScript, is_utterance
+from sims.webhook import action_from_twiml
 
 __all__ = ["PhoneCall", "Resume", "drive_phone_call"]
 
@@ -65,6 +68,15 @@ def _leg(public_url: str, auth_token: str, call_sid: str) -> SimulatedCaller:
                                         auth_token=auth_token, call_sid=call_sid))
 
 
+def _action_path(twiml: str, public_url: str) -> str | None:
+    """The path (and query) of the TwiML's `<Connect action>`, which Twilio requests when the stream ends."""
+    action = action_from_twiml(twiml, public_url.rstrip("/") + "/voice/incoming")
+    if action is None:
+        return None
+    parts = urlsplit(action)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def _judge(utterance_ends: list[float], arrivals: list[float], leg_end: float) -> list[bool]:
     """Per utterance of one leg with time to be answered: whether assistant audio came after it."""
     judged = []
@@ -99,6 +111,7 @@ def drive_phone_call(public_url: str, auth_token: str, script: CallerScript, tim
                 return _done(call_sid, False, "failed", f"webhook answered HTTP {status}", (), 0.0, [])
             if leg.stream_url is None:
                 return _done(call_sid, False, "refused", twiml[:120], (), 0.0, [])
+            action = _action_path(twiml, public_url)
             for _ in range(_MAX_LEGS):
                 leg.connect()
                 leg.start_stream()
@@ -116,16 +129,19 @@ def drive_phone_call(public_url: str, auth_token: str, script: CallerScript, tim
                     ended, detail = "hung-up", ""
                     break
                 except CallerError:
-                    if not leg.closed_early:
-                        raise
-                # The bridge closed the stream under a live call: Twilio fetches the action URL.
+                    pass
+                # The stream ended under a live call (closed by the bridge, or broken: a send
+                # failing before the close was read is the same to Twilio): it fetches the action URL.
                 closed_at, close_code = time.monotonic(), leg.close_code
                 position += 1  # what the caller said into the break is not said again
                 stream_s += closed_at - leg_started
                 answers += _judge(utterance_ends, [t for t, _ in leg.media_events], closed_at)
                 leg.close()
                 leg, leg_open = _leg(public_url, auth_token, call_sid), False
-                status, twiml = leg.post_webhook("/voice/after-stream", extra_params={"CallStatus": "in-progress"})
+                if action is None:
+                    ended, detail = "failed", "the stream ended and its <Connect> has no action URL"
+                    break
+                status, twiml = leg.post_webhook(action, extra_params={"CallStatus": "in-progress"})
                 if status != 200:
                     ended, detail = "failed", f"action URL answered HTTP {status}"
                     break
@@ -133,6 +149,7 @@ def drive_phone_call(public_url: str, auth_token: str, script: CallerScript, tim
                     ended = "hangup" if "<Hangup" in twiml else "fallback"
                     detail = twiml[:120]
                     break
+                action = _action_path(twiml, public_url)
             else:
                 ended, detail = "failed", f"more than {_MAX_LEGS} streams"
     except _CallTimeout:

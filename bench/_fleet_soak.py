@@ -6,7 +6,9 @@ Method:
 * `--calls` callers each place calls back to back through nginx (bench/_fleet_call.py)
   for `--minutes`: a conversation of 0.8-1.2x `--call-seconds`, then `stop`, then the
   next call. A stream the bridge closes under a live call goes where Twilio would take it:
-  the action URL, and a new stream if the TwiML says so.
+  the action URL, and a new stream if the TwiML says so. A caller the webhook refused
+  (the fallback) calls again after 2-5 s, as a person would, not in a burst at a node
+  that is refusing.
 * Every `--restart-every` seconds (from the first interval on, while calls are still
   being placed) one node is restarted, in turn, starting with the one holding more live
   calls: SIGTERM, wait for the process to exit, start it again on its port, wait for
@@ -49,6 +51,7 @@ _MIN_CALL_S = 3.0
 # A call's bound beyond its script: webhook, connects, each resume's action URL, closing.
 _CALL_MARGIN_S = 60.0
 _SAMPLE_EVERY_S = 5.0
+_REDIAL_PAUSE_S = (2.0, 5.0)  # after a call that never connected
 _PROGRESS_EVERY_S = 30.0
 _WATCHDOG_MARGIN_S = 300.0
 _ROOT = Path(__file__).resolve().parents[1]
@@ -150,8 +153,12 @@ def run_fleet_soak(
                 gevent.sleep(min(5.0, call_seconds / 2) * index / calls)
                 while (remaining := end - time.monotonic()) >= _MIN_CALL_S:
                     length = min(call_seconds * rng.uniform(*_LENGTH_SPREAD), remaining)
-                    results.append(drive_phone_call(fleet.public_url, fleet.auth_token, conversation(length, rng),
-                                                    length + _CALL_MARGIN_S))
+                    call = drive_phone_call(fleet.public_url, fleet.auth_token, conversation(length, rng),
+                                            length + _CALL_MARGIN_S)
+                    results.append(call)
+                    if not call.connected:
+                        # A refused caller calls again later, not 50 ms later: no burst at a refusing node.
+                        gevent.sleep(rng.uniform(*_REDIAL_PAUSE_S))
 
             sampler = gevent.spawn(sample)
             roller = gevent.spawn(roll)
