@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,6 +299,10 @@ class Fleet:
                 self.node_exits[node.name] = node.stop()
         if self.nginx is not None:
             self.nginx.stop()
+            for name in ("access.log", "error.log"):  # kept with the nodes' logs; the rest goes
+                if (self.nginx.dir / name).exists():
+                    shutil.copy(self.nginx.dir / name, self.workdir / f"nginx-{name}")
+            self.nginx.remove()
         if self.simulator is not None:
             self.simulator.terminate(10.0)
         if self.redis is not None:
