@@ -24,6 +24,7 @@ from actors.fleet import FleetNode, fleet_from_settings
 from actors.registry import CallRegistry, call_settings
 from actors.root import RootSupervisor
 from audio.hold import default_hold_ulaw, load_hold_wav
+from calls.handoff import DEPLOY
 from calls.outcome import Outcome
 from chaos.monkey import ChaosMonkey
 from links.twilio import SocketLimits
@@ -52,6 +53,8 @@ __all__ = ["BridgeService", "preflight"]
 _SIMULATOR_KEY = "simulator-key"
 # How often rate-limited logs report what they held back.
 _SUPPRESSED_FLUSH_S = 10.0
+# Before handing calls off, how long a stopping node waits for nodes stopping with it to say so.
+_PEERS_SETTLE_S = 0.5
 # Connections the kernel holds for us before they are accepted (gevent's default too).
 _LISTEN_BACKLOG = 128
 
@@ -249,11 +252,23 @@ class BridgeService:
 
         Returns how many calls had to be ended. New calls hear the fallback meanwhile,
         and /readyz says not ready, so a load balancer sends them elsewhere.
+
+        In a fleet (a shared directory: Redis, or the workers' SQLite file) the node hands
+        its live calls over instead of waiting for them: it stops accepting connections (the
+        load balancer, or a sibling worker, takes every new request), then marks each call
+        moving and lets its stream go; Twilio asks the action URL, which another node answers
+        with a new stream (calls/handoff.py). The calls it could not hand off drain as usual.
         """
         if self.calls is None:
             raise RuntimeError("nothing to drain: the service was not started")
         self.admission.draining = True
         self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
+        if self.fleet is not None and self.fleet.shared:
+            # Said even with no calls: a node stopping with others must not be handed theirs.
+            self.fleet.draining = True
+            self.fleet.heartbeat()
+            if self.calls.live():
+                self._hand_off()
         deadline = time.monotonic() + timeout_s
         while self.calls.live() and time.monotonic() < deadline:
             gevent.sleep(0.1)
@@ -265,6 +280,26 @@ class BridgeService:
                 gevent.sleep(0.05)
         self.log.info("drained", ended=remaining)
         return remaining
+
+    def _hand_off(self) -> None:
+        """Hand the live calls to the fleet, if another node takes calls (else they drain here).
+
+        This node has said it is draining (drain) and waits a moment, so nodes stopping together
+        (every worker of a machine on the master's SIGTERM, say) see each other stopping and
+        drain rather than hand their calls to a node that is about to go too.
+        """
+        fleet, calls = self.fleet, self.calls
+        if fleet is None or calls is None:
+            return
+        gevent.sleep(_PEERS_SETTLE_S)
+        peers = fleet.peers_taking_calls()
+        if not peers:
+            self.log.warning("handoff_impossible", reason="no other node takes calls", live_calls=len(calls.live()))
+            return
+        if self.server is not None and not self.server.closed:
+            self.server.close()  # established sockets stay; new connections go to another node
+        handed = calls.hand_off_all(DEPLOY)
+        self.log.info("handing_off", calls=handed, peers=len(peers))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End every call, stop the root supervisor, close the listener and the simulator."""

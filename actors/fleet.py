@@ -11,7 +11,14 @@ the node goes on with what it knows itself:
   gate and the claim fall back to this node's own knowledge (a replayed ticket is still
   refused by the node that holds or ended the call; a second node cannot tell);
 - `/voice/after-stream` answers from this node's memory, else with the fallback TwiML;
-- the admin API and the dashboard show this node's calls only, and chaos reaches only them.
+- the admin API and the dashboard show this node's calls only, and chaos reaches only them;
+- a live call cannot move to another node (calls/handoff.py): a deploy drains as one process does.
+
+A call moves between nodes through the directory: the node letting it go marks it moving
+with its hand-off; after-stream on any node sees it and answers with a new stream; the
+node that takes that stream takes the hand-off. A node that died marks nothing: its last
+heartbeat snapshot of each call carries the hand-off (`handoff` in the snapshot), and
+`orphan` rebuilds it once the owner's heartbeats have stopped.
 
 With a shared directory it runs two greenlets: a heartbeat every HEARTBEAT_S that
 refreshes its calls' claims and publishes their snapshots (both expire after
@@ -33,6 +40,7 @@ import gevent.pool
 import gevent.queue
 
 from calls.directory import CallDirectory, DirectoryUnavailable, MemoryDirectory, NodeView
+from calls.handoff import CRASH, Handoff
 from calls.outcome import Outcome
 from directory import RedisDirectory, SqliteDirectory
 from observability.logging import BoundLogger
@@ -40,7 +48,7 @@ from observability.metrics import Metrics
 from protocols.ticket import TicketSealer, ticket_key
 from settings import ConfigError, Settings
 
-__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "FleetNode", "fleet_from_settings"]
+__all__ = ["HEARTBEAT_S", "HEARTBEAT_TTL_S", "MOVING_TTL_S", "FleetNode", "fleet_from_settings"]
 
 T = TypeVar("T")
 
@@ -58,6 +66,10 @@ _OUTCOME_QUEUE: Final = 10_000
 # A call that ended on another node a moment ago: its outcome may be on its way.
 _SETTLE_WAIT_S: Final = 2.0
 _SETTLE_STEP_S: Final = 0.05
+# A moving call's hand-off waits this long for Twilio to ask the action URL and open the new stream.
+MOVING_TTL_S: Final = 60.0
+# A node whose last heartbeat is older than this has missed one: it is gone (SIGKILL, a crash).
+_OWNER_GONE_S: Final = HEARTBEAT_S + 1.0
 
 
 class FleetNode:
@@ -76,6 +88,7 @@ class FleetNode:
         self._outcomes: gevent.queue.Queue[tuple[str, Outcome]] = gevent.queue.Queue()
         self._snapshots: Callable[[], list[dict[str, Any]]] = list
         self._inject: Callable[[str, str, str], bool] = lambda call_sid, actor, fault: False
+        self.draining = False  # published with the heartbeat: no node hands this one a call
 
     @property
     def shared(self) -> bool:
@@ -143,6 +156,53 @@ class FleetNode:
             return
         self._outcomes.put_nowait((call_sid, outcome))
 
+    # Calls moving between nodes (calls/handoff.py) ---------------------------------------
+
+    def peers_taking_calls(self) -> list[str]:
+        """The other live nodes that are not stopping: where a handed-off call can go."""
+        now = time.time()
+        return [view.node_id for view in self.other_nodes() if not view.draining and now - view.at <= _OWNER_GONE_S]
+
+    def mark_moving(self, handoff: Handoff) -> bool:
+        """Publish the live call's hand-off (and release its claim); False when the directory is down."""
+
+        def mark() -> bool:
+            self.directory.mark_moving(handoff.call_sid, handoff, MOVING_TTL_S)
+            return True
+
+        return self._try("mark_moving", mark, False)
+
+    def moving(self, call_sid: str) -> Handoff | None:
+        return self._try("moving", lambda: self.directory.moving(call_sid), None)
+
+    def take_moving(self, call_sid: str) -> Handoff | None:
+        return self._try("take_moving", lambda: self.directory.take_moving(call_sid, self.node_id), None)
+
+    def orphan(self, call_sid: str, *, now: float, left_at: float) -> tuple[str | None, Handoff | None]:
+        """(owner, hand-off) of a live call held by another node: the hand-off only if that node is gone.
+
+        Gone: its heartbeat view expired or is older than a missed beat. The hand-off is the
+        one its last snapshot of the call published, as a crash that left at `left_at` (when
+        Twilio asked the action URL, which it does as the stream breaks). (None, None): no node holds
+        the call (or the directory is down).
+        """
+        owner = self.owner(call_sid)
+        if owner is None or owner == self.node_id:
+            return owner, None
+        view = next((v for v in self.other_nodes() if v.node_id == owner), None)
+        if view is not None and now - view.at <= _OWNER_GONE_S:
+            return owner, None
+        snapshot = next((c for c in (view.calls if view is not None else []) if isinstance(c, dict)
+                         and c.get("call_sid") == call_sid), None)
+        published = Handoff.from_dict(snapshot.get("handoff")) if snapshot is not None else None
+        if published is None:
+            published = Handoff(call_sid=call_sid, from_node=owner)
+        return owner, Handoff(
+            call_sid=call_sid, conversation_json=published.conversation_json, greeted=published.greeted,
+            resumes=published.resumes, from_node=owner, reason=CRASH,
+            left_at=left_at, started_at=published.started_at, hops=published.hops,
+        )
+
     # The fleet's view -----------------------------------------------------------------
 
     def other_nodes(self) -> list[NodeView]:
@@ -187,7 +247,8 @@ class FleetNode:
     def heartbeat(self) -> None:
         """Publish this node's live calls once (the heartbeat greenlet's step; tests call it too)."""
         calls = self._snapshots()
-        self._try("heartbeat", lambda: self.directory.heartbeat(self.node_id, calls, HEARTBEAT_TTL_S), None)
+        self._try("heartbeat", lambda: self.directory.heartbeat(
+            self.node_id, calls, HEARTBEAT_TTL_S, draining=self.draining), None)
 
     def _heartbeats(self) -> None:
         while True:

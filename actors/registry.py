@@ -8,6 +8,13 @@ node the socket landed: the ticket is checked, the call claimed in the fleet's d
 call. Each call runs as a temporary child of the root supervisor: a call that ends or
 gives up is never restarted, and never touches another call.
 
+A live phone call can move to another node (calls/handoff.py): `hand_off` publishes the
+call's hand-off and ends it here without an outcome (Outcome.HANDED_OFF, neither published
+nor recorded: the call goes on); `after_stream` decides what Twilio does once a stream has
+ended (hang up, fallback, or a new stream for a moving or orphaned call); `take_stream` of
+a resumed call takes the hand-off and starts the call greeted, with its conversation, so
+the new VAPI call waits for the caller and is given the turns so far.
+
 A VAPI call created at the webhook whose stream never comes leaves nothing here (no
 actors, no socket); its admission expires, and VAPI ends a call whose transport never
 connects on its own (docs/vapi-websocket-transport.md).
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -26,10 +34,12 @@ from pykka import ActorDeadError
 
 from actors.call import CallContext, CallSettings, PreparedVapi
 from actors.controller import finish_call
-from actors.fleet import FleetNode
+from actors.fleet import HEARTBEAT_S, FleetNode
 from actors.messages import EventNoted, InjectFault
 from actors.supervisor import CallSupervisor
+from calls.conversation import Conversation
 from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, MemoryDirectory
+from calls.handoff import DEPLOY, Handoff, resume_allowed
 from calls.outcome import Outcome
 from links.errors import VapiUnavailable
 from links.twilio import TwilioSocket
@@ -43,7 +53,7 @@ from settings import Settings
 from supervision import Backoff, ChildSpec, Exit, Restart
 from supervision.supervisor import StartChild
 
-__all__ = ["CallRegistry", "StreamRefused", "call_settings"]
+__all__ = ["AfterStream", "CallRegistry", "StreamRefused", "call_settings"]
 
 # How many ended calls we remember for /voice/after-stream, which Twilio asks within
 # seconds of the stream ending; bounded so months of calls cost no memory.
@@ -52,6 +62,12 @@ _FINISHED_CAPACITY = 10_000
 _START_TIMEOUT_S = 5.0
 # A failed call supervisor comes back at once: the caller is on the line.
 _CALL_BACKOFF = Backoff(min_s=0.01, max_s=0.5, jitter=0.2, reset_after_s=10.0)
+# After-stream waits this long for a live call's fate: its outcome, its hand-off, or its
+# owner's heartbeats to stop (a crash shows as a missed beat, up to two beats late).
+_AFTER_STREAM_WAIT_S = 2 * HEARTBEAT_S + 1.5
+_AFTER_STREAM_STEP_S = 0.05
+# A stream that ends while the call's previous socket on this node is still letting go.
+_LEAVING_WAIT_S = 2.0
 
 
 def call_settings(settings: Settings, hold_ulaw: bytes = b"") -> CallSettings:
@@ -91,6 +107,15 @@ class StreamRefused(Exception):
         self.kind = kind
 
 
+@dataclass(frozen=True, slots=True)
+class AfterStream:
+    """What Twilio does once a call's stream ended: `outcome` decided it, or `resume` with a new stream."""
+
+    outcome: Outcome | None = None
+    resume: Handoff | None = None
+    refused_resume: bool = False  # a resume was due, but the call was resumed too often
+
+
 class CallRegistry:
     """Live calls by CallSid, plus the outcomes of recently ended ones."""
 
@@ -124,21 +149,28 @@ class CallRegistry:
         # One process: VAPI sockets opened at the webhook, waiting for their stream (by CallSid).
         self._parked: dict[str, tuple[PreparedVapi, gevent.Greenlet[[str], None]]] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
+        # Live calls that resumed here (their hand-off, with the earlier hops), and calls handed off from here.
+        self._resumed: dict[str, Handoff] = {}
+        self._leaving: dict[str, Handoff] = {}
 
     @property
     def node_id(self) -> str:
         return self.fleet.node_id
 
-    def admit(self, call_sid: str) -> str:
+    def admit(self, call_sid: str, *, resume: bool = False) -> str:
         """The webhook answers this call: create its VAPI call (bounded) and seal its stream's ticket.
 
         If VAPI cannot be reached now, the ticket carries no VAPI call and the stream's node
-        creates one as it starts, with its outage retries and hold sound.
+        creates one as it starts, with its outage retries and hold sound. A `resume` (a live
+        call's new stream) gets no VAPI call here either: the stream's node creates it for a
+        greeted call (it waits for the caller and is given the conversation before the
+        replayed audio, actors/vapi.py), which only that node can do.
         """
         created: CreatedCall | None = None
         audio_format = PCM16K if self._settings.audio_format == "pcm_s16le" else MULAW8K
         try:
-            created = self._connector.create_call(audio_format, None)
+            if not resume:
+                created = self._connector.create_call(audio_format, None)
         except VapiUnavailable as exc:
             self._metrics.vapi_links.labels(event="refused").inc()
             self._log.warning("vapi_create_deferred", call_sid=call_sid, actor="webhook", kind=exc.kind.value,
@@ -152,6 +184,7 @@ class CallRegistry:
             now=time.time(),
             vapi_call_id=created.call_id if created is not None else None,
             vapi_websocket_url=created.websocket_url if created is not None else None,
+            resume=resume,
         )
 
     def take_stream(self, call_sid: str, parameters: dict[str, str], socket: TwilioSocket) -> CallContext:
@@ -169,6 +202,9 @@ class CallRegistry:
             ticket = self._tickets.open(ticket_from_parameters(parameters), call_sid=call_sid, now=time.time())
         except TicketError as exc:
             raise StreamRefused(exc.kind) from None
+        leaving = self._live.get(call_sid) if call_sid in self._leaving else None
+        if leaving is not None and ticket.resume:
+            leaving.ended.wait(_LEAVING_WAIT_S)  # its own stream broke a moment ago: it is letting go
         if call_sid in self._live:
             raise StreamRefused("duplicate_socket")
         if call_sid in self._finished:
@@ -176,11 +212,17 @@ class CallRegistry:
         refusal = self.fleet.claim(call_sid)
         if refusal is not None:
             raise StreamRefused(_CLAIM_REFUSALS.get(refusal, "not_admitted"))
+        resumed: Handoff | None = None
+        if ticket.resume:
+            now = time.time()
+            # None: the directory lost it (or is down): still a greeted call, with no turns to give.
+            taken = self.fleet.take_moving(call_sid) or Handoff(call_sid=call_sid, left_at=0.0, started_at=now)
+            resumed = taken.taken_by(self.node_id, at=now)
         prepared = self._unpark(call_sid)
         if prepared is None and ticket.vapi_call_id is not None and ticket.vapi_websocket_url is not None:
             prepared = PreparedVapi(CreatedCall(ticket.vapi_call_id, ticket.vapi_websocket_url))
         try:
-            return self.start_call(call_sid, socket=socket, prepared=prepared)
+            return self.start_call(call_sid, socket=socket, prepared=prepared, resumed=resumed)
         except Exception:
             self.fleet.finished(call_sid, Outcome.FAILED)
             raise
@@ -230,9 +272,14 @@ class CallRegistry:
             self._release_parked(call_sid)
 
     def start_call(
-        self, call_sid: str, *, socket: TwilioSocket | None = None, prepared: PreparedVapi | None = None
+        self, call_sid: str, *, socket: TwilioSocket | None = None, prepared: PreparedVapi | None = None,
+        resumed: Handoff | None = None,
     ) -> CallContext:
-        """Start the call's actor tree around its socket, or return the live one."""
+        """Start the call's actor tree around its socket, or return the live one.
+
+        `resumed`: the call continues a phone call from another stream: greeted, with its
+        conversation, its start time and its hops.
+        """
         existing = self._live.get(call_sid)
         if existing is not None:
             return existing
@@ -247,6 +294,20 @@ class CallRegistry:
             prepared_vapi=prepared,
             recorder=self._recordings.open(call_sid) if self._recordings is not None else None,
         )
+        if resumed is not None:
+            state = call.state  # not started yet: the registry sets it up, then the actors own their fields
+            state.vapi_greeted = resumed.greeted
+            state.conversation = Conversation.from_json(resumed.conversation_json)
+            if resumed.started_at:
+                state.started_at = resumed.started_at
+            hop = resumed.hops[-1] if resumed.hops else None
+            silence = f", {hop.silence_ms:.0f} ms after the old stream ended" if hop and hop.silence_ms else ""
+            state.event("resumed", f"from {resumed.from_node or '?'} ({resumed.reason}){silence}")
+            self._resumed[call_sid] = resumed
+            self._metrics.resumes.labels(reason=resumed.reason).inc()
+            call.log.info("call_resumed", actor="registry", from_node=resumed.from_node, reason=resumed.reason,
+                          resumes=resumed.resumes, turns=len(state.conversation),
+                          silence_ms=round(hop.silence_ms) if hop and hop.silence_ms else None)
         self._live[call_sid] = call
         self._metrics.live_calls.set(len(self._live))
         spec = ChildSpec(
@@ -259,6 +320,7 @@ class CallRegistry:
         try:
             self._root.ask(StartChild(spec), timeout=_START_TIMEOUT_S)
         except Exception:
+            self._resumed.pop(call_sid, None)
             self._live.pop(call_sid, None)
             self._metrics.live_calls.set(len(self._live))
             raise
@@ -308,8 +370,83 @@ class CallRegistry:
         return list(self._live.values())
 
     def snapshots(self) -> list[dict[str, Any]]:
-        """This node's live calls as the admin API shows them, each with this node's id."""
-        return [{**call.snapshot(), "node": self.node_id} for call in list(self._live.values())]
+        """This node's live calls as the admin API shows them, each with this node's id.
+
+        Each carries what a resume needs (`handoff`: its conversation, greeted, hops), so
+        the heartbeat that publishes it lets another node resume the call if this one dies;
+        a call being handed off shows as `moving`.
+        """
+        snapshots = []
+        for call in list(self._live.values()):
+            leaving = self._leaving.get(call.call_sid)
+            handoff = leaving or self._handoff_of(call, reason=DEPLOY)
+            snapshots.append({**call.snapshot(), "node": self.node_id, "moving": leaving is not None,
+                              "resumes": handoff.resumes, "handoff": handoff.to_dict()})
+        return snapshots
+
+    def _handoff_of(self, call: CallContext, *, reason: str) -> Handoff:
+        """The hand-off that would let another node carry on with the call now."""
+        resumed = self._resumed.get(call.call_sid)
+        state = call.state
+        return Handoff(
+            call_sid=call.call_sid, conversation_json=state.conversation.to_json(), greeted=state.vapi_greeted,
+            resumes=resumed.resumes if resumed is not None else 0, from_node=self.node_id, reason=reason,
+            left_at=time.time(), started_at=state.started_at, hops=resumed.hops if resumed is not None else (),
+        )
+
+    def hand_off(self, call: CallContext, reason: str) -> bool:
+        """Let the live call go to another node: publish its hand-off, then end it here (its VAPI call, its socket).
+
+        Twilio then asks the action URL and any node answers with a new stream. False (the
+        call is left as it is) without a shared directory, or when it cannot be reached.
+        """
+        if not self.fleet.shared or call.ended.is_set() or call.state.end_request is not None:
+            return False
+        handoff = self._handoff_of(call, reason=reason)
+        if not self.fleet.mark_moving(handoff):
+            return False
+        self._leaving[call.call_sid] = handoff
+        self._metrics.handoffs.labels(reason=reason).inc()
+        call.log.info("call_handed_off", actor="registry", reason=reason, turns=len(handoff.conversation_json),
+                      resumes=handoff.resumes)
+        call.end(Outcome.HANDED_OFF, f"handed off ({reason})")
+        return True
+
+    def hand_off_all(self, reason: str) -> int:
+        """Hand every live call to the fleet; returns how many were handed off."""
+        return sum(self.hand_off(call, reason) for call in list(self._live.values()))
+
+    def after_stream(self, call_sid: str) -> AfterStream:
+        """What Twilio does now that the call's stream ended (it asks at once, perhaps this node).
+
+        A decided outcome wins. A moving call resumes; so does a call whose owner died (its
+        last snapshot is the hand-off) or, on this node, whose socket broke. The wait is
+        bounded: the owner's outcome or hand-off may be a moment behind, and a crash shows
+        only as a missed heartbeat. A call resumed too often recently gets the fallback.
+        """
+        now = time.time()
+        deadline = time.monotonic() + _AFTER_STREAM_WAIT_S
+        while True:
+            outcome = self._finished.get(call_sid) or self.fleet.outcome(call_sid)
+            if outcome is not None:
+                return AfterStream(outcome=outcome)
+            handoff = self.fleet.moving(call_sid)
+            if handoff is None and call_sid not in self._live:
+                owner, handoff = self.fleet.orphan(call_sid, now=time.time(), left_at=now)
+                if handoff is not None and not self.fleet.mark_moving(handoff):
+                    handoff = None
+                elif handoff is None and owner is None:
+                    return AfterStream()  # no node holds it: unknown here
+            if handoff is not None:
+                if resume_allowed(handoff, now=now):
+                    return AfterStream(resume=handoff)
+                self.fleet.take_moving(call_sid)
+                self.fleet.finished(call_sid, Outcome.GAVE_UP)
+                self._log.warning("resume_refused", call_sid=call_sid, actor="webhook", resumes=handoff.resumes)
+                return AfterStream(outcome=Outcome.GAVE_UP, refused_resume=True)
+            if time.monotonic() >= deadline:
+                return AfterStream()
+            gevent.sleep(_AFTER_STREAM_STEP_S)
 
     def fleet_snapshots(self) -> list[dict[str, Any]]:
         """Every live call of the fleet: this node's, fresh, then the other nodes' last published ones."""
@@ -374,6 +511,12 @@ class CallRegistry:
     def _on_finished(self, call: CallContext) -> None:
         self._live.pop(call.call_sid, None)
         self._metrics.live_calls.set(len(self._live))
+        if self._leaving.pop(call.call_sid, None) is not None:
+            # Not the phone call's end: it goes on elsewhere, whose node writes its outcome and record.
+            self._resumed.pop(call.call_sid, None)
+            if call.recorder is not None:
+                call.recorder.close()
+            return
         outcome = self._finished[call.call_sid] = call.state.outcome or Outcome.COMPLETED
         self.fleet.finished(call.call_sid, outcome)  # never blocks: queued for the directory
         while len(self._finished) > _FINISHED_CAPACITY:
@@ -383,6 +526,7 @@ class CallRegistry:
         if self._records is not None:
             # Never blocks: the store queues it for its own writer greenlet.
             self._records.submit(self._record(call))
+        self._resumed.pop(call.call_sid, None)
 
     def _record(self, call: CallContext) -> CallRecord:
         state = call.state
@@ -411,4 +555,5 @@ class CallRegistry:
             cost_usd=estimate_cost(duration_s, duration_s, self._rates),
             recording_path=recorder.path if (recorder := call.recorder) is not None and not recorder.failed else None,
             node_id=self.node_id,
+            handoffs=resumed.hops if (resumed := self._resumed.get(call.call_sid)) is not None else (),
         )

@@ -9,9 +9,14 @@ and acts on VAPI's JSON events. VAPI is an untrusted peer: the socket itself (fr
 size caps, send timeouts) is `links.vapi.VapiLink`'s business, and what it refuses is
 counted and logged at a bounded rate. A keepalive pings the socket; a missing pong, a
 closed socket, a refused frame or a failed send makes the actor fail, and its
-supervisor starts a new one with backoff. The new one asks VAPI not to greet again and
-first replays the caller audio VAPI had not answered: the new link is a new VAPI call,
-which has heard none of it (media/uplink.py).
+supervisor starts a new one with backoff. The new one asks VAPI not to greet again,
+gives it the conversation so far, then replays the caller audio VAPI had not answered:
+the new link is a new VAPI call, which has heard none of it (media/uplink.py).
+
+The conversation is kept as VAPI reports it: each link's final transcripts, until the
+link sends a `conversation-update`, whose whole history then stands for that link. It
+lives in the call's state (calls/conversation.py), so the next link, or another node
+taking the call over, can hand it to the next VAPI call.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from actors.messages import (
     VapiLinkLost,
     VapiLinkUp,
 )
+from calls.conversation import Turn
 from calls.outcome import Outcome
 from chaos.suffer import suffer
 from links.errors import ErrorKind, VapiLinkDead, VapiUnavailable
@@ -52,11 +58,14 @@ from protocols.errors import ProtocolError
 from protocols.vapi import (
     MULAW8K,
     PCM16K,
+    ConversationUpdate,
     Hang,
     SpeechUpdate,
     StatusUpdate,
+    Transcript,
     UserInterrupted,
     dtmf_message,
+    encode_context_message,
     parse_event,
 )
 from supervision import Backoff, ChildHandle, backoff_delay_s
@@ -94,6 +103,10 @@ class VapiActor(CallActor):
         self._reported_fault: int | None = None  # the fault whose recovery was reported
         self._clock = call.clock
         self._last_pong = 0.0
+        # The turns this link's VAPI call was given as history, and whether it reports its
+        # own history (then its final transcripts are already in it).
+        self._given: tuple[Turn, ...] = ()
+        self._reports_history = False
         # VAPI is untrusted: it must not be able to flood the log with bad input.
         self._limiter = LogLimiter(self._log)
 
@@ -165,16 +178,29 @@ class VapiActor(CallActor):
 
     def _on_link_up(self, message: VapiLinkUp) -> None:
         call = self._call
+        if call.state.vapi_greeted:
+            # A new VAPI call for a conversation under way: the history first, so the
+            # replayed audio is heard as the caller's next words in it.
+            self._given = call.state.conversation.turns()
+            link = self._link
+            if link is not None:
+                try:
+                    for turn in self._given:
+                        link.send_text(encode_context_message(role=turn.role, content=turn.text))
+                except VapiLinkDead:
+                    self._dead = True
+                    raise
         replay = call.uplink.pending_replay()
         for seq, data in replay:
             self._send_binary(data)
             call.uplink.mark_sent(seq)
         self._ready = True
         if call.state.vapi_greeted:
-            call.tell_controller(EventNoted("reconnect", f"VAPI link {self._link_id}, {len(replay) * 20} ms replayed"))
+            detail = f"VAPI link {self._link_id}, {len(self._given)} turns given, {len(replay) * 20} ms replayed"
+            call.tell_controller(EventNoted("reconnect", detail))
         call.state.vapi_greeted = True
         call.metrics.vapi_links.labels(event="created").inc()
-        self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20)
+        self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20, turns_given=len(self._given))
 
     def _on_event(self, text: str) -> None:
         try:
@@ -197,7 +223,27 @@ class VapiActor(CallActor):
             case Hang():
                 # Only a slow model or voice: the call goes on.
                 self._log.info("vapi_assistant_slow")
+            case Transcript(transcript_type="final", role="user" | "assistant"):
+                if not self._reports_history:
+                    self._call.state.conversation.add(event.role, event.transcript)
+            case ConversationUpdate():
+                self._on_history(event)
         self._call.metrics.vapi_events.labels(type=type(event).__name__).inc()
+
+    def _on_history(self, event: ConversationUpdate) -> None:
+        """This VAPI call's whole history: it replaces what its transcripts had added."""
+        self._reports_history = True
+        if event.skipped:
+            self._call.metrics.malformed.labels(source="vapi", kind="history_entry").inc(event.skipped)
+        reported = [Turn(role, text) for role, text in event.turns]
+        given = list(self._given)
+        if reported[: len(given)] == given:
+            turns = reported  # VAPI counts the history it was given as its own
+        elif given[: len(reported)] == reported:
+            turns = given  # still taking the given history in
+        else:
+            turns = given + reported
+        self._call.state.conversation.replace(turns)
 
     def _on_fault(self, message: InjectFault) -> None:
         suffer(self._log, message.fault, sever=self._sever, blackhole=self._blackhole)

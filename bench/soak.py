@@ -2,6 +2,11 @@
 
     python -m bench.soak --calls 20 --minutes 10 --chaos-rate 2 --seed 42
                          [--call-seconds 75] [--port P] [--vapi-sim embedded|separate]
+    python -m bench.soak --fleet --calls 20 --minutes 6 --chaos-rate 1 --seed 42
+                         [--call-seconds 75] [--restart-every 60] [--drain-timeout 15]
+
+`--fleet` runs two nodes behind nginx with Redis and restarts them in turn while the
+calls go on: bench/_fleet_soak.py says how. Without it, what follows.
 
 Starts `python run.py` (embedded VAPI simulator, CHAOS_RATE and CHAOS_SEED as given) on a
 loopback port and keeps `--calls` simulated Twilio callers talking to it for `--minutes`:
@@ -443,7 +448,16 @@ def main(argv: list[str] | None = None) -> int:
         help="embedded: the server's own simulator (default); separate: in its own process, so the "
              "simulator's memory and greenlets are not counted as the server's",
     )
+    fleet = parser.add_argument_group("fleet mode (bench/_fleet_soak.py)")
+    fleet.add_argument("--fleet", action="store_true",
+                       help="two nodes behind nginx with Redis, restarted in turn while the calls go on")
+    fleet.add_argument("--restart-every", type=float, default=60.0, metavar="SECONDS",
+                       help="restart one node this often (default %(default)s)")
+    fleet.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS",
+                       help="the nodes' DRAIN_TIMEOUT_S (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.fleet:
+        return _main_fleet(parser, args)
     if args.calls < 1 or args.minutes <= 0 or args.call_seconds < _MIN_CALL_S or not 0 <= args.chaos_rate <= 600:
         parser.error("need --calls >= 1, --minutes > 0, --call-seconds >= 3, 0 <= --chaos-rate <= 600")
     try:
@@ -454,6 +468,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak aborted: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
+    return 0 if result.ok else 1
+
+
+def _main_fleet(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from bench._fleet_result import format_fleet_table
+    from bench._fleet_soak import FleetSoakAborted, run_fleet_soak
+
+    if args.port is not None or args.vapi_sim != "embedded":
+        parser.error("--port and --vapi-sim are for the single-node soak (the fleet picks its ports and runs "
+                     "its own simulator process)")
+    if (args.calls < 1 or args.minutes <= 0 or args.call_seconds < _MIN_CALL_S or not 0 <= args.chaos_rate <= 600
+            or args.restart_every <= 0 or args.drain_timeout <= 0):
+        parser.error("need --calls >= 1, --minutes > 0, --call-seconds >= 3, 0 <= --chaos-rate <= 600, "
+                     "--restart-every > 0, --drain-timeout > 0")
+    try:
+        result = run_fleet_soak(calls=args.calls, seconds=args.minutes * 60, chaos_rate=args.chaos_rate,
+                                seed=args.seed, call_seconds=args.call_seconds, restart_every_s=args.restart_every,
+                                drain_timeout_s=args.drain_timeout)
+    except FleetSoakAborted as exc:
+        print(f"soak aborted: {exc}", file=sys.stderr)
+        return 2
+    print(format_fleet_table(result))
     return 0 if result.ok else 1
 
 

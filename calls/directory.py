@@ -10,6 +10,7 @@ the media socket on another, `/voice/after-stream` on a third. What they share i
 | outcome (kept a day) | the owner node, at the call's end | after-stream, replayed webhooks |
 | a node's live snapshots (TTL) | each node, every few seconds | the admin API, the dashboard |
 | a node's command queue | any node (a chaos click) | that node, which applies them |
+| moving (hand-off, TTL) | the node letting a call go, or one finding its owner dead | after-stream, the new node |
 
 Three backends: `MemoryDirectory` here (one process, the default: nothing to install),
 an SQLite file shared by the workers of one machine (directory/sqlite.py) and Redis for
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from calls.handoff import Handoff
 from calls.outcome import Outcome
 
 __all__ = [
@@ -67,6 +69,7 @@ class NodeView:
     node_id: str
     at: float  # when it was published (seconds since the epoch)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    draining: bool = False  # it is stopping: no call should be handed to it
 
 
 class CallDirectory(Protocol):
@@ -101,8 +104,11 @@ class CallDirectory(Protocol):
         """The node holding the live call, if one does."""
         ...
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
-        """`node_id` lives, with these calls (snapshots with a `call_sid`); their claims and its view last `ttl_s`."""
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
+        """`node_id` lives, with these calls (snapshots with a `call_sid`); their claims and its view last `ttl_s`.
+
+        `draining`: the node is stopping (other nodes must not hand it calls).
+        """
         ...
 
     def nodes(self) -> list[NodeView]:
@@ -115,6 +121,19 @@ class CallDirectory(Protocol):
 
     def take_commands(self, node_id: str, wait_s: float) -> list[dict[str, Any]]:
         """The commands queued for `node_id`, waiting up to `wait_s` for the first one."""
+        ...
+
+    def mark_moving(self, call_sid: str, handoff: Handoff, ttl_s: float) -> None:
+        """The live call is between two streams: keep `handoff` for `ttl_s` and release the call's claim,
+        so the node that takes the new stream can claim it."""
+        ...
+
+    def moving(self, call_sid: str) -> Handoff | None:
+        """The call's hand-off while it is moving; None otherwise."""
+        ...
+
+    def take_moving(self, call_sid: str, node_id: str) -> Handoff | None:
+        """Take the call's hand-off for `node_id`, atomically: the first taker gets it, later ones None."""
         ...
 
     def close(self) -> None:
@@ -141,6 +160,7 @@ class MemoryDirectory:
         self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._views: dict[str, NodeView] = {}
         self._commands: dict[str, list[dict[str, Any]]] = {}
+        self._moving: dict[str, tuple[Handoff, float]] = {}
         self._admitted_since_sweep = 0
 
     @property
@@ -182,6 +202,7 @@ class MemoryDirectory:
 
     def finish(self, call_sid: str, outcome: Outcome) -> None:
         self._entries.pop(call_sid, None)
+        self._moving.pop(call_sid, None)
         self._outcomes[call_sid] = outcome
         self._outcomes.move_to_end(call_sid)
         while len(self._outcomes) > _MEMORY_OUTCOMES:
@@ -194,9 +215,9 @@ class MemoryDirectory:
         entry = self._entries.get(call_sid)
         return entry.node_id if entry is not None and entry.state == "claimed" else None
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
-        self._views[node_id] = NodeView(node_id, now, list(calls))
+        self._views[node_id] = NodeView(node_id, now, list(calls), draining)
         for call in calls:
             entry = self._entries.get(str(call.get("call_sid")))
             if entry is not None and entry.state == "claimed" and entry.node_id == node_id:
@@ -210,6 +231,26 @@ class MemoryDirectory:
 
     def take_commands(self, node_id: str, wait_s: float) -> list[dict[str, Any]]:
         return self._commands.pop(node_id, [])
+
+    def mark_moving(self, call_sid: str, handoff: Handoff, ttl_s: float) -> None:
+        entry = self._entries.get(call_sid)
+        if entry is not None and entry.state == "claimed":
+            del self._entries[call_sid]
+        self._moving[call_sid] = (handoff, self._clock() + ttl_s)
+
+    def moving(self, call_sid: str) -> Handoff | None:
+        held = self._moving.get(call_sid)
+        if held is None:
+            return None
+        if held[1] <= self._clock():
+            del self._moving[call_sid]
+            return None
+        return held[0]
+
+    def take_moving(self, call_sid: str, node_id: str) -> Handoff | None:
+        handoff = self.moving(call_sid)
+        self._moving.pop(call_sid, None)
+        return handoff
 
     def close(self) -> None:
         return None

@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     DRAINED = "drained"  # the server shut down before the call ended on its own
     FAILED = "failed"  # the call's own supervisor kept failing
     REFUSED = "refused"  # never admitted (full, or draining): the caller heard the fallback
+    HANDED_OFF = "handed-off"  # this node let the live call go to another (calls/handoff.py): not its end
 
     @property
     def hangs_up(self) -> bool:

@@ -12,6 +12,7 @@ incarnation is running; the actors send it what they measure (actors/messages.py
 | call_sid, started_at | the registry, when a media socket presents the call's ticket; never changed |
 | stream_sid | TwilioActor, from Twilio's `start` |
 | vapi_links, vapi_greeted | VapiActor (each incarnation in turn), as its links come up |
+| conversation | VapiActor (each incarnation), from VAPI's transcripts; seeded by the CallState's maker on a resume |
 | end_request | CallContext.end / request_end: the first request wins, later ones are ignored |
 | outcome, outcome_detail | the controller, once, when the call ends (finish_call) |
 | stats, latency_*_ms, fault_at_ns, restarts, events | the controller, from its children's messages |
@@ -25,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from calls.conversation import Conversation
 from calls.outcome import EndRequest, Outcome
 
 __all__ = ["CallState", "CallStats"]
@@ -66,6 +68,7 @@ class CallState:
     stream_sid: str | None = None
     vapi_links: int = 0
     vapi_greeted: bool = False  # a VAPI call of ours has already greeted the caller
+    conversation: Conversation = field(default_factory=Conversation)  # what has been said, bounded
     end_request: EndRequest | None = None
     outcome: Outcome | None = None
     outcome_detail: str = ""
@@ -90,6 +93,7 @@ class CallState:
             "stream_sid": self.stream_sid,
             "vapi_links": self.vapi_links,
             "vapi_greeted": self.vapi_greeted,
+            "conversation": self.conversation.to_json(),
             "end_request": None if request is None else {"outcome": request.outcome.value, "detail": request.detail},
             "outcome": None if self.outcome is None else self.outcome.value,
             "outcome_detail": self.outcome_detail,
@@ -118,6 +122,7 @@ class CallState:
             stream_sid=data["stream_sid"],
             vapi_links=data["vapi_links"],
             vapi_greeted=data["vapi_greeted"],
+            conversation=Conversation.from_json(data.get("conversation", [])),
             end_request=None if request is None else EndRequest(Outcome(request["outcome"]), request["detail"]),
             outcome=None if data["outcome"] is None else Outcome(data["outcome"]),
             outcome_detail=data["outcome_detail"],

@@ -10,6 +10,7 @@ Keys (all under one prefix, each with an expiry so a dead node's entries age out
 | `<p>:node:<node>` | JSON: the node's live-call snapshots | the heartbeat TTL |
 | `<p>:nodes` | sorted set: node -> last heartbeat time | pruned by each heartbeat |
 | `<p>:commands:<node>` | list of JSON commands | the command TTL |
+| `<p>:moving:<CallSid>` | JSON: the call's hand-off (calls/handoff.py) | the hand-off's TTL |
 
 A claim is one Lua script, so it is atomic in Redis: it refuses an ended or already
 claimed call, and otherwise sets the claim and deletes the admission (a ticket is good
@@ -28,6 +29,7 @@ from typing import Any, Final
 import redis
 
 from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, OUTCOME_KEPT_S, DirectoryUnavailable, NodeView
+from calls.handoff import Handoff
 from calls.outcome import Outcome
 
 __all__ = ["RedisDirectory"]
@@ -43,6 +45,12 @@ redis.call('DEL', KEYS[3])
 return 'ok'
 """
 _CLAIM_ANSWERS: Final = {"ended": ENDED, "claimed": ALREADY_STREAMING, "none": NOT_ADMITTED, "ok": None}
+# KEYS: moving. GET and DEL in one step (GETDEL needs Redis 6.2): of two takers, one gets it.
+_TAKE: Final = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
+"""
 # The longest a BLPOP waits; its client's socket timeout is this plus the usual one.
 _MAX_BLOCK_S: Final = 5.0
 
@@ -69,6 +77,7 @@ class RedisDirectory:
             url, socket_timeout=timeout_s + _MAX_BLOCK_S, socket_connect_timeout=timeout_s, decode_responses=True,
         )
         self._claim = self._redis.register_script(_CLAIM)
+        self._take = self._redis.register_script(_TAKE)
 
     def __repr__(self) -> str:
         # The URL may hold a password.
@@ -115,7 +124,7 @@ class RedisDirectory:
         def write() -> None:
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(self._key("outcome", call_sid), outcome.value, px=_ms(OUTCOME_KEPT_S))
-            pipe.delete(self._key("claim", call_sid), self._key("admitted", call_sid))
+            pipe.delete(self._key("claim", call_sid), self._key("admitted", call_sid), self._key("moving", call_sid))
             pipe.execute()
 
         self._do("finish", write)
@@ -131,9 +140,9 @@ class RedisDirectory:
         value = self._do("owner", lambda: self._redis.get(self._key("claim", call_sid)))
         return None if value is None else str(value)
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
-        view = json.dumps({"at": now, "calls": list(calls)}, separators=(",", ":"))
+        view = json.dumps({"at": now, "calls": list(calls), "draining": draining}, separators=(",", ":"))
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
@@ -161,7 +170,7 @@ class RedisDirectory:
                 continue  # its heartbeat expired: a dead node's calls age out
             try:
                 data = json.loads(raw)
-                views.append(NodeView(name, float(data["at"]), list(data["calls"])))
+                views.append(NodeView(name, float(data["at"]), list(data["calls"]), data.get("draining") is True))
             except (ValueError, KeyError, TypeError):
                 continue
         return views
@@ -199,6 +208,23 @@ class RedisDirectory:
             if isinstance(parsed, dict):
                 commands.append(parsed)
         return commands
+
+    def mark_moving(self, call_sid: str, handoff: Handoff, ttl_s: float) -> None:
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._key("moving", call_sid), handoff.to_json(), px=_ms(ttl_s))
+            pipe.delete(self._key("claim", call_sid))
+            pipe.execute()
+
+        self._do("mark_moving", write)
+
+    def moving(self, call_sid: str) -> Handoff | None:
+        value = self._do("moving", lambda: self._redis.get(self._key("moving", call_sid)))
+        return None if value is None else Handoff.from_json(str(value))
+
+    def take_moving(self, call_sid: str, node_id: str) -> Handoff | None:
+        value = self._do("take_moving", lambda: self._take(keys=[self._key("moving", call_sid)]))
+        return None if value is None else Handoff.from_json(str(value))
 
     def close(self) -> None:
         self._redis.close()

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import gevent
 
 from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, OUTCOME_KEPT_S, DirectoryUnavailable, NodeView
+from calls.handoff import Handoff
 from calls.outcome import Outcome
 
 __all__ = ["SqliteDirectory"]
@@ -49,6 +50,11 @@ CREATE TABLE IF NOT EXISTS commands (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS commands_by_node ON commands (node_id);
+CREATE TABLE IF NOT EXISTS moving (
+    call_sid TEXT PRIMARY KEY,
+    handoff TEXT NOT NULL,          -- calls/handoff.py's JSON
+    expires_at REAL NOT NULL
+);
 """
 _RETRY_STEP_S: Final = 0.005
 _RETRY_MAX_STEP_S: Final = 0.05
@@ -177,6 +183,7 @@ class SqliteDirectory:
                 "expires_at = excluded.expires_at",
                 (call_sid, outcome.value, now + OUTCOME_KEPT_S),
             )
+            db.execute("DELETE FROM moving WHERE call_sid = ?", (call_sid,))
 
         self._write(body)
 
@@ -203,10 +210,14 @@ class SqliteDirectory:
         )
         return None if row is None else str(row[0])
 
-    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float) -> None:
+    def heartbeat(self, node_id: str, calls: Sequence[dict[str, Any]], ttl_s: float, *, draining: bool = False) -> None:
         now = self._clock()
         sids = [(now + ttl_s, str(call.get("call_sid")), node_id) for call in calls]
-        view = json.dumps(list(calls), separators=(",", ":"))
+        # A list (the calls), or with `draining` an object: files written before it read the same.
+        listed: list[dict[str, Any]] | dict[str, Any] = list(calls)
+        if draining:
+            listed = {"calls": listed, "draining": True}
+        view = json.dumps(listed, separators=(",", ":"))
 
         def body(db: sqlite3.Connection) -> None:
             db.executemany(
@@ -221,6 +232,7 @@ class SqliteDirectory:
             db.execute("DELETE FROM calls WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM nodes WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM commands WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM moving WHERE expires_at <= ?", (now,))
 
         self._write(body)
 
@@ -236,7 +248,10 @@ class SqliteDirectory:
                 parsed = json.loads(calls)
             except ValueError:
                 continue
-            views.append(NodeView(str(node_id), float(at), parsed if isinstance(parsed, list) else []))
+            draining = isinstance(parsed, dict) and parsed.get("draining") is True
+            if isinstance(parsed, dict):
+                parsed = parsed.get("calls")
+            views.append(NodeView(str(node_id), float(at), parsed if isinstance(parsed, list) else [], draining))
         return views
 
     def send_command(self, node_id: str, command: dict[str, Any], ttl_s: float) -> None:
@@ -270,6 +285,40 @@ class SqliteDirectory:
             if commands or time.monotonic() >= deadline:
                 return commands
             gevent.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def mark_moving(self, call_sid: str, handoff: Handoff, ttl_s: float) -> None:
+        text, expires_at = handoff.to_json(), self._clock() + ttl_s
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO moving (call_sid, handoff, expires_at) VALUES (?, ?, ?) ON CONFLICT (call_sid) "
+                "DO UPDATE SET handoff = excluded.handoff, expires_at = excluded.expires_at",
+                (call_sid, text, expires_at),
+            )
+            db.execute("DELETE FROM calls WHERE call_sid = ? AND state = 'claimed'", (call_sid,))
+
+        self._write(body)
+
+    def moving(self, call_sid: str) -> Handoff | None:
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT handoff FROM moving WHERE call_sid = ? AND expires_at > ?", (call_sid, self._clock())
+            ).fetchone()
+        )
+        return None if row is None else Handoff.from_json(str(row[0]))
+
+    def take_moving(self, call_sid: str, node_id: str) -> Handoff | None:
+        now = self._clock()
+
+        def body(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT handoff FROM moving WHERE call_sid = ? AND expires_at > ?", (call_sid, now)
+            ).fetchone()
+            db.execute("DELETE FROM moving WHERE call_sid = ?", (call_sid,))
+            return None if row is None else str(row[0])
+
+        text = self._write(body)
+        return None if text is None else Handoff.from_json(text)
 
     def close(self) -> None:
         db, self._db = self._db, None

@@ -104,6 +104,11 @@ class Metrics:
             "bridge_directory_errors", "Call directory operations that failed (store down or locked), by operation",
             ["operation"], registry=r,
         )
+        self.handoffs = Counter(
+            "bridge_handoffs", "Live calls let go to another node (calls/handoff.py), by reason", ["reason"], registry=r
+        )
+        self.resumes = Counter("bridge_resumes", "Live calls taken over from another stream, by reason", ["reason"],
+                               registry=r)
         self.frames = Counter("bridge_frames", "Audio frames, by direction", ["direction"], registry=r)
         self.frames_in = self.frames.labels(direction="inbound")  # resolved once: hot path
         self.frames_out = self.frames.labels(direction="outbound")

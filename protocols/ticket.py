@@ -10,7 +10,9 @@ and it expires. It holds:
 - the CallSid it was issued for (a ticket presented on another call's socket is refused);
 - the VAPI call the webhook created, if it could: its id and its `websocketCallUrl`. The
   URL alone joins that VAPI call, so it travels only inside the ticket;
-- the webhook node's id and a random nonce.
+- the webhook node's id and a random nonce;
+- whether the stream resumes a live phone call (calls/handoff.py): its node then takes the
+  call's hand-off from the directory.
 
 The key is FLEET_SECRET's, or else derived from the Twilio auth token, so every node
 configured for the same Twilio account agrees without another secret to distribute.
@@ -78,6 +80,7 @@ class Ticket:
     nonce: str
     vapi_call_id: str | None = None  # None: the webhook could not create the VAPI call
     vapi_websocket_url: str | None = field(default=None, repr=False)
+    resume: bool = False  # the stream continues a live phone call (after-stream issued it)
 
     @property
     def has_vapi_call(self) -> bool:
@@ -115,9 +118,12 @@ class TicketSealer:
         now: float,
         vapi_call_id: str | None = None,
         vapi_websocket_url: str | None = None,
+        resume: bool = False,
     ) -> str:
         """A new ticket for `call_sid`, stamped `now` (seconds since the epoch)."""
         payload: dict[str, Any] = {"c": call_sid, "n": node_id, "r": secrets.token_urlsafe(_NONCE_BYTES)}
+        if resume:
+            payload["m"] = 1
         if vapi_call_id is not None and vapi_websocket_url is not None:
             payload["v"] = vapi_call_id
             payload["w"] = vapi_websocket_url
@@ -167,6 +173,7 @@ def _parse(data: bytes, *, issued_at: float) -> Ticket:
         nonce=nonce,
         vapi_call_id=vapi_call_id,
         vapi_websocket_url=websocket_url,
+        resume=payload.get("m") == 1,
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "MULAW8K",
     "PCM16K",
     "AudioFormat",
+    "ConversationUpdate",
     "CreatedCall",
     "Hang",
     "OtherEvent",
@@ -32,6 +33,7 @@ __all__ = [
     "create_call_body",
     "dtmf_message",
     "encode_add_message",
+    "encode_context_message",
     "encode_end_call",
     "encode_say",
     "parse_create_response",
@@ -174,6 +176,19 @@ class Transcript:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationUpdate:
+    """VAPI → server: the VAPI call's whole conversation so far, as `(role, text)` pairs.
+
+    Only what was said is kept: `role` is `user` or `assistant` (VAPI's `bot`); system
+    prompts, tool calls and entries without text are left out. `skipped` counts entries
+    that were not even shaped like a message.
+    """
+
+    turns: tuple[tuple[str, str], ...]
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEvent:
     """VAPI → server: any other well-formed event (`conversation-update`, `model-output`, …)."""
 
@@ -181,7 +196,7 @@ class OtherEvent:
 
 
 VapiEvent: TypeAlias = (
-    StatusUpdate | SpeechUpdate | UserInterrupted | Hang | Transcript | OtherEvent
+    StatusUpdate | SpeechUpdate | UserInterrupted | Hang | Transcript | ConversationUpdate | OtherEvent
 )
 
 
@@ -248,6 +263,46 @@ def _parse_final_transcript(event: dict[str, Any]) -> Transcript:
     return _parse_transcript(event)
 
 
+# Where a conversation-update carries the history: a live recording shows `conversation`
+# (OpenAI-style `role`/`content`), the schema `messagesOpenAIFormatted` (the same) and
+# `messages` (`role` `bot`/`user`/..., text in `message`). The first one present is read.
+_CONVERSATION_KEYS: Final = ("conversation", "messagesOpenAIFormatted", "messages")
+_SPOKEN_ROLES: Final = {"user": "user", "assistant": "assistant", "bot": "assistant"}
+
+
+def _parse_conversation_update(event: dict[str, Any]) -> ConversationUpdate:
+    for key in _CONVERSATION_KEYS:
+        if key in event:
+            entries = event[key]
+            break
+    else:
+        raise ProtocolError("missing_field", "conversation-update has no 'conversation' or 'messages'")
+    if type(entries) is not list:
+        raise ProtocolError("bad_field", f"conversation-update: {key!r} is not a list")
+    turns: list[tuple[str, str]] = []
+    skipped = 0
+    for entry in entries:
+        if type(entry) is not dict or type(entry.get("role")) is not str:
+            skipped += 1
+            continue
+        role = _SPOKEN_ROLES.get(entry["role"])
+        text = _message_text(entry)
+        if role is not None and text:
+            turns.append((role, text))
+    return ConversationUpdate(turns=tuple(turns), skipped=skipped)
+
+
+def _message_text(entry: dict[str, Any]) -> str:
+    """The text of one history entry: `content` (a string or OpenAI text parts) or `message`."""
+    content = entry.get("content", entry.get("message"))
+    if type(content) is str:
+        return content.strip()
+    if type(content) is list:  # OpenAI content parts: keep the text ones
+        texts = (p.get("text") for p in content if type(p) is dict and p.get("type") == "text")
+        return " ".join(t for t in texts if type(t) is str).strip()
+    return ""
+
+
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], VapiEvent]]] = {
     "status-update": _parse_status_update,
     "speech-update": _parse_speech_update,
@@ -255,6 +310,7 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], VapiEvent]]] = {
     "hang": _parse_hang,
     "transcript": _parse_transcript,
     _FINAL_TRANSCRIPT_TYPE: _parse_final_transcript,
+    "conversation-update": _parse_conversation_update,
 }
 
 
@@ -290,6 +346,14 @@ def encode_add_message(*, role: str, content: str, trigger_response: bool = True
             "triggerResponseEnabled": trigger_response,
         }
     )
+
+
+def encode_context_message(*, role: str, content: str) -> str:
+    """Build the `add-message` that gives a new VAPI call one earlier turn of the conversation.
+
+    No response is triggered: the assistant takes it in as history and waits for the caller.
+    """
+    return encode_add_message(role=role, content=content, trigger_response=False)
 
 
 def encode_say(content: str) -> str:

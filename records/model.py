@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calls.handoff import Hop
 from calls.outcome import Outcome
 
 __all__ = ["OUTCOMES", "CallRecord"]
@@ -41,6 +42,8 @@ class CallRecord:
     recording_path: str | None = None
     # The node that held the call's stream (its NODE_ID and pid); None in rows from before v3.
     node_id: str | None = None
+    # The phone call's moves between nodes before it ended on `node_id`, oldest first (v4).
+    handoffs: tuple[Hop, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -69,4 +72,5 @@ class CallRecord:
             "cost_usd": self.cost_usd,
             "recording_path": self.recording_path,
             "node_id": self.node_id,
+            "handoffs": [hop.to_json() for hop in self.handoffs],
         }

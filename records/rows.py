@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from calls.handoff import Hop
 from records.errors import InvalidRecord
 from records.model import CallRecord
 
@@ -39,6 +40,7 @@ COLUMNS = (
     "cost_usd",
     "recording_path",
     "node_id",
+    "handoffs",
 )
 
 # Built once from the constant COLUMNS above; values always go in as ? parameters.
@@ -76,6 +78,7 @@ def to_row(record: CallRecord) -> tuple[object, ...]:
         _real("cost_usd", record.cost_usd),
         _text("recording_path", record.recording_path, nullable=True),
         _text("node_id", record.node_id, nullable=True),
+        _handoffs(record.handoffs),
     )
 
 
@@ -84,7 +87,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
     (
         call_sid, stream_sid, started_at, ended_at, _duration_s, outcome, outcome_detail,
         restarts, vapi_links, barge_ins, turns, p50_ms, p95_ms,
-        frames_in, frames_out, frames_dropped, cost_usd, recording_path, node_id,
+        frames_in, frames_out, frames_dropped, cost_usd, recording_path, node_id, handoffs,
     ) = row  # fmt: skip
     return CallRecord(
         call_sid=call_sid,
@@ -106,6 +109,7 @@ def from_row(row: Sequence[Any]) -> CallRecord:
         cost_usd=cost_usd,
         recording_path=recording_path,
         node_id=node_id,
+        handoffs=_read_handoffs(handoffs),
     )
 
 
@@ -144,3 +148,17 @@ def _restarts(value: object) -> str:
             raise InvalidRecord("restarts", value, "each actor at most once")
         counts[actor] = _count(f"restarts[{actor}]", count)
     return json.dumps(counts, separators=(",", ":"))
+
+
+def _handoffs(value: object) -> str:
+    if not isinstance(value, tuple | list) or not all(isinstance(hop, Hop) for hop in value):
+        raise InvalidRecord("handoffs", value, "a tuple of Hop")
+    return json.dumps([hop.to_json() for hop in value], separators=(",", ":"))
+
+
+def _read_handoffs(text: object) -> tuple[Hop, ...]:
+    try:
+        items = json.loads(text) if isinstance(text, str) else []
+    except ValueError:
+        return ()
+    return tuple(hop for hop in (Hop.from_json(item) for item in items) if hop is not None)

@@ -48,7 +48,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     # v3: the node (NODE_ID and pid) that held the call's stream, so a fleet's one history
     # says where each call ran; NULL for rows written before v3.
     ("ALTER TABLE calls ADD COLUMN node_id TEXT",),
-    # v4 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
+    # v4: the phone call's hand-offs and resumes between nodes (calls/handoff.py), a JSON array
+    # of {"from", "to", "reason", "left_at", "silence_ms"}, oldest first: one record per phone
+    # call, written by the node where it ended. '[]' for rows of earlier versions.
+    ("ALTER TABLE calls ADD COLUMN handoffs TEXT NOT NULL DEFAULT '[]'",),
+    # v5 goes here, e.g. ("ALTER TABLE calls ADD COLUMN transferred_to TEXT",),
 )
 
 CURRENT_VERSION = len(MIGRATIONS)

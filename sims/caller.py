@@ -6,6 +6,13 @@ real-time clock, plays the server's audio on a play-out clock so `mark`s are ech
 they would have played (all at once on `clear`), and records what Twilio would reject.
 `python -m sims.caller` runs calls from the command line (see `main`); `--duration` makes
 each call last that long, `--record` writes each call as the caller lived it to a WAV file.
+
+With `follow_action` it also does what Twilio does when the server's side of the stream
+ends (it closes the socket, or the socket breaks) before the caller hung up: it requests
+the `<Connect action>` URL (signed, with the CallSid and the usual fields) and follows
+the TwiML it gets. A new `<Connect><Stream>` continues the same call on a new stream
+(new StreamSid, same CallSid, the new `<Parameter>`s); meanwhile what the caller says is
+lost, as on the phone. Each such resume is kept in `resumes` with the silence it cost.
 """
 
 from __future__ import annotations
@@ -47,9 +54,9 @@ from media.recording import stereo_pcm
 from sims.playback import BYTES_PER_S, TwilioPlayback
 from sims.report import ANSWER_TIMEOUT_S, CallReport, SimDelays, judge_call, summarize
 from sims.script import RATE_HZ, CallerScript, is_utterance
-from sims.webhook import post_form, stream_from_twiml, voice_params
+from sims.webhook import action_from_twiml, post_form, stream_from_twiml, voice_params
 
-__all__ = ["CallReport", "CallerConfig", "CallerError", "SimulatedCaller", "main", "write_caller_wav"]
+__all__ = ["CallReport", "CallerConfig", "CallerError", "Resume", "SimulatedCaller", "main", "write_caller_wav"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,28 @@ class _RunTimeout(Exception):
     pass
 
 
+# A call resumed more often than this in one run is looping: the simulated Twilio stops following.
+_MAX_RESUMES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """One new stream for the call after the old one ended (all times monotonic seconds, the caller's clock).
+
+    `silence_s`: the caller's line carried nothing: from the old stream's end (its socket
+    closed, or the last audio it had buffered finished playing, whichever is later) to the
+    new stream's `start` (from then on the caller's audio reaches the bridge again).
+    `first_audio_s`: from the same moment to the first media that arrived on the new stream
+    (None if none came): it includes the assistant's own time to answer.
+    """
+
+    stream_sid: str
+    ended_at: float
+    started_at: float
+    silence_s: float
+    first_audio_s: float | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class CallerConfig:
     """Where to call and what to say. URLs are signed as built from `public_url`."""
@@ -102,6 +131,8 @@ class CallerConfig:
     duration_s: float | None = None
     # Write the call as the caller lived it to this stereo WAV when `run` ends (see write_caller_wav).
     record_path: str | None = None
+    # Request the <Connect action> URL when the server's side of the stream ends, and follow it (as Twilio does).
+    follow_action: bool = False
 
 
 class SimulatedCaller:
@@ -134,6 +165,10 @@ class SimulatedCaller:
         self.closed = gevent.event.Event()
         self.close_code: int | None = None
         self.closed_early = False  # the server closed (or dropped) the stream before our stop
+        self.action_url: str | None = None  # the <Connect action> of the TwiML followed last
+        self.action_twiml: list[str] = []  # every answer of the action URL, in order
+        self.resumes: list[Resume] = []
+        self.resuming = gevent.event.Event()  # set while the call is between two streams
 
         self._ws: websocket.WebSocket | None = None
         self._group = gevent.pool.Group()
@@ -146,6 +181,7 @@ class SimulatedCaller:
         self._receiving = False
         self._close_sent = False
         self._stop_sent = False
+        self._hung_up = False
 
     # ---- the webhook ---------------------------------------------------------------
 
@@ -172,6 +208,7 @@ class SimulatedCaller:
         stream = stream_from_twiml(body, public_url) if status == 200 else None
         if stream is not None:
             self.stream_url, self.custom_parameters = stream
+            self.action_url = action_from_twiml(body, public_url)
         return status, body
 
     # ---- the stream ------------------------------------------------------------------
@@ -208,6 +245,12 @@ class SimulatedCaller:
     def start_stream(self) -> None:
         """Send `connected` and `start`, then start receiving."""
         self.stream_started_at = time.monotonic()
+        self._send_start()
+        self._receiving = True
+        self._group.spawn(self._receive_loop)
+        self._group.spawn(self.playback.run_mark_clock, self.closed)
+
+    def _send_start(self) -> None:
         self._send_text({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self._send_event(
             lambda seq: {
@@ -224,9 +267,6 @@ class SimulatedCaller:
                 "streamSid": self.stream_sid,
             }
         )
-        self._receiving = True
-        self._group.spawn(self._receive_loop)
-        self._group.spawn(self.playback.run_mark_clock, self.closed)
 
     def send_audio(self, pcm8k: np.ndarray, realtime: bool = True) -> None:
         """Send 8 kHz audio as 20 ms media frames, paced on an absolute clock unless not `realtime`."""
@@ -242,6 +282,14 @@ class SimulatedCaller:
         for index, offset in enumerate(range(0, len(ulaw), _FRAME_BYTES)):
             if self.closed.is_set():
                 raise CallerError("stream closed by the server")
+            if self.resuming.is_set():
+                # Between two streams: the caller speaks into nothing, on the same clock.
+                if realtime:
+                    delay = self._next_due - time.monotonic()
+                    if delay > 0:
+                        gevent.sleep(delay)
+                    self._next_due += _FRAME_S
+                continue
             said_at = self._next_due
             if realtime:
                 delay = self._next_due - time.monotonic()
@@ -262,14 +310,19 @@ class SimulatedCaller:
                 "payload": base64.b64encode(ulaw[offset : offset + _FRAME_BYTES]).decode("ascii"),
             }
             self._stream_ms += 20
-            self._send_event(
-                lambda seq: {
-                    "event": "media",
-                    "sequenceNumber": seq,
-                    "media": media,  # noqa: B023 - _send_event calls the builder before it returns
-                    "streamSid": self.stream_sid,
-                }
-            )
+            try:
+                self._send_event(
+                    lambda seq: {
+                        "event": "media",
+                        "sequenceNumber": seq,
+                        "media": media,  # noqa: B023 - _send_event calls the builder before it returns
+                        "streamSid": self.stream_sid,
+                    }
+                )
+            except CallerError:
+                if not self.config.follow_action or self.closed.is_set():
+                    raise
+                # The stream ended under the caller: the receiver follows the action URL; the caller talks on.
         if not realtime:
             self._next_due = None  # the next paced frame goes out now, not after the burst's length
 
@@ -350,6 +403,8 @@ class SimulatedCaller:
 
     def send_stop(self) -> None:
         self._stop_sent = True
+        if self.resuming.is_set():
+            return  # no stream to send it on: the caller hangs up between two streams
         self._send_event(
             lambda seq: {
                 "event": "stop",
@@ -361,6 +416,7 @@ class SimulatedCaller:
 
     def close(self) -> None:
         """Close the websocket (close handshake, bounded) and stop every greenlet. Idempotent."""
+        self._hung_up = True
         ws = self._ws
         if ws is not None and not self.closed.is_set() and not self._close_sent:
             with self._send_lock:
@@ -517,6 +573,7 @@ class SimulatedCaller:
             clears=len(self.clears),
             marks_echoed=len(self.marks_echoed),
             duration_s=duration_s,
+            resume_silences_s=[resume.silence_s for resume in self.resumes],
         )
 
     # ---- sending (any greenlet) ------------------------------------------------------
@@ -580,8 +637,84 @@ class SimulatedCaller:
             log.debug("caller_stream_lost call_sid=%s error=%s", self.call_sid, exc)
             self._note_closed()
         finally:
-            self.closed.set()
+            if self._follows(ws):
+                self.resuming.set()
+                self._group.spawn(self._follow_action, time.monotonic())
+            else:
+                self.closed.set()
             self.playback.wake()
+
+    # ---- after the stream (the follower greenlet) --------------------------------------
+
+    def _follows(self, ws: websocket.WebSocket) -> bool:
+        """Whether Twilio would now request the action URL: the server's side ended the stream."""
+        return (self.config.follow_action and self.action_url is not None and ws is self._ws
+                and not self._stop_sent and not self._hung_up and len(self.resumes) < _MAX_RESUMES)
+
+    def _follow_action(self, socket_closed_at: float) -> None:
+        ended_at = max(socket_closed_at, min(self.playback.playout_end, time.monotonic()))
+        try:
+            twiml = self._request_action()
+            stream = stream_from_twiml(twiml, self.action_url or "") if twiml is not None else None
+            if stream is None or self._hung_up or self._stop_sent:
+                return
+            old_ws, self._ws = self._ws, None
+            if old_ws is not None:
+                old_ws.shutdown()
+            self.stream_url, self.custom_parameters = stream
+            self.action_url = action_from_twiml(twiml or "", self.action_url or "") or self.action_url
+            stream_sid = "MZ" + uuid.uuid4().hex
+            self.connect()
+            with self._send_lock:
+                # A new stream numbers its messages, chunks and timestamps from the start again.
+                self.stream_sid = stream_sid
+                self._sequence = 0
+                self._chunk = 0
+                self._stream_ms = _FIRST_TIMESTAMP_MS
+            self.playback.new_stream(stream_sid)
+            arrivals_before = len(self.media_events)
+            self.closed_early = False
+            self.close_code = None
+            self._close_sent = False
+            self._send_start()
+            started_at = time.monotonic()
+            self.resumes.append(Resume(stream_sid, ended_at, started_at, started_at - ended_at))
+            self._group.spawn(self._receive_loop)
+            self.resuming.clear()
+            self._group.spawn(self._await_first_audio, len(self.resumes) - 1, arrivals_before)
+            return
+        except CallerError as exc:
+            log.info("caller_resume_failed call_sid=%s error=%s", self.call_sid, exc)
+        finally:
+            if self.resuming.is_set():
+                self.resuming.clear()
+                self.closed.set()
+                self.playback.wake()
+
+    def _request_action(self) -> str | None:
+        """POST the action URL as Twilio does after `<Connect>`; its TwiML, or None if it did not answer 200."""
+        url = self.action_url or ""
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        params = voice_params(self.config.account_sid, self.call_sid, {"CallStatus": "in-progress"})
+        signature = self._validator.compute_signature(url, params)
+        try:
+            status, body, _ = post_form(self.config.server_url, parts.netloc, path, params, signature)
+        except (OSError, http.client.HTTPException) as exc:
+            raise CallerError(f"action URL POST failed: {exc}") from exc
+        self.action_twiml.append(body if status == 200 else f"HTTP {status}")
+        return body if status == 200 else None
+
+    def _await_first_audio(self, index: int, arrivals_before: int) -> None:
+        resume = self.resumes[index]
+        while len(self.media_events) <= arrivals_before:
+            if self.closed.is_set() or self.resuming.is_set():
+                return
+            self.playback.media_arrived.clear()
+            self.playback.media_arrived.wait(timeout=1.0)
+        first = self.media_events[arrivals_before][0]
+        self.resumes[index] = Resume(resume.stream_sid, resume.ended_at, resume.started_at, resume.silence_s,
+                                     first - resume.ended_at)
 
     def _on_close_frame(self, ws: websocket.WebSocket, data: bytes) -> None:
         self.close_code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
@@ -696,6 +829,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                 script=script,
                 duration_s=args.duration,
                 record_path=path,
+                follow_action=True,
             )
         )
         for path in _record_paths(args.record, args.calls)

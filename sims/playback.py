@@ -116,6 +116,13 @@ class TwilioPlayback:
         else:
             self._on_clear(message, arrived)
 
+    def new_stream(self, stream_sid: str) -> None:
+        """The call went on on a new stream: the old one's pending marks are gone with its socket."""
+        self.stream_sid = stream_sid
+        self._pending_marks.clear()
+        self._playout_end = min(self._playout_end, time.monotonic())
+        self._wakeup.set()
+
     def run_mark_clock(self, closed: gevent.event.Event) -> None:
         """Echo each buffered mark when the play-out clock reaches it, until `closed`."""
         while not closed.is_set():

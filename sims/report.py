@@ -49,6 +49,9 @@ class CallReport:
     marks_echoed: int
     duration_s: float
     protocol_errors: tuple[str, ...]
+    # One entry per resume (a new stream after the server's side ended the old one): the
+    # silence it cost, socket close to the new `start` (sims/caller.py's Resume), in seconds.
+    resume_silences_s: tuple[float, ...] = ()
 
 
 def judge_call(
@@ -64,6 +67,7 @@ def judge_call(
     clears: int,
     marks_echoed: int,
     duration_s: float,
+    resume_silences_s: Sequence[float] = (),
 ) -> CallReport:
     """Turn what the caller observed into a report; `failure` is a step that already failed.
 
@@ -100,6 +104,7 @@ def judge_call(
         marks_echoed=marks_echoed,
         duration_s=duration_s,
         protocol_errors=tuple(protocol_errors),
+        resume_silences_s=tuple(resume_silences_s),
     )
 
 
@@ -113,6 +118,9 @@ def summarize(reports: Sequence[CallReport], sim: SimDelays | None = None) -> li
     for report in reports:
         for number, latency in enumerate(report.turns, start=1):
             lines.append(f"{report.call_sid} turn {number}: {latency:.0f} ms")
+        if report.resume_silences_s:
+            silences = ", ".join(f"{s * 1000:.0f} ms" for s in report.resume_silences_s)
+            lines.append(f"{report.call_sid} resumed {len(report.resume_silences_s)}x, silence {silences}")
         if not report.ok:
             lines.append(f"{report.call_sid} FAILED: {report.failure}")
     latencies = np.array([t for report in reports for t in report.turns], dtype=np.float64)
@@ -144,6 +152,15 @@ def summarize(reports: Sequence[CallReport], sim: SimDelays | None = None) -> li
             lines.append(
                 f"               The rest, the bridge's and the network's share: p50 {p50:.0f} ms   p95 {p95:.0f} ms"
             )
+    gaps = np.array([s for report in reports for s in report.resume_silences_s], dtype=np.float64)
+    if gaps.size:
+        lines += [
+            f"resumes        {gaps.size} in {sum(bool(r.resume_silences_s) for r in reports)} call(s)"
+            f"   silence p50 {np.percentile(gaps, 50) * 1000:.0f} ms   max {gaps.max() * 1000:.0f} ms",
+            "               a new stream for a live call after the bridge's side of the old one ended (a node",
+            "               handed it off, died, or lost the socket); silence: the old socket's close (or the end",
+            "               of the audio it had buffered) to the new stream's `start`, on the caller's clock.",
+        ]
     lines += [
         f"audio received {audio_s:.1f} s   clears {sum(r.clears for r in reports)}"
         f"   marks echoed {sum(r.marks_echoed for r in reports)}",

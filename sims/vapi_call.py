@@ -3,6 +3,11 @@
 It greets, finds the caller's utterances by level (in audio time, like an endpointer),
 answers each after a delay, reports barge-in as `user-interrupted`, and records what it
 saw for tests. Binary frames are raw audio in the call's format; text frames are flat JSON.
+
+Like VAPI it keeps the call's conversation: `add-message`s join it, each utterance and each
+thing it says is reported as a final `transcript`, and every change as a
+`conversation-update` carrying the whole history. Its answers say how many earlier turns
+it was given ("I remember 3 earlier turns"), so a test sees a replacement call's context arrive.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
     from sims.vapi import VapiSimConfig
 
-__all__ = ["AssistantTurn", "SimCall"]
+__all__ = ["AddedMessage", "AssistantTurn", "SimCall"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,10 @@ _SPEECH_START_MS = 40
 _BURST_YIELD_FRAMES = 5
 # After our close frame, how long the peer gets to answer with its own.
 _CLOSE_WAIT_S = 1.0
+GREETING_TEXT = "Hello, this is the simulated assistant."
+_SYSTEM_PROMPT = "You are the simulated assistant."
+# History entries kept, as a bound for long soak calls (VAPI documents none).
+_HISTORY_KEPT = 200
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -85,6 +94,7 @@ class _Speech:
     end_call: bool = False
     pause_s: float = 0.0  # scripted turns: silence after the previous turn before this one
     audio: bytes | None = None  # scripted turns: what to say, in the call's format
+    text: str = ""  # what its transcript says (answers: worked out when spoken)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +104,16 @@ class AssistantTurn:
 
     pcm: np.ndarray
     pause_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class AddedMessage:
+    """One `add-message` the call was given, and how much caller audio had arrived before it."""
+
+    role: str
+    content: str
+    trigger_response: bool
+    audio_bytes_before: int
 
 
 class SimCall:
@@ -131,6 +151,12 @@ class SimCall:
         self.greeted = False
         self.ended_reason: str | None = None
         self.peer_close_code: int | None = None
+        # Every add-message received, in order; `history_given` counts those that came as
+        # history (no response triggered), `history` is the conversation as reported.
+        self.added_messages: list[AddedMessage] = []
+        self.history_given = 0
+        self.history: list[tuple[str, str]] = []
+        self.audio_bytes = 0
         # Opt-in hook (benches): called with (this call, the bytes) for every binary
         # message received, in the reader greenlet. None: nothing is called.
         self.on_audio: Callable[[SimCall, bytes], None] | None = None
@@ -232,7 +258,8 @@ class SimCall:
             if self.turns is not None:
                 self._queue_turns(self.turns)
             elif self.first_message_mode != "assistant-waits-for-user":
-                self._requests.put(_Speech(kind="greeting", due=time.monotonic(), ms=self.greeting_ms))
+                greeting = _Speech(kind="greeting", due=time.monotonic(), ms=self.greeting_ms, text=GREETING_TEXT)
+                self._requests.put(greeting)
             while not self._finished.wait(timeout=0.25):
                 if self._close_deadline is not None and time.monotonic() > self._close_deadline:
                     break  # the peer never answered our close frame
@@ -307,14 +334,44 @@ class SimCall:
             self._end("customer-ended-call")
         elif kind == "say":
             end_call = bool(message.get("endCallAfterSpoken", False))
-            say = _Speech(kind="say", due=time.monotonic(), ms=self._config.reply_ms, end_call=end_call)
+            content = message.get("content")
+            text = content if isinstance(content, str) else ""
+            say = _Speech(kind="say", due=time.monotonic(), ms=self._config.reply_ms, end_call=end_call, text=text)
             self._requests.put(say)
+        elif kind == "add-message":
+            self._on_add_message(message)
         elif kind not in _CLIENT_TYPES:
             # VAPI is reported to close on an invalid type (docs/vapi-websocket-transport.md).
             log.info("vapi_sim_invalid_type call_id=%s type=%s", self.call_id, kind)
             self._close(CLOSE_POLICY, "invalid message type")
 
+    def _on_add_message(self, message: dict[str, Any]) -> None:
+        body = message.get("message")
+        role = body.get("role") if isinstance(body, dict) else None
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(role, str) or not isinstance(content, str):
+            log.info("vapi_sim_bad_add_message call_id=%s", self.call_id)
+            return
+        trigger = message.get("triggerResponseEnabled", True) is not False  # VAPI's default: true
+        self.added_messages.append(AddedMessage(role, content, trigger, self.audio_bytes))
+        if not trigger:
+            self.history_given += 1
+        self._remember(role, content)
+
+    def _remember(self, role: str, text: str) -> None:
+        """A turn joins the history; VAPI reports it with the whole history as it now stands."""
+        self.history.append((role, text))
+        del self.history[:-_HISTORY_KEPT]
+        conversation = [{"role": "system", "content": _SYSTEM_PROMPT}]
+        conversation += [{"role": r, "content": t} for r, t in self.history]
+        self._send_json({"type": "conversation-update", "conversation": conversation})
+
+    def _say_transcript(self, role: str, text: str) -> None:
+        self._send_json({"type": "transcript", "role": role, "transcriptType": "final", "transcript": text})
+        self._remember(role, text)
+
     def _on_audio(self, data: bytes) -> None:
+        self.audio_bytes += len(data)
         if self.on_audio is not None:
             self.on_audio(self, data)
         if self._config.record:
@@ -344,14 +401,7 @@ class SimCall:
         self.utterances += 1
         if not self._config.answers:
             return
-        self._send_json(
-            {
-                "type": "transcript",
-                "role": "user",
-                "transcriptType": "final",
-                "transcript": f"utterance {self.utterances}",
-            }
-        )
+        self._say_transcript("user", f"utterance {self.utterances}")
         due = time.monotonic() + self._config.reply_delay_ms / 1000.0
         answer = _Speech(kind="answer", due=due, ms=self._config.reply_ms, utterance_gen=self._utterance_gen)
         self._requests.put(answer)
@@ -374,11 +424,17 @@ class SimCall:
                 return
             if speech.kind == "answer" and speech.utterance_gen != self._utterance_gen:
                 continue  # the caller went on talking: one longer utterance, answered at its end
+            text = speech.text
             if speech.kind == "greeting":
                 self.greeted = True
             elif speech.kind == "answer":
                 self.answers_sent += 1
+                text = f"Answer {self.answers_sent}."
+                if self.history_given:
+                    text += f" I remember {self.history_given} earlier turns."
             completed = self._speak(speech.ms, speech.audio)
+            if self._close_deadline is None and text:
+                self._say_transcript("assistant", text)
             if completed and speech.kind == "answer":
                 self._answers_completed += 1
             limit = self._config.end_after_turns

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-__all__ = ["post_form", "stream_from_twiml", "voice_params"]
+__all__ = ["action_from_twiml", "post_form", "stream_from_twiml", "voice_params"]
 
 _HTTP_TIMEOUT_S = 10.0
 
@@ -79,3 +79,19 @@ def stream_from_twiml(twiml: str, webhook_url: str) -> tuple[str, dict[str, str]
     url = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")}
     return url, parameters
+
+
+def action_from_twiml(twiml: str, webhook_url: str) -> str | None:
+    """The absolute `<Connect action>` URL of the TwiML, or None if it has none.
+
+    Twilio requests it when the `<Connect>` ends (our side closed the stream, or it broke),
+    and runs the TwiML it answers; a relative URL resolves against the webhook's.
+    """
+    try:
+        root = ElementTree.fromstring(twiml)  # noqa: S314 - as in stream_from_twiml
+    except ElementTree.ParseError:
+        return None
+    connect = root.find("./Connect")
+    if root.tag != "Response" or connect is None or not connect.get("action"):
+        return None
+    return urljoin(webhook_url, connect.get("action", ""))

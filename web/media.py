@@ -21,6 +21,7 @@ from flask import Blueprint, request
 from actors.call import CallContext
 from actors.messages import TwilioFrameReceived, TwilioSocketAttached
 from actors.registry import StreamRefused
+from calls.handoff import STREAM_BROKEN
 from calls.outcome import Outcome
 from links.twilio import FrameTooLarge, TwilioSocket
 from protocols.errors import ProtocolError
@@ -43,6 +44,9 @@ _FRAMES_BEFORE_START = 4
 _MAILBOX_LIMIT = 500
 # Socket ends that mean the peer misbehaved (counted), as opposed to hanging up.
 _ABUSIVE_ENDS = frozenset({"protocol", "budget", "idle", "send_failed"})
+# Socket ends with no `stop` and no close handshake: the stream broke under the call, and
+# Twilio asks the action URL next (docs/twilio-handoff.md), so in a fleet the call moves on.
+_BROKEN_ENDS = frozenset({"eof", "send_failed"})
 
 
 class _Refused(Exception):
@@ -148,6 +152,7 @@ def _read(socket: TwilioSocket, call: CallContext, ctx: WebContext) -> None:
     """Read until the call ends; the reader reports the Twilio side's end (stop, or close) once."""
     log = call.log.bind(actor="media_socket")
     stop_mark = _STOP_MARK.encode()
+    stopped = False
     while not call.ended.is_set():
         try:
             frame = socket.receive()
@@ -165,6 +170,7 @@ def _read(socket: TwilioSocket, call: CallContext, ctx: WebContext) -> None:
         ):
             ctx.metrics.dropped.labels(reason="undelivered").inc()
         if (_STOP_MARK in frame if type(frame) is str else stop_mark in frame) and _is_stop(frame):
+            stopped = True
             call.end(Outcome.COMPLETED, "caller hung up")
     reason = socket.end_reason or "closed"
     if reason in _ABUSIVE_ENDS:
@@ -172,6 +178,8 @@ def _read(socket: TwilioSocket, call: CallContext, ctx: WebContext) -> None:
         log.warning("media_socket_closed", code=socket.close_code, reason=reason, detail=socket.protocol_error)
     else:
         log.info("media_socket_closed", code=socket.close_code, reason=reason)
+    if not stopped and reason in _BROKEN_ENDS and ctx.calls.hand_off(call, STREAM_BROKEN):
+        return
     # The call's end, unless something (the caller's `stop`, usually) ended it first.
     call.end(Outcome.COMPLETED, "twilio socket closed" if reason in ("closed", "eof", "local") else
              f"twilio socket closed: {reason}")

@@ -97,22 +97,35 @@ def incoming() -> Response:
         ctx.metrics.calls.labels(outcome=Outcome.REFUSED.value).inc()
         return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))
     ticket = ctx.calls.admit(call_sid)
-    twiml = connect_stream_twiml(
-        action_url=f"{ctx.public_url}/voice/after-stream",
-        stream_url=media_stream_url(ctx.public_url, call_sid),
-        parameters={"callSid": call_sid, **ticket_parameters(ticket)},
-    )
     ctx.log.info("call_answered", call_sid=call_sid, actor="webhook")
-    return _twiml(twiml)
+    return _connect(call_sid, ticket)
+
+
+def _connect(call_sid: str, ticket: str) -> Response:
+    return _twiml(connect_stream_twiml(
+        action_url=f"{context().public_url}/voice/after-stream",
+        stream_url=media_stream_url(context().public_url, call_sid),
+        parameters={"callSid": call_sid, **ticket_parameters(ticket)},
+    ))
 
 
 @bp.post("/voice/after-stream")
 def after_stream() -> Response:
-    """The stream ended: hang up if the conversation ended, else play the fallback."""
+    """The stream ended: hang up if the conversation ended, resume a live call, else play the fallback.
+
+    A live call whose stream ended without an outcome (its node handed it off, died, or
+    lost Twilio's socket) gets a new `<Connect><Stream>` with a fresh ticket, on whichever
+    node takes it (docs/twilio-handoff.md).
+    """
     call_sid = _call_sid(_signed_params())
     ctx = context()
-    outcome = ctx.calls.outcome(call_sid)
+    decision = ctx.calls.after_stream(call_sid)
+    outcome = decision.outcome
     if outcome is not None and outcome.hangs_up:
         return _twiml(hangup_twiml())
+    if decision.resume is not None:
+        ctx.log.info("call_resuming", call_sid=call_sid, actor="webhook", reason=decision.resume.reason,
+                     from_node=decision.resume.from_node, resumes=decision.resume.resumes)
+        return _connect(call_sid, ctx.calls.admit(call_sid, resume=True))
     ctx.log.info("fallback_served", call_sid=call_sid, actor="webhook", outcome=outcome.value if outcome else "unknown")
     return _twiml(fallback_twiml(say=ctx.fallback.say, dial=ctx.fallback.dial))

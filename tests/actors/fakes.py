@@ -218,6 +218,7 @@ class FakeVapiLink:
         self._inbox: gevent.queue.Queue[Received | BaseException] = gevent.queue.Queue()
         self.audio_sent: list[bytes] = []
         self.text_sent: list[str] = []
+        self.sent: list[bytes | str] = []  # audio and text together, in the order sent
         self.pings = 0
         self.closed_with: list[bool] = []  # the goodbye flag of each close()
         self.shutdowns = 0
@@ -259,10 +260,12 @@ class FakeVapiLink:
     def send_audio(self, data: bytes) -> None:
         self._check()
         self.audio_sent.append(data)
+        self.sent.append(data)
 
     def send_text(self, text: str) -> None:
         self._check()
         self.text_sent.append(text)
+        self.sent.append(text)
 
     def ping(self) -> None:
         self._check()

@@ -6,6 +6,7 @@ keepalive interval, pong timeout) is stepped by the test, exactly to its deadlin
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from actors.call import CallContext, PreparedVapi
 from actors.messages import AssistantAudio, EndCall, EventNoted, HoldCaller, UplinkAudio
 from actors.vapi import _NO_SECOND_GREETING, _RETRY_BACKOFF, VapiActor
+from calls.conversation import Turn
 from calls.outcome import Outcome
 from links.errors import ErrorKind, VapiUnavailable
 from links.vapi import Signal
@@ -107,7 +109,7 @@ def test_the_next_incarnation_does_not_greet_again_and_replays_only_what_the_los
     assert link2.audio_sent == swallowed
     assert call.state.vapi_links == 2
     reconnects = [e for e in parent.of("supervisor", EventNoted) if e.kind == "reconnect"]
-    assert reconnects == [EventNoted("reconnect", "VAPI link 2, 40 ms replayed")]
+    assert reconnects == [EventNoted("reconnect", "VAPI link 2, 0 turns given, 40 ms replayed")]
     assert parent.of("twilio", HoldCaller) == []  # no outage: the caller heard no hold sound
 
 
@@ -273,3 +275,130 @@ def test_a_webhook_vapi_call_that_cannot_be_joined_is_replaced_by_a_new_one_that
     assert connector.creates == [(PCM16K, None)]  # the caller has not been greeted yet
     assert link.call_id == "1"
     assert parent.of("twilio", HoldCaller) == []  # not an outage: no hold sound
+
+
+# The conversation.
+
+
+def transcript(role: str, text: str, kind: str = "final") -> str:
+    return json.dumps({"type": "transcript", "role": role, "transcriptType": kind, "transcript": text})
+
+
+def history(*turns: tuple[str, str]) -> str:
+    entries = [{"role": "system", "content": "You are a test assistant."}]
+    entries += [{"role": role, "content": text} for role, text in turns]
+    return json.dumps({"type": "conversation-update", "conversation": entries})
+
+
+def feed_events(parent: ProbeParent, link: FakeVapiLink, *events: str) -> None:
+    link.feed(*events)
+    assert wait_until(lambda: link.unread == 0)
+    parent.settle()
+
+
+def test_final_transcripts_are_kept_in_the_call_state_and_partial_ones_are_not(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    feed_events(
+        parent, link,
+        transcript("assistant", "Hello, where to?"),
+        transcript("user", "To the", kind="partial"),
+        transcript("user", "To the station."),
+        transcript("assistant", "Booked."),
+    )
+    assert call.state.conversation.turns() == (
+        Turn("assistant", "Hello, where to?"), Turn("user", "To the station."), Turn("assistant", "Booked.")
+    )
+
+
+def test_a_conversation_update_stands_for_the_link_and_later_transcripts_are_not_added_twice(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    feed_events(parent, link, transcript("assistant", "Hi."), history(("assistant", "Hi."), ("user", "Hello.")))
+    assert call.state.conversation.turns() == (Turn("assistant", "Hi."), Turn("user", "Hello."))
+    # VAPI may send a turn's final transcript after the update that holds it.
+    feed_events(parent, link, transcript("user", "Hello."))
+    assert call.state.conversation.turns() == (Turn("assistant", "Hi."), Turn("user", "Hello."))
+
+
+def test_malformed_history_is_counted_and_the_call_goes_on(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    feed_events(
+        parent, link,
+        '{"type": "conversation-update", "conversation": "oops"}',
+        '{"type": "conversation-update", "conversation": [7, {"role": "user", "content": "Yes."}]}',
+    )
+    assert call.metrics.value("bridge_malformed_inputs_total", source="vapi", kind="bad_field") == 1
+    assert call.metrics.value("bridge_malformed_inputs_total", source="vapi", kind="history_entry") == 1
+    assert call.state.conversation.turns() == (Turn("user", "Yes."),)
+    assert parent.exits == []
+
+
+def test_a_replaced_link_gives_the_new_vapi_call_the_conversation_before_the_replayed_audio(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    parent.start(VapiActor)
+    link1 = link_up(parent, connector)
+    feed_events(
+        parent, link1,
+        transcript("assistant", "Hello, where to?"), transcript("user", "To the station."),
+        transcript("assistant", "When?"),
+    )
+    swallowed = [send_uplink(call, parent, n) for n in (1, 2)]  # "Now, please": never answered
+    parent.settle()
+    link1.feed(Signal.CLOSED)
+    assert wait_until(lambda: parent.exits)
+
+    parent.start(VapiActor)
+    link2 = link_up(parent, connector, count=2)
+    assert connector.creates[1] == (PCM16K, _NO_SECOND_GREETING)
+    context = [json.loads(text) for text in link2.sent if isinstance(text, str)]
+    assert context == [
+        {"type": "add-message", "message": {"role": "assistant", "content": "Hello, where to?"},
+         "triggerResponseEnabled": False},
+        {"type": "add-message", "message": {"role": "user", "content": "To the station."},
+         "triggerResponseEnabled": False},
+        {"type": "add-message", "message": {"role": "assistant", "content": "When?"},
+         "triggerResponseEnabled": False},
+    ]
+    assert link2.sent[3:] == swallowed  # the history first, then the caller's words
+    reconnects = [e.detail for e in parent.of("supervisor", EventNoted) if e.kind == "reconnect"]
+    assert reconnects == ["VAPI link 2, 3 turns given, 40 ms replayed"]
+
+    # The new VAPI call reports the history it was given as its own, then its own turns.
+    given = [("assistant", "Hello, where to?"), ("user", "To the station."), ("assistant", "When?")]
+    feed_events(parent, link2, history(*given[:1]))  # still taking it in: nothing is lost
+    assert len(call.state.conversation) == 3
+    feed_events(parent, link2, history(*given, ("user", "Now, please.")))
+    assert call.state.conversation.turns()[-1] == Turn("user", "Now, please.")
+    assert len(call.state.conversation) == 4
+
+
+def test_a_new_vapi_call_that_reports_only_its_own_turns_keeps_the_earlier_ones(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    call.state.vapi_greeted = True  # a call taken over from elsewhere, with its conversation
+    call.state.conversation.add("assistant", "Hello.")
+    call.state.conversation.add("user", "Hi.")
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    assert connector.creates == [(PCM16K, _NO_SECOND_GREETING)]
+    assert len(link.text_sent) == 2
+    feed_events(parent, link, history(("assistant", "How can I help?")))
+    assert [t.text for t in call.state.conversation.turns()] == ["Hello.", "Hi.", "How can I help?"]
+
+
+def test_the_first_link_of_a_call_is_given_no_history(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    parent.start(VapiActor)
+    link = link_up(parent, connector)
+    assert link.text_sent == []
+    assert connector.creates == [(PCM16K, None)]

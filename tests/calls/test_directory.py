@@ -13,6 +13,7 @@ import gevent
 import pytest
 
 from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, DirectoryUnavailable, MemoryDirectory
+from calls.handoff import Handoff
 from calls.outcome import Outcome
 from directory import RedisDirectory, SqliteDirectory
 from tests.services import free_port, redis_server  # noqa: F401 - a fixture
@@ -217,3 +218,40 @@ def test_a_memory_directory_forgets_admissions_whose_stream_never_came():
     for n in range(300, 600):
         directory.admit(f"CA{n:032x}", "a", ttl_s=1)
     assert len(directory._entries) <= 300  # the expired ones were swept, not kept for ever
+
+
+def test_a_moving_call_releases_its_claim_and_one_node_takes_its_handoff(nodes):
+    make, _ = nodes
+    old, after_stream, new, rival = make(), make(), make(), make()
+    old.admit(SID, "node-a", ttl_s=30)
+    assert old.claim(SID, "node-a", lease_s=10) is None
+    handoff = Handoff(call_sid=SID, conversation_json=[{"role": "user", "text": "hello"}], from_node="node-a",
+                      left_at=1.0, started_at=0.5)
+    old.mark_moving(SID, handoff, ttl_s=30)
+    assert after_stream.moving(SID) == handoff
+    assert after_stream.owner(SID) is None  # released: the new stream can claim it
+    after_stream.admit(SID, "node-b", ttl_s=30)
+    assert new.claim(SID, "node-b", lease_s=10) is None
+    takers = [gevent.spawn(d.take_moving, SID, name) for d, name in ((new, "node-b"), (rival, "node-c"))]
+    gevent.joinall(takers, raise_error=True)
+    assert sorted([t.value is not None for t in takers]) == [False, True]
+    assert next(t.value for t in takers if t.value is not None) == handoff
+    assert after_stream.moving(SID) is None
+
+
+def test_a_finished_call_is_no_longer_moving(nodes):
+    make, _ = nodes
+    node = make()
+    node.mark_moving(SID, Handoff(call_sid=SID, from_node="node-a"), ttl_s=30)
+    node.finish(SID, Outcome.COMPLETED)
+    assert node.moving(SID) is None and node.outcome(SID) is Outcome.COMPLETED
+
+
+def test_a_draining_nodes_heartbeat_says_so(nodes):
+    make, _ = nodes
+    a, b = make(), make()
+    a.heartbeat("node-a", [{"call_sid": SID}], ttl_s=5, draining=True)
+    b.heartbeat("node-b", [], ttl_s=5)
+    views = {view.node_id: view for view in b.nodes()}
+    assert views["node-a"].draining and not views["node-b"].draining
+    assert [c["call_sid"] for c in views["node-a"].calls] == [SID]

@@ -1,35 +1,10 @@
-"""deploy/nginx.conf with a test's addresses put in: the shipped file is the one under test."""
+"""deploy/nginx.conf with a test's addresses put in: the shipped file is the one under test.
+
+The rendering lives in bench/_nginx_conf.py, where the fleet soak uses it too.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from pathlib import Path
+from bench._nginx_conf import DEPLOY_CONF, ROOT, render
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
-
-_UPSTREAM = re.compile(r"(upstream bridge \{)(.*?)(\n\})", re.S)
-_NODE = re.compile(r"^([ \t]*)server \S+:\d+( [^;]*)?;\n", re.M)
-_LISTEN = re.compile(r"^([ \t]*)listen 80;$", re.M)
-
-
-def render(nodes: Sequence[str], port: int, text: str | None = None) -> str:
-    """The shipped config with its node lines replaced by `nodes` ("host:port") and listening on 127.0.0.1:`port`.
-
-    Each node keeps the shipped line's parameters (max_fails, fail_timeout), so what is
-    tested is the shipped upstream, only with other addresses.
-    """
-    text = DEPLOY_CONF.read_text() if text is None else text
-    upstream = _UPSTREAM.search(text)
-    assert upstream, "deploy/nginx.conf has no `upstream bridge { ... }` block"
-    body = upstream.group(2)
-    shipped = list(_NODE.finditer(body))
-    assert len(shipped) >= 2, "deploy/nginx.conf's upstream should show two or more nodes"
-    indent, params = shipped[0].group(1), shipped[0].group(2) or ""
-    lines = "".join(f"{indent}server {node}{params};\n" for node in nodes)
-    body = body[: shipped[0].start()] + lines + _NODE.sub("", body[shipped[0].start():])
-    text = text[: upstream.start(2)] + body + text[upstream.end(2):]
-    text, listens = _LISTEN.subn(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", text)
-    assert listens == 1, "deploy/nginx.conf should have one `listen 80;`"
-    return text
+__all__ = ["DEPLOY_CONF", "ROOT", "render"]

@@ -11,6 +11,7 @@ from protocols.vapi import (
     MULAW8K,
     PCM16K,
     AudioFormat,
+    ConversationUpdate,
     CreatedCall,
     Hang,
     OtherEvent,
@@ -21,6 +22,7 @@ from protocols.vapi import (
     create_call_body,
     dtmf_message,
     encode_add_message,
+    encode_context_message,
     encode_end_call,
     encode_say,
     parse_create_response,
@@ -184,7 +186,7 @@ def test_the_live_recorded_event_sequence_parses_in_order() -> None:
         StatusUpdate(status="in-progress", ended_reason=None),
         SpeechUpdate(status="started", role="user", turn=0),
         Transcript(role="user", transcript_type="partial", transcript="Hello."),
-        OtherEvent(type="conversation-update"),
+        ConversationUpdate(turns=()),  # a system prompt and a user entry with no text yet
         Transcript(role="user", transcript_type="final", transcript="Hello."),
         SpeechUpdate(status="started", role="assistant", turn=0),
         SpeechUpdate(status="stopped", role="user", turn=0),
@@ -231,7 +233,7 @@ def test_the_bracketed_final_transcript_type_is_a_final_transcript() -> None:
 
 @pytest.mark.parametrize(
     "kind",
-    ["conversation-update", "model-output", "end-of-call-report", "tool-calls", "something-new"],
+    ["model-output", "end-of-call-report", "tool-calls", "something-new"],
 )
 def test_any_other_event_type_is_passed_on_not_refused(kind: str) -> None:
     assert parse_event(json.dumps({"type": kind, "payload": [1, {"x": None}]})) == OtherEvent(kind)
@@ -344,3 +346,76 @@ def test_encoded_messages_are_compact_ascii_text() -> None:
 
     assert encoded.isascii() and ", " not in encoded and ": " not in encoded
     assert json.loads(encoded)["content"] == "héllo"
+
+
+# The conversation as VAPI reports it.
+
+
+def test_a_conversation_update_in_the_recorded_shape_keeps_what_was_said() -> None:
+    text = json.dumps(
+        {
+            "type": "conversation-update",
+            "conversation": [
+                {"role": "system", "content": "You are a taxi dispatcher."},
+                {"role": "assistant", "content": "Hello, where to?"},
+                {"role": "user", "content": " To the station. "},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "t1"}]},
+                {"role": "tool", "content": "booked", "tool_call_id": "t1"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Booked."}, {"type": "image"}]},
+            ],
+        }
+    )
+
+    assert parse_event(text) == ConversationUpdate(
+        turns=(("assistant", "Hello, where to?"), ("user", "To the station."), ("assistant", "Booked."))
+    )
+
+
+def test_a_conversation_update_in_the_schema_shape_maps_bot_to_assistant() -> None:
+    text = json.dumps(
+        {
+            "type": "conversation-update",
+            "messages": [
+                {"role": "system", "message": "prompt", "time": 1},
+                {"role": "bot", "message": "Hi.", "time": 2, "secondsFromStart": 0.5},
+                {"role": "user", "message": "Hello.", "time": 3},
+            ],
+        }
+    )
+
+    assert parse_event(text) == ConversationUpdate(turns=(("assistant", "Hi."), ("user", "Hello.")))
+
+
+def test_the_openai_formatted_history_is_read_when_it_is_the_only_one() -> None:
+    text = '{"type":"conversation-update","messagesOpenAIFormatted":[{"role":"user","content":"Yes."}]}'
+
+    assert parse_event(text) == ConversationUpdate(turns=(("user", "Yes."),))
+
+
+def test_entries_not_shaped_like_messages_are_counted_not_fatal() -> None:
+    text = '{"type":"conversation-update","conversation":[1,"x",{"content":"no role"},{"role":"user","content":"ok"}]}'
+
+    assert parse_event(text) == ConversationUpdate(turns=(("user", "ok"),), skipped=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ('{"type":"conversation-update"}', "missing_field"),
+        ('{"type":"conversation-update","conversation":{"role":"user"}}', "bad_field"),
+        ('{"type":"conversation-update","messages":"Hello"}', "bad_field"),
+    ],
+)
+def test_a_conversation_update_without_a_history_list_is_refused(text: str, kind: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_event(text)
+
+    assert caught.value.kind == kind
+
+
+def test_a_context_message_adds_history_without_asking_for_an_answer() -> None:
+    assert json.loads(encode_context_message(role="assistant", content="Hello, where to?")) == {
+        "type": "add-message",
+        "message": {"role": "assistant", "content": "Hello, where to?"},
+        "triggerResponseEnabled": False,
+    }

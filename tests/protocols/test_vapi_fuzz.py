@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.twilio import DTMF_DIGITS
 from protocols.vapi import (
+    ConversationUpdate,
     CreatedCall,
     Hang,
     OtherEvent,
@@ -38,15 +39,17 @@ from tests.protocols.strategies import (
     short_text,
 )
 
-EVENT_TYPES = (StatusUpdate, SpeechUpdate, UserInterrupted, Hang, Transcript, OtherEvent)
+EVENT_TYPES = (StatusUpdate, SpeechUpdate, UserInterrupted, Hang, Transcript, ConversationUpdate, OtherEvent)
 # What a text frame can be refused for; VAPI's parsers have no binary or size check of their own.
 KINDS = {"bad_json", "not_object", "missing_field", "bad_field"}
 FINAL = 'transcript[transcriptType="final"]'
-KNOWN_TYPES = {"status-update", "speech-update", "user-interrupted", "hang", "transcript", FINAL}
+KNOWN_TYPES = {"status-update", "speech-update", "user-interrupted", "hang", "transcript", FINAL, "conversation-update"}
+_SPOKEN = {"user": "user", "assistant": "assistant", "bot": "assistant"}
 
 _CLOSERS = {"[": "]", '{"a":': "}", '{"type":"hang","x":[': "]"}
 _RESERVED = frozenset(
-    {"type", "status", "endedReason", "role", "turn", "turnId", "transcriptType", "transcript"}
+    {"type", "status", "endedReason", "role", "turn", "turnId", "transcriptType", "transcript",
+     "conversation", "messagesOpenAIFormatted", "messages"}
 )
 
 
@@ -115,6 +118,14 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], VapiEvent]:
             event["transcriptType"] = a
         transcript_type = event.get("transcriptType", "final")
         expected = Transcript(role=b, transcript_type=transcript_type, transcript=c)
+    elif kind == "conversation-update":
+        key = draw(st.sampled_from(["conversation", "messagesOpenAIFormatted", "messages"]))
+        roles = st.sampled_from(["user", "assistant", "bot", "system", "tool"])
+        entries = draw(st.lists(st.tuples(roles, any_text), max_size=4))
+        text_key = "message" if key == "messages" else "content"
+        event[key] = [{"role": role, text_key: text} for role, text in entries]
+        spoken = ((_SPOKEN.get(role), text.strip()) for role, text in entries)
+        expected = ConversationUpdate(turns=tuple((r, t) for r, t in spoken if r is not None and t))
     else:
         expected = OtherEvent(type=kind)
     return event, expected

@@ -24,4 +24,4 @@ def test_to_json_is_plain_json_with_restarts_as_an_object_and_the_duration():
 
 
 def test_the_outcome_vocabulary_is_the_one_the_issue_names():
-    assert OUTCOMES == ("completed", "assistant-ended", "gave-up", "drained", "failed", "refused")
+    assert OUTCOMES == ("completed", "assistant-ended", "gave-up", "drained", "failed", "refused", "handed-off")

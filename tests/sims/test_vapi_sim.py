@@ -397,3 +397,43 @@ def test_a_simulator_that_does_not_answer_still_hears_the_utterance(sim_factory:
     gevent.sleep(0.3)
     assert client.audio == b"" and call.answers_sent == 0
     assert client.types() == ["status-update"]
+
+
+# ---- the conversation ---------------------------------------------------------------
+
+
+def test_what_is_said_is_reported_as_final_transcripts_and_the_whole_history(
+    sim: VapiSimulator, connect: Any
+) -> None:
+    client, _call = connect(sim)
+    greeting = "Hello, this is the simulated assistant."
+    client.wait_text("transcript", role="assistant", transcriptType="final", transcript=greeting)
+    client.send_pcm(tone(300.0, 300, 16000, dbfs=-20.0))
+    client.send_pcm(silence(400, 16000))
+    client.wait_text("transcript", role="user", transcriptType="final", transcript="utterance 1")
+    client.wait_text("transcript", role="assistant", transcriptType="final", transcript="Answer 1.")
+    updates = [m["conversation"] for _, m in client.texts if m["type"] == "conversation-update"]
+    assert updates[-1] == [
+        {"role": "system", "content": "You are the simulated assistant."},
+        {"role": "assistant", "content": greeting},
+        {"role": "user", "content": "utterance 1"},
+        {"role": "assistant", "content": "Answer 1."},
+    ]
+    assert len(updates) == 3  # one per turn committed
+
+
+def test_history_given_by_add_message_is_recorded_and_the_answer_knows_it(sim: VapiSimulator, connect: Any) -> None:
+    client, call = connect(sim, mode="assistant-waits-for-user")
+    for role, content in [("assistant", "Hello."), ("user", "A taxi, please.")]:
+        message = {"role": role, "content": content}
+        client.ws.send(json.dumps({"type": "add-message", "message": message, "triggerResponseEnabled": False}))
+    client.send_pcm(tone(300.0, 300, 16000, dbfs=-20.0))
+    client.send_pcm(silence(400, 16000))
+    _, answer = client.wait_text("transcript", role="assistant", transcriptType="final")
+    assert answer["transcript"] == "Answer 1. I remember 2 earlier turns."
+    assert [(m.role, m.content, m.trigger_response, m.audio_bytes_before) for m in call.added_messages] == [
+        ("assistant", "Hello.", False, 0),
+        ("user", "A taxi, please.", False, 0),
+    ]
+    assert call.history_given == 2 and not call.greeted
+    assert call.history[:3] == [("assistant", "Hello."), ("user", "A taxi, please."), ("user", "utterance 1")]

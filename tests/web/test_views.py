@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import structlog
 
+from actors.registry import AfterStream
+from calls.handoff import Handoff
 from calls.outcome import Outcome
 from links.twilio import SocketLimits
 from observability.metrics import Metrics
@@ -31,16 +33,21 @@ CALL_SID = "CA" + "ab" * 16
 class FakeCalls:
     started: list[str] = field(default_factory=list)
     ended: dict[str, Outcome] = field(default_factory=dict)
+    moving: dict[str, Handoff] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
 
     def ended_before(self, call_sid: str) -> bool:
         return call_sid in self.ended
 
-    def admit(self, call_sid: str) -> str:
-        self.started.append(call_sid)
+    def admit(self, call_sid: str, *, resume: bool = False) -> str:
+        (self.resumed if resume else self.started).append(call_sid)
         return "sealed-ticket-" + "x" * 600  # longer than one <Parameter> may carry
 
     def outcome(self, call_sid: str) -> Outcome | None:
         return self.ended.get(call_sid)
+
+    def after_stream(self, call_sid: str) -> AfterStream:
+        return AfterStream(outcome=self.ended.get(call_sid), resume=self.moving.get(call_sid))
 
     def live(self) -> list[Any]:
         return [object()] * len(self.started)
@@ -118,6 +125,17 @@ def test_after_stream_hangs_up_only_when_the_conversation_ended(outcome, hangs_u
     response = signed_post(client, "/voice/after-stream", {"CallSid": CALL_SID})
     assert (b"<Hangup" in response.data) is hangs_up
     assert (b"<Say>" in response.data) is not hangs_up
+
+
+def test_after_stream_of_a_moving_call_connects_a_new_stream_for_it_with_a_resume_ticket():
+    client, calls, _ = make_client()
+    calls.moving[CALL_SID] = Handoff(call_sid=CALL_SID, from_node="node-a")
+    response = signed_post(client, "/voice/after-stream", {"CallSid": CALL_SID})
+    stream = ET.fromstring(response.data).find("Connect/Stream")  # noqa: S314 - our own TwiML
+    assert stream is not None and stream.get("url") == f"wss://bridge.example.com/media/{CALL_SID}"
+    assert ET.fromstring(response.data).find("Connect").get("action") == PUBLIC + "/voice/after-stream"  # noqa: S314
+    assert calls.resumed == [CALL_SID] and calls.started == []
+    assert b"<Hangup" not in response.data and b"<Say>" not in response.data
 
 
 def test_a_webhook_body_that_is_not_a_form_is_refused():

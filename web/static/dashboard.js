@@ -147,6 +147,8 @@ class Card {
     setText(f.turns, text(snap.turns));
     setText(f.barge_ins, text(snap.barge_ins));
     setText(f.vapi_links, text(snap.vapi_links));
+    setText(f.resumes, text(snap.resumes));
+    f.moving.hidden = snap.moving !== true;
 
     const sup = snap.supervisor ?? {};
     setText(f.strategy, text(sup.strategy));
