@@ -347,6 +347,10 @@ class CallRegistry:
         except RecordsError:
             return False
 
+    def peers_take_calls(self) -> bool:
+        """Whether another node of the fleet takes new calls now (never without a shared directory)."""
+        return bool(self.fleet.peers_taking_calls())
+
     def media_refusal(self, call_sid: str) -> str | None:
         """None when a media socket may try to take this call now; otherwise why not.
 

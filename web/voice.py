@@ -91,6 +91,10 @@ def incoming() -> Response:
                                 call_sid=call_sid)
         return _twiml(hangup_twiml())
     refusal = ctx.admission.refusal() if ctx.admission is not None else None
+    if refusal == "draining" and ctx.calls.peers_take_calls():
+        # The stream may land on any node, and this one is about to close its listener: a
+        # webhook that reached it still starts the call rather than costing it the fallback.
+        refusal = None
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.
         ctx.log.warning("call_refused", call_sid=call_sid, actor="webhook", reason=refusal)

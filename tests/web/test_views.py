@@ -35,6 +35,10 @@ class FakeCalls:
     ended: dict[str, Outcome] = field(default_factory=dict)
     moving: dict[str, Handoff] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)
+    peers: bool = False
+
+    def peers_take_calls(self) -> bool:
+        return self.peers
 
     def ended_before(self, call_sid: str) -> bool:
         return call_sid in self.ended
@@ -112,6 +116,19 @@ def test_a_full_server_answers_the_fallback_and_is_not_ready():
     assert b"<Say>Sorry.</Say>" in response.data and calls.started == []
     assert client.get("/readyz").status_code == 503
     assert metrics.value("bridge_calls_total", outcome="refused") == 1
+
+
+@pytest.mark.parametrize("peers", [True, False], ids=["fleet", "alone"])
+def test_a_draining_node_still_starts_a_call_when_another_node_can_take_its_stream(peers):
+    admission = Admission(lambda: 0, max_calls=None)
+    admission.draining = True
+    client, calls, _ = make_client(admission=admission)
+    calls.peers = peers
+    response = signed_post(client, "/voice/incoming", {"CallSid": CALL_SID})
+    assert (b"<Stream" in response.data) is peers
+    assert (b"<Say>Sorry.</Say>" in response.data) is not peers
+    assert calls.started == ([CALL_SID] if peers else [])
+    assert client.get("/readyz").status_code == 503  # the load balancer still sends it nothing new
 
 
 @pytest.mark.parametrize(
