@@ -58,6 +58,7 @@ import gevent.pool
 from bench._bargein_audio import Corpus, missing_tools
 from bench._bargein_matrix import Group, SideResult, format_report, format_summary, matrix
 from bench._bargein_trial import PAIRING, TrialPlan, TrialResult, plan_trial, run_trial
+from bench._checkout import old_tree
 from bench._server import ServerError, ServerProcess
 from sims.vapi import VapiSimConfig, VapiSimulator
 
@@ -163,27 +164,6 @@ def _log_levels(path: Path, log: Callable[[str], None] | None = None) -> dict[st
     return counts
 
 
-class _Checkout:
-    """A commit's tree in a temporary directory, for a server of another version."""
-
-    def __init__(self, commit: str, parent: Path) -> None:
-        self.commit = commit
-        self.path = parent / f"tree-{commit[:12]}"
-
-    def __enter__(self) -> Path:
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(self.path), self.commit],
-            cwd=_PROJECT_ROOT, check=True, capture_output=True, timeout=60,
-        )
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(self.path)],
-            cwd=_PROJECT_ROOT, check=False, capture_output=True, timeout=60,
-        )
-
-
 def _describe(commit: str | None) -> str:
     def git(*args: str) -> str:
         return subprocess.run(
@@ -233,7 +213,7 @@ def run_bench(
                     out.append(run_side(side, None, plans, corpus, sim, api_key=api_key, parallel=parallel,
                                         workdir=workdir, log=log))
                 else:
-                    with _Checkout(side.commit, Path(tmp)) as root:
+                    with old_tree(side.commit) as root:
                         out.append(run_side(side, root, plans, corpus, sim, api_key=api_key, parallel=parallel,
                                             workdir=workdir, log=log))
     finally:

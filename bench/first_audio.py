@@ -4,7 +4,7 @@
 
 Servers side by side in one run, calls alternating between them:
 
-- **baseline**: the project at `--baseline` (a git revision, exported to a temp dir), which
+- **baseline**: the project at `--baseline` (a git revision, checked out in a temp dir), which
   started each call's actors at the webhook, so the VAPI socket opened while Twilio was
   still connecting the stream;
 - **one process**: this tree with its default in-memory call directory: the webhook
@@ -31,8 +31,8 @@ if __name__ == "__main__":  # patch before anything imports sockets
     monkey.patch_all()
 
 import argparse
+import contextlib
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +44,7 @@ import gevent.queue
 import gevent.server
 import numpy as np
 
+from bench._checkout import old_tree
 from bench._server import ServerProcess
 from sims.caller import CallerConfig, CallerError, SimulatedCaller
 from sims.vapi import VapiSimConfig, VapiSimulator
@@ -108,13 +109,6 @@ class DelayProxy:
             sender.kill()
 
 
-def _export(revision: str, into: Path) -> Path:
-    """The project at `revision`, as files (git archive), to run as the baseline server."""
-    archive = subprocess.run(["git", "archive", revision], cwd=_ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def _one_call(server: ServerProcess, setup_s: float) -> float | None:
     """Seconds from `start` to the first assistant audio; None if none came."""
     caller = SimulatedCaller(CallerConfig(server_url=server.url, public_url=server.url, auth_token=_TOKEN))
@@ -172,12 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rtts = [float(v) for v in args.vapi_rtt_ms.split(",")]
     rows: list[tuple[float, str, list[float], int]] = []
-    with tempfile.TemporaryDirectory(prefix="first-audio-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="first-audio-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        baseline = None
-        if args.baseline:
-            (work / "baseline-src").mkdir()
-            baseline = _export(args.baseline, work / "baseline-src")
+        baseline = stack.enter_context(old_tree(args.baseline)) if args.baseline else None
         for rtt in rtts:
             sim = VapiSimulator(VapiSimConfig(api_key=_API_KEY, record=False))
             sim.start()

@@ -51,22 +51,23 @@ if __name__ == "__main__":  # patch before anything imports sockets
     monkey.patch_all()
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gevent
 import numpy as np
 
+from bench._checkout import old_tree, short_name
 from bench._load_calls import LoadCall, Pacer, VapiFront, Window, setup_call
 from bench._load_wire import WireError
 from bench._server import ServerError, ServerProcess
@@ -310,23 +311,11 @@ def _setup(call: LoadCall, front: VapiFront, server: ServerProcess, pacer: Pacer
 # ---- targets and the table -------------------------------------------------------------
 
 
-class RefCheckout:
-    """An old commit in a temporary git worktree (detached), removed afterwards."""
-
-    def __init__(self, commit: str) -> None:
-        self.commit = commit
-        self.path = Path(tempfile.mkdtemp(prefix=f"bench-ref-{commit[:8]}-"))
-
-    def __enter__(self) -> Target:
-        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(self.path), self.commit],
-                       cwd=_ROOT, check=True, capture_output=True)
-        short = subprocess.run(["git", "rev-parse", "--short", self.commit], cwd=_ROOT, check=True,
-                               capture_output=True, text=True).stdout.strip()
-        return Target(label=f"ref {short}", root=self.path)
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["git", "worktree", "remove", "--force", str(self.path)], cwd=_ROOT, capture_output=True)
-        shutil.rmtree(self.path, ignore_errors=True)
+@contextlib.contextmanager
+def ref_target(commit: str) -> Iterator[Target]:
+    """An old commit as a target: its tree checked out for the run, removed afterwards."""
+    with old_tree(commit) as root:
+        yield Target(label=f"ref {short_name(commit)}", root=root)
 
 
 def _ms(value: float) -> str:
@@ -397,16 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[LoadResult] = []
     floor_result: LoadResult | None = None
     swept: dict[str, int | None] = {}
-    checkouts = [RefCheckout(commit) for commit in args.ref]
-    targets: list[tuple[Target, RefCheckout | None]] = [(THIS_CHECKOUT, None)]
-    targets += [(Target("ref", _ROOT), checkout) for checkout in checkouts]
+    # This checkout, then each old commit (checked out only while it runs), then the floor.
+    plan: list[Target | str] = [THIS_CHECKOUT, *args.ref]
     if args.floor:
-        targets.append((Target("floor", _ROOT, ("-m", "bench._floor")), None))
+        plan.append(Target("floor", _ROOT, ("-m", "bench._floor")))
     try:
-        for target, checkout in targets:
-            if checkout is not None:
-                target = checkout.__enter__()
-            try:
+        for entry in plan:
+            with contextlib.ExitStack() as stack:
+                target = stack.enter_context(ref_target(entry)) if isinstance(entry, str) else entry
+
                 def run(n: int, target: Target = target) -> LoadResult:
                     log(f"{target.label}: {n} calls ...")
                     result = run_load(target, n, seconds=args.seconds, workers=args.workers,
@@ -421,9 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results.append(result)
                     if target.label == "floor":
                         floor_result = result
-            finally:
-                if checkout is not None:
-                    checkout.__exit__()
     except ServerError as exc:
         log(f"could not run: {exc}")
         return 2
