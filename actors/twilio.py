@@ -96,7 +96,6 @@ class TwilioActor(CallActor):
         self._last_discard_ns = 0
         self._far_end: float | None = None
         self._malformed = 0
-        self._stream_ms = -FRAME_MS  # the last inbound frame's timestamp
         # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
         # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
         # frame so clock drift is followed.
@@ -198,7 +197,6 @@ class TwilioActor(CallActor):
             self._call.metrics.filled.inc(gap)
             for n in range(gap, 0, -1):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
-        self._stream_ms = media.timestamp_ms
         # The frame ends at timestamp + 20 ms; it cannot have been sent before then.
         origin = received_ns - (media.timestamp_ms + FRAME_MS) * 1_000_000
         self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
@@ -356,7 +354,6 @@ class TwilioActor(CallActor):
 
     def _on_mark(self, name: str) -> None:
         self._last_echo_ns = self._now_ns()
-        self._clock_paced = False  # marks stopped coming: playback is timed by inbound frames
         self._clock_paced = False  # echoes are back: they are the better clock
         result = self._playback.on_mark(name)
         if result == MarkResult.UNKNOWN:
@@ -376,6 +373,8 @@ class TwilioActor(CallActor):
         return self._vapi_speaking or self._playback.audible_at(self._stream_now_ms())
 
     def _update_far_end(self) -> None:
+        if self._call.settings.echo_canceller:
+            return  # the VAD judges what the canceller leaves, not the assistant's level
         level = self._playback.far_end_dbfs
         previous = self._far_end
         if (level is None) != (previous is None) or (
