@@ -259,7 +259,7 @@ class SupervisedActor(pykka.ThreadingActor):
             response = self._handle_receive(envelope.message)
             if envelope.reply_to is not None:
                 envelope.reply_to.set(response)
-        except Exception:
+        except Exception:  # noqa: BLE001 - as pykka: the asker gets it, else the actor fails
             if envelope.reply_to is not None:
                 envelope.reply_to.set_exception()
                 return

@@ -17,7 +17,6 @@ new one. An actor is never run by two greenlets at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
@@ -72,12 +71,12 @@ class Mailbox:
         self.kill_pending = False
         self.done = False
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: ARG002
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self.items.append(item)
         if not self.scheduled and not self.done:
             self._dispatcher.schedule(self)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:  # noqa: ARG002
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         # Only ever asked for what is there: the dispatcher checks first, teardown drains.
         return self.items.popleft()
 
@@ -118,7 +117,7 @@ class Dispatcher:
             self._spawn()
         elif self._waiter is not None:
             waiter, self._waiter = self._waiter, None
-            runner.parent.loop.run_callback(waiter.switch, None)
+            gevent.get_hub().loop.run_callback(waiter.switch, None)
         elif self._in_step is not None and gevent.getcurrent() is not runner:
             # The runner is inside a step and yet another greenlet runs: the step has
             # yielded (a blocking call, a hang). Leave that greenlet to it.
@@ -140,7 +139,7 @@ class Dispatcher:
         self._closed = True
         if self._waiter is not None and self._runner is not None:
             waiter, self._waiter = self._waiter, None
-            self._runner.parent.loop.run_callback(waiter.switch, None)
+            gevent.get_hub().loop.run_callback(waiter.switch, None)
 
     # The runner ----------------------------------------------------------------------
 
