@@ -3,8 +3,10 @@ never lets a peer that stops reading block a send or close."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -16,7 +18,7 @@ import websocket
 import links.vapi
 from links.errors import LinkFault, VapiLinkDead
 from links.vapi import CLOSE_BUDGET_S, MAX_FRAGMENTS, MAX_MESSAGE_BYTES, SOCKET_TIMEOUT_S, Signal, VapiLink
-from tests.links._peer import Peer, Request, accept_websocket, server_frame
+from tests.links._peer import Peer, Request, accept_websocket, read_request, server_frame
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -306,3 +308,64 @@ def test_close_says_goodbye_and_waits_for_the_peers_close(make_peer: Callable[..
     link.close(goodbye=True)
     assert time.monotonic() - started < CLOSE_BUDGET_S
     assert [opcode for opcode, _ in peer.frames] == [TEXT, CLOSE]
+
+
+# ---- TLS (wss://, VAPI's own transport) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for 127.0.0.1, made for this run."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+def test_over_tls_silence_longer_than_the_read_timeout_is_not_a_dead_link(tls_context: ssl.SSLContext) -> None:
+    # A TLS socket is read through gevent (it must decrypt), whose reads time out: silence
+    # must stay silence, and what comes after it must arrive whole.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    burst = [os.urandom(640) for _ in range(3)]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        tls = tls_context.wrap_socket(conn, server_side=True)
+        accept_websocket(tls, read_request(tls))
+        gevent.sleep(0.3)  # several of the client's read timeouts
+        tls.sendall(b"".join(server_frame(BINARY, chunk) for chunk in burst))
+        gevent.sleep(5)
+
+    server = gevent.spawn(serve)
+    ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True,
+                             sslopt={"cert_reqs": ssl.CERT_NONE, "check_hostname": False})
+    try:
+        ws.connect(f"wss://127.0.0.1:{listener.getsockname()[1]}/call-1/transport", timeout=2)
+        ws.settimeout(0.05)
+        link = VapiLink(ws)
+        assert not link._recv.raw
+        with gevent.Timeout(3):
+            assert [link.recv() for _ in burst] == burst
+    finally:
+        ws.shutdown()
+        server.kill()
+        listener.close()
