@@ -244,10 +244,14 @@ class TwilioSocket:
         Shutting the socket's reading side makes a waiting read return (a read that is not
         waiting sees the flag at its next turn); the close frame can still be sent.
         """
-        if self.closed or self._idle:
+        if self.closed:
+            # Its job is done (and a socket whose reader died without release() is not
+            # kept alive by it).
+            self._idle_timer.stop()
             return
         if time.monotonic_ns() - self._last_data_ns >= self._limits.idle_timeout_s * 1e9:
             self._idle = True
+            self._idle_timer.stop()
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
 
