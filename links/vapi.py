@@ -228,8 +228,9 @@ class VapiConnector:
         except VapiUnavailable:  # the deadline: do not leave a half-open socket behind
             ws.shutdown()
             raise
-        # From now on a send that cannot finish soon means the link is dead; reads time
-        # out too and simply retry (VapiLink.recv), and the keepalive decides liveness.
+        # From now on a send that cannot finish soon means the link is dead. Reads wait
+        # with no timeout (a TLS socket's time out and retry: VapiLink._fill); the
+        # keepalive decides liveness.
         ws.settimeout(SOCKET_TIMEOUT_S)
         return VapiLink(ws)
 
@@ -302,7 +303,7 @@ class VapiLink:
                     self._send_close(_CLOSE_NORMAL)  # the answer is a courtesy; the link is over
                 return Signal.CLOSED
             else:  # Oversize: never, as oversize messages are refused, not skipped
-                raise self._refuse(LinkFault.OVERSIZE, f"message over {MAX_MESSAGE_BYTES} bytes")
+                raise self._refuse(LinkFault.OVERSIZE, "message over the cap")
 
     def _fill(self) -> None:
         """Read what the socket has into the frame reader; VapiLinkDead when it cannot."""
