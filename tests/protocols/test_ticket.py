@@ -10,10 +10,10 @@ from protocols.ticket import (
     RELAY_TOKEN_TTL_S,
     TicketError,
     TicketSealer,
+    relay_socket_url,
     ticket_from_parameters,
     ticket_key,
     ticket_parameters,
-    relay_socket_url,
 )
 from protocols.twiml import MAX_PARAMETER_CHARS, connect_stream_twiml
 

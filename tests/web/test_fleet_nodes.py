@@ -2,11 +2,11 @@
 
 No sticky sessions: Twilio's webhook lands on node A, its media socket on node B, its
 `/voice/after-stream` on node C. Node A opens the VAPI call's socket at the webhook and
-parks it; node B reaches it through A's relay (docs/vapi-relay.md). Each node is `python run.py` on its own loopback port,
-all with the same Twilio token and PUBLIC_URL (as behind a load balancer) and one VAPI
-simulator (in this process). The directory is an SQLite file (the workers of one machine:
-nothing to install) or a real redis-server (a fleet of machines). The nodes are shared by
-the module's tests; calls are short.
+parks it; node B reaches it through A's relay (docs/vapi-relay.md). Each node is
+`python run.py` on its own loopback port, all with the same Twilio token and PUBLIC_URL
+(as behind a load balancer) and one VAPI simulator (in this process). The directory is an
+SQLite file (the workers of one machine: nothing to install) or a real redis-server (a
+fleet of machines). The nodes are shared by the module's tests; calls are short.
 """
 
 from __future__ import annotations
