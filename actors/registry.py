@@ -186,7 +186,8 @@ class CallRegistry:
             self._log.warning("vapi_create_deferred", call_sid=call_sid, actor="webhook", kind=exc.kind.value,
                               detail=str(exc))
         self.fleet.admit(call_sid)
-        relayed = created is not None and self.fleet.shared and self._relay_url is not None
+        # A draining node is about to close its listener: the stream's node could not reach its relay.
+        relayed = created is not None and self.fleet.shared and self._relay_url is not None and not self.fleet.draining
         if created is not None and (relayed or not self.fleet.shared):
             self._park(call_sid, created)
         return self._tickets.seal(

@@ -37,5 +37,6 @@ def relay(call_sid: str) -> tuple[str, int]:
         ws.handler.socket.close()
         return "", 204
     ctx.log.info("vapi_relay_ended", call_sid=call_sid, actor="relay", reason=ended.reason,
-                 to_peer_bytes=ended.to_peer, to_vapi_bytes=ended.to_vapi, seconds=round(ended.seconds, 1))
+                 to_peer_bytes=ended.to_peer, to_vapi_bytes=ended.to_vapi, to_peer_chunks=ended.chunks_to_peer,
+                 to_vapi_chunks=ended.chunks_to_vapi, seconds=round(ended.seconds, 1))
     return "", 204
