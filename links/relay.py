@@ -14,8 +14,8 @@ learns it from its own socket, as it would from a direct connection. A peer that
 reading stalls only its own relay: a send that cannot finish within SEND_TIMEOUT_S ends
 the relay (gevent sockets wait cooperatively, so no other call waits meanwhile). That
 deadline is kept by a watchdog greenlet that looks twice a second, not by socket
-timeouts: a timeout would arm and cancel a timer on every read that waits, about a fifth
-of the relay's CPU per chunk.
+timeouts, which would arm and cancel a timer on every read that waits (about 3 µs a
+chunk, measured; docs/vapi-relay.md, Cost).
 """
 
 from __future__ import annotations
