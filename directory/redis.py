@@ -51,6 +51,14 @@ local value = redis.call('GET', KEYS[1])
 if value then redis.call('DEL', KEYS[1]) end
 return value
 """
+# KEYS: the claims a node lists in its heartbeat. ARGV: node id, lease in ms. Renews only
+# what that node still holds: a call it has just handed off may be another node's now.
+_RENEW: Final = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+return 0
+"""
 # The longest a BLPOP waits; its client's socket timeout is this plus the usual one.
 _MAX_BLOCK_S: Final = 5.0
 
@@ -78,6 +86,7 @@ class RedisDirectory:
         )
         self._claim = self._redis.register_script(_CLAIM)
         self._take = self._redis.register_script(_TAKE)
+        self._renew = self._redis.register_script(_RENEW)
 
     def __repr__(self) -> str:
         # The URL may hold a password.
@@ -146,9 +155,9 @@ class RedisDirectory:
 
         def write() -> None:
             pipe = self._redis.pipeline(transaction=False)
-            for call in calls:
-                # Only a claim this node still holds is refreshed (XX: never recreate one).
-                pipe.set(self._key("claim", str(call.get("call_sid"))), node_id, px=_ms(ttl_s), xx=True)
+            claims = [self._key("claim", str(call.get("call_sid"))) for call in calls]
+            if claims:
+                self._renew(keys=claims, args=[node_id, _ms(ttl_s)], client=pipe)
             pipe.set(self._key("node", node_id), view, px=_ms(ttl_s))
             pipe.zadd(self._key("nodes", "all"), {node_id: now})
             pipe.zremrangebyscore(self._key("nodes", "all"), "-inf", now - OUTCOME_KEPT_S)

@@ -7,7 +7,8 @@ reader cannot give it against an untrusted peer:
 - a message over the size limit skipped as it arrives, never buffered;
 - a budget of frames and bytes per second: Twilio sends about 50 small frames a second,
   a socket sending far more is closed, so one client cannot take the server's CPU;
-- a deadline for data: a socket that goes silent is closed and its call ends;
+- a deadline for data: a socket that goes silent is closed and its call ends (checked
+  from a timer a few times per deadline, so a read waits with no timer of its own);
 - writes that cannot block: a peer that does not read makes a send fail within
   SEND_TIMEOUT_S (below the actors' handler deadline), and the connection is cut;
 - one writer at a time (gevent raises ConcurrentObjectUseError otherwise);
@@ -27,6 +28,7 @@ from typing import Protocol
 import gevent
 import gevent.lock
 
+from links.recv import SocketReader
 from media.budget import TokenBucket
 from protocols.websocket import (
     OP_CLOSE,
@@ -56,6 +58,9 @@ _RECV_BYTES = 16384
 # Messages the reader may return without yielding to other greenlets, when nothing more
 # is buffered (each of them came from a read that may well have waited, and yielded).
 _YIELD_EVERY = 8
+# The idle deadline is checked this many times per deadline (at most once a second): a
+# silent socket is closed between 1 and 1 + 1/_IDLE_CHECKS deadlines after its last data.
+_IDLE_CHECKS = 4
 
 
 class FrameTooLarge(Exception):
@@ -120,6 +125,9 @@ class TwilioSocket:
         self._closer: gevent.Greenlet[[], None] | None = None
         self._buffer = bytearray(_RECV_BYTES)
         self._view = memoryview(self._buffer)
+        self._recv = SocketReader(self._sock)
+        self._drained = False  # the last read left the socket empty (as far as we know)
+        self._idle = False  # set by the idle check, read by the reader
         self.received_ns = time.monotonic_ns()  # when the last bytes arrived
         now = self.received_ns / 1e9
         self._frames = TokenBucket(limits.frames_per_s, limits.frames_per_s * limits.burst_s, now)
@@ -134,7 +142,12 @@ class TwilioSocket:
         # Bytes the handshake's reader may already hold (a client that did not wait for
         # the 101), then the socket alone from here on.
         self._reader.feed(_take_buffered(handler.rfile, self._sock))
+        # For writes; reads wait with no timeout (links/recv.py) and the idle deadline is
+        # checked from a timer instead of at every read's timeout.
         self._sock.settimeout(SEND_TIMEOUT_S)
+        interval = min(1.0, limits.idle_timeout_s / _IDLE_CHECKS)
+        self._idle_timer = gevent.get_hub().loop.timer(interval, interval, ref=False)
+        self._idle_timer.start(self._check_idle)
         # 20 ms frames go out as they are written, not held back for Nagle's algorithm
         # until the peer acknowledges the previous ones.
         with contextlib.suppress(OSError):
@@ -196,29 +209,51 @@ class TwilioSocket:
 
     def _fill(self) -> bool:
         """Read what the socket has; False once reading has ended."""
-        idle_s = self._limits.idle_timeout_s
+        view = self._view
         while True:
             try:
-                n = self._sock.recv_into(self._view)
-            except TimeoutError:
-                if self.closed:  # closing: the peer had its grace
-                    continue
-                if time.monotonic_ns() - self._last_data_ns >= idle_s * 1e9:
-                    self._end("idle", 1008)
-                    return False
+                n = self._recv.recv_into(view, self._drained)
+            except TimeoutError:  # only a socket gevent reads for us has a read timeout
+                if self._idle:
+                    break
                 continue
             except OSError:
+                if self._idle:
+                    break
                 self._end("eof", None)
                 return False
+            if self._idle:
+                break
             if not n:
                 self._end("eof", None)
                 return False
+            # Less than a full buffer: the socket is empty now, so the next read waits first.
+            self._drained = n < len(view)
             self.received_ns = time.monotonic_ns()
             if not self._bytes.take(n, self.received_ns / 1e9):
                 self._end("budget", 1008)
                 return False
-            self._reader.feed(self._view[:n])
+            self._reader.feed(view[:n])
             return True
+        self._end("idle", 1008)
+        return False
+
+    def _check_idle(self) -> None:
+        """In the hub, from the timer: past the idle deadline, wake the reader to end it.
+
+        Shutting the socket's reading side makes a waiting read return (a read that is not
+        waiting sees the flag at its next turn); the close frame can still be sent.
+        """
+        if self.closed:
+            # Its job is done (and a socket whose reader died without release() is not
+            # kept alive by it).
+            self._idle_timer.stop()
+            return
+        if time.monotonic_ns() - self._last_data_ns >= self._limits.idle_timeout_s * 1e9:
+            self._idle = True
+            self._idle_timer.stop()
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
 
     def _within_budget(self) -> bool:
         frames = self._reader.frames - self._counted_frames
@@ -297,6 +332,7 @@ class TwilioSocket:
 
     def _finish(self) -> None:
         """The reader is done: mark gevent-websocket's socket closed so it adds no frame."""
+        self._idle_timer.close()
         if self._closer is not None:
             self._closer.kill(block=False)
             self._closer = None

@@ -27,9 +27,19 @@ import websocket
 from websocket import ABNF
 
 from links.errors import ErrorKind, LinkFault, VapiLinkDead, VapiUnavailable
+from links.recv import SocketReader
 from protocols.errors import ProtocolError
 from protocols.vapi import AudioFormat, CreatedCall, create_call_body, encode_end_call, parse_create_response
-from protocols.websocket import OP_BINARY, encode_masked_frame
+from protocols.websocket import (
+    OP_BINARY,
+    Closed,
+    FrameReader,
+    Message,
+    Ping,
+    Pong,
+    WebSocketProtocolError,
+    encode_masked_frame,
+)
 
 __all__ = [
     "CLOSE_BUDGET_S",
@@ -64,23 +74,19 @@ CLOSE_BUDGET_S: Final = 0.5
 # not answered by then is taken for gone and the call goes on without it.
 RELAY_CONNECT_TIMEOUT_S: Final = 1.0
 
-_CONTROL_MAX_BYTES: Final = 125  # RFC 6455 §5.5
 _CLOSE_NORMAL: Final = 1000
 _CLOSE_PROTOCOL_ERROR: Final = 1002
 _CLOSE_TOO_BIG: Final = 1009
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
-_BINARY: Final = ABNF.OPCODE_BINARY
 _TEXT: Final = ABNF.OPCODE_TEXT
-_CONT: Final = ABNF.OPCODE_CONT
 _PING: Final = ABNF.OPCODE_PING
 _PONG: Final = ABNF.OPCODE_PONG
-_CLOSE: Final = ABNF.OPCODE_CLOSE
 # Masking keys for audio frames come from the OS in blocks: one getrandom() per 1024
 # frames, where websocket-client makes one per frame. Each key is used once.
 _KEY_BLOCK: Final = 4096
-_RECV_BYTES: Final = 16384  # as websocket-client reads, to keep large buffers from being made and shrunk
+_RECV_BYTES: Final = 16384  # a burst of audio frames; a larger message is read in several turns
 
 
 class Signal(enum.Enum):
@@ -242,8 +248,9 @@ class VapiConnector:
         except VapiUnavailable:  # the deadline: do not leave a half-open socket behind
             ws.shutdown()
             raise
-        # From now on a send that cannot finish soon means the link is dead; reads time
-        # out too and simply retry (VapiLink.recv), and the keepalive decides liveness.
+        # From now on a send that cannot finish soon means the link is dead. Reads wait
+        # with no timeout (a TLS socket's time out and retry: VapiLink._fill); the
+        # keepalive decides liveness.
         ws.settimeout(SOCKET_TIMEOUT_S)
         return VapiLink(ws)
 
@@ -258,21 +265,20 @@ class VapiLink:
 
     def __init__(self, ws: websocket.WebSocket, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._ws = ws
-        # websocket-client's message API has no cap and joins fragments by repeated
-        # bytes concatenation (quadratic); its frame buffer lets us see each frame's
-        # length before its payload is read, and keeps partial state across a timeout.
-        self._frames = ws.frame_buffer
-        # websocket-client reads each frame with two or three recv() calls of exactly the
-        # bytes it needs next. Reads go through a buffer of ours instead: one recv() takes
-        # whatever the socket has, and `buffered` tells the reader whether more is waiting.
-        self._sock_recv = self._frames.recv  # websocket-client's own: its timeout and EOF handling
-        self._frames.recv = self._recv_buffered
-        self._rbuf = b""
-        self._rpos = 0
-        self._max = max_message_bytes
-        self._parts: list[bytes] = []  # the fragments of the message being reassembled
-        self._parts_opcode = 0  # its opcode; 0 when none is in progress
-        self._parts_bytes = 0
+        # Reads bypass websocket-client: its parser reads a frame with two or three recv()
+        # calls of exactly the bytes it needs next and builds a frame object, and its
+        # message API has no cap and joins fragments quadratically. Ours reads what the
+        # socket has, one recv() per burst with no timer per wait (links/recv.py), and
+        # parses it with protocols.websocket, which refuses a frame from its header when
+        # it would take the message over the cap. websocket-client keeps the handshake,
+        # the socket and the sends (its lock keeps frames whole).
+        self._reader = FrameReader(max_message_bytes, masked=False, skip_oversize=False,
+                                   max_fragments=MAX_FRAGMENTS)
+        if ws.sock is None:
+            raise ValueError("VapiLink needs a connected WebSocket")
+        self._recv = SocketReader(ws.sock)
+        self._view = memoryview(bytearray(_RECV_BYTES))
+        self._drained = False  # the last read left the socket empty (as far as we know)
         self._dead = False
         self._close_sent = False
         self._keys = b""
@@ -296,103 +302,57 @@ class VapiLink:
         """
         if self._dead:
             raise VapiLinkDead("link is closed")
+        reader = self._reader
         while True:
             try:
-                opcode, fin, data = self._next_frame()
-            except websocket.WebSocketTimeoutException:
-                continue  # silence; the frame buffer keeps any partial frame
-            except websocket.WebSocketProtocolException as exc:
-                raise self._refuse(LinkFault.PROTOCOL, f"bad frame: {exc}") from exc
-            except (websocket.WebSocketException, OSError) as exc:
-                self._dead = True
-                raise VapiLinkDead(f"read failed: {type(exc).__name__}") from exc
-            if opcode in (_BINARY, _TEXT):
-                if self._parts_opcode:
-                    raise self._refuse(LinkFault.PROTOCOL, "new message inside a fragmented one")
-                if fin:
-                    return data if opcode == _BINARY else data.decode("utf-8", "replace")
-                self._parts.append(data)
-                self._parts_opcode = opcode
-                self._parts_bytes = len(data)
-            elif opcode == _CONT:
-                if not self._parts_opcode:
-                    raise self._refuse(LinkFault.PROTOCOL, "continuation without a message")
-                self._parts.append(data)
-                self._parts_bytes += len(data)
-                if fin:
-                    return self._reassembled()
-            elif opcode == _PONG:
+                event = reader.next_event()
+            except WebSocketProtocolError as exc:
+                fault = LinkFault.OVERSIZE if exc.code == _CLOSE_TOO_BIG else LinkFault.PROTOCOL
+                raise self._refuse(fault, f"bad frame: {exc.reason}") from None
+            if event is None:
+                self._fill()
+            elif type(event) is Message:
+                return event.payload.decode("utf-8", "replace") if event.text else event.payload
+            elif type(event) is Pong:
                 return Signal.PONG
-            elif opcode == _PING:
-                self._send(data, _PONG)
-            elif opcode == _CLOSE:
+            elif type(event) is Ping:
+                self._send(event.payload, _PONG)
+            elif type(event) is Closed:
                 self._dead = True
                 with contextlib.suppress(websocket.WebSocketException, OSError):
                     self._send_close(_CLOSE_NORMAL)  # the answer is a courtesy; the link is over
                 return Signal.CLOSED
+            else:  # Oversize: never, as oversize messages are refused, not skipped
+                raise self._refuse(LinkFault.OVERSIZE, "message over the cap")
 
-    def _next_frame(self) -> tuple[int, int, bytes]:
-        """Read one frame, refusing it from its header alone when it is too large or forbidden.
-
-        Returns its opcode, FIN bit and payload.
-        """
-        frames = self._frames
-        if frames.needs_header():
-            frames.recv_header()
-        header = frames.header
-        if header is None:  # recv_header sets it or raises; websocket-client checks the same
-            raise websocket.WebSocketProtocolException("frame header not received")
-        fin, rsv1, rsv2, rsv3, opcode, masked, length_bits = header
-        if rsv1 or rsv2 or rsv3 or masked or opcode not in ABNF.OPCODES:
-            # No extension was negotiated, and a server never masks (RFC 6455 §5.1).
-            raise self._refuse(LinkFault.PROTOCOL, f"forbidden frame header (opcode {opcode})")
-        control = opcode >= _CLOSE
-        if control and (not fin or length_bits > _CONTROL_MAX_BYTES):
-            raise self._refuse(LinkFault.PROTOCOL, "fragmented or oversize control frame")
-        if frames.needs_length():
-            frames.recv_length()
-        length = frames.length
-        if length is None:  # as for the header
-            raise websocket.WebSocketProtocolException("frame length not received")
-        if not control:
-            if length > self._max - self._parts_bytes:
-                raise self._refuse(LinkFault.OVERSIZE, f"message over {self._max} bytes")
-            if len(self._parts) >= MAX_FRAGMENTS:
-                raise self._refuse(LinkFault.OVERSIZE, f"message in over {MAX_FRAGMENTS} fragments")
-        # Resumes from the header and length already read (and from a partial payload
-        # after a timeout).
-        frame = frames.recv_frame()
-        data = frame.data
-        if not isinstance(data, bytes):  # a received payload is bytes; ABNF.data is also str for sending
-            raise websocket.WebSocketProtocolException("frame payload not received as bytes")
-        return frame.opcode, frame.fin, data
+    def _fill(self) -> None:
+        """Read what the socket has into the frame reader; VapiLinkDead when it cannot."""
+        view = self._view
+        while True:
+            try:
+                n = self._recv.recv_into(view, self._drained)
+            except TimeoutError:
+                continue  # a TLS socket's read timeout: silence; the keepalive decides liveness
+            except OSError as exc:
+                self._dead = True
+                raise VapiLinkDead(f"read failed: {type(exc).__name__}") from exc
+            if not n:
+                self._dead = True
+                raise VapiLinkDead("read failed: the connection was closed")
+            # Less than a full buffer: the socket is empty now, so the next read waits first.
+            self._drained = n < len(view)
+            self._reader.feed(view[:n])
+            return
 
     @property
     def buffered(self) -> bool:
         """Bytes already read from the socket and not yet taken by a frame."""
-        return self._rpos < len(self._rbuf)
-
-    def _recv_buffered(self, bufsize: int) -> bytes:
-        pos, buf = self._rpos, self._rbuf
-        if pos >= len(buf):
-            buf, pos = self._sock_recv(_RECV_BYTES), 0
-            self._rbuf = buf
-        end = min(pos + bufsize, len(buf))
-        self._rpos = end
-        return buf if pos == 0 and end == len(buf) else buf[pos:end]
-
-    def _reassembled(self) -> bytes | str:
-        data = b"".join(self._parts)  # linear, once, unlike bytes += per fragment
-        opcode = self._parts_opcode
-        self._parts.clear()
-        self._parts_opcode = self._parts_bytes = 0
-        return data if opcode == _BINARY else data.decode("utf-8", "replace")
+        return self._reader.buffered > 0
 
     def _refuse(self, fault: LinkFault, detail: str) -> VapiLinkDead:
         """The peer broke the rules: tell it (best effort), and the link is dead."""
         if not self._dead:
             self._dead = True
-            self._parts.clear()
             code = _CLOSE_TOO_BIG if fault is LinkFault.OVERSIZE else _CLOSE_PROTOCOL_ERROR
             with contextlib.suppress(websocket.WebSocketException, OSError):
                 self._send_close(code)

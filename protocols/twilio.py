@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+import orjson
+
 from protocols.errors import ProtocolError
 from protocols.fields import integer as _int
 from protocols.fields import obj as _obj
@@ -151,10 +153,16 @@ def parse_event(frame: str | bytes) -> TwilioEvent:
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError("oversize", f"{len(frame)} characters > {MAX_FRAME_BYTES}")
     try:
-        message = json.loads(frame)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: a 64 KiB frame of nested brackets is deep enough to hit it.
-        raise ProtocolError("bad_json", str(exc)) from exc
+        # orjson parses a media frame in a third of json's time. What it refuses (integers
+        # beyond 64 bits, NaN, lone surrogates, nesting past 1024, or simply bad JSON) goes
+        # to json, so the result, or the error, is always json's.
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        try:
+            message = json.loads(frame)
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: a 64 KiB frame of nested brackets is deep enough to hit it.
+            raise ProtocolError("bad_json", str(exc)) from exc
     if type(message) is not dict:
         raise ProtocolError("not_object", f"top level is {type(message).__name__}")
     event = message.get("event")

@@ -1,10 +1,13 @@
-"""RFC 6455 frames as the server side reads and writes them: pure parsing, no sockets.
+"""RFC 6455 frames as the bridge reads and writes them: pure parsing, no sockets.
 
 `FrameReader` takes bytes as they arrive and gives back whole messages and control
-frames. It enforces what a server must of a client (every frame masked, no reserved
-bits, control frames short and unfragmented, valid close codes, continuation only
-inside a fragmented message) and what this server needs of an untrusted peer: a message
-larger than the limit is skipped as it arrives, never buffered, and reported once.
+frames. It enforces what RFC 6455 asks of the peer (a client's frames all masked, a
+server's never; no reserved bits; control frames short and unfragmented; valid close
+codes; continuation only inside a fragmented message) and what the bridge needs of an
+untrusted peer: a message larger than the limit is never buffered. It is skipped as it
+arrives and reported once (Twilio's socket, which survives one bad message), or refused
+from the header that crosses the limit (VAPI's, which it ends); a fragment count can be
+capped too, so empty continuation frames cannot grow a message's parts without end.
 
 Masking and unmasking are one call into C per frame (wsaccel's XOR masker, the one
 websocket-client also uses), not a Python loop per byte (the largest single cost of
@@ -133,17 +136,26 @@ def encode_masked_frame(payload: bytes, opcode: int, key: bytes) -> bytes:
 
 
 class FrameReader:
-    """Incremental reader of a client's frames.
+    """Incremental reader of a peer's frames: a client's (`masked`, the default) or a server's.
 
     `feed(data)` appends what the socket gave; `next_event()` returns the next complete
     event or None when more bytes are needed, and raises WebSocketProtocolError when the
     peer broke the protocol (the connection must then be closed with `exc.code`).
     `frames` and `bytes` count everything read, for per-socket budgets.
+
+    A message over `max_message_bytes` is skipped and reported as `Oversize`, or, without
+    `skip_oversize`, refused with code 1009 as soon as a frame header shows it; so is a
+    message in more than `max_fragments` frames (when given).
     """
 
-    def __init__(self, max_message_bytes: int, *, require_mask: bool = True) -> None:
+    def __init__(self, max_message_bytes: int, *, masked: bool = True, skip_oversize: bool = True,
+                 max_fragments: int | None = None) -> None:
         self._max = max_message_bytes
-        self._require_mask = require_mask
+        self._masked = masked
+        self._skip_oversize = skip_oversize
+        self._max_fragments = max_fragments
+        # The mask bit every frame's second byte must have.
+        self._mask_bit = 0x80 if masked else 0
         self._buffer = bytearray()
         self._pos = 0
         # The data message being assembled from fragments.
@@ -182,6 +194,33 @@ class FrameReader:
         while True:
             if self._skip:
                 return None
+            buffer, pos = self._buffer, self._pos
+            available = len(buffer) - pos
+            if available < 2:
+                return None
+            # The hot path (Twilio's media frames, VAPI's audio): a whole, final, unfragmented
+            # data frame under 126 bytes or with a 16-bit length, outside a fragmented message.
+            b0, b1 = buffer[pos], buffer[pos + 1]
+            if (b0 == 0x81 or b0 == 0x82) and (b1 & 0x80) == self._mask_bit and self._opcode is None:
+                length = b1 & 0x7F
+                if length < 126:
+                    start = pos + 2
+                elif length == 126 and available >= 4:
+                    length = (buffer[pos + 2] << 8) | buffer[pos + 3]
+                    start = pos + 4
+                else:
+                    start = -1
+                if start >= 0 and length <= self._max:
+                    if self._masked:
+                        start += 4
+                    end = start + length
+                    if end <= len(buffer):
+                        payload: bytes = (
+                            XorMaskerSimple(buffer[start - 4 : start]).process(buffer[start:end])
+                            if self._masked else bytes(buffer[start:end])
+                        )
+                        self._consume(end)
+                        return Message(payload, b0 == 0x81)
             header = self._read_header()
             if header is None:
                 return None
@@ -209,8 +248,8 @@ class FrameReader:
         if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
             raise WebSocketProtocolError(1002, f"reserved opcode {opcode:#x}")
         masked = bool(b1 & 0x80)
-        if self._require_mask and not masked:
-            raise WebSocketProtocolError(1002, "client frame not masked")
+        if masked != self._masked:
+            raise WebSocketProtocolError(1002, "client frame not masked" if self._masked else "server frame masked")
         length = b1 & 0x7F
         header_len = 2
         if length == 126:
@@ -290,6 +329,10 @@ class FrameReader:
         elif self._opcode is not None:
             raise WebSocketProtocolError(1002, "new message inside a fragmented one")
         size = self._size + length
+        if self._max_fragments is not None and len(self._parts) >= self._max_fragments:
+            raise WebSocketProtocolError(1009, f"message in over {self._max_fragments} fragments")
+        if size > self._max and not self._skip_oversize:
+            raise WebSocketProtocolError(1009, f"message over {self._max} bytes")
         if self._oversize or size > self._max:
             # Skip this frame's payload as it arrives: it is never buffered whole.
             self._oversize = True

@@ -27,6 +27,7 @@ import pykka.messages
 import structlog
 from pykka import ActorRegistry
 
+from supervision.dispatcher import Dispatcher, Mailbox
 from supervision.exits import Exit, ExitKind
 
 if TYPE_CHECKING:
@@ -73,8 +74,12 @@ class ChildHandle:
         *,
         log: ChildLog | None = None,
         log_fields: Mapping[str, object] | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.child_id = child_id
+        # Where the child takes its messages: a greenlet shared with its siblings, or
+        # (None) one of its own.
+        self.dispatcher = dispatcher
         self.incarnation = incarnation
         self.exit: Exit | None = None
         self._on_exit = on_exit
@@ -126,9 +131,11 @@ class SupervisedActor(pykka.ThreadingActor):
     handler_deadline_s: float | None = None
 
     # Narrower than pykka's ActorInbox (put/get/empty): ours can also tell its size.
-    actor_inbox: gevent.queue.Queue[Envelope[Any]]
+    actor_inbox: gevent.queue.Queue[Envelope[Any]] | Mailbox
 
     def __init__(self, handle: ChildHandle | None = None) -> None:
+        # Before pykka's __init__, which makes the inbox.
+        self._dispatcher = handle.dispatcher if handle is not None else None
         super().__init__()
         self._handle = handle
         self._closed = False
@@ -189,19 +196,28 @@ class SupervisedActor(pykka.ThreadingActor):
         ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
 
-    @staticmethod
-    def _create_actor_inbox() -> gevent.queue.Queue[Envelope[Any]]:
+    def _create_actor_inbox(self) -> gevent.queue.Queue[Envelope[Any]] | Mailbox:  # type: ignore[override]
+        if self._dispatcher is not None:
+            return self._dispatcher.mailbox()
         # gevent's own queue: cooperative like the patched queue.Queue, with less overhead.
         return gevent.queue.Queue()
 
     def _start_actor_loop(self) -> None:
+        if self._dispatcher is not None:
+            assert isinstance(self.actor_inbox, Mailbox)  # noqa: S101 - made so in __init__
+            self._dispatcher.start(self.actor_inbox, self)
+            return
         # A plain greenlet instead of a (patched) Thread, kept so a watchdog can kill a
         # hung actor; the kill arrives as GreenletExit and is contained below.
         self._greenlet = gevent.spawn(self._actor_loop)
 
     def kill(self, reason: str) -> None:
-        """Kill the actor's greenlet from outside (watchdog, chaos); it fails as KILLED."""
+        """Kill the actor from outside (watchdog, chaos); it fails as KILLED."""
         self._report(Exit(ExitKind.HUNG if reason.startswith("hung") else ExitKind.KILLED, reason))
+        if self._dispatcher is not None:
+            assert isinstance(self.actor_inbox, Mailbox)  # noqa: S101
+            self._dispatcher.kill(self.actor_inbox, reason)
+            return
         greenlet = getattr(self, "_greenlet", None)
         if greenlet is not None and not greenlet.dead:
             greenlet.kill(block=False)
@@ -229,6 +245,41 @@ class SupervisedActor(pykka.ThreadingActor):
             kind = ExitKind.FAILED if isinstance(exc, Exception) else ExitKind.KILLED
             self._report(Exit(kind, "on_start: " + _describe(exc)))
             self._close_once()
+
+    # Steps of a dispatched actor (supervision/dispatcher.py): pykka's actor loop, cut
+    # at each message so a dispatcher can run it between its siblings' messages.
+
+    def _dispatch_setup(self) -> None:
+        self._actor_loop_setup()
+
+    def _dispatch_message(self, envelope: Envelope[Any]) -> None:
+        # One turn of pykka's _actor_loop_running. _handle_receive has already turned a
+        # BaseException into ActorKilled, so a failure here is always an Exception.
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:  # noqa: BLE001 - as pykka: the asker gets it, else the actor fails
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception()
+                return
+            self._handle_failure(*sys.exc_info())
+            try:
+                self.on_failure(*sys.exc_info())
+            except Exception:  # noqa: BLE001 - as pykka: a failing on_failure is logged, the actor stops
+                self._handle_failure(*sys.exc_info())
+
+    def _dispatch_killed(self) -> None:
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        self._report(Exit(ExitKind.KILLED, "while idle"))
+        self._close_once()
+
+    def _dispatch_stopped(self) -> bool:
+        return self.actor_stopped.is_set()
+
+    def _dispatch_teardown(self) -> None:
+        self._actor_loop_teardown()
 
     def _actor_loop(self) -> None:
         try:

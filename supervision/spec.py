@@ -127,6 +127,10 @@ class SupervisorFlags:
     # supervisor of independent work units (calls), where one unit's trouble must never
     # end another's.
     isolate_children: bool = False
+    # True: the children take their messages in one greenlet between them (a
+    # Dispatcher), so a message passed from child to child is not a wake-up each. For
+    # children that pass every message on to a sibling, many times a second.
+    shared_greenlet: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, Strategy):

@@ -40,6 +40,7 @@ from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope  # what ActorRef.tell puts in a mailbox (pykka exports no name for it)
 
 from supervision.actor import ChildHandle, SupervisedActor, kill_actor
+from supervision.dispatcher import Dispatcher, Mailbox
 from supervision.exits import Exit, ExitKind
 from supervision.restarts import RestartWindow, backoff_delay_s
 from supervision.spec import AutoShutdown, ChildSpec, Restart, Strategy, SupervisorFlags
@@ -78,7 +79,7 @@ def _queued(ref: pykka.ActorRef[Any]) -> int:
     a plain ThreadingActor's is queue.Queue: both can tell their size.
     """
     inbox = ref.actor_inbox
-    if isinstance(inbox, (gevent.queue.Queue, queue.Queue)):
+    if isinstance(inbox, (gevent.queue.Queue, queue.Queue, Mailbox)):
         return inbox.qsize()
     raise TypeError(f"a {type(inbox).__name__} mailbox cannot tell its size")
 
@@ -194,6 +195,7 @@ class Supervisor(SupervisedActor):
         self._greenlets = gevent.pool.Group()
         self._stopping = False
         self.gave_up = False
+        self._child_dispatcher: Dispatcher | None = None  # with flags.shared_greenlet, from on_start
 
     # Callbacks for subclasses ------------------------------------------------------
 
@@ -230,6 +232,8 @@ class Supervisor(SupervisedActor):
     def on_start(self) -> None:
         self.flags, specs = self.init()
         self._window = RestartWindow(self.flags.intensity, self.flags.period_s)
+        if self.flags.shared_greenlet:
+            self._child_dispatcher = Dispatcher(self.name)
         for spec in specs:
             self._add(spec)
         self._greenlets.spawn(self._watchdog)
@@ -237,6 +241,8 @@ class Supervisor(SupervisedActor):
     def _close(self) -> None:
         self._stopping = True
         self._stop_children(list(self.child_states))
+        if self._child_dispatcher is not None:
+            self._child_dispatcher.close()
         self._greenlets.kill(block=False)
         self.on_shutdown()
 
@@ -264,7 +270,8 @@ class Supervisor(SupervisedActor):
     def _start(self, child_id: str) -> None:
         child = self.child_states[child_id]
         child.incarnation += 1
-        handle = ChildHandle(child_id, child.incarnation, log=self._log, log_fields=self.child_log_fields(child_id))
+        handle = ChildHandle(child_id, child.incarnation, log=self._log, log_fields=self.child_log_fields(child_id),
+                             dispatcher=self._child_dispatcher)
         child.handle = handle
         child.started_at = self._clock()
         try:

@@ -255,3 +255,17 @@ def test_a_draining_nodes_heartbeat_says_so(nodes):
     views = {view.node_id: view for view in b.nodes()}
     assert views["node-a"].draining and not views["node-b"].draining
     assert [c["call_sid"] for c in views["node-a"].calls] == [SID]
+
+
+def test_a_heartbeat_never_takes_back_a_claim_another_node_now_holds(nodes):
+    # The old node's last heartbeat may still list a call it has just handed off.
+    make, _ = nodes
+    old, new = make(), make()
+    old.admit(SID, "node-a", ttl_s=30)
+    assert old.claim(SID, "node-a", lease_s=10) is None
+    old.mark_moving(SID, Handoff(call_sid=SID, conversation_json=[], from_node="node-a", left_at=1.0,
+                                 started_at=0.5), ttl_s=30)
+    new.admit(SID, "node-b", ttl_s=30)
+    assert new.claim(SID, "node-b", lease_s=10) is None
+    old.heartbeat("node-a", [{"call_sid": SID}], ttl_s=10)
+    assert new.owner(SID) == "node-b"

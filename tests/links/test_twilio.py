@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import socket
 import struct
 import time
+import weakref
 
 import gevent
 import gevent.socket
@@ -107,3 +109,17 @@ def test_silence_ends_reading_at_the_idle_deadline_even_if_pings_keep_coming():
     assert 0.9 < time.monotonic() - began < 2.5
     keeper.kill()
     peer.close()
+
+
+def test_a_socket_its_reader_never_released_is_not_kept_alive_by_its_idle_check():
+    # The check runs from a timer of the hub's: once the socket is past its deadline (or
+    # closed) the timer must let go, or every socket whose handler died would live forever.
+    ours, theirs = gevent.socket.socketpair()
+    limits = SocketLimits(max_message_bytes=65536, idle_timeout_s=0.2, frames_per_s=200, bytes_per_s=65536)
+    ref = weakref.ref(TwilioSocket(FakeWs(ours), limits))
+    deadline = time.monotonic() + 3
+    while ref() is not None and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+        gc.collect()
+    assert ref() is None
+    theirs.close()

@@ -3,8 +3,10 @@ never lets a peer that stops reading block a send or close."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -12,12 +14,11 @@ from collections.abc import Callable
 import gevent
 import pytest
 import websocket
-from websocket._abnf import frame_buffer
 
 import links.vapi
 from links.errors import LinkFault, VapiLinkDead
 from links.vapi import CLOSE_BUDGET_S, MAX_FRAGMENTS, MAX_MESSAGE_BYTES, SOCKET_TIMEOUT_S, Signal, VapiLink
-from tests.links._peer import Peer, Request, accept_websocket, server_frame
+from tests.links._peer import Peer, Request, accept_websocket, read_request, server_frame
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -75,53 +76,6 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-# ---- what the design assumes of websocket-client ------------------------------------------
-
-
-class _ScriptedSocket:
-    """A recv function over fixed bytes that times out once at each given offset."""
-
-    def __init__(self, data: bytes, timeouts: set[int]) -> None:
-        self.data, self.timeouts, self.pos = data, set(timeouts), 0
-
-    def recv(self, size: int) -> bytes:
-        if self.pos in self.timeouts:
-            self.timeouts.discard(self.pos)
-            raise websocket.WebSocketTimeoutException("timed out")
-        stops = [t for t in self.timeouts if t > self.pos] + [len(self.data)]
-        end = min(self.pos + size, min(stops))
-        chunk, self.pos = self.data[self.pos : end], end
-        return chunk
-
-
-def test_websocket_clients_frame_buffer_gives_the_length_first_and_resumes_after_timeouts() -> None:
-    # VapiLink relies on this: recv_header() and recv_length() read only the header, so the
-    # declared length is known before any payload byte is read; recv_frame() resumes from
-    # that state; and a timeout at any point keeps what was read so far.
-    payload = bytes(range(256)) * 40
-    wire = server_frame(BINARY, payload)
-    sock = _ScriptedSocket(wire, timeouts={1, 3, 2000})
-    frames = frame_buffer(sock.recv, True)
-    assert isinstance(websocket.WebSocket().frame_buffer, frame_buffer)
-
-    assert frames.needs_header()
-    with pytest.raises(websocket.WebSocketTimeoutException):
-        frames.recv_header()  # one byte of two read
-    frames.recv_header()
-    assert not frames.needs_header() and frames.header[4] == BINARY and frames.needs_length()
-    with pytest.raises(websocket.WebSocketTimeoutException):
-        frames.recv_length()
-    frames.recv_length()
-    assert frames.length == len(payload) and not frames.needs_length()
-    assert sock.pos == 4  # nothing of the payload read yet
-    with pytest.raises(websocket.WebSocketTimeoutException):
-        frames.recv_frame()  # partway through the payload
-    assert frames.length == len(payload)
-    frame = frames.recv_frame()
-    assert frame.opcode == BINARY and frame.data == payload
-    assert frames.needs_header() and frames.needs_length()
-
-
 # ---- messages ----------------------------------------------------------------------------
 
 
@@ -137,6 +91,39 @@ def test_audio_text_and_pongs_come_back_typed(make_peer: Callable[..., Peer], op
     assert link.recv() == '{"type":"hang","note":"é"}'
     assert link.recv() is Signal.PONG
     assert link.recv() == "\ufffd not utf-8"
+
+
+def test_a_burst_of_audio_frames_is_taken_with_one_read(make_peer: Callable[..., Peer], open_link) -> None:
+    burst = [os.urandom(640) for _ in range(5)]
+    peer = make_peer(scripted(sends(b"".join(server_frame(BINARY, chunk) for chunk in burst))))
+    link = open_link(peer)
+    reads = 0
+
+    class Counting:
+        def __init__(self, real) -> None:
+            self.real = real
+
+        def recv_into(self, view: memoryview, drained: bool) -> int:
+            nonlocal reads
+            reads += 1
+            return self.real.recv_into(view, drained)
+
+    link._recv = Counting(link._recv)
+    with gevent.Timeout(2):
+        got = [link.recv()]
+        assert link.buffered
+        got += [link.recv() for _ in range(4)]
+    assert got == burst
+    assert reads == 1 and not link.buffered
+
+
+def test_a_link_shut_down_in_another_greenlet_wakes_its_waiting_reader(
+    make_peer: Callable[..., Peer], open_link
+) -> None:
+    # Reads wait with no timeout: the shutdown (how a lost link is severed) must end them.
+    link = open_link(make_peer(scripted(lambda peer, conn: None)))
+    gevent.spawn_later(0.05, link.shutdown)
+    assert refused(link, within_s=1.0).fault is LinkFault.CLOSED
 
 
 def test_a_900_kib_message_in_4_kib_fragments_is_reassembled(make_peer: Callable[..., Peer], open_link) -> None:
@@ -220,21 +207,12 @@ def test_a_frame_declaring_50_mib_is_refused_from_its_header_alone(make_peer: Ca
 def test_a_4_mib_message_in_4_kib_fragments_is_refused_at_the_cap(make_peer: Callable[..., Peer], open_link) -> None:
     peer = make_peer(scripted(sends(*fragments(BINARY, b"\0" * (4 * MIB), 4 * KIB))))
     link = open_link(peer)
-    frames = link._frames
-    read = 0
-    real_recv = frames.recv
-
-    def counting(size: int) -> bytes:
-        nonlocal read
-        data = real_recv(size)
-        read += len(data)
-        return data
-
-    frames.recv = counting
     dead = refused(link)
     assert dead.fault is LinkFault.OVERSIZE
-    # Refused at the fragment that would cross the cap, not after reading the whole message.
-    assert MAX_MESSAGE_BYTES - 4 * KIB < read <= MAX_MESSAGE_BYTES + 8 * KIB
+    # Refused at the fragment that would cross the cap, not after reading the whole message
+    # (reads take up to 16 KiB at a time).
+    read = link._reader.bytes
+    assert MAX_MESSAGE_BYTES - 4 * KIB < read <= MAX_MESSAGE_BYTES + 24 * KIB
     assert peer.client_closed.wait(2) and peer.close_code() == 1009
 
 
@@ -330,3 +308,64 @@ def test_close_says_goodbye_and_waits_for_the_peers_close(make_peer: Callable[..
     link.close(goodbye=True)
     assert time.monotonic() - started < CLOSE_BUDGET_S
     assert [opcode for opcode, _ in peer.frames] == [TEXT, CLOSE]
+
+
+# ---- TLS (wss://, VAPI's own transport) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for 127.0.0.1, made for this run."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
+def test_over_tls_silence_longer_than_the_read_timeout_is_not_a_dead_link(tls_context: ssl.SSLContext) -> None:
+    # A TLS socket is read through gevent (it must decrypt), whose reads time out: silence
+    # must stay silence, and what comes after it must arrive whole.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    burst = [os.urandom(640) for _ in range(3)]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        tls = tls_context.wrap_socket(conn, server_side=True)
+        accept_websocket(tls, read_request(tls))
+        gevent.sleep(0.3)  # several of the client's read timeouts
+        tls.sendall(b"".join(server_frame(BINARY, chunk) for chunk in burst))
+        gevent.sleep(5)
+
+    server = gevent.spawn(serve)
+    ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True,
+                             sslopt={"cert_reqs": ssl.CERT_NONE, "check_hostname": False})
+    try:
+        ws.connect(f"wss://127.0.0.1:{listener.getsockname()[1]}/call-1/transport", timeout=2)
+        ws.settimeout(0.05)
+        link = VapiLink(ws)
+        assert not link._recv.raw
+        with gevent.Timeout(3):
+            assert [link.recv() for _ in burst] == burst
+    finally:
+        ws.shutdown()
+        server.kill()
+        listener.close()

@@ -170,3 +170,98 @@ def test_arbitrary_bytes_give_events_or_a_protocol_error_and_nothing_else(data, 
     except WebSocketProtocolError as exc:
         assert exc.code in (1002, 1007)
     assert reader.buffered <= len(data)
+
+
+# ---- a server's frames (VAPI's side: unmasked, oversize refused, fragments capped) ------------
+
+
+def test_a_server_frame_that_is_masked_is_refused_and_an_unmasked_one_is_read():
+    reader = FrameReader(1024, masked=False)
+    reader.feed(client_frame(b"audio", OP_BINARY, mask=None))
+    assert events(reader) == [Message(b"audio", False)]
+    reader.feed(client_frame(b"audio", OP_BINARY))
+    with pytest.raises(WebSocketProtocolError) as raised:
+        events(reader)
+    assert raised.value.code == 1002
+
+
+def test_without_skipping_an_oversize_message_is_refused_from_the_header_that_crosses_the_cap():
+    reader = FrameReader(1000, masked=False, skip_oversize=False)
+    reader.feed(client_frame(b"x" * 600, OP_BINARY, fin=False, mask=None))
+    assert events(reader) == []
+    # Only the next header: its declared length takes the message over the cap.
+    reader.feed(struct.pack("!BBH", 0x00, 126, 600))
+    with pytest.raises(WebSocketProtocolError) as raised:
+        events(reader)
+    assert raised.value.code == 1009
+
+
+def test_a_message_in_more_fragments_than_the_cap_is_refused_even_when_they_are_empty():
+    reader = FrameReader(1000, masked=False, skip_oversize=False, max_fragments=8)
+    reader.feed(client_frame(b"{", OP_TEXT, fin=False, mask=None) + client_frame(b"", 0, fin=False, mask=None) * 7)
+    assert events(reader) == []
+    reader.feed(client_frame(b"", 0, fin=False, mask=None))
+    with pytest.raises(WebSocketProtocolError) as raised:
+        events(reader)
+    assert raised.value.code == 1009
+
+
+def _frames_and_events(items, mask):
+    """The wire bytes of `items` (messages, possibly fragmented, and pings) and the events they must give."""
+    stream, expected = b"", []
+    for item in items:
+        if item[0] == "ping":
+            stream += client_frame(item[1], OP_PING, mask=mask)
+            expected.append(Ping(item[1]))
+            continue
+        _, payload, text, pieces = item
+        step = max(1, -(-len(payload) // pieces))
+        chunks = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+        for i, chunk in enumerate(chunks):
+            opcode = (OP_TEXT if text else OP_BINARY) if i == 0 else 0
+            stream += client_frame(chunk, opcode, fin=i == len(chunks) - 1, mask=mask)
+        expected.append(Message(payload, text))
+    return stream, expected
+
+
+_ITEMS = st.lists(
+    st.one_of(
+        # Up to 400 bytes: short lengths and 16-bit ones, whole frames and fragments.
+        st.tuples(st.just("message"), st.one_of(st.binary(max_size=40), st.binary(min_size=120, max_size=400)),
+                  st.booleans(), st.integers(1, 3)),
+        st.tuples(st.just("ping"), st.binary(max_size=125)),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(items=_ITEMS, client=st.booleans(), cut=st.integers(1, 900))
+def test_any_frames_of_either_side_arrive_intact_however_the_bytes_are_split(items, client, cut):
+    stream, expected = _frames_and_events(items, b"\x9a\x0b\x7c\xfd" if client else None)
+    reader = FrameReader(1 << 20, masked=client, skip_oversize=client, max_fragments=None if client else 16)
+    got = []
+    for i in range(0, len(stream), cut):
+        reader.feed(stream[i : i + cut])
+        got += events(reader)
+    assert got == expected
+    assert reader.buffered == 0
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.binary(max_size=600), st.integers(1, 80), st.booleans())
+def test_arbitrary_bytes_from_a_server_give_capped_events_or_a_protocol_error(data, cut, masked_prefix):
+    # Often start with a valid unmasked header, so the parser gets past the first byte.
+    if masked_prefix:
+        data = bytes([0x82, len(data) % 126]) + data
+    reader = FrameReader(256, masked=False, skip_oversize=False, max_fragments=4)
+    try:
+        for i in range(0, len(data), cut):
+            reader.feed(data[i : i + cut])
+            for event in events(reader):
+                assert isinstance(event, (Message, Ping, Pong, Closed))
+                if isinstance(event, Message):
+                    assert len(event.payload) <= 256
+            assert len(reader._parts) <= 4
+    except WebSocketProtocolError as exc:
+        assert exc.code in (1002, 1007, 1009)
