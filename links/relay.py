@@ -8,7 +8,8 @@ they are; VAPI's are unmasked server frames, which the other node accepts as the
 pings, pongs and close frames pass through like the rest. Nothing is parsed, buffered
 beyond one read, or logged per read (docs/vapi-relay.md).
 
-Each direction is one greenlet doing one recv and one send per chunk. A side that
+Each direction is one greenlet doing one read and one send per chunk, through one
+buffer of its own (links/recv.py's reader: no timer and no exception per wait). A side that
 closes or fails ends the relay, and both sockets are closed: the peer of a dead side
 learns it from its own socket, as it would from a direct connection. A peer that stops
 reading stalls only its own relay: a send that cannot finish within SEND_TIMEOUT_S ends
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import gevent
+
+from links.recv import SocketReader
 
 __all__ = ["SEND_TIMEOUT_S", "Relay", "RelayEnd"]
 
@@ -114,26 +117,29 @@ class Relay:
     def _pump(self, source: socket.socket, sink: socket.socket, to: str) -> None:
         """Copy `source` to `sink` until either ends, then end the other direction too."""
         side = "peer" if to == "vapi" else "vapi"
-        recv, send, clock, sending = source.recv, sink.sendall, time.monotonic, self._sending
+        recv_into, send, clock, sending = SocketReader(source).recv_into, sink.sendall, time.monotonic, self._sending
+        view = memoryview(bytearray(_CHUNK))
         total = chunks = 0
+        drained = False  # the last read left the socket empty: wait before reading
         try:
             while True:
                 try:
-                    data = recv(_CHUNK)
-                except OSError:
+                    size = recv_into(view, drained)
+                except OSError:  # TimeoutError cannot happen: the socket has no timeout
                     self._end(f"{side}_failed")
                     return
-                if not data:
+                if not size:
                     self._end(f"{side}_closed")
                     return
+                drained = size < _CHUNK
                 sending[to] = clock()
                 try:
-                    send(data)
+                    send(view[:size])  # sent whole before the buffer is read into again
                 except OSError:
                     self._end(f"{to}_failed")
                     return
                 sending[to] = 0.0
-                total += len(data)
+                total += size
                 chunks += 1
         finally:
             self._sent[to] = total

@@ -456,7 +456,7 @@ class VapiLink:
         readers) or is dead. The link is dead afterwards and never touches the socket again.
         """
         sock = self._ws.sock
-        if self._dead or sock is None or self._rbuf or not self._frames.needs_header():
+        if self._dead or sock is None or self._reader.bytes:
             return None
         self._dead = True
         return sock
