@@ -310,6 +310,8 @@ class CallRegistry:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return "bad_relay_token"
+        if self._relay_url is None:
+            return "relay_not_parked"  # this node relays nothing (one process, or a worker)
         refusal = self._tickets.relay_refusal(token.strip(), call_sid=call_sid, now=time.time())
         if refusal is not None:
             return refusal
@@ -328,9 +330,14 @@ class CallRegistry:
         Blocks for the VAPI call's life, in the relay handshake's greenlet.
         """
         prepared = self._unpark(call_sid)
-        link = prepared.link.get() if prepared is not None and prepared.link is not None else None
+        try:
+            link = prepared.link.get() if prepared is not None and prepared.link is not None else None
+        except VapiUnavailable:
+            return None
         sock = link.detach() if link is not None else None
         if sock is None:
+            if link is not None:
+                link.close(goodbye=True)  # unparked, so nothing else would close it
             return None
         relay = self._relays[call_sid] = Relay(sock, peer)
         self._metrics.vapi_links.labels(event="relayed").inc()
