@@ -3,7 +3,7 @@ comes, and a stream whose webhook's node is gone (docs/vapi-relay.md).
 
 Two nodes (`python run.py`) share an SQLite call directory and one VAPI simulator (in this
 process, so the test sees every VAPI call and its socket). Tickets, and so parked sockets,
-last 2 s here (MEDIA_CONNECT_TIMEOUT_S). The last test kills node A.
+last 2 s here (MEDIA_CONNECT_TIMEOUT_S). The last two tests kill node A.
 """
 
 from __future__ import annotations
@@ -87,6 +87,29 @@ def test_a_parked_vapi_socket_whose_stream_never_comes_is_closed_when_its_ticket
     assert vapi_call.ended_reason is not None  # A said goodbye (end-call) before closing
     lines = [line for line in pair.log(0).splitlines() if "vapi_parked_expired" in line and webhook.call_sid in line]
     assert len(lines) == 1, lines
+
+
+def test_a_relayed_call_whose_webhooks_node_dies_goes_on_with_a_new_vapi_call(pair):
+    """Node A is killed under the call, then started again for the next test."""
+    before = len(pair.sim.calls)
+    webhook = pair.webhook(0)
+    stream = pair.stream(webhook, 1)
+    try:
+        stream.connect()
+        stream.start_stream()
+        assert stream.wait_for_audio(800, timeout_s=5), "no greeting"
+        relayed = pair.sim.calls[before]
+        pair.nodes[0].kill()  # the relay and the VAPI socket it held go with it
+        assert relayed.ended.wait(5)
+        # B's link saw its socket close: a new VAPI call, told not to greet again.
+        assert speak_and_wait_for_answer(stream, ms=400)
+        again = pair.sim.calls[before + 1:]
+        assert len(again) == 1 and again[0].first_message_mode == "assistant-waits-for-user"
+        assert not stream.closed.is_set()  # the caller's stream was never touched
+        stream.send_stop()
+    finally:
+        stream.close()
+        pair.nodes[0].start()
 
 
 def test_when_the_webhooks_node_is_gone_the_streams_node_makes_a_new_vapi_call_and_the_caller_is_greeted(pair):
