@@ -168,6 +168,7 @@ class BridgeService:
             fleet=self.fleet,
             records=self.records,
             recordings=self.recordings,
+            relay_url=_relay_url(settings, listener),
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
@@ -232,6 +233,7 @@ class BridgeService:
             validator=validator,
             admit=calls.media_refusal,
             on_rejected=rejected,
+            relay=calls.relay_refusal,
             header_timeout_s=limits.http_header_timeout_s,
             idle_timeout_s=limits.http_idle_timeout_s,
             max_connections=limits.max_connections,
@@ -322,6 +324,18 @@ class BridgeService:
         leftover = ActorRegistry.get_all()
         if leftover:
             self.log.warning("actors_left_at_stop", count=len(leftover))
+
+
+def _relay_url(settings: Settings, listener: socket.socket) -> str | None:
+    """Where the other nodes reach this process's VAPI relay; None: no relay (docs/vapi-relay.md).
+
+    Only a node of a fleet relays (one process has no other node), and only a process with a
+    port of its own: gunicorn's workers share one, so a relay handshake could reach any of them.
+    """
+    fleet = settings.fleet
+    if (fleet.redis_url is None and fleet.directory_path is None) or settings.workers > 1:
+        return None
+    return fleet.node_url or f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def preflight(settings: Settings, log: BoundLogger) -> socket.socket:

@@ -208,11 +208,15 @@ class FleetSettings:
     redis_url: str | None = field(repr=False)  # may hold a password
     directory_path: str | None
     fleet_secret: str | None = field(repr=False)  # None: the ticket key comes from the Twilio auth token
+    # NODE_URL: where the other nodes reach this process's VAPI relay (docs/vapi-relay.md);
+    # None: http://127.0.0.1:<its port>, right for nodes that share one machine.
+    node_url: str | None = None
 
     def __repr__(self) -> str:
         return (
             f"FleetSettings(node_name={self.node_name!r}, redis_url={_mask(self.redis_url)}, "
-            f"directory_path={self.directory_path!r}, fleet_secret={_mask(self.fleet_secret)})"
+            f"directory_path={self.directory_path!r}, fleet_secret={_mask(self.fleet_secret)}, "
+            f"node_url={self.node_url!r})"
         )
 
 
@@ -346,6 +350,7 @@ class Settings:
                 redis_url=r.redis_url("REDIS_URL"),
                 directory_path=r.optional("DIRECTORY_PATH"),
                 fleet_secret=r.optional("FLEET_SECRET"),
+                node_url=r.url("NODE_URL", "", schemes=("http", "https")).rstrip("/") or None,
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),

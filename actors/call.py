@@ -86,12 +86,16 @@ class PreparedVapi:
     """A VAPI call made before the call's actors started, for the first VAPI link to join.
 
     `call` is what the webhook created (the ticket carries it). `link` is its socket, when
-    the webhook's own node opened it at once (one process, where the stream cannot land
-    elsewhere): opening, or open with VAPI's greeting waiting in the socket's buffer.
+    this node answered the webhook and opened it at once: opening, or open with VAPI's
+    greeting waiting in the socket's buffer. `relay_url` and `relay_token`: another node
+    answered the webhook and holds that socket open; the link goes through its relay
+    (docs/vapi-relay.md).
     """
 
     call: CreatedCall
     link: gevent.event.AsyncResult[VapiLink] | None = None
+    relay_url: str | None = None
+    relay_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True, eq=False)

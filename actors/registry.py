@@ -15,9 +15,13 @@ ended (hang up, fallback, or a new stream for a moving or orphaned call); `take_
 a resumed call takes the hand-off and starts the call greeted, with its conversation, so
 the new VAPI call waits for the caller and is given the turns so far.
 
-A VAPI call created at the webhook whose stream never comes leaves nothing here (no
-actors, no socket); its admission expires, and VAPI ends a call whose transport never
-connects on its own (docs/vapi-websocket-transport.md).
+The webhook's node also opens the VAPI call's socket at once and parks it (one process
+always; a fleet node when it has a relay URL, NODE_URL): the stream that lands here uses
+it, and one that lands on another node reaches it through this node's relay
+(`relay_refusal`, `relay`; docs/vapi-relay.md), since VAPI takes one socket per call. A
+parked socket whose stream never comes is closed when the ticket expires (counted,
+logged once); VAPI ends a call whose transport never connects on its own
+(docs/vapi-websocket-transport.md).
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from calls.directory import ALREADY_STREAMING, ENDED, NOT_ADMITTED, MemoryDirect
 from calls.handoff import DEPLOY, Handoff, resume_allowed
 from calls.outcome import Outcome
 from links.errors import VapiUnavailable
+from links.relay import Relay, RelayEnd
 from links.twilio import TwilioSocket
 from links.vapi import VapiConnector, VapiLink
 from observability.metrics import Metrics
-from protocols.ticket import TicketError, TicketSealer, ticket_from_parameters
+from protocols.ticket import TicketError, TicketSealer, relay_socket_url, ticket_from_parameters
 from protocols.vapi import MULAW8K, PCM16K, CreatedCall
 from records import CallRecord, CostRates, RecordsError, RecordStore, estimate_cost, percentile
 from records.recordings import RecordingWriter
@@ -132,8 +137,11 @@ class CallRegistry:
         records: RecordStore | None = None,
         rates: CostRates | None = None,
         recordings: RecordingWriter | None = None,
+        relay_url: str | None = None,
     ) -> None:
+        """`relay_url`: this node's NODE_URL, for a fleet node to park VAPI sockets and relay them."""
         self._tickets = tickets
+        self._relay_url = relay_url
         self.fleet = fleet or FleetNode(
             MemoryDirectory(), node_id="local", metrics=metrics, log=log, admit_ttl_s=tickets.ttl_s
         )
@@ -146,8 +154,10 @@ class CallRegistry:
         self._metrics = metrics
         self._log = log
         self._live: dict[str, CallContext] = {}
-        # One process: VAPI sockets opened at the webhook, waiting for their stream (by CallSid).
+        # VAPI sockets opened at the webhook, waiting for their stream (by CallSid), and the
+        # ones relayed to another node's stream now.
         self._parked: dict[str, tuple[PreparedVapi, gevent.Greenlet[[str], None]]] = {}
+        self._relays: dict[str, Relay] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         # Live calls that resumed here (their hand-off, with the earlier hops), and calls handed off from here.
         self._resumed: dict[str, Handoff] = {}
@@ -176,7 +186,9 @@ class CallRegistry:
             self._log.warning("vapi_create_deferred", call_sid=call_sid, actor="webhook", kind=exc.kind.value,
                               detail=str(exc))
         self.fleet.admit(call_sid)
-        if created is not None and not self.fleet.shared:
+        # A draining node is about to close its listener: the stream's node could not reach its relay.
+        relayed = created is not None and self.fleet.shared and self._relay_url is not None and not self.fleet.draining
+        if created is not None and (relayed or not self.fleet.shared):
             self._park(call_sid, created)
         return self._tickets.seal(
             call_sid=call_sid,
@@ -185,6 +197,7 @@ class CallRegistry:
             vapi_call_id=created.call_id if created is not None else None,
             vapi_websocket_url=created.websocket_url if created is not None else None,
             resume=resume,
+            relay_url=self._relay_url if relayed else None,
         )
 
     def take_stream(self, call_sid: str, parameters: dict[str, str], socket: TwilioSocket) -> CallContext:
@@ -220,7 +233,12 @@ class CallRegistry:
             resumed = taken.taken_by(self.node_id, at=now)
         prepared = self._unpark(call_sid)
         if prepared is None and ticket.vapi_call_id is not None and ticket.vapi_websocket_url is not None:
-            prepared = PreparedVapi(CreatedCall(ticket.vapi_call_id, ticket.vapi_websocket_url))
+            relay = ticket.relay_url if ticket.node_id != self.node_id else None
+            prepared = PreparedVapi(
+                CreatedCall(ticket.vapi_call_id, ticket.vapi_websocket_url),
+                relay_url=relay_socket_url(relay, call_sid) if relay is not None else None,
+                relay_token=self._tickets.relay_token(call_sid, now=time.time()) if relay is not None else None,
+            )
         try:
             return self.start_call(call_sid, socket=socket, prepared=prepared, resumed=resumed)
         except Exception:
@@ -231,8 +249,10 @@ class CallRegistry:
         """Open the VAPI call's socket now, for the stream that can only come to this process.
 
         Today's latency for one process: the socket (and VAPI's greeting, held in its
-        buffer) is ready while Twilio connects the stream. Closed, with a goodbye, if the
-        stream has not come when the ticket expires.
+        buffer) is ready while Twilio connects the stream. Nothing reads it meanwhile: the
+        greeting waits in the kernel's buffer (bounded; VAPI's sends wait when it is full),
+        so the link or the relay that takes it gets every byte. Closed, with a goodbye, if
+        the stream has not come when the ticket expires.
         """
         opening: gevent.event.AsyncResult[VapiLink] = gevent.event.AsyncResult()
 
@@ -244,7 +264,7 @@ class CallRegistry:
 
         self._release_parked(call_sid)  # a retried webhook: the newer VAPI call wins
         gevent.spawn(connect)
-        expiry = gevent.spawn_later(self._tickets.ttl_s, self._release_parked, call_sid)
+        expiry = gevent.spawn_later(self._tickets.ttl_s, self._parked_expired, call_sid)
         self._parked[call_sid] = (PreparedVapi(created, opening), expiry)
 
     def _unpark(self, call_sid: str) -> PreparedVapi | None:
@@ -266,10 +286,65 @@ class CallRegistry:
         if link is not None:
             link.close(goodbye=True)
 
+    def _parked_expired(self, call_sid: str) -> None:
+        if call_sid in self._parked:
+            self._metrics.vapi_links.labels(event="parked_expired").inc()
+            self._log.info("vapi_parked_expired", call_sid=call_sid, actor="registry",
+                           after_s=self._tickets.ttl_s)
+        self._release_parked(call_sid)
+
     def release_parked(self) -> None:
-        """Close every VAPI socket still waiting for its stream (the server is stopping)."""
+        """Close every VAPI socket still waiting for its stream, and end the relays (the server is stopping)."""
         for call_sid in list(self._parked):
             self._release_parked(call_sid)
+        for relay in list(self._relays.values()):
+            relay.stop()
+
+    def relay_refusal(self, call_sid: str, authorization: str) -> str | None:
+        """None when a relay handshake may take this call's parked VAPI socket; else why not.
+
+        Asked before the 101 (web/server.py): the token must be the fleet's for this CallSid
+        and unexpired, and the socket parked here and open. The socket itself goes to the
+        first handshake that gets through (`relay`).
+        """
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return "bad_relay_token"
+        if self._relay_url is None:
+            return "relay_not_parked"  # this node relays nothing (one process, or a worker)
+        refusal = self._tickets.relay_refusal(token.strip(), call_sid=call_sid, now=time.time())
+        if refusal is not None:
+            return refusal
+        parked = self._parked.get(call_sid)
+        if parked is None or parked[0].link is None:
+            return "relay_not_parked"
+        try:
+            parked[0].link.get()  # opened at the webhook, normally long ago; bounded by the connector
+        except VapiUnavailable:
+            return "relay_not_parked"
+        return None
+
+    def relay(self, call_sid: str, peer: Any) -> RelayEnd | None:
+        """Splice the call's parked VAPI socket to `peer` (a socket) until either side ends; None if it is gone.
+
+        Blocks for the VAPI call's life, in the relay handshake's greenlet.
+        """
+        prepared = self._unpark(call_sid)
+        try:
+            link = prepared.link.get() if prepared is not None and prepared.link is not None else None
+        except VapiUnavailable:
+            return None
+        sock = link.detach() if link is not None else None
+        if sock is None:
+            if link is not None:
+                link.close(goodbye=True)  # unparked, so nothing else would close it
+            return None
+        relay = self._relays[call_sid] = Relay(sock, peer)
+        self._metrics.vapi_links.labels(event="relayed").inc()
+        try:
+            return relay.run()
+        finally:
+            self._relays.pop(call_sid, None)
 
     def start_call(
         self, call_sid: str, *, socket: TwilioSocket | None = None, prepared: PreparedVapi | None = None,

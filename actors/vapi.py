@@ -2,8 +2,10 @@
 
 On start it opens a VAPI call's socket in a greenlet of its own, so the mailbox keeps
 draining meanwhile (the caller's audio waits in the call's uplink buffer). Its first link
-joins the VAPI call the webhook created (the call's ticket carried it); if there is none,
-or it cannot be joined, and on every later link, it creates a new VAPI call first.
+joins the VAPI call the webhook created (the call's ticket carried it), through the
+webhook node's relay when that node holds the call's socket open (docs/vapi-relay.md); if
+there is none, or it cannot be joined, and on every later link, it creates a new VAPI
+call first.
 It sends the caller's audio as binary 20 ms frames, hands VAPI's audio to the codec
 and acts on VAPI's JSON events. VAPI is an untrusted peer: the socket itself (framing,
 size caps, send timeouts) is `links.vapi.VapiLink`'s business, and what it refuses is
@@ -291,9 +293,14 @@ class VapiActor(CallActor):
         if prepared is not None:
             try:
                 # Bounded: the connector's own deadline ends the opening either way.
-                opened = prepared.link.get() if prepared.link is not None else call.connector.connect(
-                    prepared.call.websocket_url
-                )
+                if prepared.link is not None:
+                    opened = prepared.link.get()
+                elif prepared.relay_url is not None and prepared.relay_token is not None:
+                    # The webhook's node holds the call's one socket: through it, or a new VAPI
+                    # call (a socket it held and lost ended its VAPI call).
+                    opened = call.connector.connect_relay(prepared.relay_url, prepared.relay_token)
+                else:
+                    opened = call.connector.connect(prepared.call.websocket_url)
                 if opened is None:
                     raise VapiUnavailable(ErrorKind.CONNECTIVITY, "call socket did not open")
                 link = opened

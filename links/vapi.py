@@ -45,6 +45,7 @@ __all__ = [
     "CLOSE_BUDGET_S",
     "MAX_FRAGMENTS",
     "MAX_MESSAGE_BYTES",
+    "RELAY_CONNECT_TIMEOUT_S",
     "SOCKET_TIMEOUT_S",
     "USER_AGENT",
     "Received",
@@ -69,6 +70,9 @@ MAX_FRAGMENTS: Final = 4096
 SOCKET_TIMEOUT_S: Final = 0.5
 # Everything close() may take: the goodbye, the closing handshake, VAPI's answer to it.
 CLOSE_BUDGET_S: Final = 0.5
+# Opening a socket through another node's relay: nodes share a network, so one that has
+# not answered by then is taken for gone and the call goes on without it.
+RELAY_CONNECT_TIMEOUT_S: Final = 1.0
 
 _CLOSE_NORMAL: Final = 1000
 _CLOSE_PROTOCOL_ERROR: Final = 1002
@@ -205,13 +209,29 @@ class VapiConnector:
     def connect(self, websocket_url: str) -> VapiLink:
         """Open the call's socket; the URL is a secret (it alone joins the call)."""
         send_key = check_websocket_url(websocket_url, self._base_url)
+        return self._open(websocket_url, [f"Authorization: Bearer {self._api_key}"] if send_key else [],
+                          self._timeout_s)
+
+    def connect_relay(self, relay_url: str, token: str) -> VapiLink:
+        """Open the call's socket through the node that holds it open (docs/vapi-relay.md).
+
+        That node splices VAPI's bytes to this socket unchanged, so the link speaks to VAPI
+        as if directly. The relay token goes with the handshake, never the API key; the
+        wait is short (RELAY_CONNECT_TIMEOUT_S): nodes are near each other, and a node that
+        does not answer at once is taken for gone.
+        """
+        if urlsplit(relay_url).scheme.lower() not in ("ws", "wss"):
+            raise VapiUnavailable(ErrorKind.PROTOCOL, "relay URL is not ws:// or wss://")
+        return self._open(relay_url, [f"Authorization: Bearer {token}"], min(self._timeout_s, RELAY_CONNECT_TIMEOUT_S))
+
+    def _open(self, url: str, header: list[str], timeout_s: float) -> VapiLink:
         ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         try:
-            with _deadline(self._timeout_s, "opening the call socket"):
+            with _deadline(timeout_s, "opening the call socket"):
                 ws.connect(
-                    websocket_url,
-                    timeout=self._timeout_s,
-                    header=[f"Authorization: Bearer {self._api_key}"] if send_key else [],
+                    url,
+                    timeout=timeout_s,
+                    header=header,
                     # A redirect would carry the key (and the call) to a host VAPI names.
                     redirect_limit=0,
                 )
@@ -428,6 +448,18 @@ class VapiLink:
             pass
         finally:
             self.shutdown()
+
+    def detach(self) -> socket.socket | None:
+        """Give up the open socket, unread, to a relay that passes its bytes on (docs/vapi-relay.md).
+
+        None if the link already read from it (its bytes would be split between two
+        readers) or is dead. The link is dead afterwards and never touches the socket again.
+        """
+        sock = self._ws.sock
+        if self._dead or sock is None or self._reader.bytes:
+            return None
+        self._dead = True
+        return sock
 
     def shutdown(self) -> None:
         """Close the socket now, without a handshake (also how a fault severs the link)."""

@@ -12,7 +12,15 @@ and it expires. It holds:
   URL alone joins that VAPI call, so it travels only inside the ticket;
 - the webhook node's id and a random nonce;
 - whether the stream resumes a live phone call (calls/handoff.py): its node then takes the
-  call's hand-off from the directory.
+  call's hand-off from the directory;
+- the webhook node's relay URL (NODE_URL), when that node opened the VAPI call's socket at
+  once and parks it: the stream's node, if another, reaches VAPI through that node
+  (docs/vapi-relay.md), since VAPI takes one socket per call.
+
+The same sealer makes and checks **relay tokens**: what a stream's node shows the webhook's
+node to be given the parked socket of one call. A token is an HMAC-SHA256, under a key
+HKDF derives from the ticket key with a label of its own, over the CallSid and an expiry
+(seconds since the epoch); it travels in the relay handshake's Authorization header.
 
 The key is FLEET_SECRET's, or else derived from the Twilio auth token, so every node
 configured for the same Twilio account agrees without another secret to distribute.
@@ -30,6 +38,8 @@ Pure: no I/O, no clock of its own (the caller passes the time).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Mapping
@@ -41,10 +51,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "RELAY_PATH_PREFIX",
+    "RELAY_TOKEN_TTL_S",
     "TICKET_PARAMETER",
     "Ticket",
     "TicketError",
     "TicketSealer",
+    "relay_socket_url",
     "ticket_from_parameters",
     "ticket_key",
     "ticket_parameters",
@@ -60,6 +73,15 @@ _NONCE_BYTES: Final = 12
 # Distinct labels: a key derived for tickets is good for nothing else.
 _HKDF_INFO_SECRET: Final = b"twilio-vapi-bridge stream ticket v1 (FLEET_SECRET)"
 _HKDF_INFO_TOKEN: Final = b"twilio-vapi-bridge stream ticket v1 (TWILIO_AUTH_TOKEN)"
+# The relay's route on every node: RELAY_PATH_PREFIX + CallSid.
+RELAY_PATH_PREFIX: Final = "/relay/vapi/"
+_HKDF_INFO_RELAY: Final = b"twilio-vapi-bridge vapi relay token v1"
+# A relay token is made just before its handshake: a short life is plenty, and bounds a
+# captured one (it is single-use anyway: the parked socket goes to the first good handshake).
+RELAY_TOKEN_TTL_S: Final = 30.0
+# Tokens stamped further ahead than this are refused: the nodes' clocks must agree within it,
+# as Fernet's 60 s for tickets.
+_RELAY_CLOCK_SKEW_S: Final = 60.0
 
 
 class TicketError(Exception):
@@ -81,6 +103,7 @@ class Ticket:
     vapi_call_id: str | None = None  # None: the webhook could not create the VAPI call
     vapi_websocket_url: str | None = field(default=None, repr=False)
     resume: bool = False  # the stream continues a live phone call (after-stream issued it)
+    relay_url: str | None = None  # the webhook node's NODE_URL, when it parks the VAPI call's socket
 
     @property
     def has_vapi_call(self) -> bool:
@@ -102,6 +125,7 @@ class TicketSealer:
     def __init__(self, key: bytes, *, ttl_s: float) -> None:
         self._fernet = Fernet(key)
         self._ttl_s = ttl_s
+        self._relay_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO_RELAY).derive(key)
 
     def __repr__(self) -> str:
         return f"TicketSealer(key=***, ttl_s={self._ttl_s:g})"
@@ -119,11 +143,14 @@ class TicketSealer:
         vapi_call_id: str | None = None,
         vapi_websocket_url: str | None = None,
         resume: bool = False,
+        relay_url: str | None = None,
     ) -> str:
         """A new ticket for `call_sid`, stamped `now` (seconds since the epoch)."""
         payload: dict[str, Any] = {"c": call_sid, "n": node_id, "r": secrets.token_urlsafe(_NONCE_BYTES)}
         if resume:
             payload["m"] = 1
+        if relay_url is not None:
+            payload["u"] = relay_url
         if vapi_call_id is not None and vapi_websocket_url is not None:
             payload["v"] = vapi_call_id
             payload["w"] = vapi_websocket_url
@@ -152,6 +179,29 @@ class TicketSealer:
             raise TicketError("ticket_for_another_call", "ticket was issued for another CallSid")
         return ticket
 
+    def relay_token(self, call_sid: str, *, now: float) -> str:
+        """A token that asks the webhook's node for `call_sid`'s parked VAPI socket until now + RELAY_TOKEN_TTL_S."""
+        expires = int(now + RELAY_TOKEN_TTL_S)
+        return f"{expires}.{self._relay_mac(call_sid, expires)}"
+
+    def relay_refusal(self, token: str, *, call_sid: str, now: float) -> str | None:
+        """None when `token` is a good relay token for `call_sid` at `now`; else why not (a counter label)."""
+        expires_text, dot, mac = token.partition(".")
+        if not dot or not expires_text.isdigit() or len(expires_text) > 12:
+            return "bad_relay_token"
+        expires = int(expires_text)
+        # The MAC first, in constant time: whether the expiry was good says nothing to a forger.
+        if not hmac.compare_digest(mac.encode("ascii", "replace"), self._relay_mac(call_sid, expires).encode()):
+            return "bad_relay_token"
+        if expires < now or expires > now + RELAY_TOKEN_TTL_S + _RELAY_CLOCK_SKEW_S:
+            return "relay_token_expired"
+        return None
+
+    def _relay_mac(self, call_sid: str, expires: int) -> str:
+        message = f"relay|{call_sid}|{expires}".encode()
+        digest = hmac.new(self._relay_key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
 
 def _parse(data: bytes, *, issued_at: float) -> Ticket:
     try:
@@ -162,6 +212,7 @@ def _parse(data: bytes, *, issued_at: float) -> Ticket:
         raise TicketError("bad_ticket", "ticket payload is not an object")
     call_sid, node_id, nonce = payload.get("c"), payload.get("n"), payload.get("r")
     vapi_call_id, websocket_url = payload.get("v"), payload.get("w")
+    relay_url = payload.get("u")
     if not (isinstance(call_sid, str) and isinstance(node_id, str) and isinstance(nonce, str)):
         raise TicketError("bad_ticket", "ticket payload lacks its call, node or nonce")
     if not (isinstance(vapi_call_id, str) and isinstance(websocket_url, str)):
@@ -174,6 +225,7 @@ def _parse(data: bytes, *, issued_at: float) -> Ticket:
         vapi_call_id=vapi_call_id,
         vapi_websocket_url=websocket_url,
         resume=payload.get("m") == 1,
+        relay_url=relay_url if isinstance(relay_url, str) and vapi_call_id is not None else None,
     )
 
 
@@ -194,3 +246,11 @@ def ticket_from_parameters(parameters: Mapping[str, str]) -> str:
             break
         parts.append(part)
     return "".join(parts)
+
+
+def relay_socket_url(node_url: str, call_sid: str) -> str:
+    """The WebSocket URL of `call_sid`'s relay on the node whose NODE_URL is `node_url` (http -> ws)."""
+    base = node_url.rstrip("/")
+    scheme, sep, rest = base.partition("://")
+    ws_scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme)
+    return f"{ws_scheme}{sep}{rest}{RELAY_PATH_PREFIX}{call_sid}"

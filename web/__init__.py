@@ -1,8 +1,9 @@
 """The HTTP and WebSocket surface: Twilio's webhooks and media sockets.
 
 `create_app` builds the Flask app from objects made in run.py; there is no module-level
-app. Blueprints: voice (TwiML webhooks), media (Twilio's media socket), health, admin
-and dashboard. Every view reaches what it needs through `context()`.
+app. Blueprints: voice (TwiML webhooks), media (Twilio's media socket), health, admin,
+dashboard and relay (another node's way to a VAPI socket parked here). Every view
+reaches what it needs through `context()`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def context() -> WebContext:
 
 
 def create_app(context: WebContext, *, max_body_bytes: int = 65536) -> Flask:
-    from web import admin, dashboard, health, media, voice
+    from web import admin, dashboard, health, media, relay, voice
 
     # No default /static: the dashboard serves its own files, only while it is on.
     app = Flask(__name__, static_folder=None)
@@ -67,6 +68,7 @@ def create_app(context: WebContext, *, max_body_bytes: int = 65536) -> Flask:
     app.extensions[_EXTENSION] = context
     app.register_blueprint(voice.bp)
     app.register_blueprint(media.bp)
+    app.register_blueprint(relay.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(dashboard.bp)

@@ -8,6 +8,10 @@ must refuse a socket has to do it here, before the 101:
 - the handshake is well formed (GET, HTTP/1.1, version 13, a 16-byte key);
 - Twilio's signature over the stream URL is valid;
 - the call was admitted by a webhook we answered, is live, and has no media socket yet.
+The one other route that upgrades is the VAPI relay, `/relay/vapi/<CallSid>` (another
+node of the fleet, not Twilio: docs/vapi-relay.md), on the same canonical-path and
+handshake checks, with the fleet's relay token for that call instead of Twilio's
+signature, and only while a VAPI socket is parked here for it.
 Anything else that asks to upgrade gets a 4xx and no socket.
 
 The handler also puts a deadline on each read a client controls: the request line and
@@ -32,6 +36,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from observability.logging import Logger
 from protocols.signature import SignatureValidator
+from protocols.ticket import RELAY_PATH_PREFIX
 from protocols.twiml import CALL_SID_PATTERN, media_stream_url
 
 __all__ = ["MEDIA_PATH", "make_server"]
@@ -56,6 +61,7 @@ def make_server(
     validator: SignatureValidator,
     admit: Callable[[str], str | None],
     on_rejected: Callable[[str, str, str], None] | None = None,
+    relay: Callable[[str, str], str | None] | None = None,
     header_timeout_s: float = 10.0,
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
@@ -66,6 +72,8 @@ def make_server(
 
     `admit(call_sid)` returns None when the call may take a media socket, else why not.
     `on_rejected(kind, client_address, detail)` is told of every refused upgrade.
+    `relay(call_sid, authorization)` returns None when a relay handshake may have the
+    call's parked VAPI socket, else why not; without it the relay route does not upgrade.
     """
     # What Twilio was told to dial, less "/media/<sid>": wss://host[:port][/prefix].
     wss_base = media_stream_url(public_url, _ANY_CALL_SID)[: -len(_MEDIA_PREFIX + _ANY_CALL_SID)]
@@ -142,10 +150,12 @@ def make_server(
                 return None  # an ordinary request
             raw_path = self.path.partition("?")[0] if isinstance(self.path, str) else ""
             path = environ.get("PATH_INFO", "")
-            call_sid = path[len(_MEDIA_PREFIX):]
+            relaying = relay is not None and path.startswith(RELAY_PATH_PREFIX)
+            prefix = RELAY_PATH_PREFIX if relaying else _MEDIA_PREFIX
+            call_sid = path[len(prefix):]
             if (
                 raw_path != path
-                or not path.startswith(_MEDIA_PREFIX)
+                or not path.startswith(prefix)
                 or CALL_SID_PATTERN.fullmatch(call_sid) is None
                 or environ.get("QUERY_STRING")
             ):
@@ -158,6 +168,12 @@ def make_server(
                 return [b"WebSocket version 13 required\n"]
             if not _is_websocket_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
                 return self._refuse("400 Bad Request", "bad_handshake", "Sec-WebSocket-Key")
+            if relay is not None and relaying:
+                refused = relay(call_sid, environ.get("HTTP_AUTHORIZATION", ""))
+                if refused is not None:
+                    return self._refuse("403 Forbidden", refused, call_sid)
+                relayed: list[str] | None = self.upgrade_connection()
+                return relayed
             # Twilio signs the wss:// URL exactly as the TwiML gave it, without a query.
             if not validator.validate_websocket(wss_base + path, environ.get("HTTP_X_TWILIO_SIGNATURE")):
                 return self._refuse("403 Forbidden", "bad_signature", call_sid)

@@ -7,8 +7,10 @@ import base64
 import pytest
 
 from protocols.ticket import (
+    RELAY_TOKEN_TTL_S,
     TicketError,
     TicketSealer,
+    relay_socket_url,
     ticket_from_parameters,
     ticket_key,
     ticket_parameters,
@@ -125,3 +127,49 @@ def test_a_long_ticket_travels_in_several_parameters_each_under_twilios_limit():
     assert ticket_from_parameters({"callSid": CALL_SID, **parameters}) == text
     assert ticket_from_parameters({"callSid": CALL_SID}) == ""
 
+
+
+# ---- the relay: the webhook node's URL in the ticket, and the token that opens its relay ----
+
+
+def test_the_ticket_carries_the_webhook_nodes_relay_url_with_its_vapi_call_only():
+    relayed = sealer().seal(call_sid=CALL_SID, node_id="node-a", now=NOW, vapi_call_id="v", vapi_websocket_url=URL,
+                            relay_url="http://10.0.0.7:3000")
+    assert sealer().open(relayed, call_sid=CALL_SID, now=NOW).relay_url == "http://10.0.0.7:3000"
+    assert b"10.0.0.7" not in base64.urlsafe_b64decode(relayed)
+    # No VAPI call, nothing to relay: the URL is not read back.
+    bare = sealer().seal(call_sid=CALL_SID, node_id="node-a", now=NOW, relay_url="http://10.0.0.7:3000")
+    assert sealer().open(bare, call_sid=CALL_SID, now=NOW).relay_url is None
+
+
+def test_a_relay_token_opens_the_relay_of_its_call_on_any_node_with_the_fleets_key_until_it_expires():
+    token = sealer(fleet_secret="s3cret").relay_token(CALL_SID, now=NOW)
+    other_node = sealer(fleet_secret="s3cret")
+    assert other_node.relay_refusal(token, call_sid=CALL_SID, now=NOW + 1) is None
+    assert other_node.relay_refusal(token, call_sid=CALL_SID, now=NOW + RELAY_TOKEN_TTL_S + 1) == "relay_token_expired"
+    assert other_node.relay_refusal(token, call_sid=OTHER_SID, now=NOW + 1) == "bad_relay_token"
+    assert sealer(fleet_secret="another").relay_refusal(token, call_sid=CALL_SID, now=NOW + 1) == "bad_relay_token"
+
+
+def test_a_relay_token_is_not_a_ticket_and_cannot_be_stretched_or_forged():
+    key_holder = sealer()
+    token = key_holder.relay_token(CALL_SID, now=NOW)
+    expires, _, mac = token.partition(".")
+    later = f"{int(expires) + 3600}.{mac}"  # the expiry moved: the MAC no longer matches
+    for forged in (later, "", ".", mac, f"{expires}.", f"{expires}.{mac[:-1]}", f"-1.{mac}", f"{expires}.{mac}x"):
+        assert key_holder.relay_refusal(forged, call_sid=CALL_SID, now=NOW) == "bad_relay_token", forged
+    # Different labels: a ticket is not a relay token, and the token's key is not the ticket's.
+    ticket = key_holder.seal(call_sid=CALL_SID, node_id="a", now=NOW)
+    assert key_holder.relay_refusal(ticket, call_sid=CALL_SID, now=NOW) == "bad_relay_token"
+    with pytest.raises(TicketError):
+        key_holder.open(token, call_sid=CALL_SID, now=NOW)
+
+
+def test_a_token_stamped_far_in_the_future_is_refused():
+    token = sealer().relay_token(CALL_SID, now=NOW + 3600)
+    assert sealer().relay_refusal(token, call_sid=CALL_SID, now=NOW) == "relay_token_expired"
+
+
+def test_the_relay_url_is_the_nodes_url_as_a_websocket_url():
+    assert relay_socket_url("http://10.0.0.7:3000/", CALL_SID) == f"ws://10.0.0.7:3000/relay/vapi/{CALL_SID}"
+    assert relay_socket_url("https://node-a.internal", CALL_SID) == f"wss://node-a.internal/relay/vapi/{CALL_SID}"
