@@ -122,6 +122,11 @@ _STEADY_DB = 7.0
 BACKGROUND_UP_DB = 0.3
 BACKGROUND_DOWN_DB = 0.03
 BACKGROUND_MARGIN_DB = 3.0
+BACKGROUND_CATCH_UP = 0.0
+BACKGROUND_START_DBFS = -45.0
+CALLER_FIRST_MS = 400
+CALLER_FIRST_RELIEF_DB = 6.0
+CALLER_FIRST_EXTRA_MS = 0
 # With a classifier, it goes on being fed this long after the level checks last passed,
 # so dips between syllables do not cost it its context; then it is reset.
 _CLASSIFIER_LINGER_MS = 200
@@ -204,6 +209,11 @@ class EnergyVad:
         "_speech_ms",
         "_speech_rise_db",
         "_warmup",
+        "_onset_due",
+        "_echo_free",
+        "_first_frames",
+        "_first_left",
+        "_last_speech",
         "_warmup_frames",
     )
 
@@ -226,6 +236,7 @@ class EnergyVad:
         self._classifier = classifier
         self._linger_frames = max(1, _CLASSIFIER_LINGER_MS // frame_ms)
         self._warmup_frames = max(2, WARMUP_MS // frame_ms)
+        self._first_frames = max(1, CALLER_FIRST_MS // frame_ms)
         self.reset()
 
     def reset(self) -> None:
@@ -237,7 +248,11 @@ class EnergyVad:
         self._far_hold.clear()
         self._far_left = 0  # frames the held assistant level still gates
         self._warmup: list[float] | None = []  # levels of the first frames, until the warm-up decides
-        self._background = NOISE_FLOOR_START_DBFS  # the 91st percentile of levels while the caller is silent
+        self._onset_due = False  # the warm-up saw an onset, reported once it has decided
+        self._echo_free = True  # the last frame could hold no echo of the assistant (echo_dbfs None)
+        self._last_speech = False  # the last frame counted as speech
+        self._first_left = 0  # frames the caller, talking when the echo became possible, is still judged by
+        self._background = BACKGROUND_START_DBFS  # the 91st percentile of levels while the caller is silent
         self._classifier_left = 0  # frames the classifier is still fed without passing the level checks
         if self._classifier is not None:
             self._classifier.skip()
@@ -287,6 +302,7 @@ class EnergyVad:
         params = self._params
 
         # Quieter than the held assistant level minus the margin: could be its echo.
+        relieved = False
         if far_end_dbfs is not None:
             self._far_hold.append(far_end_dbfs)
             self._far_left = self._hold_frames - 1
@@ -300,7 +316,16 @@ class EnergyVad:
         else:
             echo_floor = -math.inf
         if echo_dbfs is not None:
+            if self._echo_free and (self._last_speech or self._speaking):
+                # The assistant's echo is only now possible and the caller was already talking
+                # on frames it could not be in: the caller was first.
+                self._first_left = self._first_frames
+            if self._first_left:
+                self._first_left -= 1
+                echo_dbfs -= CALLER_FIRST_RELIEF_DB
+                relieved = True
             echo_floor = max(echo_floor, echo_dbfs)
+        self._echo_free = echo_dbfs is None
 
         floor = self._floor
         if floor is None:
@@ -310,7 +335,13 @@ class EnergyVad:
         background = self._background
         loud = level >= params.min_level_dbfs and level >= echo_floor and level >= background + BACKGROUND_MARGIN_DB
         if not self._speaking:
-            self._background = background + (BACKGROUND_UP_DB if level > background else -BACKGROUND_DOWN_DB)
+            if level > background:
+                step = BACKGROUND_UP_DB
+                if level >= echo_floor:
+                    step = max(step, (level - background) * BACKGROUND_CATCH_UP)
+                self._background = background + step
+            else:
+                self._background = background - BACKGROUND_DOWN_DB
         classifier = self._classifier
         if classifier is None:
             is_speech = loud and gap >= params.threshold_db
@@ -330,7 +361,8 @@ class EnergyVad:
             # and the onset needs it sure at the end. Once speaking, it must be sure.
             is_speech = loud and (voice or (likely and not self._speaking))
         self._floor = self._track_floor(floor, max(level, NOISE_FLOOR_MIN_DBFS) - floor, level)
-        return self._advance(is_speech, voice)
+        self._last_speech = is_speech
+        return self._advance(is_speech, voice, self._params.min_speech_ms + (CALLER_FIRST_EXTRA_MS if relieved else 0))
 
     def _track_floor(self, floor: float, gap: float, level: float) -> float:
         warmup = self._warmup
@@ -343,6 +375,7 @@ class EnergyVad:
             self._warmup = None
             if max(warmup) - min(warmup) <= _STEADY_DB:
                 self._speech_ms = 0  # it was noise
+                self._onset_due = False
                 return sum(warmup) / len(warmup)
         if gap < 0.0:
             return floor + gap * self._noise_fall
@@ -350,13 +383,25 @@ class EnergyVad:
             return floor + gap * self._noise_rise
         return floor + self._speech_rise_db
 
-    def _advance(self, is_speech: bool, voice: bool = True) -> VadTransition | None:
+    def _advance(self, is_speech: bool, voice: bool, needed_ms: int) -> VadTransition | None:
         frame_ms = self._frame_ms
         if self._warmup is not None and self._classifier is None:
-            # No onset before the warm-up has decided whether this level is the line's noise.
+            # No onset before the warm-up has decided whether this level is the line's noise;
+            # one reached meanwhile is reported when it has, if the caller is still talking.
             if is_speech:
-                self._speech_ms += frame_ms
+                self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+                self._quiet_ms = 0
+                self._onset_due = self._onset_due or self._speech_ms >= needed_ms
+            else:
+                self._speech_ms = max(0, self._speech_ms - frame_ms)
+                self._quiet_ms += frame_ms
             return None
+        if self._onset_due:
+            self._onset_due = False
+            if self._quiet_ms + (0 if is_speech else frame_ms) < self._params.hangover_ms:
+                self._speaking = True
+                self._quiet_ms = 0 if is_speech else self._quiet_ms + frame_ms
+                return VadTransition.STARTED
         if self._speaking:
             if is_speech:
                 self._quiet_ms = 0
@@ -368,8 +413,8 @@ class EnergyVad:
             self._speech_ms = 0
             return VadTransition.STOPPED
         if is_speech:
-            self._speech_ms = min(self._speech_ms + frame_ms, self._params.min_speech_ms)
-            if self._speech_ms >= self._params.min_speech_ms and voice:
+            self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+            if self._speech_ms >= needed_ms and voice:
                 self._speaking = True
                 self._quiet_ms = 0
                 return VadTransition.STARTED
