@@ -56,8 +56,9 @@ _RATE = 8000
 # A frame must be this much over the predicted echo (RESIDUAL_MARGIN_DB, as power) to count.
 _MARGIN_POWER = 10.0 ** (RESIDUAL_MARGIN_DB / 10.0)
 # How far off the filter's delay a slipped echo is looked for: the play clock of real-time
-# audio jumps by a few ms at each gap in delivery; 10 ms covers it with room.
-_SLIP_MS = 10
+# audio jumps by a few ms at each gap in delivery, and a delay found on voiced speech can be
+# a pitch period off (a voice's period is 2.5-12 ms; twice that with room is 25 ms).
+_SLIP_MS = 25
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
