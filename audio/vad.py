@@ -137,8 +137,8 @@ BACKGROUND_MARGIN_DB = 3.0
 # TV's syllables counted as the caller (bench.bargein: most false barge-ins under Done-when
 # (b) were in the first 3 s of a call).
 # A caller already talking when the assistant's echo becomes possible (the frame before had
-# no echo to fear and counted as speech, after at least FIRST_EVIDENCE_FRAMES of it; or the
-# VAD is in speech) was first. For CALLER_FIRST_MS they are judged against the echo predicted,
+# no echo to fear and counted as speech, after at least FIRST_EVIDENCE_FRAMES of it, or
+# while the VAD is in speech) was first. For CALLER_FIRST_MS they are judged against the echo predicted,
 # not RESIDUAL_MARGIN_DB over it: before the echo path is known the prediction is the loudest
 # assistant frame of the whole delay range, ~10 dB over a -30 dBFS caller, who would otherwise
 # wait up to 1.8 s for it to be learnt. 400 ms is the time the issue allows for the clear.
@@ -340,7 +340,8 @@ class EnergyVad:
         else:
             echo_floor = -math.inf
         if echo_dbfs is not None:
-            first = self._speaking or (self._last_speech and self._speech_ms >= self._first_evidence_ms)
+            # (Not a caller only running out the hangover: an answer may follow a question at once.)
+            first = self._last_speech and (self._speaking or self._speech_ms >= self._first_evidence_ms)
             if self._echo_free and first:
                 # The assistant's echo is only now possible and the caller was already talking
                 # on frames it could not be in: the caller was first.

@@ -366,3 +366,14 @@ def test_a_distant_voice_just_over_the_absolute_floor_never_starts():
     # voice across the room does not count before the tracker has learnt it.
     voice = np.concatenate([silence(500, RATE), speech_like(3500, RATE, dbfs=-43.0, seed=2)])
     assert run(mix(pink_noise(4000, RATE, dbfs=-65.0, seed=1), voice)) == []
+
+
+def test_an_answer_starting_while_the_caller_only_runs_out_the_hangover_is_not_taken_for_them():
+    # The caller asked and stopped at 600 ms; the answer's echo is possible from 700 ms, as loud
+    # as the prediction. Their speech ends on time: the echo does not keep them talking.
+    line = pink_noise(2500, RATE, dbfs=-60.0, seed=9)
+    question = np.concatenate([silence(300, RATE), speech_like(300, RATE, dbfs=-20.0, seed=10), silence(1900, RATE)])
+    echo = np.concatenate([silence(700, RATE), speech_like(1800, RATE, dbfs=-30.0, seed=11)])
+    events = run_with_echo(mix(line, question, echo), lambda i: None if i * 20 < 700 else -26.0)
+    assert [t for _, t in events] == [STARTED, STOPPED]
+    assert events[1][0] <= 600 + PARAMS.hangover_ms + 60
