@@ -401,7 +401,6 @@ class EnergyVad:
             # noise can be; an onset seen meanwhile stands only if it was well clear of that.
             if max(warmup) - min(warmup) < self._params.threshold_db + FIRST_EXTRA_DB:
                 self._onset_due = False
-                self._speech_ms = 0
             return min(warmup)
         if gap < 0.0:
             return floor + gap * self._noise_fall
