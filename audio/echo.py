@@ -43,12 +43,25 @@ __all__ = ["MAX_DELAY_MS", "RESIDUAL_MARGIN_DB", "EchoCanceller", "EchoEstimate"
 # Echo comes back 40-300 ms after the audio was due to play (network both ways, Twilio's
 # and the handset's jitter buffers, the room); the search covers that with room to spare.
 MAX_DELAY_MS = 400
+# The shortest way back: the bridge's audio must cross the network to Twilio, the phone
+# network to the handset, and all of that back (plus a jitter buffer each way) before its
+# echo is in the caller's stream; the 40-300 ms the echo takes (docs/barge-in.md) starts here.
+_MIN_DELAY_MS = 40
 
 # How far over the predicted residual echo a frame must be to count as the caller. The
 # prediction is already the loudest far-end frame near the delay times the mean ratio.
 RESIDUAL_MARGIN_DB = 6.0
 
 _RATE = 8000
+# A frame must be this much over the predicted echo (RESIDUAL_MARGIN_DB, as power) to count.
+_MARGIN_POWER = 10.0 ** (RESIDUAL_MARGIN_DB / 10.0)
+# How far off the filter's delay a slipped echo is looked for: the play clock of real-time
+# audio jumps by a few ms at each gap in delivery, and a delay found on voiced speech can be
+# a pitch period off (a voice's period is 2.5-12 ms; twice that with room is 25 ms).
+_SLIP_MS = 25
+# ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
+# the assistant's by chance (two voices' harmonics), but by much less than its own echo.
+_SLIPPED_SHARE = 0.5
 _FULL_SCALE_POWER = 32767.0 * 32767.0
 # The far end kept: the delay search needs half a second plus the largest delay.
 _TRACK_KEEP_MS = 2500
@@ -227,6 +240,8 @@ class EchoCanceller:
         self._far = far
         self._frame = _RATE * frame_ms // 1000
         self._max_lag = max_delay_ms * _RATE // 1000
+        self._min_lag = _MIN_DELAY_MS * _RATE // 1000
+        self._slip = _SLIP_MS * _RATE // 1000
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
         self._fft_n = 1 << math.ceil(math.log2(self._window + self._max_lag))
@@ -280,7 +295,9 @@ class EchoCanceller:
         delay = self.delay
         if delay is None:
             # Anything played over the whole delay range may be echoing now.
-            window = far.read(t - self._max_lag - self._spread, self._max_lag + frame + self._spread)
+            # Echo needs at least a round trip to come back: audio due to play less than
+            # _MIN_DELAY_MS before the frame ends cannot be in it yet.
+            window = far.read(t - self._max_lag - self._spread, self._max_lag + frame + self._spread - self._min_lag)
             far_power = _max_frame_power(window, frame)
             echo_power = self._ratio * far_power
             near_power = float(residual.dot(residual))
@@ -317,12 +334,29 @@ class EchoCanceller:
             elif inst <= ratio * _ECHO_ALONE_FACTOR:
                 ratio += (inst - ratio) * _RATIO_UP
             self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, ratio))
+        if delay is not None and residual_power > _MARGIN_POWER * echo_power and far_power > _ACTIVE_POWER * frame:
+            # Loud enough to count as the caller: unless it is the echo slipped off the filter
+            # (real-time audio plays a few ms early or late after each gap, and the filter
+            # takes a while to follow), which still correlates with the far end near the delay.
+            slipped = self._slipped_echo(residual, t, delay)
+            if slipped >= _SLIPPED_SHARE * residual_power:
+                echo_power = max(echo_power, slipped)
         if echo_power > 0.0:
             out.echo_dbfs = 10.0 * math.log10(echo_power) - self._db_offset
             out.floor_dbfs = out.echo_dbfs + RESIDUAL_MARGIN_DB
         else:
             out.echo_dbfs = out.floor_dbfs = None
         return out
+
+    def _slipped_echo(self, residual: NDArray[np.float32], t: int, delay: int) -> float:
+        """Energy of the part of `residual` that is the far end at some lag within _SLIP_MS of the delay."""
+        frame, slip = self._frame, self._slip
+        seg = self._far.read(t - delay - slip, frame + 2 * slip)
+        cross = np.correlate(seg, residual, "valid")  # cross[k]: residual against seg[k : k + frame]
+        energy = np.cumsum(seg * seg, dtype=np.float64)
+        window = energy[frame - 1 :] - np.concatenate(([0.0], energy[: len(seg) - frame]))
+        explained = cross * cross / np.maximum(window, 1.0)
+        return float(explained.max())
 
     def _search(self, now: int) -> None:
         """GCC-PHAT over the last second: move the filter to a new delay seen twice."""

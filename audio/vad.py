@@ -24,8 +24,14 @@ The floor does not start at the first frame: a caller who speaks from the first 
 would make their own voice the floor and get no onset until their first pause. It starts
 at NOISE_FLOOR_START_DBFS; after the first WARMUP_MS it jumps to the line's level if that
 level was steady (stationary noise stays within a few dB, speech swings by 10-20 dB
-between syllables and words), so a noisy line is not taken for speech either. No onset
-is reported before that decision.
+between syllables and words), so a noisy line is not taken for speech either; if it was
+not, to its quietest frame. An onset seen during the warm-up is reported when it ends,
+if the warm-up's loudest frame stood THRESHOLD_DB + FIRST_EXTRA_DB over its quietest (a
+caller's voice does; a TV's syllable over a room's noise does not).
+
+A caller already talking when the assistant's echo becomes possible was first: for
+CALLER_FIRST_MS they are judged against the echo predicted rather than a margin over it
+(see CALLER_FIRST_MS).
 """
 
 from __future__ import annotations
@@ -41,10 +47,14 @@ from numpy.typing import NDArray
 from audio.voice import SpeechClassifier
 
 __all__ = [
+    "CALLER_FIRST_MS",
+    "CALLER_FIRST_RELIEF_DB",
     "DEFAULT_ENGINE",
     "ECHO_HOLD_MS",
     "ECHO_MARGIN_DB",
     "ENGINES",
+    "FIRST_EVIDENCE_FRAMES",
+    "FIRST_EXTRA_DB",
     "HANGOVER_MS",
     "MIN_LEVEL_DBFS",
     "MIN_SPEECH_MS",
@@ -122,6 +132,23 @@ _STEADY_DB = 7.0
 BACKGROUND_UP_DB = 0.3
 BACKGROUND_DOWN_DB = 0.03
 BACKGROUND_MARGIN_DB = 3.0
+# The tracker starts at the quietest level that can count as a voice at all (min_level_dbfs):
+# started lower, it spent the call's first seconds climbing through a TV's level while the
+# TV's syllables counted as the caller (bench.bargein: most false barge-ins under Done-when
+# (b) were in the first 3 s of a call).
+# A caller already talking when the assistant's echo becomes possible (the frame before had
+# no echo to fear and counted as speech, after at least FIRST_EVIDENCE_FRAMES of it, or
+# while the VAD is in speech) was first. For CALLER_FIRST_MS they are judged against the echo predicted,
+# not RESIDUAL_MARGIN_DB over it: before the echo path is known the prediction is the loudest
+# assistant frame of the whole delay range, ~10 dB over a -30 dBFS caller, who would otherwise
+# wait up to 1.8 s for it to be learnt. 400 ms is the time the issue allows for the clear.
+CALLER_FIRST_MS = 400
+CALLER_FIRST_RELIEF_DB = 6.0
+FIRST_EVIDENCE_FRAMES = 2
+# Where nothing is known of the room (the warm-up; a caller judged as first), a frame must be
+# this much more over the noise floor than THRESHOLD_DB: a TV's loud syllable at the call's
+# start is 10-12 dB over the room's quietest frame, a caller's voice 15-40 dB.
+FIRST_EXTRA_DB = 5.0
 # With a classifier, it goes on being fed this long after the level checks last passed,
 # so dips between syllables do not cost it its context; then it is reset.
 _CLASSIFIER_LINGER_MS = 200
@@ -189,15 +216,21 @@ class EnergyVad:
         "_classifier",
         "_classifier_left",
         "_db_offset",
+        "_echo_free",
         "_far_hold",
         "_far_left",
+        "_first_evidence_ms",
+        "_first_frames",
+        "_first_left",
         "_floor",
         "_frame_ms",
         "_frame_samples",
         "_hold_frames",
+        "_last_speech",
         "_linger_frames",
         "_noise_fall",
         "_noise_rise",
+        "_onset_due",
         "_params",
         "_quiet_ms",
         "_speaking",
@@ -226,6 +259,8 @@ class EnergyVad:
         self._classifier = classifier
         self._linger_frames = max(1, _CLASSIFIER_LINGER_MS // frame_ms)
         self._warmup_frames = max(2, WARMUP_MS // frame_ms)
+        self._first_frames = max(1, CALLER_FIRST_MS // frame_ms)
+        self._first_evidence_ms = FIRST_EVIDENCE_FRAMES * frame_ms
         self.reset()
 
     def reset(self) -> None:
@@ -237,7 +272,11 @@ class EnergyVad:
         self._far_hold.clear()
         self._far_left = 0  # frames the held assistant level still gates
         self._warmup: list[float] | None = []  # levels of the first frames, until the warm-up decides
-        self._background = NOISE_FLOOR_START_DBFS  # the 91st percentile of levels while the caller is silent
+        self._onset_due = False  # the warm-up saw an onset, reported once it has decided
+        self._echo_free = True  # the last frame could hold no echo of the assistant (echo_dbfs None)
+        self._last_speech = False  # the last frame counted as speech
+        self._first_left = 0  # frames the caller, talking when the echo became possible, is still judged by
+        self._background = self._params.min_level_dbfs  # the 91st percentile of levels while the caller is silent
         self._classifier_left = 0  # frames the classifier is still fed without passing the level checks
         if self._classifier is not None:
             self._classifier.skip()
@@ -287,6 +326,7 @@ class EnergyVad:
         params = self._params
 
         # Quieter than the held assistant level minus the margin: could be its echo.
+        relieved = False
         if far_end_dbfs is not None:
             self._far_hold.append(far_end_dbfs)
             self._far_left = self._hold_frames - 1
@@ -300,7 +340,18 @@ class EnergyVad:
         else:
             echo_floor = -math.inf
         if echo_dbfs is not None:
+            # (Not a caller only running out the hangover: an answer may follow a question at once.)
+            first = self._last_speech and (self._speaking or self._speech_ms >= self._first_evidence_ms)
+            if self._echo_free and first:
+                # The assistant's echo is only now possible and the caller was already talking
+                # on frames it could not be in: the caller was first.
+                self._first_left = self._first_frames
+            if self._first_left:
+                self._first_left -= 1
+                echo_dbfs -= CALLER_FIRST_RELIEF_DB
+                relieved = True
             echo_floor = max(echo_floor, echo_dbfs)
+        self._echo_free = echo_dbfs is None
 
         floor = self._floor
         if floor is None:
@@ -313,7 +364,7 @@ class EnergyVad:
             self._background = background + (BACKGROUND_UP_DB if level > background else -BACKGROUND_DOWN_DB)
         classifier = self._classifier
         if classifier is None:
-            is_speech = loud and gap >= params.threshold_db
+            is_speech = loud and gap >= params.threshold_db + (FIRST_EXTRA_DB if relieved else 0.0)
             voice = True
         else:
             voice = likely = False
@@ -330,6 +381,7 @@ class EnergyVad:
             # and the onset needs it sure at the end. Once speaking, it must be sure.
             is_speech = loud and (voice or (likely and not self._speaking))
         self._floor = self._track_floor(floor, max(level, NOISE_FLOOR_MIN_DBFS) - floor, level)
+        self._last_speech = is_speech
         return self._advance(is_speech, voice)
 
     def _track_floor(self, floor: float, gap: float, level: float) -> float:
@@ -343,20 +395,39 @@ class EnergyVad:
             self._warmup = None
             if max(warmup) - min(warmup) <= _STEADY_DB:
                 self._speech_ms = 0  # it was noise
+                self._onset_due = False
                 return sum(warmup) / len(warmup)
+            # Not steady: someone or something talked. Its quietest frame is the most the line's
+            # noise can be; an onset seen meanwhile stands only if it was well clear of that.
+            if max(warmup) - min(warmup) < self._params.threshold_db + FIRST_EXTRA_DB:
+                self._onset_due = False
+            return min(warmup)
         if gap < 0.0:
             return floor + gap * self._noise_fall
         if gap < self._params.threshold_db:
             return floor + gap * self._noise_rise
         return floor + self._speech_rise_db
 
-    def _advance(self, is_speech: bool, voice: bool = True) -> VadTransition | None:
+    def _advance(self, is_speech: bool, voice: bool) -> VadTransition | None:
         frame_ms = self._frame_ms
+        needed_ms = self._params.min_speech_ms
         if self._warmup is not None and self._classifier is None:
-            # No onset before the warm-up has decided whether this level is the line's noise.
+            # No onset before the warm-up has decided whether this level is the line's noise;
+            # one reached meanwhile is reported when it has, if the caller is still talking.
             if is_speech:
-                self._speech_ms += frame_ms
+                self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+                self._quiet_ms = 0
+                self._onset_due = self._onset_due or self._speech_ms >= needed_ms
+            else:
+                self._speech_ms = max(0, self._speech_ms - frame_ms)
+                self._quiet_ms += frame_ms
             return None
+        if self._onset_due:
+            self._onset_due = False
+            if self._quiet_ms + (0 if is_speech else frame_ms) < self._params.hangover_ms:
+                self._speaking = True
+                self._quiet_ms = 0 if is_speech else self._quiet_ms + frame_ms
+                return VadTransition.STARTED
         if self._speaking:
             if is_speech:
                 self._quiet_ms = 0
@@ -368,8 +439,8 @@ class EnergyVad:
             self._speech_ms = 0
             return VadTransition.STOPPED
         if is_speech:
-            self._speech_ms = min(self._speech_ms + frame_ms, self._params.min_speech_ms)
-            if self._speech_ms >= self._params.min_speech_ms and voice:
+            self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+            if self._speech_ms >= needed_ms and voice:
                 self._speaking = True
                 self._quiet_ms = 0
                 return VadTransition.STARTED

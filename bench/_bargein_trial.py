@@ -95,6 +95,7 @@ class TrialResult:
     assistant_s: float = 0.0  # assistant speech the caller was silent through (false barge-in exposure)
     send_lag_ms: float = 0.0  # worst lateness of a frame against the caller's paced clock
     stream_s: float = 0.0  # media the caller sent
+    call_sid: str = ""  # the Twilio call SID the server logs it under
 
     @property
     def latency_ms(self) -> float | None:
@@ -243,6 +244,7 @@ def run_trial(server_url: str, auth_token: str, plan: TrialPlan, corpus: Corpus)
     result = TrialResult(plan=plan)
     condition = plan.condition
     caller = SimulatedCaller(CallerConfig(server_url=server_url, public_url=server_url, auth_token=auth_token))
+    result.call_sid = caller.call_sid
     assistant_s = sum(seconds for _, _, seconds in plan.assistant_turns)
     pauses_s = sum(pause for _, pause, _ in plan.assistant_turns)
     frames = round((assistant_s + pauses_s + _LISTEN_S + 4.0) / 0.020) + _CHUNK_FRAMES

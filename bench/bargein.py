@@ -2,6 +2,7 @@
 
     python -m bench.bargein [--quick] [--ref '[LABEL=]COMMIT[:KEY=VALUE,...]'] [--side 'LABEL:KEY=VALUE,...']
                             [--parallel 10] [--seed 1] [--reps N] [--false-minutes 10]
+                            [--only GROUP,...] [--log-dir DIR]
 
 For each side (a server version and its settings) it starts `python run.py` on a loopback
 port, pointed at a VAPI simulator in this process, and places simulated Twilio calls at
@@ -26,6 +27,11 @@ directory, run with this checkout's virtualenv, removed afterwards), with those 
 `--side 'energy VAD:VAD_ENGINE=energy'`); with any `--side` (or `--no-this`), this
 checkout's default side is only run if also asked for as `--side this`.
 
+`--only` runs some groups of the matrix (during, start, room, after, silent, done-b).
+`--log-dir DIR` keeps each side's server log (at INFO: every onset, with what the echo
+canceller predicted, and every barge-in) and writes each trial's figures and call SID to
+DIR/<side>-trials.jsonl, to match the two up when diagnosing.
+
 Prints markdown tables and the issue's Done-when verdicts. Exit 0 when the run was carried
 out (whatever the verdicts), 1 if more than 5 % of the calls failed, 2 if it could not run.
 Run it alone on the machine (`flock -x /tmp/cpu.lock ...`): the figures are in real time.
@@ -44,6 +50,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +63,7 @@ import gevent
 import gevent.pool
 
 from bench._bargein_audio import Corpus, missing_tools
-from bench._bargein_matrix import Group, SideResult, format_report, format_summary, matrix
+from bench._bargein_matrix import MATRIX_GROUPS, Group, SideResult, format_report, format_summary, matrix
 from bench._bargein_trial import PAIRING, TrialPlan, TrialResult, plan_trial, run_trial
 from bench._checkout import old_tree
 from bench._server import ServerError, ServerProcess
@@ -106,10 +113,11 @@ def plan_all(groups: Sequence[Group], corpus: Corpus, seed: int) -> list[TrialPl
 
 def run_side(
     side: Side, root: Path | None, plans: Sequence[TrialPlan], corpus: Corpus, sim: VapiSimulator, *,
-    api_key: str, parallel: int, workdir: Path, log: Callable[[str], None],
+    api_key: str, parallel: int, workdir: Path, log: Callable[[str], None], log_dir: Path | None = None,
 ) -> SideResult:
     """One server process for `side`, every trial through it, `parallel` calls at a time."""
-    env = {"VAPI_API_KEY": api_key, "VAPI_BASE_URL": sim.base_url, "LOG_LEVEL": "WARNING", **side.env}
+    level = "INFO" if log_dir is not None else "WARNING"
+    env = {"VAPI_API_KEY": api_key, "VAPI_BASE_URL": sim.base_url, "LOG_LEVEL": level, **side.env}
     server = ServerProcess(workdir=workdir, chaos_rate=0.0, seed=1, extra_env=env, root=root)
     server.start()
     results: list[TrialResult] = []
@@ -134,8 +142,25 @@ def run_side(
         status = server.stop()
     if status not in (0, None):
         log(f"  {side.label}: server exited with {status}; see {server.log_path}")
+    if log_dir is not None:
+        _keep_logs(log_dir, side.label, server.log_path, results)
     return SideResult(label=side.label, results=results, server_cpu_s=cpu, wall_s=time.monotonic() - started,
                       log_levels=_log_levels(server.log_path, log))
+
+
+def _keep_logs(log_dir: Path, label: str, server_log: Path, results: Sequence[TrialResult]) -> None:
+    """The server's log and one JSON line per trial (its call SID and figures) into `log_dir`."""
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(server_log, log_dir / f"{name}-server.log")
+    with (log_dir / f"{name}-trials.jsonl").open("w", encoding="utf-8") as out:
+        for r in results:
+            out.write(json.dumps({
+                "call_sid": r.call_sid, "condition": r.plan.condition.label, "echo_delay_ms": r.plan.echo_delay_ms,
+                "error": r.error, "first_audio_ms": r.first_audio_ms, "onset_ms": r.onset_ms,
+                "reference_ms": r.reference_ms, "latency_ms": r.latency_ms, "false_clears": r.false_clears,
+                "clears_ms": r.clears_ms, "assistant_s": r.assistant_s,
+            }) + "\n")
 
 
 def _log_levels(path: Path, log: Callable[[str], None] | None = None) -> dict[str, int]:
@@ -188,6 +213,7 @@ def _cpu_model() -> str:
 
 def run_bench(
     sides: Sequence[Side], groups: Sequence[Group], *, seed: int, parallel: int, log: Callable[[str], None],
+    log_dir: Path | None = None,
 ) -> tuple[list[SideResult], list[str]]:
     """Make the sounds, run every side, and return the results with the run's description lines."""
     made = time.monotonic()
@@ -211,11 +237,11 @@ def run_bench(
                 log(f"side {side.label} ({described[-1]})")
                 if side.commit is None:
                     out.append(run_side(side, None, plans, corpus, sim, api_key=api_key, parallel=parallel,
-                                        workdir=workdir, log=log))
+                                        workdir=workdir, log=log, log_dir=log_dir))
                 else:
                     with old_tree(side.commit) as root:
                         out.append(run_side(side, root, plans, corpus, sim, api_key=api_key, parallel=parallel,
-                                            workdir=workdir, log=log))
+                                            workdir=workdir, log=log, log_dir=log_dir))
     finally:
         sim.stop()
     return out, described
@@ -253,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="assistant speech for Done-when (b), split over calls (default %(default)g)")
     parser.add_argument("--call-minutes", type=float, default=1.0,
                         help="assistant speech per call of Done-when (b) (default %(default)g)")
+    parser.add_argument("--only", metavar="GROUP,...",
+                        help=f"run only these groups of the matrix ({', '.join(MATRIX_GROUPS)})")
+    parser.add_argument("--log-dir", type=Path, metavar="DIR",
+                        help="keep each side's server log (at INFO) and its trials' figures here")
     args = parser.parse_args(argv)
     if args.parallel < 1 or (args.reps is not None and args.reps < 1):
         parser.error("--parallel and --reps must be at least 1")
@@ -273,13 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing to measure: --no-this needs a --ref")
     groups = matrix(quick=args.quick, reps=args.reps, false_minutes=args.false_minutes,
                     call_minutes=args.call_minutes)
+    if args.only:
+        wanted = {key.strip() for key in args.only.split(",") if key.strip()}
+        if unknown := wanted - set(MATRIX_GROUPS):
+            parser.error(f"--only: no group {', '.join(sorted(unknown))}; groups are {', '.join(MATRIX_GROUPS)}")
+        groups = [group for group in groups if group.key in wanted]
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     started = time.monotonic()
     try:
-        results, described = run_bench(sides, groups, seed=args.seed, parallel=args.parallel, log=log)
+        results, described = run_bench(sides, groups, seed=args.seed, parallel=args.parallel, log=log,
+                                       log_dir=args.log_dir)
     except (ServerError, subprocess.SubprocessError, OSError) as exc:
         print(f"bench.bargein: cannot run: {exc}", file=sys.stderr)
         return 2

@@ -132,3 +132,33 @@ def test_the_track_keeps_only_recent_audio_and_reads_zeros_elsewhere():
 
 def test_margin_is_the_documented_constant():
     assert RESIDUAL_MARGIN_DB == 6.0
+
+
+def test_no_echo_is_predicted_before_the_far_end_could_have_come_back():
+    # The assistant starts at 1000 ms: its echo needs a round trip, so the frame ending 20 ms
+    # later cannot hold it (a caller already talking is still judged on its own there).
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    far = pcm16_to_ulaw(voice(400, -20.0, seed=12))
+    for i in range(20):
+        track.write(1000 + 20 * i, far[i * FRAME : (i + 1) * FRAME])
+    quiet = np.zeros(FRAME, dtype=np.int16)
+    floors = [canceller.process(quiet, t).floor_dbfs for t in range(980, 1100, 20)]
+    assert floors[:3] == [None, None, None]  # frames ending at 1000, 1020 and 1040 ms
+    assert all(floor is not None for floor in floors[4:])
+
+
+def test_echo_that_slips_off_the_filter_still_never_clears_the_floor():
+    # Real-time audio plays a few ms later than the bridge reckoned after a gap in delivery:
+    # from 4 s on the echo comes 12 ms later than the delay the filter has learnt.
+    far = voice(6000, -20.0, seed=13)
+    on_time, late = echo_of(far, 150, -10.0), echo_of(far, 162, -10.0)
+    near = np.concatenate([on_time[: 4000 * 8], late[4000 * 8 :]]) + pink_noise(6000, 8000, dbfs=-50.0, seed=14)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    over = [
+        i for i, est in run(far, near, canceller, track)
+        if i >= 200 and est.floor_dbfs is not None and level_dbfs(est.residual) >= est.floor_dbfs
+    ]
+    assert abs(canceller.delay_ms - 150) <= 2 or abs(canceller.delay_ms - 162) <= 2
+    assert len(over) <= 2  # an odd frame; the VAD needs five

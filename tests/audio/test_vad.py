@@ -316,3 +316,64 @@ def test_the_classifier_is_not_asked_about_a_quiet_line():
     run(burst, vad=EnergyVad(PARAMS, classifier=classifier))
     # The 200 ms of speech, and 200 ms after it so it keeps its context over short dips.
     assert 10 <= classifier.calls <= 10 + 10 + 1
+
+
+def run_with_echo(pcm, echo_dbfs):
+    """Like run, with the echo canceller's floor per frame: `echo_dbfs(frame index)`."""
+    vad = EnergyVad(PARAMS)
+    events = []
+    for i in range(pcm.size // FRAME):
+        transition = vad.process(pcm[i * FRAME : (i + 1) * FRAME], echo_dbfs=echo_dbfs(i))
+        if transition is not None:
+            events.append(((i + 1) * 20, transition))
+    return events
+
+
+@pytest.mark.parametrize("caller_ms", [500, 700], ids=["before-the-echo", "after-the-echo"])
+def test_a_caller_already_talking_when_the_echo_becomes_possible_is_judged_against_the_echo_itself(caller_ms):
+    # The assistant's echo may be in the caller's audio from 560 ms on, predicted as loud as a
+    # -30 dBFS caller. A caller talking before that was first: heard within the onset time. One
+    # who starts once the echo is there is judged as always: not over the echo, not a caller.
+    line = pink_noise(2000, RATE, dbfs=-60.0, seed=3)
+    caller = np.zeros_like(line)
+    talk = speech_like(1200, RATE, dbfs=-30.0, seed=4)
+    caller[caller_ms * 8 : caller_ms * 8 + talk.size] = talk[: line.size - caller_ms * 8]
+    events = run_with_echo(mix(line, caller), lambda i: None if i * 20 < 560 else -26.0)
+    if caller_ms < 560:
+        assert events and events[0][1] is STARTED and events[0][0] <= caller_ms + PARAMS.min_speech_ms + 60
+    else:
+        assert events == []
+
+
+def test_an_onset_during_the_warmup_is_reported_when_it_ends():
+    # A short first word ("Hi?") over within the warm-up: it is not lost for having been early.
+    pcm = mix(np.concatenate([speech_like(120, RATE, dbfs=-24.0, seed=5), silence(1880, RATE)]),
+              pink_noise(2000, RATE, dbfs=-65.0, seed=6))
+    events = run(pcm)
+    assert events and events[0] == (WARMUP_MS, STARTED)
+
+
+def test_a_voice_barely_over_the_room_at_the_call_start_is_not_taken_for_the_caller():
+    # A TV syllable 10 dB over the room's noise in the first 200 ms: nothing is known of the room
+    # yet, so an onset there must stand well clear of the quietest frame heard.
+    pcm = mix(np.concatenate([speech_like(120, RATE, dbfs=-34.0, seed=7), silence(1880, RATE)]),
+              pink_noise(2000, RATE, dbfs=-44.0, seed=8))
+    assert run(pcm) == []
+
+
+def test_a_distant_voice_just_over_the_absolute_floor_never_starts():
+    # The background starts at the quietest level that can count as a voice, not below it, so a
+    # voice across the room does not count before the tracker has learnt it.
+    voice = np.concatenate([silence(500, RATE), speech_like(3500, RATE, dbfs=-43.0, seed=2)])
+    assert run(mix(pink_noise(4000, RATE, dbfs=-65.0, seed=1), voice)) == []
+
+
+def test_an_answer_starting_while_the_caller_only_runs_out_the_hangover_is_not_taken_for_them():
+    # The caller asked and stopped at 600 ms; the answer's echo is possible from 700 ms, as loud
+    # as the prediction. Their speech ends on time: the echo does not keep them talking.
+    line = pink_noise(2500, RATE, dbfs=-60.0, seed=9)
+    question = np.concatenate([silence(300, RATE), speech_like(300, RATE, dbfs=-20.0, seed=10), silence(1900, RATE)])
+    echo = np.concatenate([silence(700, RATE), speech_like(1800, RATE, dbfs=-30.0, seed=11)])
+    events = run_with_echo(mix(line, question, echo), lambda i: None if i * 20 < 700 else -26.0)
+    assert [t for _, t in events] == [STARTED, STOPPED]
+    assert events[1][0] <= 600 + PARAMS.hangover_ms + 60
