@@ -162,3 +162,22 @@ def test_echo_that_slips_off_the_filter_still_never_clears_the_floor():
     ]
     assert abs(canceller.delay_ms - 150) <= 2 or abs(canceller.delay_ms - 162) <= 2
     assert len(over) <= 2  # an odd frame; the VAD needs five
+
+
+def test_a_line_with_no_echo_is_searched_less_often_and_an_echo_that_starts_later_is_still_found():
+    # 10 s of assistant with no echo (a handset), then a speakerphone: -10 dB, 150 ms late.
+    far = voice(14000, -20.0, seed=8)
+    echo = echo_of(far, 150, -10.0)
+    echo[: 10000 * 8] = 0.0
+    near = echo + pink_noise(14000, 8000, dbfs=-60.0, seed=9)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    found_at = None
+    for i, _ in run(far, near, canceller, track):
+        if i == 499:
+            # Every 100 ms would be ~95 searches in 10 s; backing off leaves about a third.
+            assert canceller.delay is None and canceller._searches < 40, canceller._searches
+        if found_at is None and canceller.delay is not None:
+            found_at = i * 20
+    assert found_at is not None and found_at - 10000 <= 600, found_at
+    assert canceller.delay_ms == pytest.approx(152, abs=1)
