@@ -40,7 +40,9 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import threading
+import time
 import uuid
 from array import array
 from typing import TYPE_CHECKING
@@ -83,10 +85,31 @@ _CLEAR_PREFIX = b'{"event":"clear"'
 _PAYLOAD_KEY = b'"payload":"'
 _PAYLOAD_KEY_LEN = len(_PAYLOAD_KEY)
 _NAME_KEY = b'"name":"'
-_LEN16 = 126
+_TEXT_HEAD16 = struct.Struct("!BBH").pack
 # One receive buffer for every socket: only the engine's thread reads.
 _SCRATCH = bytearray(65536)
 _SCRATCH_VIEW = memoryview(_SCRATCH)
+_SCRATCH_LIST = [_SCRATCH]
+# Arrival times come from the kernel: with SO_TIMESTAMPNS each read carries the time
+# (CLOCK_REALTIME, as time.time()) its last segment reached the socket, so how late this
+# process gets round to reading is not counted against the bridge, and the engine need
+# not wake for every segment.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python 3.11 does not name it
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    # The timestamp is the only control message these sockets are asked for.
+    if ancillary:
+        seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
+        return seconds + nanoseconds * 1e-9  # type: ignore[no-any-return]
+    return time.time()
+
+
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Have the kernel time each segment `sock` receives (see `_arrival`)."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
 class Window:
@@ -186,38 +209,40 @@ class LoadCall:
 
     # Sending (the engine's tick) ------------------------------------------------------------
 
-    def _masked(self, text: bytes) -> bytes:
-        n = len(text)
-        if 126 <= n < 65536:
-            head = bytes((0x80 | OP_TEXT, 0x80 | _LEN16, n >> 8, n & 0xFF))
-            return head + self.key + XorMaskerSimple(self.key).process(text)  # type: ignore[no-any-return]
-        return client_frame(text, OP_TEXT, self.key)
-
     def tick(self, now: float) -> None:
-        """Frame k of the caller's audio, and of the assistant's when it is talking; due mark echoes."""
+        """Frame k of the caller's audio, and of the assistant's when it is talking; due mark echoes.
+
+        The echoes go in the same send as the media frame (one syscall, and the bridge reads
+        them together as it would have anyway: they were sent microseconds apart).
+        """
         up_sent = self.up_sent
         k = len(up_sent)
         pos = (k + self.phase) % _CYCLE
         duplex = self.duplex
-        self.sequence = sequence = self.sequence + 1
+        sequence = self.sequence + 1
         text = b"%s%d\",\"media\":{\"track\":\"inbound\",\"chunk\":\"%d\",\"timestamp\":\"%d\",\"payload\":\"%s%s" % (
             self._media_head, sequence, k + 1, k * 20,
             CALLER_SPEECH[pos] if pos < _SPEECH_FRAMES and not duplex else CALLER_QUIET[k % _ANSWER_FRAMES],
             self._media_tail,
         )
+        key = self.key
+        # A media message is always 126 bytes or more: the 16-bit length form.
+        frame = _TEXT_HEAD16(0x80 | OP_TEXT, 0x80 | 126, len(text)) + key + XorMaskerSimple(key).process(text)
+        marks = self.marks
+        if marks and marks[0][0] <= now:
+            parts = [frame]
+            while marks and marks[0][0] <= now:
+                sequence += 1
+                parts.append(client_frame(
+                    b"%s%d%s%s\"}}" % (self._mark_head, sequence, self._mark_mid, marks.popleft()[1]), OP_TEXT, key))
+            frame = b"".join(parts)
+        self.sequence = sequence
         up_sent.append(now)
-        self._send_tw(self._masked(text))
+        self._send_tw(frame)
         if duplex or _ANSWER_AT <= pos < _ANSWER_AT + _ANSWER_FRAMES:
             down_sent = self.down_sent
             down_sent.append(now)
             self._send_vapi(ASSISTANT[self.vapi_format][(len(down_sent) - 1) % _ANSWER_FRAMES])
-        marks = self.marks
-        while marks and marks[0][0] <= now:
-            self._echo_mark(marks.popleft()[1])
-
-    def _echo_mark(self, name: bytes) -> None:
-        self.sequence += 1
-        self._send_tw(self._masked(b"%s%d%s%s\"}}" % (self._mark_head, self.sequence, self._mark_mid, name)))
 
     def _send_tw(self, frame: bytes) -> None:
         tw = self.tw
@@ -270,11 +295,11 @@ class LoadCall:
 
     # Reading the Twilio side (the bridge's frames to Twilio) ------------------------------
 
-    def read_twilio(self, now: float) -> bool:
+    def read_twilio(self) -> bool:
         """Read what the socket has; False once it is closed (the engine stops watching it)."""
         assert self.tw is not None
         try:
-            got = self.tw.recv_into(_SCRATCH)
+            got, ancillary, _flags, _address = self.tw.recvmsg_into(_SCRATCH_LIST, _ANCILLARY_SPACE)
         except BlockingIOError:
             return True
         except OSError as exc:
@@ -285,7 +310,7 @@ class LoadCall:
             self.fail("the bridge dropped the Twilio socket")
             self.tw_closed = True
             return False
-        return self.feed_twilio(_SCRATCH_VIEW[:got], now)
+        return self.feed_twilio(_SCRATCH_VIEW[:got], _arrival(ancillary))
 
     def feed_twilio(self, data: bytes | memoryview, now: float) -> bool:
         buf = self._tw_rx
@@ -355,11 +380,11 @@ class LoadCall:
 
     # Reading the VAPI side (the bridge's frames to VAPI) ----------------------------------
 
-    def read_vapi(self, now: float) -> bool:
+    def read_vapi(self) -> bool:
         """Read what the socket has; False once it is closed (the engine stops watching it)."""
         assert self.vapi is not None
         try:
-            got = self.vapi.recv_into(_SCRATCH)
+            got, ancillary, _flags, _address = self.vapi.recvmsg_into(_SCRATCH_LIST, _ANCILLARY_SPACE)
         except BlockingIOError:
             return True
         except OSError as exc:
@@ -370,7 +395,7 @@ class LoadCall:
             self.fail("the bridge dropped the VAPI socket")
             self.vapi_closed = True
             return False
-        return self.feed_vapi(_SCRATCH_VIEW[:got], now)
+        return self.feed_vapi(_SCRATCH_VIEW[:got], _arrival(ancillary))
 
     def feed_vapi(self, data: bytes | memoryview, now: float) -> bool:
         buf = self._vapi_rx
@@ -541,6 +566,7 @@ class VapiFront:
         )
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stamp_arrivals(sock)
         self._engine.add_vapi(call, sock, rest)
         return True
 
@@ -589,6 +615,7 @@ def setup_call(call: LoadCall, front: VapiFront, engine: Engine, server_url: str
         sock.close()
         raise
     sock.setblocking(False)
+    stamp_arrivals(sock)
     engine.add_twilio(call, sock, rest)
     if not call.vapi_ready.wait(timeout_s):
         raise WireError("the bridge did not open the VAPI leg in time")

@@ -38,7 +38,7 @@ class Engine:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._readers: dict[int, Callable[[float], bool]] = {}
+        self._readers: dict[int, Callable[[], bool]] = {}
         self._slots: list[list[LoadCall]] = [[] for _ in range(_SLOTS)]
         self._next_slot = 0
         self._todo: collections.deque[Callable[[], None]] = collections.deque()
@@ -63,7 +63,7 @@ class Engine:
         def add() -> None:
             call.tw = sock
             if rest:
-                call.feed_twilio(rest, time.perf_counter())
+                call.feed_twilio(rest, time.time())
             self._watch(sock, call.read_twilio)
         self._todo.append(add)
 
@@ -77,7 +77,7 @@ class Engine:
             call.vapi = sock
             call.vapi_closed = False
             if rest:
-                call.feed_vapi(rest, time.perf_counter())
+                call.feed_vapi(rest, time.time())
             self._watch(sock, call.read_vapi)
             call.vapi_ready.set()
         self._todo.append(add)
@@ -127,7 +127,7 @@ class Engine:
 
     # In the loop's thread --------------------------------------------------------------------
 
-    def _watch(self, sock: socket.socket, reader: Callable[[float], bool]) -> None:
+    def _watch(self, sock: socket.socket, reader: Callable[[], bool]) -> None:
         fd = sock.fileno()
         self._readers[fd] = reader
         self._epoll.register(fd, _IN)
@@ -142,34 +142,34 @@ class Engine:
         readers = self._readers
         slots = self._slots
         todo = self._todo
-        clock = time.perf_counter
+        clock = time.time  # the clock of the kernel's receive timestamps
+        sleep = time.sleep
         step = FRAME_S / _SLOTS
-        now = due = clock()
+        due = clock()
         slot = 0
         passes = 0
         while self._running:
-            # epoll's timeout is in whole milliseconds, rounded up by Python: a phase may go
-            # out up to 1 ms late, which moves its send time, not what is measured.
-            events = poll(due - now if due > now else 0.0)
             now = clock()
+            if due > now:
+                # A plain sleep, not a wait on the epoll: bytes arriving meanwhile wake no
+                # one (the kernel stamps them as they land) and are read in one batch below.
+                sleep(due - now)
             passes += 1
-            for fd, _mask in events:
+            for fd, _mask in poll(0):
                 reader = readers.get(fd)
-                if reader is not None and not reader(now):
+                if reader is not None and not reader():
                     readers.pop(fd, None)
                     self._epoll.unregister(fd)
             while todo:
                 todo.popleft()()
-            if now >= due:
-                if events:  # reading took a while: the frames' send time is now
-                    now = clock()
-                if now - due > _LATE_S:
-                    self.late += 1
-                for call in slots[slot]:
-                    if call.sending:
-                        call.tick(now)
-                slot = (slot + 1) % _SLOTS
-                due += step
-                if now - due > 1.0:  # far behind (a stall): skip ahead rather than burst
-                    due = now
+            now = clock()
+            if now - due > _LATE_S:
+                self.late += 1
+            for call in slots[slot]:
+                if call.sending:
+                    call.tick(now)
+            slot = (slot + 1) % _SLOTS
+            due += step
+            if now - due > 1.0:  # far behind (a stall): skip ahead rather than burst
+                due = now
             self.passes = passes

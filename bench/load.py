@@ -122,6 +122,7 @@ class LoadResult:
     clears: int
     first_error: str | None
     load_cpu_per_call_pct: float = float("nan")
+    load_sys_pct: float = float("nan")  # of load_cpu_pct, the kernel's share
     # Media sockets each server process held mid-window (one entry per worker), from /proc.
     calls_per_worker: list[int] = field(default_factory=list)
 
@@ -207,9 +208,10 @@ def _calls_per_worker(server_pid: int, port: int) -> list[int]:
     return [len(_socket_inodes(p) & established) for p in workers]
 
 
-def _own_cpu_s() -> float:
+def _own_cpu_s() -> tuple[float, float]:
+    """This process's user and system CPU seconds (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 # ---- one run -------------------------------------------------------------------------
@@ -287,12 +289,12 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         pids = _tree(server.pid)
         (user0, sys0), own0, t0 = _cpu_s(pids), _own_cpu_s(), time.perf_counter()
         late0 = engine.late
-        window.start = t0
-        time.sleep(seconds / 2)
-        per_worker = _calls_per_worker(server.pid, server.port)
-        time.sleep(seconds - seconds / 2)
-        window.end = t1 = time.perf_counter()
+        window.start = time.time()  # the engine's clock (its send times, the kernel's arrival times)
+        time.sleep(seconds)
+        window.end, t1 = time.time(), time.perf_counter()
         (user1, sys1), own1 = _cpu_s(pids), _own_cpu_s()
+        per_worker = _calls_per_worker(server.pid, server.port)  # after the window: not in its CPU
+        load_sys_pct = (own1[1] - own0[1]) / (t1 - t0) * 100
         rss = _rss_bytes(pids)
         late = engine.late - late0
         # Drain, count, hang up.
@@ -310,7 +312,7 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         failed = [c for c in live if c.error is not None]
         up, down = _percentiles(window.up), _percentiles(window.down)
         cpu_pct = (user1 + sys1 - user0 - sys0) / (t1 - t0) * 100
-        load_cpu_pct = (own1 - own0) / (t1 - t0) * 100
+        load_cpu_pct = (sum(own1) - sum(own0)) / (t1 - t0) * 100
         return LoadResult(
             target=target.label, calls=calls, workers=workers, connected=calls - len(failed), failed=len(failed),
             up_p50_ms=up[0], up_p99_ms=up[1], up_max_ms=up[2],
@@ -321,7 +323,7 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
             load_cpu_pct=load_cpu_pct, pacer_late=late,
             clears=sum(c.clears for c in live) + front.unexpected,
             first_error=failed[0].error if failed else None,
-            load_cpu_per_call_pct=load_cpu_pct / calls, calls_per_worker=per_worker,
+            load_cpu_per_call_pct=load_cpu_pct / calls, load_sys_pct=load_sys_pct, calls_per_worker=per_worker,
         )
     finally:
         with contextlib.suppress(TimeoutError):
@@ -370,7 +372,8 @@ def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None)
             f"| {_ms(r.down_p50_ms)} / {_ms(r.down_p99_ms)} / {_ms(r.down_max_ms)} "
             f"| {r.dropped_up} / {r.dropped_down} | {r.cpu_pct:.0f} % ({r.sys_pct:.0f} % sys) "
             f"| {r.cpu_per_call_pct:.3f} % | {ratio} "
-            f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % ({r.load_cpu_per_call_pct:.3f} %) "
+            f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % ({r.load_sys_pct:.0f} % sys; "
+            f"{r.load_cpu_per_call_pct:.3f} %) "
             f"| {' / '.join(map(str, r.calls_per_worker))} | {'yes' if r.held else 'no'} |"
         )
     return "\n".join(lines)
