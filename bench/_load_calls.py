@@ -19,11 +19,13 @@ would not preserve anyway):
   byte that completes uplink frame k (640 bytes of PCM16 16 kHz, or 160 of mu-law);
 * downlink: the send time of VAPI frame k, then the arrival at the Twilio side of the
   byte that completes 160 bytes of mu-law (the base64 payload's decoded length).
-A send time is the engine's clock read just before it sends that tick's batch of frames,
-an arrival time its clock read as epoll returns the socket as readable; so the figure is
-the bridge's processing and queueing plus two loopback hops plus this process's own
-delay in sending a batch and in waking up: an upper bound on what the bridge adds, the
-same for every target measured.
+A send time is the engine's clock (time.time) read just before it sends a phase's batch
+of frames; an arrival time is the kernel's receive timestamp of the read that completed
+the frame (SO_TIMESTAMPNS: when its last segment reached the socket, on the same clock).
+So the figure is the bridge's processing and queueing plus two loopback hops plus the
+time this process takes to send the rest of a batch (well under a millisecond): an
+upper bound on what the bridge adds, the same for every target measured. How late this
+process reads is not in it (before the kernel's timestamps, its wake-up delay was).
 
 The Twilio side echoes each mark when the audio before it would have finished playing
 (a playout clock per call, checked every 20 ms), like Twilio; the bridge's playback
@@ -488,8 +490,12 @@ class VapiFront:
         self._thread.join(timeout=2.0)
 
     @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def expect(self, call: LoadCall) -> None:
         self._expected.append(call)

@@ -3,11 +3,14 @@
 One thread does all the streaming and reading, so the load process costs as little per
 call as the wire allows (the load shares the box with the server it measures: what it
 spends, a second worker cannot). No gevent here: a plain `select.epoll` over
-non-blocking sockets, one wake-up serving every socket that is ready, and one clock for
-all calls instead of a timer per call. The 20 ms period is cut into `_SLOTS` phases;
-each call belongs to one, so the calls' frames go out spread evenly over the period, as
-independent callers' would. The clock is read once as epoll returns (the arrival time of
-everything read in that pass) and once before a phase's frames go out (their send time).
+non-blocking sockets, and one clock for all calls instead of a timer per call. The
+20 ms period is cut into `_SLOTS` phases; each call belongs to one, so the calls'
+frames go out spread evenly over the period, as independent callers' would. The loop
+sleeps until the next phase is due, reads every socket epoll says is ready (the kernel
+stamped each segment as it arrived: bench/_load_calls.py), then reads the clock once
+and sends that phase's frames. So it wakes 500 times a second whatever the load, not
+once per segment, and a segment arriving wakes no one (on loopback the sender's
+kernel would otherwise do that wake-up, in the bridge's own CPU time).
 
 Other threads talk to the loop only through `_todo` (a deque the loop empties on every
 pass): adding sockets, starting a call, hanging up. The process must not be gevent

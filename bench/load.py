@@ -1,15 +1,17 @@
 """Load: N concurrent calls, paced in real time both ways, against a real server process.
 
-    python -m bench.load [--calls 100] [--seconds 10] [--sweep] [--floor] [--ref COMMIT ...]
-                         [--workers N] [--no-pin] [--json PATH]
+    python -m bench.load [--calls 100[,N2...]] [--seconds 10] [--sweep [--sweep-from 100[,N2...]]]
+                         [--floor] [--ref COMMIT ...] [--workers 1[,2...]] [--no-pin] [--json PATH]
 
 The server under test is `python run.py` (this checkout, or `--ref COMMIT` checked out in
 a temporary worktree and run with this venv) pointed by VAPI_BASE_URL at a VAPI stand-in
 inside this process; `--floor` adds `bench/_floor.py`, a minimal forwarding bridge on
-the same libraries, so its cost is beside ours in the same run. This process (one
-gevent process, bench/_load_calls.py) is both ends of every call: it posts Twilio's
-signed webhook, opens the media socket, streams 20 ms mu-law frames, echoes marks as
-audio plays out, and as VAPI streams 20 ms of assistant audio every 20 ms.
+the same libraries, so its cost is beside ours in the same run. This process is both
+ends of every call: it posts Twilio's signed webhook, opens the media socket, streams
+20 ms mu-law frames, echoes marks as audio plays out, and as VAPI streams 20 ms of
+assistant audio every 20 ms. Set-up is plain blocking code; the streaming is one thread
+on one epoll loop (bench/_load_engine.py), kept lean because on a 2-core box the load
+shares the cores with the server it measures. It must not be gevent monkey-patched.
 
 Method, per target and N:
 * Fresh server. Warm-up: a few calls for 2 s, ended (imports, caches, first-call
@@ -27,10 +29,17 @@ Method, per target and N:
 * CPU per call is the server's CPU (percent of one core) over the window divided by N;
   RSS per call is (RSS at the end of the window - idle RSS) / N.
 * With one worker, the server is pinned to CPU 0 and this process to CPU 1, so neither
-  steals the other's core (`--no-pin` turns it off). This process's own CPU is reported:
-  above ~85 % of its core its wake-ups lag and the latencies it reports are its own.
-* `--sweep` runs N = 100, 150, 200, ... until a step fails (p99 >= 10 ms either way, a
-  drop or a failed call), then the midpoint below it; it reports the largest N that held.
+  steals the other's core (`--no-pin` turns it off). With several, nothing is pinned:
+  the workers and this process share the cores. This process's own CPU over the window
+  is reported, in all and per call (what a second worker cannot have on a shared box).
+* `--workers 1,2` runs each target with one worker, then two, side by side in one run
+  (`--calls` and `--sweep-from` take one value, or one per worker count), and prints
+  the ratio of the calls each held. The calls each worker holds (its established
+  sockets on the port, from /proc/net/tcp and /proc/<pid>/fd) are read after the window.
+* `--sweep` runs N = `--sweep-from`, then up by `--sweep-step` until a step fails (p99
+  >= 10 ms either way, a drop or a failed call), then halves the gap between the last
+  N held and the first that failed down to `--sweep-resolution` (default half a step);
+  it reports the largest N that held.
 
 Fairness notes: an old commit runs with this checkout's venv, so websocket-client masks
 with wsaccel there too (it uses it whenever it is importable), which makes the old code
@@ -125,6 +134,7 @@ class LoadResult:
     load_sys_pct: float = float("nan")  # of load_cpu_pct, the kernel's share
     # Media sockets each server process held mid-window (one entry per worker), from /proc.
     calls_per_worker: list[int] = field(default_factory=list)
+    vapi_legs_per_worker: list[int] = field(default_factory=list)  # the calls' VAPI sockets, likewise
 
     @property
     def held(self) -> bool:
@@ -188,11 +198,13 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _calls_per_worker(server_pid: int, port: int) -> list[int]:
-    """Connections each server process holds on `port` (a live call holds one: its media socket).
+def _sockets_per_worker(server_pid: int, port: int, *, remote: bool = False) -> list[int]:
+    """Established TCP connections each server process holds on local `port` (or remote).
 
     With one worker that is the server process; with several, each of the master's workers
     (the master only listens). Read from /proc/net/tcp: nothing of the server's is asked.
+    A live call holds one connection on the server's port (its media socket) and one to
+    the VAPI stand-in's port (its VAPI leg).
     """
     established: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -200,8 +212,9 @@ def _calls_per_worker(server_pid: int, port: int) -> list[int]:
             next(f)
             for line in f:
                 fields = line.split()
-                # local_address is HEX_IP:HEX_PORT; state 01 is ESTABLISHED; field 9 the inode.
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                # local and remote address are HEX_IP:HEX_PORT; state 01 is ESTABLISHED; field 9 the inode.
+                address = fields[2] if remote else fields[1]
+                if fields[3] == "01" and int(address.rsplit(":", 1)[1], 16) == port:
                     established.add(int(fields[9]))
     pids = _tree(server_pid)
     workers = [p for p in pids if p != server_pid] if len(pids) > 1 else pids
@@ -293,7 +306,9 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         time.sleep(seconds)
         window.end, t1 = time.time(), time.perf_counter()
         (user1, sys1), own1 = _cpu_s(pids), _own_cpu_s()
-        per_worker = _calls_per_worker(server.pid, server.port)  # after the window: not in its CPU
+        # After the window, so not in this process's CPU; the calls are still up.
+        per_worker = _sockets_per_worker(server.pid, server.port)
+        vapi_per_worker = _sockets_per_worker(server.pid, front.port, remote=True)
         load_sys_pct = (own1[1] - own0[1]) / (t1 - t0) * 100
         rss = _rss_bytes(pids)
         late = engine.late - late0
@@ -324,6 +339,7 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
             clears=sum(c.clears for c in live) + front.unexpected,
             first_error=failed[0].error if failed else None,
             load_cpu_per_call_pct=load_cpu_pct / calls, load_sys_pct=load_sys_pct, calls_per_worker=per_worker,
+            vapi_legs_per_worker=vapi_per_worker,
         )
     finally:
         with contextlib.suppress(TimeoutError):
@@ -359,7 +375,8 @@ def _ms(value: float) -> str:
 def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None) -> str:
     lines = [
         "| target | calls | failed | in p50 / p99 / max ms | out p50 / p99 / max ms | dropped in / out "
-        "| server CPU | CPU per call | × floor | RSS per call | load CPU (per call) | calls per worker | held |",
+        "| server CPU | CPU per call | × floor | RSS per call | load CPU (per call) | calls per worker (VAPI legs) "
+        "| held |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -374,7 +391,8 @@ def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None)
             f"| {r.cpu_per_call_pct:.3f} % | {ratio} "
             f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % ({r.load_sys_pct:.0f} % sys; "
             f"{r.load_cpu_per_call_pct:.3f} %) "
-            f"| {' / '.join(map(str, r.calls_per_worker))} | {'yes' if r.held else 'no'} |"
+            f"| {' / '.join(map(str, r.calls_per_worker))} ({' / '.join(map(str, r.vapi_legs_per_worker))}) "
+            f"| {'yes' if r.held else 'no'} |"
         )
     return "\n".join(lines)
 
