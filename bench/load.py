@@ -257,7 +257,7 @@ def _delivered(calls: Sequence[LoadCall]) -> bool:
 
 def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: bool,
              log: Callable[[str], None], duplex: bool = False,
-             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S) -> LoadResult:
+             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S, log_dir: Path | None = None) -> LoadResult:
     """One target at `calls` concurrent calls; ServerError when the server cannot be run.
 
     Not in a gevent monkey-patched process: the engine needs real threads and select.epoll.
@@ -348,6 +348,11 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         server.stop(timeout_s=10.0)
         front.stop()
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if log_dir is not None:
+            with contextlib.suppress(OSError):
+                log_dir.mkdir(parents=True, exist_ok=True)
+                name = f"{target.label.replace(' ', '-')}-w{workers}-n{calls}.log"
+                shutil.copyfile(server.log_path, log_dir / name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -463,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=_WARMUP_S, help=argparse.SUPPRESS)
     parser.add_argument("--settle", type=float, default=_SETTLE_S, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--log-dir", type=Path, help="keep each run's server log here")
     args = parser.parse_args(argv)
     calls_for = _per_workers(args.calls, args.workers, "--calls")
     sweep_from = _per_workers(args.sweep_from, args.workers, "--sweep-from")
@@ -488,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"{target.label}, {workers} worker(s): {n} calls ...")
                         result = run_load(target, n, seconds=args.seconds, workers=workers,
                                           pin=not args.no_pin, log=log, duplex=args.duplex,
-                                          warmup_s=args.warmup, settle_s=args.settle)
+                                          warmup_s=args.warmup, settle_s=args.settle, log_dir=args.log_dir)
                         log(format_table([result]).splitlines()[-1])
                         return result
 
