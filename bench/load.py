@@ -221,6 +221,23 @@ def _sockets_per_worker(server_pid: int, port: int, *, remote: bool = False) -> 
     return [len(_socket_inodes(p) & established) for p in workers]
 
 
+def _pin_workers(master_pid: int, timeout_s: float = 10.0) -> None:
+    """Worker i on CPU i (mod the CPUs), once the master has forked them all: an experiment
+    on what migrating between cores costs; this process stays free to run on any."""
+    cpus = sorted(os.sched_getaffinity(0))
+    deadline = time.monotonic() + timeout_s
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = [p for p in _tree(master_pid) if p != master_pid]
+        if workers:
+            break
+        time.sleep(0.1)
+    for i, pid in enumerate(sorted(workers)):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), {cpus[i % len(cpus)]})
+
+
 def _own_cpu_s() -> tuple[float, float]:
     """This process's user and system CPU seconds (every thread)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -257,7 +274,8 @@ def _delivered(calls: Sequence[LoadCall]) -> bool:
 
 def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: bool,
              log: Callable[[str], None], duplex: bool = False,
-             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S, log_dir: Path | None = None) -> LoadResult:
+             warmup_s: float = _WARMUP_S, settle_s: float = _SETTLE_S, log_dir: Path | None = None,
+             pin_workers: bool = False) -> LoadResult:
     """One target at `calls` concurrent calls; ServerError when the server cannot be run.
 
     Not in a gevent monkey-patched process: the engine needs real threads and select.epoll.
@@ -278,6 +296,8 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         if pin and workers <= 1:
             os.sched_setaffinity(server.pid, {0})
             os.sched_setaffinity(0, {1})  # this thread; the engine's and the front's inherit it
+        elif pin_workers and workers > 1:
+            _pin_workers(server.pid)
         engine.start()
         front.start()
         # Warm-up.
@@ -465,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=_counts, default=[1],
                         help="WORKERS for the server (run.py); several (1,2) run side by side, per target")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load to separate CPUs")
+    parser.add_argument("--pin-workers", action="store_true",
+                        help="with several workers, pin worker i to CPU i (this process is not pinned)")
     parser.add_argument("--warmup", type=float, default=_WARMUP_S, help=argparse.SUPPRESS)
     parser.add_argument("--settle", type=float, default=_SETTLE_S, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the results here too")
@@ -494,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"{target.label}, {workers} worker(s): {n} calls ...")
                         result = run_load(target, n, seconds=args.seconds, workers=workers,
                                           pin=not args.no_pin, log=log, duplex=args.duplex,
-                                          warmup_s=args.warmup, settle_s=args.settle, log_dir=args.log_dir)
+                                          warmup_s=args.warmup, settle_s=args.settle, log_dir=args.log_dir,
+                                          pin_workers=args.pin_workers)
                         log(format_table([result]).splitlines()[-1])
                         return result
 

@@ -42,5 +42,6 @@ def test_three_paced_calls_are_measured_both_ways_with_nothing_dropped_or_failed
     assert result["clears"] == 0, table  # the caller was quiet: no barge-in cut the measured audio
     assert result["cpu_pct"] > 0.0 and result["rss_mb"] > 0.0, table
     assert result["load_cpu_pct"] > 0.0, table
-    assert result["calls_per_worker"] == [3], table  # the one server process holds every media socket
+    # The one server process holds every call's media socket and VAPI leg.
+    assert result["calls_per_worker"] == [3] and result["vapi_legs_per_worker"] == [3], table
     assert "| this checkout | 3 | 0 |" in table
