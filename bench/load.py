@@ -423,25 +423,34 @@ def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None)
 
 
 def _sweep(run: Callable[[int], LoadResult], start: int, step: int, most: int,
-           results: list[LoadResult], resolution: int | None = None) -> int | None:
-    """Up by `step` from `start` until a run fails, then halve the gap down to `resolution`."""
+           results: list[LoadResult], resolution: int | None = None, retries: int = 0) -> int | None:
+    """Up by `step` from `start` until a run fails, then halve the gap down to `resolution`.
+
+    With `retries`, a run that fails is run again (up to that many times) before N counts
+    as failed: on a shared machine one stall from outside should not end a sweep.
+    """
     resolution = max(1, step // 2) if resolution is None else max(1, resolution)
+
+    def held(n: int) -> bool:
+        for _ in range(retries + 1):
+            result = run(n)
+            results.append(result)
+            if result.held:
+                return True
+        return False
+
     best: int | None = None
     failed: int | None = None
     n = start
     while n <= most:
-        result = run(n)
-        results.append(result)
-        if not result.held:
+        if not held(n):
             failed = n
             break
         best = n
         n += step
     while best is not None and failed is not None and failed - best > resolution:
         mid = (best + failed) // 2
-        result = run(mid)
-        results.append(result)
-        if result.held:
+        if held(mid):
             best = mid
         else:
             failed = mid
@@ -478,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep-max", type=int, default=400)
     parser.add_argument("--sweep-resolution", type=int, default=None,
                         help="after the first failed step, halve the gap down to this (default: half a step)")
+    parser.add_argument("--sweep-retries", type=int, default=0, help="run a failed N again up to this many times")
     parser.add_argument("--floor", action="store_true", help="also run the minimal forwarding bridge")
     parser.add_argument("--ref", action="append", default=[], metavar="COMMIT", help="also run an old commit")
     parser.add_argument("--duplex", action="store_true",
@@ -523,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                     if args.sweep:
                         swept[target.label, workers] = _sweep(run, sweep_from[workers], args.sweep_step,
-                                                              args.sweep_max, results, args.sweep_resolution)
+                                                              args.sweep_max, results, args.sweep_resolution,
+                                                              args.sweep_retries)
                     else:
                         result = run(calls_for[workers])
                         results.append(result)
