@@ -10,7 +10,7 @@ sleeps until the next phase is due, reads every socket epoll says is ready (the 
 stamped each segment as it arrived: bench/_load_calls.py), then reads the clock once
 and sends that phase's frames. So it wakes 500 times a second whatever the load, not
 once per segment, and a segment arriving wakes no one (on loopback the sender's
-kernel would otherwise do that wake-up, in the bridge's own CPU time).
+kernel would otherwise do that wake-up, in the bridge's own system time).
 
 Other threads talk to the loop only through `_todo` (a deque the loop empties on every
 pass): adding sockets, starting a call, hanging up. The process must not be gevent
