@@ -30,6 +30,7 @@ LEAF = (
     ("resampling", ("audio/resample.py",)),
     ("mu-law", ("audio/mulaw.py",)),
     ("VAD and levels", ("audio/vad.py", "audio/signals.py")),
+    ("echo canceller", ("audio/echo.py",)),
     ("base64", ("base64", "binascii")),
     ("JSON", ("json/",)),
     ("metrics", ("prometheus_client",)),
