@@ -47,13 +47,22 @@ _DECODE = _build_decode_table()
 _ENCODE = _build_encode_table()
 
 
+# take() on a 1-D table is a plain gather; indexing with an array goes through numpy's
+# general fancy-indexing path, a third slower for a 160-byte frame.
+_decode = _DECODE.take
+# Encoding looks up the uint16 view of each sample, so the table is laid out in that order.
+_encode = np.concatenate((_ENCODE[0x8000:], _ENCODE[:0x8000])).take
+_frombuffer = np.frombuffer
+_UINT8 = np.dtype(np.uint8)
+
+
 def ulaw_to_pcm16(ulaw: bytes) -> NDArray[np.int16]:
     """Decode mu-law bytes to int16 samples (a new array, one sample per byte)."""
-    return _DECODE[np.frombuffer(ulaw, dtype=np.uint8)]
+    return _decode(_frombuffer(ulaw, dtype=_UINT8))
 
 
 def pcm16_to_ulaw(pcm: NDArray[np.number]) -> bytes:
     """Encode int16 samples to mu-law bytes."""
-    index = pcm.astype(np.int16, copy=False).view(np.uint16) ^ 0x8000
-    codes: NDArray[np.uint8] = _ENCODE[index]  # numpy types this gather as Any
+    index = pcm.astype(np.int16, copy=False).view(np.uint16)
+    codes: NDArray[np.uint8] = _encode(index)
     return codes.tobytes()

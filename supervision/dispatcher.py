@@ -20,7 +20,6 @@ from collections import deque
 from typing import Any, Protocol
 
 import gevent
-from gevent._waiter import Waiter  # gevent's own one-shot wake-up, compiled; what Queue uses
 
 __all__ = ["Dispatched", "Dispatcher", "Mailbox", "Preempted"]
 
@@ -94,7 +93,9 @@ class Dispatcher:
         self.name = name
         self._ready: deque[Mailbox] = deque()
         self._runner: gevent.Greenlet[[], None] | None = None
-        self._waiter: Waiter[Any] | None = None  # set while the runner waits for work
+        # The runner waits for work parked in the hub, and a callback switches back to it:
+        # no Waiter object per wait, and one call less each way.
+        self._idle = False
         self._in_step: Mailbox | None = None  # whose step the current runner is inside
         self._closed = False
         self.runners_started = 0  # greenlets started: 1 + the times a handler blocked
@@ -115,9 +116,9 @@ class Dispatcher:
         runner = self._runner
         if runner is None:
             self._spawn()
-        elif self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            gevent.get_hub().loop.run_callback(waiter.switch, None)
+        elif self._idle:
+            self._idle = False
+            gevent.get_hub().loop.run_callback(runner.switch)
         elif self._in_step is not None and gevent.getcurrent() is not runner:
             # The runner is inside a step and yet another greenlet runs: the step has
             # yielded (a blocking call, a hang). Leave that greenlet to it.
@@ -137,15 +138,15 @@ class Dispatcher:
     def close(self) -> None:
         """The group is done: the runner ends once idle (work that still comes starts one again)."""
         self._closed = True
-        if self._waiter is not None and self._runner is not None:
-            waiter, self._waiter = self._waiter, None
-            gevent.get_hub().loop.run_callback(waiter.switch, None)
+        if self._idle and self._runner is not None:
+            self._idle = False
+            gevent.get_hub().loop.run_callback(self._runner.switch)
 
     # The runner ----------------------------------------------------------------------
 
     def _spawn(self) -> None:
         self._in_step = None
-        self._waiter = None
+        self._idle = False
         self.runners_started += 1
         self._runner = gevent.spawn(self._run)
 
@@ -159,6 +160,7 @@ class Dispatcher:
 
     def _run(self) -> None:
         me = gevent.getcurrent()
+        hub = gevent.get_hub()
         taken = 0
         ready = self._ready
         while self._runner is me:
@@ -167,9 +169,8 @@ class Dispatcher:
                     self._runner = None
                     return
                 taken = 0
-                waiter: Waiter[Any] = Waiter()
-                self._waiter = waiter
-                waiter.get()
+                self._idle = True
+                hub.switch()  # back here when schedule or close switches to this greenlet
                 continue
             mailbox = ready.popleft()
             mailbox.scheduled = False
