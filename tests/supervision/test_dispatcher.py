@@ -1,6 +1,5 @@
 """Actors sharing one greenlet (Dispatcher): same guarantees as a greenlet each, fewer wake-ups."""
 
-import time
 
 import gevent
 import pykka
@@ -10,6 +9,7 @@ from pykka import ActorRegistry
 from supervision import Backoff, ChildHandle, ChildSpec, ExitKind, SupervisedActor, Supervisor, SupervisorFlags
 from supervision.actor import kill_actor
 from supervision.dispatcher import Dispatcher
+from tests.supervision import wait_until
 
 FAST = Backoff(min_s=0.01, max_s=0.02, jitter=0.0, reset_after_s=5.0)
 
@@ -56,21 +56,6 @@ class Recorder(SupervisedActor):
             return None
         finally:
             self.running -= 1
-
-
-def wait_until(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        gevent.sleep(0.005)
-    return False
-
-
-@pytest.fixture(autouse=True)
-def _stop_all():
-    yield
-    ActorRegistry.stop_all(timeout=5)
 
 
 def start(dispatcher, name, seen, next_ref=None, exits=None):

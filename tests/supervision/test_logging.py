@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import gevent
 import pytest
@@ -16,6 +15,7 @@ from pykka import ActorRegistry
 
 from observability.logging import configure_logging
 from supervision import Backoff, ChildSpec, Restart, SupervisedActor, Supervisor, SupervisorFlags
+from tests.supervision import wait_until
 
 FAST = Backoff(min_s=0.01, max_s=0.02, jitter=0.0, reset_after_s=5.0)
 
@@ -38,15 +38,6 @@ class Worker(SupervisedActor):
 class LeakyWorker(Worker):
     def _close(self):
         raise OSError("could not release")
-
-
-def wait_until(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        gevent.sleep(0.005)
-    return False
 
 
 class Lines:

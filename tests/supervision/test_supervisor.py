@@ -3,7 +3,6 @@
 import time
 
 import gevent
-import pytest
 from pykka import ActorRegistry
 
 from supervision import (
@@ -18,6 +17,7 @@ from supervision import (
     SupervisorFlags,
 )
 from supervision.supervisor import StartChild
+from tests.supervision import wait_until
 
 FAST = Backoff(min_s=0.01, max_s=0.02, jitter=0.0, reset_after_s=5.0)
 
@@ -68,21 +68,6 @@ class Worker(SupervisedActor):
 
 def spec(name, log_, **kw):
     return ChildSpec(id=name, start=lambda h: Worker.start(h, log_, name), backoff=FAST, **kw)
-
-
-def wait_until(predicate, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        gevent.sleep(0.005)
-    return False
-
-
-@pytest.fixture(autouse=True)
-def _stop_all():
-    yield
-    ActorRegistry.stop_all(timeout=5)
 
 
 def restarted(sup_ref, child, n):
