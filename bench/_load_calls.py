@@ -300,19 +300,25 @@ class LoadCall:
     def read_twilio(self) -> bool:
         """Read what the socket has; False once it is closed (the engine stops watching it)."""
         assert self.tw is not None
+        got = self._receive(self.tw, "Twilio")
+        if got is None:
+            self.tw_closed = True
+            return False
+        return not got[0] or self.feed_twilio(*got)
+
+    def _receive(self, sock: socket.socket, side: str) -> tuple[memoryview, float] | None:
+        """What one socket has (an empty view when nothing), with its arrival; None once closed."""
         try:
-            got, ancillary, _flags, _address = self.tw.recvmsg_into(_SCRATCH_LIST, _ANCILLARY_SPACE)
+            got, ancillary, _flags, _address = sock.recvmsg_into(_SCRATCH_LIST, _ANCILLARY_SPACE)
         except BlockingIOError:
-            return True
+            return _SCRATCH_VIEW[:0], 0.0
         except OSError as exc:
-            self.fail(f"Twilio socket: {exc}")
-            self.tw_closed = True
-            return False
+            self.fail(f"{side} socket: {exc}")
+            return None
         if not got:
-            self.fail("the bridge dropped the Twilio socket")
-            self.tw_closed = True
-            return False
-        return self.feed_twilio(_SCRATCH_VIEW[:got], _arrival(ancillary))
+            self.fail(f"the bridge dropped the {side} socket")
+            return None
+        return _SCRATCH_VIEW[:got], _arrival(ancillary)
 
     def feed_twilio(self, data: bytes | memoryview, now: float) -> bool:
         buf = self._tw_rx
@@ -385,19 +391,11 @@ class LoadCall:
     def read_vapi(self) -> bool:
         """Read what the socket has; False once it is closed (the engine stops watching it)."""
         assert self.vapi is not None
-        try:
-            got, ancillary, _flags, _address = self.vapi.recvmsg_into(_SCRATCH_LIST, _ANCILLARY_SPACE)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            self.fail(f"VAPI socket: {exc}")
+        got = self._receive(self.vapi, "VAPI")
+        if got is None:
             self.vapi_closed = True
             return False
-        if not got:
-            self.fail("the bridge dropped the VAPI socket")
-            self.vapi_closed = True
-            return False
-        return self.feed_vapi(_SCRATCH_VIEW[:got], _arrival(ancillary))
+        return not got[0] or self.feed_vapi(*got)
 
     def feed_vapi(self, data: bytes | memoryview, now: float) -> bool:
         buf = self._vapi_rx

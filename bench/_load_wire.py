@@ -13,9 +13,10 @@ import base64
 import hashlib
 import os
 import socket
-import struct
 
 from wsaccel.xormask import XorMaskerSimple  # type: ignore[import-untyped]
+
+from protocols.websocket import encode_frame, encode_masked_frame
 
 __all__ = [
     "OP_BINARY",
@@ -37,8 +38,6 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_LEN16 = struct.Struct("!BBH")
-_LEN64 = struct.Struct("!BBQ")
 _MAX_HEAD = 16384
 
 
@@ -50,22 +49,9 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 - RFC 6455 says SHA-1
 
 
-def _header(opcode: int, n: int, mask_bit: int) -> bytes:
-    if n < 126:
-        return bytes((0x80 | opcode, mask_bit | n))
-    if n < 65536:
-        return _LEN16.pack(0x80 | opcode, mask_bit | 126, n)
-    return _LEN64.pack(0x80 | opcode, mask_bit | 127, n)
-
-
-def server_frame(payload: bytes, opcode: int) -> bytes:
-    """An unmasked final frame, as a server sends it."""
-    return _header(opcode, len(payload), 0) + payload
-
-
-def client_frame(payload: bytes, opcode: int, key: bytes) -> bytes:
-    """A masked final frame, as a client must send it (`key`: the socket's 4 random bytes)."""
-    return _header(opcode, len(payload), 0x80) + key + bytes(XorMaskerSimple(key).process(payload))
+# The bridge's own encoders: the same frames, built one way.
+server_frame = encode_frame
+client_frame = encode_masked_frame
 
 
 def unmask(payload: bytes, key: bytes) -> bytes:
