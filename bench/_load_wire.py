@@ -16,7 +16,7 @@ import socket
 
 from wsaccel.xormask import XorMaskerSimple  # type: ignore[import-untyped]
 
-from protocols.websocket import encode_frame, encode_masked_frame
+from protocols.websocket import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encode_frame, encode_masked_frame
 
 __all__ = [
     "OP_BINARY",
@@ -32,11 +32,6 @@ __all__ = [
     "unmask",
 ]
 
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD = 16384
 
