@@ -203,7 +203,8 @@ class Dispatcher:
                 if self._runner is not me:
                     break  # this step blocked and the group moved on: end with it
         except Preempted:
-            # Thrown while the actor waited between steps (the throw raced the step's end).
+            # Handlers and setup turn a throw into the actor's failure themselves; one that
+            # lands between them (in a reply's set) fails the actor here instead.
             if not actor._dispatch_stopped():  # noqa: SLF001
                 actor._dispatch_killed()  # noqa: SLF001
         finally:
