@@ -17,8 +17,10 @@ can subtract the echo before the VAD judges the caller (`EchoCanceller`):
    the band of the echo path. It adapts only when the frame looks like echo alone (not
    louder than the echo predicted for it), so the caller's speech does not teach it.
 3. **What is left**: the residual echo is predicted per frame as a tracked ratio times
-   the loudest far-end frame around the delay (over the whole delay range while no delay
-   is known); a frame must stand RESIDUAL_MARGIN_DB above that prediction to be judged
+   the loudest far-end frame around the delay; while no delay is known, lag by lag over
+   the whole delay range: at lags the searches have seen enough far end at, the
+   least-squares gain found there; at the others (the start of a turn, which may be coming
+   back at any delay), the part of the frame the far end there explains. A frame must stand RESIDUAL_MARGIN_DB above that prediction to be judged
    by the VAD at all. The ratio starts at -12 dB (a speakerphone's echo is -10 to -20 dB,
    and the loudest frame of a 400 ms window is several dB over the average) and is learnt
    from frames of echo alone: down quickly, up slowly, never above -6 dB (the smallest
@@ -92,6 +94,15 @@ _PEAK_OVER_RMS = 7.0
 # side's energy over the window (-13 dB: an echo 10 dB down under a caller as loud as the
 # assistant still qualifies).
 _MIN_EXPLAINED = 0.05
+# While no delay is known, a search also bounds the echo lag by lag (the least-squares gain
+# of the far end at each lag, times this for the estimate's spread), where the far end at
+# that lag was active for at least _BOUND_EVIDENCE samples of the window (100 ms); the
+# bound is kept in blocks of _BOUND_BLOCK lags (5 ms).
+_BOUND_FACTOR = 2.0
+# Only frames above -50 dBFS are worth the lag-by-lag check (the VAD ignores anything under -45).
+_MIN_ACTIVE_NEAR = _FULL_SCALE_POWER * 1e-5
+_BOUND_EVIDENCE = 800
+_BOUND_BLOCK = 40
 # Two estimates agree within this; a changed delay must be seen twice before the filter moves.
 _DELAY_AGREE_SAMPLES = 4
 # NLMS filter: 16 taps before the estimated delay (the delay is found to a sample or two,
@@ -267,6 +278,8 @@ class EchoCanceller:
         self._confirmed = 0  # searches in a row that found the current delay again
         self._searches = 0
         self._misses = 0  # searches in a row that found no echo path
+        # Per lag: the most echo the searches' evidence allows (inf: nothing known yet).
+        self._bound = np.full(self._max_lag + 1, np.inf, dtype=np.float32)
 
     @property
     def delay_ms(self) -> float | None:
@@ -309,6 +322,8 @@ class EchoCanceller:
             far_power = _max_frame_power(window, frame)
             echo_power = self._ratio * far_power
             near_power = float(residual.dot(residual))
+            if near_power > _MIN_ACTIVE_NEAR * frame:
+                echo_power = min(echo_power, self._bounded_echo(t, residual))
         else:
             start = t - delay + _PRE_TAPS - (_TAPS - 1)
             seg = far.read(start, frame + _TAPS - 1)
@@ -356,6 +371,30 @@ class EchoCanceller:
             out.echo_dbfs = out.floor_dbfs = None
         return out
 
+    def _bounded_echo(self, t: int, residual: NDArray[np.float32]) -> float:
+        """The most echo the frame at `t` can hold, lag by lag, given what the searches found.
+
+        At lags the searches have evidence for, the least-squares bound. At the others (the
+        far end there is the start of a turn, which may be coming back now at any delay), the
+        part of the frame that the far end at any of those lags explains.
+        """
+        frame, lags, low = self._frame, self._max_lag, self._min_lag
+        seg = self._far.read(t - lags, lags - low + frame)
+        energy = np.empty(len(seg) + 1, dtype=np.float64)
+        energy[0] = 0.0
+        np.cumsum(seg * seg, out=energy[1:])
+        per_lag = energy[frame:] - energy[: len(energy) - frame]  # [j]: the far end at delay lags - j
+        coef = self._bound[low : lags + 1][::-1]
+        known = np.isfinite(coef)
+        echo = float((per_lag[known] * coef[known]).max()) if known.any() else 0.0
+        unknown = np.flatnonzero(~known & (per_lag > _ACTIVE_POWER * frame))
+        if unknown.size:
+            first, last = int(unknown[0]), int(unknown[-1])
+            cross = np.correlate(seg[first : last + frame], residual, "valid")
+            explained = cross * cross / np.maximum(per_lag[first : last + 1], 1.0)
+            echo = max(echo, float(explained.max()))
+        return echo
+
     def _slipped_echo(self, residual: NDArray[np.float32], t: int, delay: int) -> float:
         """Energy of the part of `residual` that is the far end at some lag within _SLIP_MS of the delay."""
         frame, slip = self._frame, self._slip
@@ -371,10 +410,14 @@ class EchoCanceller:
         window, lags, n = self._window, self._max_lag, self._fft_n
         far = self._far.read(now - window - lags, window + lags)
         active = np.count_nonzero(np.abs(far[lags:]) > 32.0)
-        if active < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000:
+        if active < (_BOUND_EVIDENCE if self.delay is None else _SEARCH_MIN_ACTIVE_MS * _RATE // 1000):
             return
         near = self._near.read(now - window, window)
         spec = np.conj(np.fft.rfft(near, n)) * np.fft.rfft(far, n)
+        if self.delay is None:
+            self._update_bound(near, far, spec)
+            if active < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000:
+                return
         spec *= self._band / (np.abs(spec) + 1e-9)
         corr = np.fft.irfft(spec, n)[: lags + 1]
         self._searches += 1
@@ -409,6 +452,34 @@ class EchoCanceller:
             return
         self._move_to(delay, gain)
 
+    def _update_bound(self, near: NDArray[np.float32], far: NDArray[np.float32], spec: NDArray[np.complex128]) -> None:
+        """Per lag, the most echo the window allows: the least-squares gain of the far end at that lag.
+
+        Where the far end at a lag was active long enough to be evidence, the caller's side
+        holds at most that gain of it (the caller's own voice does not correlate); elsewhere
+        nothing is known (inf: the tracked ratio decides).
+        """
+        window, lags, n = self._window, self._max_lag, self._fft_n
+        cross = np.fft.irfft(spec, n)[: lags + 1]  # [i]: near against far[i : i + window]
+        sums = np.empty(len(far) + 1, dtype=np.float64)
+        sums[0] = 0.0
+        np.cumsum(np.square(far, dtype=np.float64), out=sums[1:])
+        power = sums[window:] - sums[: lags + 1]
+        counts = np.concatenate(([0], np.cumsum(np.abs(far) > 32.0)))
+        active = counts[window:] - counts[: lags + 1]
+        coef = np.where(active >= _BOUND_EVIDENCE, _BOUND_FACTOR * cross * cross / np.maximum(power, 1.0) ** 2, np.inf)
+        # The play clock wanders by a few ms: each lag answers for its neighbours within _SPREAD_MS.
+        block = _BOUND_BLOCK
+        blocks = -(-len(coef) // block)
+        padded = np.full(blocks * block, np.inf)
+        padded[: len(coef)] = coef
+        peak = padded.reshape(blocks, block).max(axis=1)
+        spread = peak.copy()
+        for step in range(1, self._spread // block + 2):
+            np.maximum(spread[step:], peak[:-step], out=spread[step:])
+            np.maximum(spread[:-step], peak[step:], out=spread[:-step])
+        self._bound = np.repeat(spread, block)[: len(coef)][::-1].astype(np.float32)  # by delay
+
     def _no_echo_found(self, near: NDArray[np.float32], far: NDArray[np.float32], lag: int) -> None:
         """No delay stands out: bound the echo by what of the caller's side correlates with the far end.
 
@@ -439,9 +510,10 @@ class EchoCanceller:
         self._weights[:] = 0.0
         self._weights[_PRE_TAPS] = gain
         # What is left is measured against the far end around the delay from now on, not
-        # over the whole range: start from the echo's own level (an upper bound of what the
-        # filter leaves) and learn it down.
-        self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, _ECHO_ALONE_FACTOR * gain * gain))
+        # over the whole range: start from the echo's own level (what the filter leaves before
+        # it has adapted; the ratio is against the loudest far-end frame, so gain^2 is about the
+        # echo's loudest frame) and learn it down.
+        self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, gain * gain))
 
 
 def _max_frame_power(samples: NDArray[np.float32], frame: int) -> float:

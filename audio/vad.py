@@ -132,6 +132,14 @@ _STEADY_DB = 7.0
 BACKGROUND_UP_DB = 0.3
 BACKGROUND_DOWN_DB = 0.03
 BACKGROUND_MARGIN_DB = 3.0
+# Speech this far over the background builds an onset at the full rate; speech between
+# BACKGROUND_MARGIN_DB and this, at half (200 ms instead of 100). A TV's syllables sit 3-10 dB
+# over the tracker, a caller's 11-25 dB (bench.bargein: 9 dB let TV syllables through at the
+# call's start, before the tracker had learnt the TV).
+STRONG_MARGIN_DB = 11.0
+# A frame under the echo floor may be the caller talking over the assistant: it lifts the
+# tracker at a third of the rate, so a caller not yet heard does not become the background.
+MASKED_UP_DB = 0.1
 # The tracker starts at the quietest level that can count as a voice at all (min_level_dbfs):
 # started lower, it spent the call's first seconds climbing through a TV's level while the
 # TV's syllables counted as the caller (bench.bargein: most false barge-ins under Done-when
@@ -227,6 +235,7 @@ class EnergyVad:
         "_frame_samples",
         "_hold_frames",
         "_last_speech",
+        "_last_strong",
         "_linger_frames",
         "_noise_fall",
         "_noise_rise",
@@ -275,6 +284,7 @@ class EnergyVad:
         self._onset_due = False  # the warm-up saw an onset, reported once it has decided
         self._echo_free = True  # the last frame could hold no echo of the assistant (echo_dbfs None)
         self._last_speech = False  # the last frame counted as speech
+        self._last_strong = False  # ... and stood STRONG_MARGIN_DB over the background
         self._first_left = 0  # frames the caller, talking when the echo became possible, is still judged by
         self._background = self._params.min_level_dbfs  # the 91st percentile of levels while the caller is silent
         self._classifier_left = 0  # frames the classifier is still fed without passing the level checks
@@ -341,7 +351,7 @@ class EnergyVad:
             echo_floor = -math.inf
         if echo_dbfs is not None:
             # (Not a caller only running out the hangover: an answer may follow a question at once.)
-            first = self._last_speech and (self._speaking or self._speech_ms >= self._first_evidence_ms)
+            first = self._last_strong and (self._speaking or self._speech_ms >= self._first_evidence_ms)
             if self._echo_free and first:
                 # The assistant's echo is only now possible and the caller was already talking
                 # on frames it could not be in: the caller was first.
@@ -360,8 +370,11 @@ class EnergyVad:
         gap = level - floor
         background = self._background
         loud = level >= params.min_level_dbfs and level >= echo_floor and level >= background + BACKGROUND_MARGIN_DB
-        if not self._speaking:
-            self._background = background + (BACKGROUND_UP_DB if level > background else -BACKGROUND_DOWN_DB)
+        if level <= background:
+            if not self._speaking:
+                self._background = background - BACKGROUND_DOWN_DB
+        elif not self._speaking and not (loud and self._speech_ms):
+            self._background = background + (BACKGROUND_UP_DB if level >= echo_floor else MASKED_UP_DB)
         classifier = self._classifier
         if classifier is None:
             is_speech = loud and gap >= params.threshold_db + (FIRST_EXTRA_DB if relieved else 0.0)
@@ -382,7 +395,12 @@ class EnergyVad:
             is_speech = loud and (voice or (likely and not self._speaking))
         self._floor = self._track_floor(floor, max(level, NOISE_FLOOR_MIN_DBFS) - floor, level)
         self._last_speech = is_speech
-        return self._advance(is_speech, voice)
+        strong = level >= background + STRONG_MARGIN_DB
+        self._last_strong = is_speech and strong
+        # Speech well clear of the room's voices builds an onset at full rate; speech only just
+        # over them (a TV's syllable, or a caller as quiet as the TV) at half rate.
+        step = self._frame_ms if strong else self._frame_ms // 2
+        return self._advance(is_speech, voice, step)
 
     def _track_floor(self, floor: float, gap: float, level: float) -> float:
         warmup = self._warmup
@@ -401,6 +419,8 @@ class EnergyVad:
             # noise can be; an onset seen meanwhile stands only if it was well clear of that.
             if max(warmup) - min(warmup) < self._params.threshold_db + FIRST_EXTRA_DB:
                 self._onset_due = False
+                # Nor does the evidence gathered meanwhile, but in part: two more frames of speech.
+                self._speech_ms = min(self._speech_ms, max(0, self._params.min_speech_ms - 2 * self._frame_ms))
             return min(warmup)
         if gap < 0.0:
             return floor + gap * self._noise_fall
@@ -408,14 +428,14 @@ class EnergyVad:
             return floor + gap * self._noise_rise
         return floor + self._speech_rise_db
 
-    def _advance(self, is_speech: bool, voice: bool) -> VadTransition | None:
+    def _advance(self, is_speech: bool, voice: bool, step: int) -> VadTransition | None:
         frame_ms = self._frame_ms
         needed_ms = self._params.min_speech_ms
         if self._warmup is not None and self._classifier is None:
             # No onset before the warm-up has decided whether this level is the line's noise;
             # one reached meanwhile is reported when it has, if the caller is still talking.
             if is_speech:
-                self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+                self._speech_ms = min(self._speech_ms + step, needed_ms)
                 self._quiet_ms = 0
                 self._onset_due = self._onset_due or self._speech_ms >= needed_ms
             else:
@@ -439,7 +459,7 @@ class EnergyVad:
             self._speech_ms = 0
             return VadTransition.STOPPED
         if is_speech:
-            self._speech_ms = min(self._speech_ms + frame_ms, needed_ms)
+            self._speech_ms = min(self._speech_ms + step, needed_ms)
             if self._speech_ms >= needed_ms and voice:
                 self._speaking = True
                 self._quiet_ms = 0

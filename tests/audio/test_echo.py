@@ -181,3 +181,33 @@ def test_a_line_with_no_echo_is_searched_less_often_and_an_echo_that_starts_late
             found_at = i * 20
     assert found_at is not None and found_at - 10000 <= 600, found_at
     assert canceller.delay_ms == pytest.approx(152, abs=1)
+
+
+def test_a_caller_talking_from_the_first_frame_with_no_echo_is_not_held_to_the_loudest_assistant_frame():
+    # Before any delay is known, each lag answers only for what correlates with the far end
+    # there; a caller 10 dB under the assistant, first on the line, clears the floor at once.
+    far = voice(1500, -20.0, seed=21)
+    near = speech_like(1500, 8000, dbfs=-30.0, seed=22).astype(np.float64)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    over = loud = 0
+    for i, est in run(far, near, canceller, track):
+        if 3 <= i < 20 and level_dbfs(est.residual) > -36.0:
+            loud += 1
+            over += est.floor_dbfs is None or level_dbfs(est.residual) >= est.floor_dbfs
+    assert canceller.delay is None
+    assert loud >= 10
+    assert over >= 0.8 * loud
+
+
+@pytest.mark.parametrize("delay_ms", [60, 200])
+def test_the_echo_of_a_turns_start_never_clears_the_floor_before_its_delay_is_found(delay_ms):
+    far = voice(1500, -20.0, seed=23)
+    near = echo_of(far, delay_ms, -10.0) + pink_noise(1500, 8000, dbfs=-60.0, seed=24)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    over = 0
+    for i, est in run(far, near, canceller, track):
+        if est.floor_dbfs is not None and level_dbfs(est.residual) >= est.floor_dbfs:
+            over += level_dbfs(est.residual) > -45.0  # the VAD ignores anything quieter
+    assert over <= 2  # an odd frame; the VAD needs five
