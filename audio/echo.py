@@ -20,7 +20,8 @@ can subtract the echo before the VAD judges the caller (`EchoCanceller`):
    the loudest far-end frame around the delay; while no delay is known, lag by lag over
    the whole delay range: at lags the searches have seen enough far end at, the
    least-squares gain found there; at the others (the start of a turn, which may be coming
-   back at any delay), the part of the frame the far end there explains. A frame must stand RESIDUAL_MARGIN_DB above that prediction to be judged
+   back at any delay), the part of the frame the far end there explains. A frame must
+   stand RESIDUAL_MARGIN_DB above that prediction to be judged
    by the VAD at all. The ratio starts at -12 dB (a speakerphone's echo is -10 to -20 dB,
    and the loudest frame of a 400 ms window is several dB over the average) and is learnt
    from frames of echo alone: down quickly, up slowly, never above -6 dB (the smallest
