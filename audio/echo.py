@@ -12,10 +12,13 @@ can subtract the echo before the VAD judges the caller (`EchoCanceller`):
    the peak sharp whatever the spectra of the two voices, and is restricted to the
    telephone band so mu-law noise outside it does not count. A peak must stand well
    above the correlation's spread to be believed; a new delay must be seen twice.
-2. **Path**: a short normalised-LMS filter (Widrow and Hoff; the normalised form as in
-   G.168-style line echo cancellers) placed at that delay, 6 ms wide, learns the gain and
-   the band of the echo path. It adapts only when the frame looks like echo alone (not
-   louder than the echo predicted for it), so the caller's speech does not teach it.
+2. **Path**: a short filter placed at that delay, 6 ms wide, for the gain and the band of
+   the echo path: solved by least squares over the search window when placed (and again
+   over the next few windows), which a caller talking over the echo does not mislead (their
+   voice does not correlate with the far end), then followed by normalised LMS (Widrow and
+   Hoff; as in G.168-style line echo cancellers) on frames that look like echo alone. Each
+   search also bounds the echo left by what of the residual still correlates with the far
+   end near the delay, so the prediction below comes down while the caller talks.
 3. **What is left**: the residual echo is predicted per frame as a tracked ratio times
    the loudest far-end frame around the delay; while no delay is known, lag by lag over
    the whole delay range: at lags the searches have seen enough far end at, the
@@ -100,6 +103,8 @@ _MIN_EXPLAINED = 0.05
 # that lag was active for at least _BOUND_EVIDENCE samples of the window (100 ms); the
 # bound is kept in blocks of _BOUND_BLOCK lags (5 ms).
 _BOUND_FACTOR = 2.0
+# The filter is solved again over the window of this many searches after it was placed.
+_RESOLVE_SEARCHES = 4
 # Only frames above -50 dBFS are worth the lag-by-lag check (the VAD ignores anything under -45).
 _MIN_ACTIVE_NEAR = _FULL_SCALE_POWER * 1e-5
 _BOUND_EVIDENCE = 800
@@ -261,6 +266,7 @@ class EchoCanceller:
         self._slip = _SLIP_MS * _RATE // 1000
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
+        self._left = _History(self._window + self._frame)  # what cancelling left of the caller's side
         self._fft_n = 1 << math.ceil(math.log2(self._window + self._max_lag))
         freqs = np.fft.rfftfreq(self._fft_n, 1.0 / _RATE)
         self._band = ((freqs >= _BAND_LOW_HZ) & (freqs <= _BAND_HIGH_HZ)).astype(np.float32)
@@ -365,6 +371,7 @@ class EchoCanceller:
             slipped = self._slipped_echo(residual, t, delay)
             if slipped >= _SLIPPED_SHARE * residual_power:
                 echo_power = max(echo_power, slipped)
+        self._left.write(t, residual)
         if echo_power > 0.0:
             out.echo_dbfs = 10.0 * math.log10(echo_power) - self._db_offset
             out.floor_dbfs = out.echo_dbfs + RESIDUAL_MARGIN_DB
@@ -414,8 +421,11 @@ class EchoCanceller:
         if active < (_BOUND_EVIDENCE if self.delay is None else _SEARCH_MIN_ACTIVE_MS * _RATE // 1000):
             return
         near = self._near.read(now - window, window)
-        spec = np.conj(np.fft.rfft(near, n)) * np.fft.rfft(far, n)
-        if self.delay is None:
+        far_spec = np.fft.rfft(far, n)
+        spec = np.conj(np.fft.rfft(near, n)) * far_spec
+        if self.delay is not None:
+            self._bound_left(self._left.read(now - window, window), far, far_spec, self.delay)
+        else:
             self._update_bound(near, far, spec)
             if active < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000:
                 return
@@ -446,12 +456,35 @@ class EchoCanceller:
         if current is not None and abs(delay - current) <= _DELAY_AGREE_SAMPLES:
             self._candidate = None
             self._confirmed += 1
+            if self._confirmed <= _RESOLVE_SEARCHES:
+                # The first windows after the delay was found hold more echo each time.
+                self._resolve(current, near, far)
             return
         self._confirmed = 0
         if current is not None and (self._candidate is None or abs(delay - self._candidate) > _DELAY_AGREE_SAMPLES):
             self._candidate = delay  # a new delay must be seen twice
             return
-        self._move_to(delay, gain)
+        self._move_to(delay, gain, near, far, far_spec)
+
+    def _bound_left(self, left: NDArray[np.float32], far: NDArray[np.float32], far_spec: NDArray[np.complex128],
+                    delay: int) -> None:
+        """Bound the ratio by what of the residual still correlates with the far end near the delay.
+
+        Learning the ratio frame by frame needs frames of echo alone; a caller talking over
+        the assistant from its first word gives none. Their voice does not correlate with
+        the far end, so the least-squares gain of the far end in what cancelling left says
+        how much echo is left, whoever talks.
+        """
+        window, lags, n = self._window, self._max_lag, self._fft_n
+        cross = np.fft.irfft(np.conj(np.fft.rfft(left, n)) * far_spec, n)
+        lo = max(0, lags - delay - self._slip)
+        hi = min(lags, lags - delay + self._slip)
+        sums = np.concatenate(([0.0], np.cumsum(np.square(far, dtype=np.float64))))
+        power = sums[lo + window : hi + window + 1] - sums[lo : hi + 1]
+        gain2 = cross[lo : hi + 1] ** 2 / np.maximum(power, 1.0) ** 2
+        bound = max(_MIN_RATIO, _ECHO_ALONE_FACTOR * float(gain2.max()))
+        if bound < self._ratio:
+            self._ratio = bound
 
     def _update_bound(self, near: NDArray[np.float32], far: NDArray[np.float32], spec: NDArray[np.complex128]) -> None:
         """Per lag, the most echo the window allows: the least-squares gain of the far end at that lag.
@@ -504,17 +537,51 @@ class EchoCanceller:
         if bound < self._ratio:
             self._ratio = bound
 
-    def _move_to(self, delay: int, gain: float) -> None:
-        """Place the filter at `delay`, its main tap at the least-squares gain of the window."""
+    def _move_to(self, delay: int, gain: float, near: NDArray[np.float32], far: NDArray[np.float32],
+                 far_spec: NDArray[np.complex128]) -> None:
+        """Place the filter at `delay`, solved by least squares over the search window.
+
+        The whole filter, not only its main tap: the echo path is band-limited (no energy
+        under 300 Hz, where a voice's fundamental is), so one tap cancels only a few dB, and
+        a caller talking from the first word leaves the adaptive filter no frames of echo
+        alone to learn the rest from. Least squares over half a second is not misled by the
+        caller's voice, which does not correlate with the far end.
+        """
         self.delay = delay
         self._candidate = None
-        self._weights[:] = 0.0
-        self._weights[_PRE_TAPS] = gain
+        weights, regressors = self._solve(delay, near, far)
+        self._weights[:] = weights
         # What is left is measured against the far end around the delay from now on, not
-        # over the whole range: start from the echo's own level (what the filter leaves before
-        # it has adapted; the ratio is against the loudest far-end frame, so gain^2 is about the
-        # echo's loudest frame) and learn it down.
+        # over the whole range: start from the echo's own level (the ratio is against the
+        # loudest far-end frame, so gain^2 is about the echo's loudest frame), lowered at
+        # once to what of the solved filter's residual still correlates with the far end.
         self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, gain * gain))
+        self._bound_left(near - (regressors @ weights).astype(np.float32), far, far_spec, delay)
+
+    def _solve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> tuple[
+            NDArray[np.float64], NDArray[np.float64]]:
+        """The filter at `delay` that best explains the search window (least squares), and its regressors."""
+        window, lags = self._window, self._max_lag
+        # regressors[m, k] = far(now - window + m - delay + _PRE_TAPS - k), as the filter reads it.
+        start = lags - delay + _PRE_TAPS - (_TAPS - 1)
+        padded = np.zeros(window + _TAPS - 1, dtype=np.float64)
+        lo, hi = max(0, start), min(len(far), start + window + _TAPS - 1)
+        if hi > lo:
+            padded[lo - start : hi - start] = far[lo:hi]
+        regressors = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)[:, ::-1]
+        gram = regressors.T @ regressors
+        gram[np.diag_indices(_TAPS)] += 1e-3 * float(np.trace(gram)) / _TAPS + 1.0
+        weights = np.linalg.solve(gram, regressors.T @ near.astype(np.float64)).astype(np.float64)
+        return weights, regressors
+
+    def _resolve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> None:
+        """Solve the filter again over the latest window; keep whichever leaves less of it."""
+        weights, regressors = self._solve(delay, near, far)
+        near64 = near.astype(np.float64)
+        solved = near64 - regressors @ weights
+        current = near64 - regressors @ self._weights.astype(np.float64)
+        if float(solved.dot(solved)) < float(current.dot(current)):
+            self._weights[:] = weights
 
 
 def _max_frame_power(samples: NDArray[np.float32], frame: int) -> float:

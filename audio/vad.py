@@ -10,6 +10,11 @@ assistant is audible, the frame may be no more than `echo_margin_db` below the
 assistant's level (held for ECHO_HOLD_MS), so its echo does not count.
 Speech must build up for `min_speech_ms` before STARTED (clicks and breaths are too
 short) and be absent for `hangover_ms` before STOPPED (pauses between words are shorter).
+A frame of speech well clear of the room's background adds a frame to the build-up, one
+only just over it half (a TV's syllable); a frame of no speech takes half a frame back, so
+short words with short gaps add up and clicks do not. For the first YOUNG_FRAMES of a call,
+before the background has heard the room, a frame must also stand FIRST_EXTRA_DB further
+over the noise floor.
 A classifier runs only on frames that pass the level checks (and for a few frames
 after), which keeps its cost off silent and quiet lines.
 
@@ -140,6 +145,11 @@ STRONG_MARGIN_DB = 11.0
 # A frame under the echo floor may be the caller talking over the assistant: it lifts the
 # tracker at a third of the rate, so a caller not yet heard does not become the background.
 MASKED_UP_DB = 0.1
+# The first 1.5 s of a call: the background tracker has not heard the room yet (a TV at the
+# call's start is as new as a caller), so a frame must be FIRST_EXTRA_DB further over the
+# noise floor to count (bench.bargein: TV syllables in a call's first second were most of
+# the false barge-ins once the echo canceller stopped hiding them).
+YOUNG_FRAMES = 75
 # The tracker starts at the quietest level that can count as a voice at all (min_level_dbfs):
 # started lower, it spent the call's first seconds climbing through a TV's level while the
 # TV's syllables counted as the caller (bench.bargein: most false barge-ins under Done-when
@@ -185,7 +195,7 @@ class VadParams:
     min_level_dbfs: float = MIN_LEVEL_DBFS
     """Absolute floor: quieter frames are never speech."""
     min_speech_ms: int = MIN_SPEECH_MS
-    """Speech needed before STARTED; a non-speech frame takes one frame's worth back."""
+    """Speech needed before STARTED; a non-speech frame takes half a frame's worth back."""
     hangover_ms: int = HANGOVER_MS
     """Uninterrupted non-speech needed before STOPPED."""
     echo_margin_db: float = ECHO_MARGIN_DB
@@ -247,6 +257,7 @@ class EnergyVad:
         "_speech_rise_db",
         "_warmup",
         "_warmup_frames",
+        "_young",
     )
 
     def __init__(self, params: VadParams, frame_ms: int = 20, classifier: SpeechClassifier | None = None) -> None:
@@ -285,6 +296,7 @@ class EnergyVad:
         self._echo_free = True  # the last frame could hold no echo of the assistant (echo_dbfs None)
         self._last_speech = False  # the last frame counted as speech
         self._last_strong = False  # ... and stood STRONG_MARGIN_DB over the background
+        self._young = YOUNG_FRAMES  # frames until the background tracker has heard the room
         self._first_left = 0  # frames the caller, talking when the echo became possible, is still judged by
         self._background = self._params.min_level_dbfs  # the 91st percentile of levels while the caller is silent
         self._classifier_left = 0  # frames the classifier is still fed without passing the level checks
@@ -334,6 +346,8 @@ class EnergyVad:
         energy = float(buf.dot(buf))
         level = 10.0 * math.log10(energy) - self._db_offset if energy > 0.0 else _SILENT_DBFS
         params = self._params
+        if self._young:
+            self._young -= 1
 
         # Quieter than the held assistant level minus the margin: could be its echo.
         relieved = False
@@ -373,11 +387,12 @@ class EnergyVad:
         if level <= background:
             if not self._speaking:
                 self._background = background - BACKGROUND_DOWN_DB
-        elif not self._speaking and not (loud and self._speech_ms):
-            self._background = background + (BACKGROUND_UP_DB if level >= echo_floor else MASKED_UP_DB)
+        elif not self._speaking:
+            held = level < echo_floor or (loud and self._speech_ms)
+            self._background = background + (MASKED_UP_DB if held else BACKGROUND_UP_DB)
         classifier = self._classifier
         if classifier is None:
-            is_speech = loud and gap >= params.threshold_db + (FIRST_EXTRA_DB if relieved else 0.0)
+            is_speech = loud and gap >= params.threshold_db + (FIRST_EXTRA_DB if relieved or self._young else 0.0)
             voice = True
         else:
             voice = likely = False
@@ -421,7 +436,7 @@ class EnergyVad:
                 self._onset_due = False
                 # Nor does the evidence gathered meanwhile, but in part: two more frames of speech.
                 self._speech_ms = min(self._speech_ms, max(0, self._params.min_speech_ms - 2 * self._frame_ms))
-            return min(warmup)
+            return min(min(warmup), self._background)
         if gap < 0.0:
             return floor + gap * self._noise_fall
         if gap < self._params.threshold_db:
@@ -439,7 +454,7 @@ class EnergyVad:
                 self._quiet_ms = 0
                 self._onset_due = self._onset_due or self._speech_ms >= needed_ms
             else:
-                self._speech_ms = max(0, self._speech_ms - frame_ms)
+                self._speech_ms = max(0, self._speech_ms - frame_ms // 2)
                 self._quiet_ms += frame_ms
             return None
         if self._onset_due:
@@ -465,5 +480,5 @@ class EnergyVad:
                 self._quiet_ms = 0
                 return VadTransition.STARTED
         elif self._speech_ms:
-            self._speech_ms = max(0, self._speech_ms - frame_ms)
+            self._speech_ms = max(0, self._speech_ms - frame_ms // 2)
         return None

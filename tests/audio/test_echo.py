@@ -70,7 +70,8 @@ def test_echo_never_clears_the_floor_and_a_caller_6_db_under_the_assistant_does(
     echo_frames_over, caller_frames_over = 0, 0
     for i, est in run(far, near, canceller, track, speaking=lambda i: 205 <= i < 275):
         level = level_dbfs(est.residual)
-        over = est.floor_dbfs is not None and level >= est.floor_dbfs
+        # Over the echo left and over the room (the VAD's 10 dB over its noise floor, -45 here).
+        over = est.floor_dbfs is not None and level >= max(est.floor_dbfs, -35.0)
         if 25 <= i < 200:  # after the first half second: the echo alone
             echo_frames_over += over
         elif 200 <= i < 275:  # the caller talking over the assistant
@@ -158,7 +159,8 @@ def test_echo_that_slips_off_the_filter_still_never_clears_the_floor():
     canceller = EchoCanceller(track)
     over = [
         i for i, est in run(far, near, canceller, track)
-        if i >= 200 and est.floor_dbfs is not None and level_dbfs(est.residual) >= est.floor_dbfs
+        # over the echo left and the room (the VAD's 10 dB over its noise floor, -50 here)
+        if i >= 200 and est.floor_dbfs is not None and level_dbfs(est.residual) >= max(est.floor_dbfs, -40.0)
     ]
     assert abs(canceller.delay_ms - 150) <= 2 or abs(canceller.delay_ms - 162) <= 2
     assert len(over) <= 2  # an odd frame; the VAD needs five
@@ -211,3 +213,24 @@ def test_the_echo_of_a_turns_start_never_clears_the_floor_before_its_delay_is_fo
         if est.floor_dbfs is not None and level_dbfs(est.residual) >= est.floor_dbfs:
             over += level_dbfs(est.residual) > -45.0  # the VAD ignores anything quieter
     assert over <= 2  # an odd frame; the VAD needs five
+
+
+def test_a_caller_talking_from_the_first_word_does_not_keep_the_filter_from_cancelling():
+    # No frame of echo alone to adapt on: the filter is solved over the search window, where
+    # the caller's voice does not correlate with the far end.
+    # A voice with its fundamental under 300 Hz, which the echo path does not pass: no one
+    # tap matches the echo.
+    far = speech_like(3000, 8000, dbfs=-20.0, seed=25)
+    echo = echo_of(far, 120, -10.0)
+    caller = voice(3000, -30.0, seed=26).astype(np.float64)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    found_at, left = None, []
+    for i, est in run(far, echo + caller, canceller, track, speaking=lambda i: False):
+        if canceller.delay is not None and found_at is None:
+            found_at = i
+        if found_at is not None and found_at + 15 <= i < found_at + 40:
+            left.append(est.residual.astype(np.float64) - caller[i * FRAME : (i + 1) * FRAME])
+    assert found_at is not None and found_at < 30  # within 0.6 s
+    echo_during = echo[(found_at + 15) * FRAME : (found_at + 40) * FRAME]
+    assert level_dbfs(echo_during) - level_dbfs(np.concatenate(left)) >= 8  # one tap: under 7

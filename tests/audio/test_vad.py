@@ -412,3 +412,28 @@ def test_an_onset_the_warm_up_rejects_does_not_start_on_the_evidence_it_gathered
     tv[: RATE * 40 // 1000] = np.round(tv[: RATE * 40 // 1000] * 10 ** (-12 / 20)).astype(np.int16)
     line = np.concatenate([tv, silence(600, RATE)])
     assert run(line) == []
+
+
+def _line_with_burst(at_ms, dbfs, ms=300):
+    total = at_ms + ms + 800
+    room = pink_noise(total, RATE, dbfs=-50.0, seed=41)
+    burst = np.concatenate([silence(at_ms, RATE), white_noise(ms, RATE, dbfs=dbfs, seed=42), silence(800, RATE)])
+    return mix(room, burst)
+
+
+def test_until_the_room_is_known_a_voice_must_stand_further_over_the_noise():
+    # 12 dB over the line's noise: a TV across the room is that loud; a caller more.
+    assert run(_line_with_burst(500, -38.0)) == []
+    assert [what for _, what in run(_line_with_burst(2000, -38.0))] == [STARTED, STOPPED]
+
+
+def _syllables(on_ms, gap_ms, times=2, dbfs=-24.0):
+    parts = [pink_noise(1000, RATE, dbfs=-55.0, seed=43)]
+    for _ in range(times):
+        parts += [white_noise(on_ms, RATE, dbfs=dbfs, seed=44), silence(gap_ms, RATE)]
+    return np.concatenate(parts + [silence(600, RATE)])
+
+
+def test_short_words_with_short_gaps_add_up_to_an_onset_and_clicks_do_not():
+    assert STARTED in [what for _, what in run(_syllables(80, 100))]  # two 80 ms words
+    assert run(_syllables(40, 100)) == []  # two clicks
