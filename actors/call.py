@@ -33,7 +33,7 @@ from pykka import ActorDeadError
 
 from actors.clock import SYSTEM_CLOCK, Clock
 from actors.messages import EndCall
-from audio.echo import FarEndTrack
+from audio.echo import FarEndTrack, track_keep_ms
 from calls.outcome import EndRequest, Outcome
 from calls.state import CallState
 from media.uplink import UplinkBuffer
@@ -130,7 +130,7 @@ class CallContext:
     def __post_init__(self) -> None:
         self.state = CallState(call_sid=self.call_sid)
         self.uplink = UplinkBuffer(self.settings.replay_ms // 20)
-        self.far_end = FarEndTrack()
+        self.far_end = FarEndTrack(track_keep_ms(self.settings.echo_max_delay_ms, self.settings.playback_lead_ms))
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data about the live call, for the admin API and the dashboard."""

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 
 from audio.mulaw import ulaw_to_pcm16
 
-__all__ = ["MAX_DELAY_MS", "RESIDUAL_MARGIN_DB", "EchoCanceller", "EchoEstimate", "FarEndTrack"]
+__all__ = ["MAX_DELAY_MS", "RESIDUAL_MARGIN_DB", "EchoCanceller", "EchoEstimate", "FarEndTrack", "track_keep_ms"]
 
 # Echo comes back 40-300 ms after the audio was due to play (network both ways, Twilio's
 # and the handset's jitter buffers, the room); the search covers that with room to spare.
@@ -69,8 +69,10 @@ _SLIP_MS = 25
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
 _FULL_SCALE_POWER = 32767.0 * 32767.0
-# The far end kept: the delay search needs half a second plus the largest delay.
-_TRACK_KEEP_MS = 2500
+# The far end kept beyond what the delay search reads behind the frame being judged and
+# what the Twilio side writes ahead of it: the caller's audio can arrive this much later
+# than the stream clock the far end is written on (network jitter, a stalled socket).
+_LATE_ARRIVAL_MS = 500
 # Delay search: the last half second of audio (2-3 syllables, enough for a sharp peak;
 # much shorter windows give false peaks on vowels, which are nearly periodic), every
 # 100 ms while no delay is known, every 200 ms to track it once found. Its FFTs (8192
@@ -153,7 +155,7 @@ class _History:
 
     def __init__(self, keep: int) -> None:
         self._keep = keep
-        self._buf = np.zeros(keep * 2, dtype=np.float32)
+        self._buf = np.zeros(keep + keep // 2, dtype=np.float32)  # shifts every keep/2 samples written
         self._base = 0  # absolute position of _buf[0]
         self._end = 0  # absolute position up to which _buf holds data (zeros included)
 
@@ -206,6 +208,12 @@ class _History:
         return self._buf[start - self._base : start - self._base + n]
 
 
+def track_keep_ms(max_delay_ms: int = MAX_DELAY_MS, lead_ms: int = 200) -> int:
+    """How much far end a call's track keeps for a canceller searching up to `max_delay_ms`,
+    when the Twilio side writes up to `lead_ms` ahead of the caller's audio (its playback lead)."""
+    return _SEARCH_WINDOW_MS + max_delay_ms + 2 * _SPREAD_MS + 20 + lead_ms + _LATE_ARRIVAL_MS
+
+
 class FarEndTrack:
     """The assistant's audio as the caller hears it, on the inbound stream's clock.
 
@@ -216,8 +224,9 @@ class FarEndTrack:
 
     __slots__ = ("_active_until", "_history")
 
-    def __init__(self) -> None:
-        self._history = _History(_TRACK_KEEP_MS * _RATE // 1000)
+    def __init__(self, keep_ms: int | None = None) -> None:
+        keep = track_keep_ms() if keep_ms is None else keep_ms
+        self._history = _History(keep * _RATE // 1000)
         self._active_until = -(10**9)  # sample position after the last audible far-end frame
 
     def write(self, at_ms: float, ulaw: bytes) -> None:

@@ -430,13 +430,15 @@ class EnergyVad:
                 self._speech_ms = 0  # it was noise
                 self._onset_due = False
                 return sum(warmup) / len(warmup)
-            # Not steady: someone or something talked. Its quietest frame is the most the line's
-            # noise can be; an onset seen meanwhile stands only if it was well clear of that.
-            if max(warmup) - min(warmup) < self._params.threshold_db + FIRST_EXTRA_DB:
+            # Not steady: someone or something talked. Its quietest frame (or the room's background
+            # tracker, if lower: a caller may have talked through every frame) is the most the
+            # line's noise can be; an onset seen meanwhile stands only if it was well clear of that.
+            quietest = min(min(warmup), self._background)
+            if max(warmup) - quietest < self._params.threshold_db + FIRST_EXTRA_DB:
                 self._onset_due = False
                 # Nor does the evidence gathered meanwhile, but in part: two more frames of speech.
                 self._speech_ms = min(self._speech_ms, max(0, self._params.min_speech_ms - 2 * self._frame_ms))
-            return min(min(warmup), self._background)
+            return quietest
         if gap < 0.0:
             return floor + gap * self._noise_fall
         if gap < self._params.threshold_db:
