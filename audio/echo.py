@@ -105,9 +105,13 @@ _MIN_EXPLAINED = 0.05
 # that lag was active for at least _BOUND_EVIDENCE samples of the window (100 ms); the
 # bound is kept in blocks of _BOUND_BLOCK lags (5 ms).
 _BOUND_FACTOR = 2.0
+# Bounding the ratio by what of the residual correlates costs two FFTs a search; below
+# -25 dB the frame-by-frame learning has it in hand.
+_BOUND_LEFT_ABOVE = 10.0 ** (-25.0 / 10.0)
 # The filter is solved again over the window of this many searches after it was placed.
 _RESOLVE_SEARCHES = 4
-# Only frames above -50 dBFS are worth the lag-by-lag check (the VAD ignores anything under -45).
+# Only frames above -50 dBFS are worth the lag-by-lag or the slipped-echo check (the VAD
+# ignores anything under -45 dBFS).
 _MIN_ACTIVE_NEAR = _FULL_SCALE_POWER * 1e-5
 _BOUND_EVIDENCE = 800
 _BOUND_BLOCK = 40
@@ -373,7 +377,8 @@ class EchoCanceller:
             elif inst <= ratio * _ECHO_ALONE_FACTOR:
                 ratio += (inst - ratio) * _RATIO_UP
             self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, ratio))
-        if delay is not None and residual_power > _MARGIN_POWER * echo_power and far_power > _ACTIVE_POWER * frame:
+        if (delay is not None and residual_power > _MARGIN_POWER * echo_power and far_power > _ACTIVE_POWER * frame
+                and residual_power > _MIN_ACTIVE_NEAR * frame):
             # Loud enough to count as the caller: unless it is the echo slipped off the filter
             # (real-time audio plays a few ms early or late after each gap, and the filter
             # takes a while to follow), which still correlates with the far end near the delay.
@@ -432,12 +437,12 @@ class EchoCanceller:
         near = self._near.read(now - window, window)
         far_spec = np.fft.rfft(far, n)
         spec = np.conj(np.fft.rfft(near, n)) * far_spec
-        if self.delay is not None:
-            self._bound_left(self._left.read(now - window, window), far, far_spec, self.delay)
-        else:
+        if self.delay is None:
             self._update_bound(near, far, spec)
             if active < _SEARCH_MIN_ACTIVE_MS * _RATE // 1000:
                 return
+        elif self._ratio > _BOUND_LEFT_ABOVE:
+            self._bound_left(self._left.read(now - window, window), far, far_spec, self.delay)
         spec *= self._band / (np.abs(spec) + 1e-9)
         corr = np.fft.irfft(spec, n)[: lags + 1]
         self._searches += 1
