@@ -145,9 +145,9 @@ STRONG_MARGIN_DB = 11.0
 # A frame under the echo floor may be the caller talking over the assistant: it lifts the
 # tracker at a third of the rate, so a caller not yet heard does not become the background.
 MASKED_UP_DB = 0.1
-# The first 1.5 s of a call: the background tracker has not heard the room yet (a TV at the
-# call's start is as new as a caller), so a frame must be FIRST_EXTRA_DB further over the
-# noise floor to count (bench.bargein: TV syllables in a call's first second were most of
+# The first 1.5 s of a call, if its first 200 ms were not steady noise: the background
+# tracker has not heard the room yet (a TV at the call's start is as new as a caller), so a
+# frame must be FIRST_EXTRA_DB further over the noise floor to count (bench.bargein: TV syllables in a call's first second were most of
 # the false barge-ins once the echo canceller stopped hiding them).
 YOUNG_FRAMES = 75
 # The tracker starts at the quietest level that can count as a voice at all (min_level_dbfs):
@@ -429,6 +429,7 @@ class EnergyVad:
             if max(warmup) - min(warmup) <= _STEADY_DB:
                 self._speech_ms = 0  # it was noise
                 self._onset_due = False
+                self._young = 0  # and the room is that noise: nothing to learn first
                 return sum(warmup) / len(warmup)
             # Not steady: someone or something talked. Its quietest frame (or the room's background
             # tracker, if lower: a caller may have talked through every frame) is the most the
