@@ -414,10 +414,12 @@ def test_an_onset_the_warm_up_rejects_does_not_start_on_the_evidence_it_gathered
     assert run(line) == []
 
 
-def _line_with_burst(at_ms, dbfs, ms=300):
+def _line_with_burst(at_ms, dbfs, ms=300, first=True):
     total = at_ms + ms + 800
     room = pink_noise(total, RATE, dbfs=-50.0, seed=41)
     burst = np.concatenate([silence(at_ms, RATE), white_noise(ms, RATE, dbfs=dbfs, seed=42), silence(800, RATE)])
+    if first:  # something in the room in the first 200 ms: 60 ms of a distant voice
+        burst[RATE * 60 // 1000 : RATE * 120 // 1000] = white_noise(60, RATE, dbfs=-40.0, seed=43)
     return mix(room, burst)
 
 
@@ -425,6 +427,10 @@ def test_until_the_room_is_known_a_voice_must_stand_further_over_the_noise():
     # 12 dB over the line's noise: a TV across the room is that loud; a caller more.
     assert run(_line_with_burst(500, -38.0)) == []
     assert [what for _, what in run(_line_with_burst(2000, -38.0))] == [STARTED, STOPPED]
+
+
+def test_a_line_that_starts_with_steady_noise_asks_nothing_more():
+    assert [what for _, what in run(_line_with_burst(500, -38.0, first=False))] == [STARTED, STOPPED]
 
 
 def _syllables(on_ms, gap_ms, times=2, dbfs=-24.0):
