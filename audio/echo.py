@@ -478,7 +478,7 @@ class EchoCanceller:
         if current is not None and (self._candidate is None or abs(delay - self._candidate) > _DELAY_AGREE_SAMPLES):
             self._candidate = delay  # a new delay must be seen twice
             return
-        self._move_to(delay, gain, near, far)
+        self._move_to(delay, gain, near, far, far_spec)
 
     def _bound_left(self, left: NDArray[np.float32], far: NDArray[np.float32], far_spec: NDArray[np.complex128],
                     delay: int) -> None:
@@ -551,7 +551,8 @@ class EchoCanceller:
         if bound < self._ratio:
             self._ratio = bound
 
-    def _move_to(self, delay: int, gain: float, near: NDArray[np.float32], far: NDArray[np.float32]) -> None:
+    def _move_to(self, delay: int, gain: float, near: NDArray[np.float32], far: NDArray[np.float32],
+                 far_spec: NDArray[np.complex128]) -> None:
         """Place the filter at `delay`, solved by least squares over the search window.
 
         The whole filter, not only its main tap: the echo path is band-limited (no energy
@@ -566,11 +567,10 @@ class EchoCanceller:
         self._weights[:] = weights
         # What is left is measured against the far end around the delay from now on, not
         # over the whole range: start from the echo's own level (the ratio is against the
-        # loudest far-end frame, so gain^2 is about the echo's loudest frame). Not lowered by
-        # the solved filter's fit to this window: real-time audio slips by a few ms after
-        # each gap in delivery, and the next frames are not cancelled as well as the window
-        # was; the next searches bound it by what cancelling actually left.
+        # loudest far-end frame, so gain^2 is about the echo's loudest frame), lowered at
+        # once to what of the solved filter's residual still correlates with the far end.
         self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, gain * gain))
+        self._bound_left(near - (regressors @ weights).astype(np.float32), far, far_spec, delay)
 
     def _solve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> tuple[
             NDArray[np.float64], NDArray[np.float64]]:
