@@ -449,6 +449,10 @@ class EnergyVad:
     def _advance(self, is_speech: bool, voice: bool, step: int) -> VadTransition | None:
         frame_ms = self._frame_ms
         needed_ms = self._params.min_speech_ms
+        if self._first_left:
+            # A caller who was talking before the assistant could be heard back: one frame
+            # less (they are stopping an assistant that talked over them).
+            needed_ms = max(frame_ms, needed_ms - frame_ms)
         if self._warmup is not None and self._classifier is None:
             # No onset before the warm-up has decided whether this level is the line's noise;
             # one reached meanwhile is reported when it has, if the caller is still talking.
