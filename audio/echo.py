@@ -62,9 +62,12 @@ _RATE = 8000
 # A frame must be this much over the predicted echo (RESIDUAL_MARGIN_DB, as power) to count.
 _MARGIN_POWER = 10.0 ** (RESIDUAL_MARGIN_DB / 10.0)
 # How far off the filter's delay a slipped echo is looked for: the play clock of real-time
-# audio jumps by a few ms at each gap in delivery, and a delay found on voiced speech can be
-# a pitch period off (a voice's period is 2.5-12 ms; twice that with room is 25 ms).
-_SLIP_MS = 25
+# audio jumps after each gap in delivery, and a delay found on voiced speech can be a pitch
+# period off. 25 ms (two pitch periods) missed slips over sockets once the filter, solved by
+# least squares, cancelled 30-40 dB and the ratio had learnt that: the slipped echo passed
+# whole for the caller. 60 ms halved those false barge-ins; 100 ms cut a few more but let a
+# caller's voice match the assistant's by chance often enough to add 60 ms to the p95.
+_SLIP_MS = 60
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
