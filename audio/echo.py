@@ -345,7 +345,8 @@ class EchoCanceller:
             far_power = _max_frame_power(window, frame)
             echo_power = self._ratio * far_power
             near_power = float(residual.dot(residual))
-            if near_power > _MIN_ACTIVE_NEAR * frame:
+            # Only where it can change the verdict: a loud frame the coarse prediction holds back.
+            if _MIN_ACTIVE_NEAR * frame < near_power <= _MARGIN_POWER * echo_power:
                 echo_power = min(echo_power, self._bounded_echo(t, residual))
         else:
             start = t - delay + _PRE_TAPS - (_TAPS - 1)
