@@ -147,8 +147,9 @@ STRONG_MARGIN_DB = 11.0
 MASKED_UP_DB = 0.1
 # The first 1.5 s of a call, if its first 200 ms were not steady noise: the background
 # tracker has not heard the room yet (a TV at the call's start is as new as a caller), so a
-# frame must be FIRST_EXTRA_DB further over the noise floor to count (bench.bargein: TV syllables in a call's first second were most of
-# the false barge-ins once the echo canceller stopped hiding them).
+# frame must be FIRST_EXTRA_DB further over the noise floor to count (bench.bargein: TV
+# syllables in a call's first second were most of the false barge-ins once the echo
+# canceller stopped hiding them).
 YOUNG_FRAMES = 75
 # The tracker starts at the quietest level that can count as a voice at all (min_level_dbfs):
 # started lower, it spent the call's first seconds climbing through a TV's level while the
