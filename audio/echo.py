@@ -68,6 +68,10 @@ _MARGIN_POWER = 10.0 ** (RESIDUAL_MARGIN_DB / 10.0)
 # whole for the caller. 60 ms halved those false barge-ins; 100 ms cut a few more but let a
 # caller's voice match the assistant's by chance often enough to add 60 ms to the p95.
 _SLIP_MS = 60
+# What is left of the echo after cancelling is looked for within this of the delay (the
+# filter's own span and the play clock's jitter): a wider span only adds chance matches of
+# the caller's voice to the bound, and slips are the slipped-echo check's to find.
+_LEFT_SPAN_MS = 25
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
@@ -280,6 +284,7 @@ class EchoCanceller:
         self._max_lag = max_delay_ms * _RATE // 1000
         self._min_lag = _MIN_DELAY_MS * _RATE // 1000
         self._slip = _SLIP_MS * _RATE // 1000
+        self._left_span = _LEFT_SPAN_MS * _RATE // 1000
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
         self._left = _History(self._window + self._frame)  # what cancelling left of the caller's side
@@ -495,8 +500,8 @@ class EchoCanceller:
         """
         window, lags, n = self._window, self._max_lag, self._fft_n
         cross = np.fft.irfft(np.conj(np.fft.rfft(left, n)) * far_spec, n)
-        lo = max(0, lags - delay - self._slip)
-        hi = min(lags, lags - delay + self._slip)
+        lo = max(0, lags - delay - self._left_span)
+        hi = min(lags, lags - delay + self._left_span)
         sums = np.concatenate(([0.0], np.cumsum(np.square(far, dtype=np.float64))))
         power = sums[lo + window : hi + window + 1] - sums[lo : hi + 1]
         gain2 = cross[lo : hi + 1] ** 2 / np.maximum(power, 1.0) ** 2
