@@ -411,10 +411,7 @@ class EchoCanceller:
         """
         frame, lags, low = self._frame, self._max_lag, self._min_lag
         seg = self._far.read(t - lags, lags - low + frame)
-        energy = np.empty(len(seg) + 1, dtype=np.float64)
-        energy[0] = 0.0
-        np.cumsum(seg * seg, out=energy[1:])
-        per_lag = energy[frame:] - energy[: len(energy) - frame]  # [j]: the far end at delay lags - j
+        per_lag = _sliding_energy(seg, frame)  # [j]: the far end at delay lags - j
         coef = self._bound[low : lags + 1][::-1]
         known = np.isfinite(coef)
         echo = float((per_lag[known] * coef[known]).max()) if known.any() else 0.0
@@ -431,9 +428,7 @@ class EchoCanceller:
         frame, slip = self._frame, self._slip
         seg = self._far.read(t - delay - slip, frame + 2 * slip)
         cross = np.correlate(seg, residual, "valid")  # cross[k]: residual against seg[k : k + frame]
-        energy = np.cumsum(seg * seg, dtype=np.float64)
-        window = energy[frame - 1 :] - np.concatenate(([0.0], energy[: len(seg) - frame]))
-        explained = cross * cross / np.maximum(window, 1.0)
+        explained = cross * cross / np.maximum(_sliding_energy(seg, frame), 1.0)
         return float(explained.max())
 
     def _search(self, now: int) -> None:
@@ -502,8 +497,7 @@ class EchoCanceller:
         cross = np.fft.irfft(np.conj(np.fft.rfft(left, n)) * far_spec, n)
         lo = max(0, lags - delay - self._left_span)
         hi = min(lags, lags - delay + self._left_span)
-        sums = np.concatenate(([0.0], np.cumsum(np.square(far, dtype=np.float64))))
-        power = sums[lo + window : hi + window + 1] - sums[lo : hi + 1]
+        power = _sliding_energy(far, window)[lo : hi + 1]
         gain2 = cross[lo : hi + 1] ** 2 / np.maximum(power, 1.0) ** 2
         bound = max(_MIN_RATIO, _ECHO_ALONE_FACTOR * float(gain2.max()))
         if bound < self._ratio:
@@ -518,12 +512,8 @@ class EchoCanceller:
         """
         window, lags, n = self._window, self._max_lag, self._fft_n
         cross = np.fft.irfft(spec, n)[: lags + 1]  # [i]: near against far[i : i + window]
-        sums = np.empty(len(far) + 1, dtype=np.float64)
-        sums[0] = 0.0
-        np.cumsum(np.square(far, dtype=np.float64), out=sums[1:])
-        power = sums[window:] - sums[: lags + 1]
-        counts = np.concatenate(([0], np.cumsum(np.abs(far) > 32.0)))
-        active = counts[window:] - counts[: lags + 1]
+        power = _sliding_energy(far, window)  # [i]: far[i : i + window], as cross
+        active = _sliding_sums(np.abs(far) > 32.0, window)
         coef = np.where(active >= _BOUND_EVIDENCE, _BOUND_FACTOR * cross * cross / np.maximum(power, 1.0) ** 2, np.inf)
         # The play clock wanders by a few ms: each lag answers for its neighbours within _SPREAD_MS.
         block = _BOUND_BLOCK
@@ -605,6 +595,18 @@ class EchoCanceller:
         current = near64 - regressors @ self._weights.astype(np.float64)
         if float(solved.dot(solved)) < float(current.dot(current)):
             self._weights[:] = weights
+
+
+def _sliding_sums(values: NDArray[np.generic], width: int) -> NDArray[np.float64]:
+    """The sum of every `width`-long run of `values`: [k] is that of values[k : k + width]."""
+    sums = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+    runs: NDArray[np.float64] = sums[width:] - sums[: len(sums) - width]
+    return runs
+
+
+def _sliding_energy(samples: NDArray[np.floating], width: int) -> NDArray[np.float64]:
+    """The energy of every `width`-long run of `samples`."""
+    return _sliding_sums(np.square(samples, dtype=np.float64), width)
 
 
 def _max_frame_power(samples: NDArray[np.float32], frame: int) -> float:
