@@ -72,6 +72,17 @@ _SLIP_MS = 60
 # filter's own span and the play clock's jitter): a wider span only adds chance matches of
 # the caller's voice to the bound, and slips are the slipped-echo check's to find.
 _LEFT_SPAN_MS = 25
+# Real-time audio plays a few ms early or late after each gap in delivery, on the bridge's
+# clock and on the phone's, so the echo path's delay steps by a few ms at a time; even a
+# quarter of a millisecond undoes the cancelling at 2 kHz. A frame cancelled worse than
+# the ratio predicts by _REALIGN_OVER (3 dB) is tried with the filter's echo up to
+# _JITTER_MS early or late, and a move that cancels _REALIGN_GAIN (1 dB) better is taken.
+_JITTER_MS = 20
+_REALIGN_OVER = 2.0
+_REALIGN_GAIN = 10.0 ** (1.0 / 10.0)
+_STEP_MS = 2
+_REFIT_MS = 100
+_REFIT_LEFT = 0.2
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
@@ -285,6 +296,9 @@ class EchoCanceller:
         self._min_lag = _MIN_DELAY_MS * _RATE // 1000
         self._slip = _SLIP_MS * _RATE // 1000
         self._left_span = _LEFT_SPAN_MS * _RATE // 1000
+        self._jitter = _JITTER_MS * _RATE // 1000
+        self._step = _STEP_MS * _RATE // 1000
+        self._refit_len = _REFIT_MS * _RATE // 1000
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
         self._left = _History(self._window + self._frame)  # what cancelling left of the caller's side
@@ -353,6 +367,7 @@ class EchoCanceller:
             # Only where it can change the verdict: a loud frame the coarse prediction holds back.
             if _MIN_ACTIVE_NEAR * frame < near_power <= _MARGIN_POWER * echo_power:
                 echo_power = min(echo_power, self._bounded_echo(t, residual))
+            residual_power = placed_power = near_power
         else:
             start = t - delay + _PRE_TAPS - (_TAPS - 1)
             seg = far.read(start, frame + _TAPS - 1)
@@ -362,22 +377,40 @@ class EchoCanceller:
             around = far.read(t - delay - self._spread, frame + 2 * self._spread)
             far_power = _max_frame_power(around, frame)
             echo_power = self._ratio * far_power
+            residual_power = placed_power = float(residual.dot(residual))
             seg_power = float(seg.dot(seg))
+            echo_alone = not caller_speaking and near_power <= _ECHO_ALONE_FACTOR * max(far_power, 1.0)
             # Adapt on echo alone: neither the caller (VAD) nor a frame far above the echo predicted.
-            if (not caller_speaking and seg_power > _ACTIVE_POWER * frame
-                    and near_power <= _ECHO_ALONE_FACTOR * max(far_power, 1.0)):
+            if echo_alone and seg_power > _ACTIVE_POWER * frame:
                 err = residual
                 step = _NLMS_STEP / (seg_power * _STEP_SPREAD / len(seg) * frame + 1.0)
                 self._weights += step * np.correlate(seg, err, "valid")[::-1]
-        residual_power = float(residual.dot(residual))
+            if (residual_power > _REALIGN_OVER * echo_power and residual_power > _MIN_ACTIVE_NEAR * frame
+                    and far_power > _ACTIVE_POWER * frame):
+                # Cancelling left more than it should: the play clocks may have stepped.
+                residual_power, shift = self._realign(residual, residual_power, t, delay)
+                if shift and abs(shift) <= self._step and echo_alone:
+                    # Echo alone, better cancelled a little early or late: the path moved,
+                    # and the filter follows it whole (tap by tap it takes seconds).
+                    self.delay = min(self._max_lag, max(self._min_lag, delay + shift))
+                if (residual_power > _MARGIN_POWER * echo_power and not caller_speaking
+                        and self._refit(t, delay)):
+                    # It would pass for the caller, but the last 100 ms are the far end's
+                    # echo through a path the filter had not learnt (a step in the play
+                    # clock while the filter was being solved): cancel with the new one.
+                    residual[:] = self._near.read(t, frame)
+                    residual -= np.convolve(seg, self._weights, "valid")
+                    residual_power = float(residual.dot(residual))
         if delay is not None and residual_power > 2.0 * near_power + self._frame:
             # The filter adds more than it removes (the path changed under it): start it afresh.
             self._weights[:] = 0.0
             residual[:] = near
-            residual_power = near_power
+            residual_power = placed_power = near_power
         settled = delay is not None or self._far_frames * frame > self._max_lag + self._spread
         if far_power > _ACTIVE_POWER * frame and not caller_speaking and settled:
-            inst = residual_power / far_power
+            # What the filter as placed leaves: a frame rescued by moving its echo says
+            # nothing good about the filter.
+            inst = placed_power / far_power
             ratio = self._ratio
             if inst * 10.0 < ratio:
                 ratio += (inst - ratio) * _RATIO_DROP
@@ -388,9 +421,9 @@ class EchoCanceller:
             self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, ratio))
         if (delay is not None and residual_power > _MARGIN_POWER * echo_power and far_power > _ACTIVE_POWER * frame
                 and residual_power > _MIN_ACTIVE_NEAR * frame):
-            # Loud enough to count as the caller: unless it is the echo slipped off the filter
-            # (real-time audio plays a few ms early or late after each gap, and the filter
-            # takes a while to follow), which still correlates with the far end near the delay.
+            # Loud enough to count as the caller, even with the filter's echo moved: unless
+            # the filter has lost the path, and the far end at some lag near the delay
+            # still explains the frame.
             slipped = self._slipped_echo(residual, t, delay)
             if slipped >= _SLIPPED_SHARE * residual_power:
                 echo_power = max(echo_power, slipped)
@@ -422,6 +455,43 @@ class EchoCanceller:
             explained = cross * cross / np.maximum(per_lag[first : last + 1], 1.0)
             echo = max(echo, float(explained.max()))
         return echo
+
+    def _realign(self, residual: NDArray[np.float32], residual_power: float, t: int, delay: int) -> tuple[float, int]:
+        """Cancel with the filter's echo moved up to _JITTER_MS early or late, where that leaves less.
+
+        The echo's shape (the filter) is kept and only its timing moves, at unit gain: a
+        caller's voice can match a shifted copy of the assistant's only by chance, and
+        without a free gain that removes little of it. Returns the residual's power and
+        the move (samples added to the delay; 0 if none helped by _REALIGN_GAIN).
+        """
+        frame, jitter = self._frame, self._jitter
+        near = self._near.read(t, frame)
+        seg = self._far.read(t - delay + _PRE_TAPS - (_TAPS - 1) - jitter, frame + _TAPS - 1 + 2 * jitter)
+        echo = np.convolve(seg, self._weights, "valid")  # [k : k + frame]: the echo `jitter - k` late
+        # |near - echo_k|^2 = |near|^2 - 2 near.echo_k + |echo_k|^2, for every shift k at once
+        left = _sliding_energy(echo, frame) - 2.0 * np.correlate(echo, near, "valid")
+        best = int(left.argmin())
+        power = float(near.dot(near)) + float(left[best])
+        if power * _REALIGN_GAIN >= residual_power:
+            return residual_power, 0
+        np.subtract(near, echo[best : best + frame], out=residual)
+        return power, jitter - best
+
+    def _refit(self, t: int, delay: int) -> bool:
+        """Solve the filter over the last _REFIT_MS; take it if it explains all but _REFIT_LEFT of them.
+
+        A caller's voice does not correlate with the far end, so a filter that leaves so
+        little of a loud stretch means there was no caller in it.
+        """
+        length, now = self._refit_len, t + self._frame
+        near = self._near.read(now - length, length)
+        far = self._far.read(now - length - self._max_lag, length + self._max_lag)
+        weights, regressors = self._solve(delay, near, far)
+        left = near - regressors @ weights
+        if float(left.dot(left)) > _REFIT_LEFT * float(near.dot(near)):
+            return False
+        self._weights[:] = weights
+        return True
 
     def _slipped_echo(self, residual: NDArray[np.float32], t: int, delay: int) -> float:
         """Energy of the part of `residual` that is the far end at some lag within _SLIP_MS of the delay."""
@@ -573,8 +643,11 @@ class EchoCanceller:
 
     def _solve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> tuple[
             NDArray[np.float64], NDArray[np.float64]]:
-        """The filter at `delay` that best explains the search window (least squares), and its regressors."""
-        window, lags = self._window, self._max_lag
+        """The filter at `delay` that best explains `near` (least squares), and its regressors.
+
+        `far` is the far end from the whole delay range before `near` to its end.
+        """
+        window, lags = len(near), self._max_lag
         # regressors[m, k] = far(now - window + m - delay + _PRE_TAPS - k), as the filter reads it.
         start = lags - delay + _PRE_TAPS - (_TAPS - 1)
         padded = np.zeros(window + _TAPS - 1, dtype=np.float64)

@@ -8,6 +8,7 @@ import pytest
 from audio.echo import RESIDUAL_MARGIN_DB, EchoCanceller, FarEndTrack
 from audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
 from audio.signals import level_dbfs, pink_noise, speech_like, white_noise
+from audio.vad import EnergyVad, VadParams, VadTransition
 
 FRAME = 160
 
@@ -234,3 +235,32 @@ def test_a_caller_talking_from_the_first_word_does_not_keep_the_filter_from_canc
     assert found_at is not None and found_at < 30  # within 0.6 s
     echo_during = echo[(found_at + 15) * FRAME : (found_at + 40) * FRAME]
     assert level_dbfs(echo_during) - level_dbfs(np.concatenate(left)) >= 8  # one tap: under 7
+
+
+def jittered_echo_of(far: np.ndarray, delay_ms: int, gain_db: float, seed: int) -> np.ndarray:
+    """The echo of `far` through a path whose delay steps by up to 3 ms either way every
+    0.3-0.8 s, as real-time audio does when both play clocks restart after a gap."""
+    rng = np.random.default_rng(seed)
+    echo, out, at, delay = band(far) * 10 ** (gain_db / 20), np.zeros(len(far)), 0, delay_ms * 8
+    while at < len(far):
+        until = min(len(far), at + int(rng.integers(2400, 6400)))
+        source = np.arange(at, until) - delay
+        out[at:until] = np.where(source >= 0, echo[np.maximum(source, 0)], 0.0)
+        at, delay = until, delay + int(rng.integers(-24, 25))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_echo_whose_delay_steps_a_few_ms_is_never_taken_for_the_caller(seed):
+    # A step of a quarter of a millisecond already undoes the cancelling at 2 kHz; within
+    # the second the search takes to follow, the echo must not pass for the caller.
+    far = voice(8000, -20.0, seed=20 + seed)
+    near = jittered_echo_of(far, 200, -10.0, seed) + pink_noise(8000, 8000, dbfs=-50.0, seed=30 + seed)
+    track = FarEndTrack()
+    canceller = EchoCanceller(track)
+    vad = EnergyVad(VadParams())
+    onsets = [
+        i for i, est in run(far, near, canceller, track, speaking=lambda i: vad.speaking)
+        if vad.process(est.residual, echo_dbfs=est.floor_dbfs) is VadTransition.STARTED
+    ]
+    assert onsets == []
