@@ -96,7 +96,8 @@ class VadActor(CallActor):
         pcm = np.frombuffer(message.pcm8k, dtype=np.int16)
         canceller, vad = self._canceller, self._vad
         if canceller is not None:
-            estimate = canceller.process(pcm, message.stream_ms, caller_speaking=vad.speaking)
+            estimate = canceller.process(pcm, message.stream_ms, caller_speaking=vad.speaking,
+                                        speech_from_dbfs=vad.speech_from_dbfs)
             transition = vad.process(estimate.residual, echo_dbfs=estimate.floor_dbfs)
             if canceller.delay != self._echo_delay:
                 self._echo_delay = canceller.delay

@@ -83,6 +83,7 @@ _REALIGN_GAIN = 10.0 ** (1.0 / 10.0)
 _STEP_MS = 2
 _REFIT_MS = 100
 _REFIT_LEFT = 0.2
+_REFIT_EVERY_FRAMES = 2
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
 _SLIPPED_SHARE = 0.5
@@ -299,6 +300,13 @@ class EchoCanceller:
         self._jitter = _JITTER_MS * _RATE // 1000
         self._step = _STEP_MS * _RATE // 1000
         self._refit_len = _REFIT_MS * _RATE // 1000
+        # Where each entry of a filter solve's Gram matrix is read from (see _solve).
+        taps = np.arange(_TAPS)
+        later = np.maximum.outer(taps, taps)
+        lag = later - np.minimum.outer(taps, taps)
+        self._gram_lag = lag.ravel()
+        self._gram_edge = (lag * _TAPS + _TAPS - 1 - later).ravel()
+        self._edge_ahead = np.add.outer(taps, taps[:-1])  # [d, n]: n + d
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
         self._left = _History(self._window + self._frame)  # what cancelling left of the caller's side
@@ -320,6 +328,7 @@ class EchoCanceller:
         self._confirmed = 0  # searches in a row that found the current delay again
         self._searches = 0
         self._misses = 0  # searches in a row that found no echo path
+        self._next_refit = 0  # frame count from which the filter may be re-solved again
         # Per lag: the most echo the searches' evidence allows (inf: nothing known yet).
         self._bound = np.full(self._max_lag + 1, np.inf, dtype=np.float32)
 
@@ -332,8 +341,13 @@ class EchoCanceller:
         """Echo left after cancelling, relative to the loudest far end around the delay."""
         return 10.0 * math.log10(self._ratio)
 
-    def process(self, near: NDArray[np.int16], t_ms: int, *, caller_speaking: bool = False) -> EchoEstimate:
-        """Take one caller frame starting at stream time `t_ms`; return the residual and its echo."""
+    def process(self, near: NDArray[np.int16], t_ms: int, *, caller_speaking: bool = False,
+                speech_from_dbfs: float | None = None) -> EchoEstimate:
+        """Take one caller frame starting at stream time `t_ms`; return the residual and its echo.
+
+        `speech_from_dbfs`: the VAD counts nothing quieter as speech now (its noise floor
+        and background), so a residual under it is not worth a closer look.
+        """
         frame = self._frame
         t = t_ms * _RATE // 1000
         out = self._out
@@ -347,6 +361,9 @@ class EchoCanceller:
             self._far_frames = 0
             return out
         self._far_frames += 1
+        audible = _MIN_ACTIVE_NEAR * frame
+        if speech_from_dbfs is not None:
+            audible = max(audible, 10.0 ** ((speech_from_dbfs + self._db_offset) / 10.0))
         if self.delay is None:
             misses = self._misses
             every = (_SEARCH_EVERY_FRAMES if misses < _QUIET_AFTER
@@ -365,7 +382,7 @@ class EchoCanceller:
             echo_power = self._ratio * far_power
             near_power = float(residual.dot(residual))
             # Only where it can change the verdict: a loud frame the coarse prediction holds back.
-            if _MIN_ACTIVE_NEAR * frame < near_power <= _MARGIN_POWER * echo_power:
+            if audible < near_power <= _MARGIN_POWER * echo_power:
                 echo_power = min(echo_power, self._bounded_echo(t, residual))
             residual_power = placed_power = near_power
         else:
@@ -373,7 +390,8 @@ class EchoCanceller:
             seg = far.read(start, frame + _TAPS - 1)
             # estimate[n] = sum_k w[k] * far(t + n - delay + PRE - k)
             near_power = float(residual.dot(residual))
-            residual -= np.convolve(seg, self._weights, "valid")
+            estimate = np.convolve(seg, self._weights, "valid")
+            residual -= estimate
             around = far.read(t - delay - self._spread, frame + 2 * self._spread)
             far_power = _max_frame_power(around, frame)
             echo_power = self._ratio * far_power
@@ -385,8 +403,11 @@ class EchoCanceller:
                 err = residual
                 step = _NLMS_STEP / (seg_power * _STEP_SPREAD / len(seg) * frame + 1.0)
                 self._weights += step * np.correlate(seg, err, "valid")[::-1]
-            if (residual_power > _REALIGN_OVER * echo_power and residual_power > _MIN_ACTIVE_NEAR * frame
-                    and far_power > _ACTIVE_POWER * frame):
+            # Only a frame the filter's echo is a fair part of (no more than 6 dB under it) can
+            # be its echo slipped or reshaped; a caller or a TV well over it is not worth this.
+            if (residual_power > _REALIGN_OVER * echo_power and residual_power > audible
+                    and far_power > _ACTIVE_POWER * frame
+                    and _ECHO_ALONE_FACTOR * float(estimate.dot(estimate)) >= near_power):
                 # Cancelling left more than it should: the play clocks may have stepped.
                 residual_power, shift = self._realign(residual, residual_power, t, delay)
                 if shift and abs(shift) <= self._step and echo_alone:
@@ -394,7 +415,7 @@ class EchoCanceller:
                     # and the filter follows it whole (tap by tap it takes seconds).
                     self.delay = min(self._max_lag, max(self._min_lag, delay + shift))
                 if (residual_power > _MARGIN_POWER * echo_power and not caller_speaking
-                        and self._refit(t, delay)):
+                        and self._frames >= self._next_refit and self._refit(t, delay)):
                     # It would pass for the caller, but the last 100 ms are the far end's
                     # echo through a path the filter had not learnt (a step in the play
                     # clock while the filter was being solved): cancel with the new one.
@@ -420,7 +441,7 @@ class EchoCanceller:
                 ratio += (inst - ratio) * _RATIO_UP
             self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, ratio))
         if (delay is not None and residual_power > _MARGIN_POWER * echo_power and far_power > _ACTIVE_POWER * frame
-                and residual_power > _MIN_ACTIVE_NEAR * frame):
+                and residual_power > audible):
             # Loud enough to count as the caller, even with the filter's echo moved: unless
             # the filter has lost the path, and the far end at some lag near the delay
             # still explains the frame.
@@ -484,10 +505,11 @@ class EchoCanceller:
         little of a loud stretch means there was no caller in it.
         """
         length, now = self._refit_len, t + self._frame
+        self._next_refit = self._frames + _REFIT_EVERY_FRAMES
         near = self._near.read(now - length, length)
         far = self._far.read(now - length - self._max_lag, length + self._max_lag)
-        weights, regressors = self._solve(delay, near, far)
-        left = near - regressors @ weights
+        weights, reference = self._solve(delay, near, far)
+        left = near - np.convolve(reference, weights, "valid")
         if float(left.dot(left)) > _REFIT_LEFT * float(near.dot(near)):
             return False
         self._weights[:] = weights
@@ -632,40 +654,53 @@ class EchoCanceller:
         """
         self.delay = delay
         self._candidate = None
-        weights, regressors = self._solve(delay, near, far)
+        weights, reference = self._solve(delay, near, far)
         self._weights[:] = weights
         # What is left is measured against the far end around the delay from now on, not
         # over the whole range: start from the echo's own level (the ratio is against the
         # loudest far-end frame, so gain^2 is about the echo's loudest frame), lowered at
         # once to what of the solved filter's residual still correlates with the far end.
         self._ratio = min(_MAX_RATIO, max(_MIN_RATIO, gain * gain))
-        self._bound_left(near - (regressors @ weights).astype(np.float32), far, far_spec, delay)
+        self._bound_left(near - np.convolve(reference, weights, "valid").astype(np.float32), far, far_spec, delay)
 
     def _solve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> tuple[
             NDArray[np.float64], NDArray[np.float64]]:
-        """The filter at `delay` that best explains `near` (least squares), and its regressors.
+        """The filter at `delay` that best explains `near` (least squares), and the far end it reads.
 
-        `far` is the far end from the whole delay range before `near` to its end.
+        `far` is the far end from the whole delay range before `near` to its end. The
+        filter's output over `near` is np.convolve(reference, weights, "valid").
         """
-        window, lags = len(near), self._max_lag
-        # regressors[m, k] = far(now - window + m - delay + _PRE_TAPS - k), as the filter reads it.
-        start = lags - delay + _PRE_TAPS - (_TAPS - 1)
-        padded = np.zeros(window + _TAPS - 1, dtype=np.float64)
-        lo, hi = max(0, start), min(len(far), start + window + _TAPS - 1)
+        length, taps = len(near), _TAPS
+        # reference[m + TAPS - 1 - k] is what tap k multiplies at sample m of `near`.
+        start = self._max_lag - delay + _PRE_TAPS - (taps - 1)
+        reference = np.zeros(length + 2 * taps - 1, dtype=np.float64)  # zeros after: see below
+        lo, hi = max(0, start), min(len(far), start + length + taps - 1)
         if hi > lo:
-            padded[lo - start : hi - start] = far[lo:hi]
-        regressors = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)[:, ::-1]
-        gram = regressors.T @ regressors
-        gram[np.diag_indices(_TAPS)] += 1e-3 * float(np.trace(gram)) / _TAPS + 1.0
-        weights = np.linalg.solve(gram, regressors.T @ near.astype(np.float64)).astype(np.float64)
-        return weights, regressors
+            reference[lo - start : hi - start] = far[lo:hi]
+        # The normal equations without the length x taps regressor matrix (its product alone
+        # took most of a refit). Entry (i, j) of its Gram matrix sums reference[n] *
+        # reference[n + |i - j|] over `length` samples from n = TAPS - 1 - max(i, j): the sum
+        # from n = TAPS - 1 (one correlation), plus the products before that start, less
+        # those it drops at the end (a few thousand products, summed from the back).
+        used = reference[taps - 1 : length + taps - 1]
+        base = np.correlate(reference[taps - 1 : length + 2 * taps - 2], used, "valid")
+        ahead = self._edge_ahead
+        head, tail = reference[: taps - 1], reference[length : length + taps - 1]
+        edges = head * reference[ahead] - tail * reference[ahead + length]
+        suffix = np.zeros((taps, taps))
+        suffix[:, : taps - 1] = np.cumsum(edges[:, ::-1], axis=1)[:, ::-1]
+        gram = (np.take(base, self._gram_lag) + np.take(suffix, self._gram_edge)).reshape(taps, taps)
+        gram[np.diag_indices(taps)] += 1e-3 * float(np.trace(gram)) / taps + 1.0
+        cross = np.correlate(reference[: length + taps - 1], near.astype(np.float64), "valid")[::-1]
+        weights = np.linalg.solve(gram, cross).astype(np.float64)
+        return weights, reference[: length + taps - 1]
 
     def _resolve(self, delay: int, near: NDArray[np.float32], far: NDArray[np.float32]) -> None:
         """Solve the filter again over the latest window; keep whichever leaves less of it."""
-        weights, regressors = self._solve(delay, near, far)
+        weights, reference = self._solve(delay, near, far)
         near64 = near.astype(np.float64)
-        solved = near64 - regressors @ weights
-        current = near64 - regressors @ self._weights.astype(np.float64)
+        solved = near64 - np.convolve(reference, weights, "valid")
+        current = near64 - np.convolve(reference, self._weights.astype(np.float64), "valid")
         if float(solved.dot(solved)) < float(current.dot(current)):
             self._weights[:] = weights
 

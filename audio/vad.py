@@ -325,6 +325,15 @@ class EnergyVad:
         self._classifier_left = 0
 
     @property
+    def speech_from_dbfs(self) -> float:
+        """No frame quieter than this can count as speech now, whatever the echo."""
+        least = max(self._params.min_level_dbfs, self._background + BACKGROUND_MARGIN_DB)
+        if self._classifier is not None:
+            return least
+        floor = NOISE_FLOOR_START_DBFS if self._floor is None else self._floor
+        return max(least, floor + self._params.threshold_db)
+
+    @property
     def noise_floor_dbfs(self) -> float:
         """Current noise floor estimate (NOISE_FLOOR_MIN_DBFS before the first frame)."""
         return NOISE_FLOOR_MIN_DBFS if self._floor is None else self._floor

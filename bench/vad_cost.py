@@ -128,7 +128,8 @@ def run(engine: str, near: NDArray[np.int16], far: NDArray[np.int16] | None) -> 
             track.write(i * FRAME_MS, far_ulaw[i * FRAME : (i + 1) * FRAME])
         if cancel:
             t0 = time.perf_counter()
-            estimate = canceller.process(frame, i * FRAME_MS, caller_speaking=vad.speaking)
+            estimate = canceller.process(frame, i * FRAME_MS, caller_speaking=vad.speaking,
+                                        speech_from_dbfs=vad.speech_from_dbfs)
             t1 = time.perf_counter()
             transition = vad.process(estimate.residual, echo_dbfs=estimate.floor_dbfs)
             t2 = time.perf_counter()
@@ -178,13 +179,26 @@ def stage_costs(far: NDArray[np.int16], near: NDArray[np.int16], quiet: NDArray[
             track.write(i * FRAME_MS, f)
 
     def canceller(with_far: bool, source: list[NDArray[np.int16]] = near_frames) -> Callable[[], None]:
+        # What the VAD tells the canceller each frame (whether the caller is talking, and the
+        # least level it could count as speech), from one untimed pass of the whole path.
+        track, vad = FarEndTrack(), EnergyVad(VadParams())
+        ec = EchoCanceller(track)
+        told: list[tuple[bool, float]] = []
+        for i, f in enumerate(source):
+            if with_far:
+                track.write(i * FRAME_MS, far_frames[i])
+            told.append((vad.speaking, vad.speech_from_dbfs))
+            estimate = ec.process(f, i * FRAME_MS, caller_speaking=told[-1][0], speech_from_dbfs=told[-1][1])
+            vad.process(estimate.residual, echo_dbfs=estimate.floor_dbfs)
+
         def body() -> None:
             track = FarEndTrack()
             ec = EchoCanceller(track)
             for i, f in enumerate(source):
                 if with_far:
                     track.write(i * FRAME_MS, far_frames[i])
-                ec.process(f, i * FRAME_MS)
+                speaking, speech_from = told[i]
+                ec.process(f, i * FRAME_MS, caller_speaking=speaking, speech_from_dbfs=speech_from)
         return body
 
     def vad(engine: str, source: list[NDArray[np.int16]]) -> Callable[[], None]:

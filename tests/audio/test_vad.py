@@ -443,3 +443,22 @@ def _syllables(on_ms, gap_ms, times=2, dbfs=-24.0):
 def test_short_words_with_short_gaps_add_up_to_an_onset_and_clicks_do_not():
     assert STARTED in [what for _, what in run(_syllables(80, 100))]  # two 80 ms words
     assert run(_syllables(40, 100)) == []  # two clicks
+
+
+@pytest.mark.parametrize("under_db", [1.0, 3.0])
+def test_speech_quieter_than_speech_from_dbfs_never_starts_and_louder_does(under_db):
+    # The echo canceller skips its costlier checks on frames under this level, so it must
+    # be a true bound: speech whose loudest frame is just under it is never speech, and
+    # the same speech 6 dB over it is.
+    def warmed():
+        vad = EnergyVad(PARAMS)
+        run(pink_noise(2000, RATE, dbfs=-50.0, seed=3), vad=vad)
+        return vad
+
+    bound = warmed().speech_from_dbfs
+    voice = speech_like(1500, RATE, dbfs=0.0, seed=4).astype(np.float64)
+    peak = max(frame_levels(voice.astype(np.int16)))
+    under = np.round(voice * 10 ** ((bound - under_db - peak) / 20)).astype(np.int16)
+    assert STARTED not in [t for _, t in run(under, vad=warmed())]
+    over = np.round(voice * 10 ** ((bound + 6.0 - peak) / 20)).astype(np.int16)
+    assert STARTED in [t for _, t in run(over, vad=warmed())]
