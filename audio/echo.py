@@ -80,7 +80,12 @@ _LEFT_SPAN_MS = 25
 _JITTER_MS = 20
 _REALIGN_OVER = 2.0
 _REALIGN_GAIN = 10.0 ** (1.0 / 10.0)
+# On a frame of echo alone, a move of up to this is taken for good (the filter follows it).
 _STEP_MS = 2
+# A frame that would still pass for the caller has the filter solved again over the last
+# _REFIT_MS, and the new one is kept if it leaves less than _REFIT_LEFT of them: a caller's
+# voice does not correlate with the far end, so it cannot be cancelled that well. Tried at
+# most every _REFIT_EVERY_FRAMES frames (~100 µs each); every fourth let a few more through.
 _REFIT_MS = 100
 _REFIT_LEFT = 0.2
 _REFIT_EVERY_FRAMES = 2
