@@ -103,8 +103,9 @@ def synthesize(text: str, voice: str, *, rate_hz: int = RATE_HZ, telephone: bool
         effects += ["reverb", "40", "50", "60"]
     if telephone:
         effects += ["sinc", f"{BAND_HZ[0]:g}-{BAND_HZ[1]:g}"]
+    # -D: no dither, so the same text makes the same samples in every run.
     raw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-", *effects],
+        ["sox", "-D", "-t", "wav", "-", "-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-", *effects],
         input=speech, check=True, capture_output=True, timeout=_SYNTH_TIMEOUT_S,
     ).stdout
     return _trim(np.frombuffer(raw, dtype="<i2").astype(np.float64), rate_hz)

@@ -68,8 +68,9 @@ def synthesize(text: str, voice: str, speed: int = 165) -> NDArray[np.int16]:
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True
     ).stdout
+    # -D: no dither, so the same text makes the same samples in every run.
     raw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c", "1", "-"],
+        ["sox", "-D", "-t", "wav", "-", "-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c", "1", "-"],
         input=wav, check=True, capture_output=True,
     ).stdout
     pcm = np.frombuffer(raw, dtype=np.int16)

@@ -28,8 +28,9 @@ def _synthesize(text: str, voice: str, rate_hz: int) -> bytes:
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", "165", "--stdout", text], check=True, capture_output=True, timeout=30
     ).stdout
+    # -D: no dither, so a test hears the same samples in every run.
     return subprocess.run(
-        ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(rate_hz), "-e", "signed", "-b", "16", "-c", "1", "-"],
+        ["sox", "-D", "-t", "wav", "-", "-t", "raw", "-r", str(rate_hz), "-e", "signed", "-b", "16", "-c", "1", "-"],
         input=wav, check=True, capture_output=True, timeout=30,
     ).stdout
 

@@ -1,0 +1,301 @@
+"""Barge-in offline: the echo canceller and the VAD on synthesised speech, no sockets, in seconds.
+
+bench.bargein measures over real sockets through a real server, where a loaded machine's
+clocks add their own jitter and no two runs are alike. This bench feeds the same pure code
+(audio/echo.py, audio/vad.py) frame by frame as the VAD actor does, on a timeline it
+controls, so a change to either can be judged in a minute, the same way every run:
+
+- **steps**: a silent caller while the assistant talks; its echo (-10 dB, telephone band,
+  200 ms) comes back through a path whose delay steps every 0.2-1 s, as real-time delivery
+  makes it (both play clocks start again after each late frame): false onsets.
+- **over**: a caller at -30 or -35 dBFS starts 1.5-3 s into the assistant's turn, its echo
+  steady or stepping: onset latency from the caller's first sample (p50 / p95), missed.
+- **first**: a caller at -30 dBFS talking from the assistant's first audio, echo none or
+  -10 dB at 40-300 ms: onset latency from that first audio (p50 / p95 / worst), over 400 ms.
+
+    python -m bench.bargein_offline [--ref [LABEL=]COMMIT ...] [--trials N]
+
+`--ref` runs the same trials on another commit's audio code (a temporary git worktree),
+side by side. Needs espeak-ng and sox (the speech is made at run time, as bench.bargein's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FRAME = 160  # 20 ms at 8 kHz
+FRAME_MS = 20
+LEAD_MS = 200  # the Twilio actor writes the far end this far ahead of the caller's frames
+ASSISTANT_DBFS = -20.0
+ECHO_DB = -10.0
+STEPS_MS = ((-1, 1), (-2, 3), (-3, 5))  # how far each step of the echo path may go
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the worker: runs in a subprocess against one tree's audio code -------------------------
+
+class _Sides:
+    """One tree's audio code, imported from the tree the worker was started for."""
+
+    def __init__(self) -> None:
+        from audio import echo, mulaw, vad  # the tree's, by sys.path (see _worker)
+
+        self.echo, self.vad, self.mulaw = echo, vad, mulaw
+        self.tells_speech_from = "speech_from_dbfs" in inspect.signature(echo.EchoCanceller.process).parameters
+
+    def telephone(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Through mu-law, as every frame on the line is."""
+        pcm = np.clip(np.round(x), -32768, 32767).astype(np.int16)
+        return self.mulaw.ulaw_to_pcm16(self.mulaw.pcm16_to_ulaw(pcm)).astype(np.float64)
+
+
+def _band(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """300-3400 Hz, 63-tap windowed sinc (3.9 ms of delay): the handset and the network."""
+    n = np.arange(63) - 31
+    high, low = 3400 / 8000, 300 / 8000
+    taps = (2 * high * np.sinc(2 * high * n) - 2 * low * np.sinc(2 * low * n)) * np.hamming(63)
+    out: NDArray[np.float64] = np.convolve(x, taps)[: len(x)]
+    return out
+
+
+def _echo(far: NDArray[np.float64], delay_ms: int, rng: np.random.Generator | None,
+          step_ms: tuple[int, int] = (0, 0)) -> NDArray[np.float64]:
+    """The far end's echo, -10 dB, telephone band, `delay_ms` late; stepping if `rng` is given."""
+    echo = _band(far) * 10 ** (ECHO_DB / 20)
+    delays = np.full(len(far), delay_ms * 8, dtype=np.int64)
+    if rng is not None:
+        at, delay = 0, delay_ms * 8
+        while at < len(far):
+            until = min(len(far), at + int(8000 * rng.uniform(0.2, 1.0)))
+            delays[at:until] = delay
+            at = until
+            delay = int(np.clip(delay + rng.integers(step_ms[0] * 8, step_ms[1] * 8 + 1), (delay_ms - 25) * 8,
+                                (delay_ms + 25) * 8))
+    source = np.arange(len(far)) - delays
+    return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
+
+
+def _at_level(x: NDArray[np.float64], dbfs: float) -> NDArray[np.float64]:
+    """Scaled so its frames above -50 dB of its loudest (its active speech) average `dbfs`."""
+    frames = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME)
+    power = np.mean(frames**2, axis=1)
+    active = power[power > power.max() * 1e-5]
+    scaled: NDArray[np.float64] = x * (32767.0 * 10 ** (dbfs / 20) / np.sqrt(active.mean()))
+    return scaled
+
+
+def _onsets(sides: _Sides, far: NDArray[np.float64] | None, near: NDArray[np.float64]) -> list[int]:
+    """Run the canceller and the VAD over `near` as the VAD actor does; the stream ms each onset ends."""
+    track = sides.echo.FarEndTrack()
+    canceller = sides.echo.EchoCanceller(track)
+    vad = sides.vad.EnergyVad(sides.vad.VadParams())
+    started = sides.vad.VadTransition.STARTED
+    far_ulaw = b"" if far is None else sides.mulaw.pcm16_to_ulaw(np.clip(np.round(far), -32768, 32767).astype(np.int16))
+    near_pcm = sides.telephone(near).astype(np.int16)
+    written, onsets = 0, []
+    for k in range(len(near) // FRAME):
+        t = k * FRAME_MS
+        while written * FRAME < len(far_ulaw) and written * FRAME_MS < t + LEAD_MS:
+            frame = far_ulaw[written * FRAME : (written + 1) * FRAME]
+            if far is not None and np.abs(far[written * FRAME : (written + 1) * FRAME]).max() > 0:
+                track.write(written * FRAME_MS, frame)  # the Twilio actor writes audio, not silence
+            written += 1
+        told: dict[str, Any] = {"caller_speaking": vad.speaking}
+        if sides.tells_speech_from:
+            told["speech_from_dbfs"] = vad.speech_from_dbfs
+        estimate = canceller.process(near_pcm[k * FRAME : (k + 1) * FRAME], t, **told)
+        if vad.process(estimate.residual, echo_dbfs=estimate.floor_dbfs) is started:
+            onsets.append(t + FRAME_MS)
+    return onsets
+
+
+def _turn(sides: _Sides, assistant: list[NDArray[np.float64]], rng: np.random.Generator,
+          seconds: float) -> NDArray[np.float64]:
+    """The assistant's audio as sent: one of its lines at -20 dBFS, padded to `seconds`."""
+    line = _at_level(assistant[int(rng.integers(len(assistant)))], ASSISTANT_DBFS)
+    out = np.zeros(int(8000 * seconds))
+    out[: min(len(line), len(out))] = line[: len(out)]
+    return sides.telephone(out)
+
+
+def _quiet(n: int, seed: int) -> NDArray[np.float64]:
+    """A quiet line: white noise at -55 dBFS."""
+    noise: NDArray[np.float64] = np.random.default_rng(seed).standard_normal(n) * 32767 * 10 ** (-55 / 20)
+    return noise
+
+
+def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
+    data = np.load(corpus_path)
+    names = json.loads(Path(corpus_path).with_suffix(".json").read_text())
+    sounds = {name: data[f"arr_{i}"] for i, name in enumerate(names)}
+    assistant = [sounds[k] for k in names if k.startswith("assistant")]
+    callers = [sounds[k] for k in names if k.startswith("caller")]
+    sides = _Sides()
+    result: dict[str, Any] = {"steps": {}, "over": {}, "first": {}}
+    for step in STEPS_MS:
+        count, seconds = 0, 0.0
+        for trial in range(trials):
+            rng = np.random.default_rng(1000 + trial)
+            far = _turn(sides, assistant, rng, 8.0)
+            near = _echo(far, 200, rng, step) + _quiet(len(far), trial)
+            count += len(_onsets(sides, far, near))
+            seconds += len(far) / 8000
+        result["steps"][f"{step[0]:+d}..{step[1]:+d} ms"] = [count, seconds / 60]
+    for level in (-30.0, -35.0):
+        for stepping in (False, True):
+            latencies, missed, early = [], 0, 0
+            for trial in range(trials):
+                rng = np.random.default_rng(2000 + trial)
+                start = 1.5 + 1.5 * trial / max(1, trials - 1)
+                far = _turn(sides, assistant, rng, start + 1.5)
+                near = _echo(far, int(rng.integers(40, 301)), rng if stepping else None, (-2, 3))
+                near += _quiet(len(far), trial)
+                speech = _at_level(callers[trial % len(callers)], level)
+                at = int(8000 * start)
+                near[at : at + len(speech)] += speech[: len(near) - at]
+                onsets = _onsets(sides, far, near)
+                early += any(t <= start * 1000 for t in onsets)
+                after = [t for t in onsets if t > start * 1000]
+                if after:
+                    latencies.append(after[0] - start * 1000)
+                else:
+                    missed += 1
+            result["over"][f"{level:g} dBFS, echo {'stepping' if stepping else 'steady'}"] = [latencies, missed, early]
+    for delay in (None, 40, 120, 200, 300):
+        latencies, missed = [], 0
+        for trial in range(trials):
+            rng = np.random.default_rng(3000 + trial)
+            far = _turn(sides, assistant, rng, 3.0)
+            near = _quiet(len(far), trial)
+            if delay is not None:
+                near += _echo(far, delay, None)
+            speech = _at_level(callers[trial % len(callers)], -30.0)
+            near[: len(speech)] += speech[: len(near)]
+            onsets = _onsets(sides, far, near)
+            if onsets:
+                latencies.append(onsets[0])
+            else:
+                missed += 1
+        result["first"]["no echo" if delay is None else f"echo {delay} ms"] = [latencies, missed]
+    return result
+
+
+# -- the parent: makes the speech once, runs each side, prints the tables -----------------
+
+def _corpus(path: Path, seed: int) -> None:
+    from bench._bargein_audio import Corpus, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        raise SystemExit(f"bench.bargein_offline needs {missing}")
+    corpus = Corpus.make(seed=seed, rooms=False)
+    arrays = {f"caller{i:02d}": c for i, c in enumerate(corpus.caller)}
+    arrays.update({f"assistant{i:02d}": a for i, a in enumerate(corpus.assistant_8k)})
+    with path.open("wb") as out:
+        np.savez(out, *[arrays[name] for name in sorted(arrays)])  # arr_0, arr_1, ...: names below
+    path.with_suffix(".json").write_text(json.dumps(sorted(arrays)))
+
+
+def _run_side(tree: Path, corpus: Path, trials: int) -> dict[str, Any]:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--corpus", str(corpus),
+         "--trials", str(trials)],
+        cwd=tree, env=env, check=True, capture_output=True, text=True, timeout=1800,
+    )
+    out: dict[str, Any] = json.loads(done.stdout)
+    return out
+
+
+def _pct(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q):.0f}" if values else "–"
+
+
+def _print(sides: dict[str, dict[str, Any]], trials: int) -> None:
+    labels = list(sides)
+    print(f"**Echo path stepping, silent caller**: false onsets ({trials} eight-second turns each)")
+    print()
+    print("| steps every 0.2-1 s | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for key in sides[labels[0]]["steps"]:
+        cells = [f"{sides[label]['steps'][key][0]} in {sides[label]['steps'][key][1]:.1f} min" for label in labels]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    print()
+    print(f"**Caller over the assistant** (-2..+3 ms steps when stepping; {trials} trials each): onset ms p50 / p95; "
+          "missed (of them, cut early: the echo had already passed for a caller)")
+    print()
+    print("| caller | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for key in sides[labels[0]]["over"]:
+        cells = []
+        for label in labels:
+            lat, missed, early = sides[label]["over"][key]
+            cells.append(f"{_pct(lat, 50)} / {_pct(lat, 95)}; {missed} ({early})")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    print()
+    print(f"**Caller at -30 dBFS from the assistant's first audio** ({trials} trials each): "
+          "onset ms p50 / p95 / worst; over 400 ms; missed")
+    print()
+    print("| echo | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for key in sides[labels[0]]["first"]:
+        cells = []
+        for label in labels:
+            lat, missed = sides[label]["first"][key]
+            late = sum(1 for v in lat if v > 400)
+            worst = f"{max(lat):.0f}" if lat else "–"
+            cells.append(f"{_pct(lat, 50)} / {_pct(lat, 95)} / {worst}; {late}; {missed}")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ref", action="append", default=[], metavar="[LABEL=]COMMIT",
+                        help="also run another commit's audio code, side by side (repeatable)")
+    parser.add_argument("--trials", type=int, default=40, help="trials per condition (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="the speech (default %(default)s)")
+    parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.corpus, args.trials)))
+        return 0
+    from bench._checkout import old_tree, short_name
+
+    started = time.monotonic()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bargein-offline-") as tmp:
+        corpus = Path(tmp) / "corpus.npz"
+        _corpus(corpus, args.seed)
+        for ref in args.ref:
+            label, _, commit = ref.rpartition("=")
+            label = label or short_name(commit)
+            with old_tree(commit) as tree:
+                results[f"{label} ({short_name(commit)})"] = _run_side(tree, corpus, args.trials)
+        results["this"] = _run_side(_ROOT, corpus, args.trials)
+    print(f"# bench.bargein_offline: seed {args.seed}, {args.trials} trials per condition, "
+          f"{time.monotonic() - started:.0f} s")
+    print()
+    _print(results, args.trials)
+    return 0
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        # Import the worker tree's audio code, not this checkout's (and not bench/audio.py,
+        # which sits beside this file on sys.path[0]).
+        tree = sys.argv[sys.argv.index("--worker") + 1]
+        sys.path[:] = [tree] + [p for p in sys.path[1:] if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.exit(main())
