@@ -234,7 +234,7 @@ def _print(sides: dict[str, dict[str, Any]], trials: int) -> None:
         print(f"| {key} | " + " | ".join(cells) + " |")
     print()
     print(f"**Caller over the assistant** (-2..+3 ms steps when stepping; {trials} trials each): onset ms p50 / p95; "
-          "missed (of them, cut early: the echo had already passed for a caller)")
+          "missed (trials where the echo had passed for a caller before the caller spoke)")
     print()
     print("| caller | " + " | ".join(labels) + " |")
     print("|---|" + "---:|" * len(labels))
