@@ -88,6 +88,7 @@ _STEP_MS = 2
 # most every _REFIT_EVERY_FRAMES frames (~100 µs each); every fourth let a few more through.
 _REFIT_MS = 100
 _REFIT_LEFT = 0.2
+_REFIT_GAIN = 4.0
 _REFIT_EVERY_FRAMES = 2
 # ... and counts when it is most of the frame: a caller's voiced frame can match some lag of
 # the assistant's by chance (two voices' harmonics), but by much less than its own echo.
@@ -420,13 +421,8 @@ class EchoCanceller:
                     # and the filter follows it whole (tap by tap it takes seconds).
                     self.delay = min(self._max_lag, max(self._min_lag, delay + shift))
                 if (residual_power > _MARGIN_POWER * echo_power and not caller_speaking
-                        and self._frames >= self._next_refit and self._refit(t, delay)):
-                    # It would pass for the caller, but the last 100 ms are the far end's
-                    # echo through a path the filter had not learnt (a step in the play
-                    # clock while the filter was being solved): cancel with the new one.
-                    residual[:] = self._near.read(t, frame)
-                    residual -= np.convolve(seg, self._weights, "valid")
-                    residual_power = float(residual.dot(residual))
+                        and self._frames >= self._next_refit):
+                    residual_power = self._refit(residual, residual_power, t, delay)
         if delay is not None and residual_power > 2.0 * near_power + self._frame:
             # The filter adds more than it removes (the path changed under it): start it afresh.
             self._weights[:] = 0.0
@@ -503,22 +499,32 @@ class EchoCanceller:
         np.subtract(near, echo[best : best + frame], out=residual)
         return power, jitter - best
 
-    def _refit(self, t: int, delay: int) -> bool:
-        """Solve the filter over the last _REFIT_MS; take it if it explains all but _REFIT_LEFT of them.
+    def _refit(self, residual: NDArray[np.float32], residual_power: float, t: int, delay: int) -> float:
+        """A frame would pass for the caller: is it the echo through a path the filter has not learnt?
 
-        A caller's voice does not correlate with the far end, so a filter that leaves so
-        little of a loud stretch means there was no caller in it.
+        The filter is solved again over the last _REFIT_MS (a step in the play clock while
+        it was being solved leaves it fitting neither side of the step). It is taken if it
+        leaves less than _REFIT_LEFT of those ms, and cancels this frame _REFIT_GAIN better:
+        a caller's voice does not correlate with the far end, so neither can hold while they
+        talk (a caller just starting is a small part of the window, not of the frame).
+        Returns the residual's power.
         """
-        length, now = self._refit_len, t + self._frame
+        length, frame, now = self._refit_len, self._frame, t + self._frame
         self._next_refit = self._frames + _REFIT_EVERY_FRAMES
         near = self._near.read(now - length, length)
         far = self._far.read(now - length - self._max_lag, length + self._max_lag)
         weights, reference = self._solve(delay, near, far)
-        left = near - np.convolve(reference, weights, "valid")
+        echo = np.convolve(reference, weights, "valid")
+        left = near - echo
         if float(left.dot(left)) > _REFIT_LEFT * float(near.dot(near)):
-            return False
+            return residual_power
+        now_left = left[length - frame :]
+        power = float(now_left.dot(now_left))
+        if power * _REFIT_GAIN > residual_power:
+            return residual_power
         self._weights[:] = weights
-        return True
+        residual[:] = now_left
+        return power
 
     def _slipped_echo(self, residual: NDArray[np.float32], t: int, delay: int) -> float:
         """Energy of the part of `residual` that is the far end at some lag within _SLIP_MS of the delay."""
