@@ -12,6 +12,10 @@ controls, so a change to either can be judged in a minute, the same way every ru
   steady or stepping: onset latency from the caller's first sample (p50 / p95), missed.
 - **first**: a caller at -30 dBFS talking from the assistant's first audio, echo none or
   -10 dB at 40-300 ms: onset latency from that first audio (p50 / p95 / worst), over 400 ms.
+- **room**: a silent caller in a room (pink noise -45 dBFS, a TV -38 dBFS) from the call's
+  first frame, the assistant talking from the start, its echo -10 dB at 40-300 ms (issue
+  13's false barge-in condition): false onsets, and how many came in the call's first 1.5 s
+  (where only its level tells a TV's syllable from a caller's first word).
 
     python -m bench.bargein_offline [--ref [LABEL=]COMMIT ...] [--trials N]
 
@@ -143,7 +147,7 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
     assistant = [sounds[k] for k in names if k.startswith("assistant")]
     callers = [sounds[k] for k in names if k.startswith("caller")]
     sides = _Sides()
-    result: dict[str, Any] = {"steps": {}, "over": {}, "first": {}}
+    result: dict[str, Any] = {"steps": {}, "over": {}, "first": {}, "room": {}}
     for step in STEPS_MS:
         count, seconds = 0, 0.0
         for trial in range(trials):
@@ -189,6 +193,20 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
             else:
                 missed += 1
         result["first"]["no echo" if delay is None else f"echo {delay} ms"] = [latencies, missed]
+    pink, tv = sounds["room_pink"] * 10 ** (-45 / 20), sounds["room_tv"] * 10 ** (-38 / 20)
+    count, early, seconds = 0, 0, 0.0
+    for trial in range(trials):
+        rng = np.random.default_rng(4000 + trial)
+        far = _turn(sides, assistant, rng, 8.0)
+        near = _echo(far, int(rng.integers(40, 301)), None)
+        for track in (pink, tv):
+            start = int(rng.integers(len(track) - len(near)))
+            near += track[start : start + len(near)]
+        onsets = _onsets(sides, far, near)
+        count += len(onsets)
+        early += sum(1 for t in onsets if t <= 1500)
+        seconds += len(far) / 8000
+    result["room"]["echo -10 dB, pink -45, TV -38"] = [count, early, seconds / 60]
     return result
 
 
@@ -200,9 +218,10 @@ def _corpus(path: Path, seed: int) -> None:
     missing = missing_tools()
     if missing:
         raise SystemExit(f"bench.bargein_offline needs {missing}")
-    corpus = Corpus.make(seed=seed, rooms=False)
+    corpus = Corpus.make(seed=seed)
     arrays = {f"caller{i:02d}": c for i, c in enumerate(corpus.caller)}
     arrays.update({f"assistant{i:02d}": a for i, a in enumerate(corpus.assistant_8k)})
+    arrays.update({"room_pink": corpus.pink, "room_tv": corpus.tv})
     with path.open("wb") as out:
         np.savez(out, *[arrays[name] for name in sorted(arrays)])  # arr_0, arr_1, ...: names below
     path.with_suffix(".json").write_text(json.dumps(sorted(arrays)))
@@ -260,6 +279,22 @@ def _print(sides: dict[str, dict[str, Any]], trials: int) -> None:
         print(f"| {key} | " + " | ".join(cells) + " |")
 
 
+def _print_room(sides: dict[str, dict[str, Any]], trials: int) -> None:
+    labels = list(sides)
+    print()
+    print(f"**Silent caller in a room from the call's first frame** ({trials} eight-second calls each): "
+          "false onsets (in the first 1.5 s)")
+    print()
+    print("| condition | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for key in sides[labels[0]]["room"]:
+        cells = []
+        for label in labels:
+            count, early, minutes = sides[label]["room"][key]
+            cells.append(f"{count} ({early}) in {minutes:.1f} min")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", action="append", default=[], metavar="[LABEL=]COMMIT",
@@ -289,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.0f} s")
     print()
     _print(results, args.trials)
+    _print_room(results, args.trials)
     return 0
 
 
