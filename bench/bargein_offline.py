@@ -242,57 +242,49 @@ def _pct(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q):.0f}" if values else "–"
 
 
+def _steps_cell(value: list[Any]) -> str:
+    count, minutes = value
+    return f"{count} in {minutes:.1f} min"
+
+
+def _over_cell(value: list[Any]) -> str:
+    latencies, missed, early = value
+    return f"{_pct(latencies, 50)} / {_pct(latencies, 95)}; {missed} ({early})"
+
+
+def _first_cell(value: list[Any]) -> str:
+    latencies, missed = value
+    late = sum(1 for v in latencies if v > 400)
+    worst = f"{max(latencies):.0f}" if latencies else "–"
+    return f"{_pct(latencies, 50)} / {_pct(latencies, 95)} / {worst}; {late}; {missed}"
+
+
+def _room_cell(value: list[Any]) -> str:
+    count, early, minutes = value
+    return f"{count} ({early}) in {minutes:.1f} min"
+
+
 def _print(sides: dict[str, dict[str, Any]], trials: int) -> None:
+    tables = [
+        ("steps", f"**Echo path stepping, silent caller**: false onsets ({trials} eight-second turns each)",
+         "steps every 0.2-1 s", _steps_cell),
+        ("over", f"**Caller over the assistant** (-2..+3 ms steps when stepping; {trials} trials each): onset ms "
+         "p50 / p95; missed (trials where the echo had passed for a caller before the caller spoke)",
+         "caller", _over_cell),
+        ("first", f"**Caller at -30 dBFS from the assistant's first audio** ({trials} trials each): onset ms "
+         "p50 / p95 / worst; over 400 ms; missed", "echo", _first_cell),
+        ("room", f"**Silent caller in a room from the call's first frame** ({trials} eight-second calls each): "
+         "false onsets (in the first 1.5 s)", "condition", _room_cell),
+    ]
     labels = list(sides)
-    print(f"**Echo path stepping, silent caller**: false onsets ({trials} eight-second turns each)")
-    print()
-    print("| steps every 0.2-1 s | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for key in sides[labels[0]]["steps"]:
-        cells = [f"{sides[label]['steps'][key][0]} in {sides[label]['steps'][key][1]:.1f} min" for label in labels]
-        print(f"| {key} | " + " | ".join(cells) + " |")
-    print()
-    print(f"**Caller over the assistant** (-2..+3 ms steps when stepping; {trials} trials each): onset ms p50 / p95; "
-          "missed (trials where the echo had passed for a caller before the caller spoke)")
-    print()
-    print("| caller | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for key in sides[labels[0]]["over"]:
-        cells = []
-        for label in labels:
-            lat, missed, early = sides[label]["over"][key]
-            cells.append(f"{_pct(lat, 50)} / {_pct(lat, 95)}; {missed} ({early})")
-        print(f"| {key} | " + " | ".join(cells) + " |")
-    print()
-    print(f"**Caller at -30 dBFS from the assistant's first audio** ({trials} trials each): "
-          "onset ms p50 / p95 / worst; over 400 ms; missed")
-    print()
-    print("| echo | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for key in sides[labels[0]]["first"]:
-        cells = []
-        for label in labels:
-            lat, missed = sides[label]["first"][key]
-            late = sum(1 for v in lat if v > 400)
-            worst = f"{max(lat):.0f}" if lat else "–"
-            cells.append(f"{_pct(lat, 50)} / {_pct(lat, 95)} / {worst}; {late}; {missed}")
-        print(f"| {key} | " + " | ".join(cells) + " |")
-
-
-def _print_room(sides: dict[str, dict[str, Any]], trials: int) -> None:
-    labels = list(sides)
-    print()
-    print(f"**Silent caller in a room from the call's first frame** ({trials} eight-second calls each): "
-          "false onsets (in the first 1.5 s)")
-    print()
-    print("| condition | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for key in sides[labels[0]]["room"]:
-        cells = []
-        for label in labels:
-            count, early, minutes = sides[label]["room"][key]
-            cells.append(f"{count} ({early}) in {minutes:.1f} min")
-        print(f"| {key} | " + " | ".join(cells) + " |")
+    for group, title, heading, cell in tables:
+        print(title)
+        print()
+        print(f"| {heading} | " + " | ".join(labels) + " |")
+        print("|---|" + "---:|" * len(labels))
+        for key in sides[labels[0]][group]:
+            print(f"| {key} | " + " | ".join(cell(sides[label][group][key]) for label in labels) + " |")
+        print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.monotonic() - started:.0f} s")
     print()
     _print(results, args.trials)
-    _print_room(results, args.trials)
     return 0
 
 
