@@ -99,6 +99,7 @@ class VapiActor(CallActor):
         self._greenlets = gevent.pool.Group()
         self._link: VapiLink | None = None
         self._ready = False  # link up and replay sent: live frames may go out
+        self._continuing = False  # set as the link opens: see _open_link
         self._dead = False  # the link is known broken: no goodbye is possible
         self._link_id = call.state.vapi_links + 1
         self._latency_in_ms: float | None = None
@@ -180,7 +181,7 @@ class VapiActor(CallActor):
 
     def _on_link_up(self, message: VapiLinkUp) -> None:
         call = self._call
-        if call.state.vapi_greeted:
+        if self._continuing:
             # A new VAPI call for a conversation under way: the history first, so the
             # replayed audio is heard as the caller's next words in it.
             self._given = call.state.conversation.turns()
@@ -197,10 +198,9 @@ class VapiActor(CallActor):
             self._send_binary(data)
             call.uplink.mark_sent(seq)
         self._ready = True
-        if call.state.vapi_greeted:
+        if self._continuing:
             detail = f"VAPI link {self._link_id}, {len(self._given)} turns given, {len(replay) * 20} ms replayed"
             call.tell_controller(EventNoted("reconnect", detail))
-        call.state.vapi_greeted = True
         call.metrics.vapi_links.labels(event="created").inc()
         self._log.info("vapi_link_up", link=self._link_id, replayed_ms=len(replay) * 20, turns_given=len(self._given))
 
@@ -289,6 +289,9 @@ class VapiActor(CallActor):
         deadline: float | None = None
         attempt = 0
         prepared, call.prepared_vapi = call.prepared_vapi, None  # joined once at most, by the first link
+        # Taken before this link can say anything: whether it continues a conversation the
+        # assistant has already spoken in (then it gets the history and must not greet).
+        self._continuing = call.state.vapi_greeted
         created = prepared.call if prepared is not None else None
         if prepared is not None:
             try:
@@ -343,6 +346,7 @@ class VapiActor(CallActor):
     def _read(self, link: VapiLink, link_id: int) -> None:
         uplink = self._call.uplink
         children = self._call.children
+        state = self._call.state
         unyielded = 0
         try:
             while True:
@@ -361,6 +365,10 @@ class VapiActor(CallActor):
                     # this link carries the uplink; before, there is nothing of ours to vouch for).
                     if self._ready:
                         uplink.mark_answered()
+                    if not state.vapi_greeted:
+                        # The caller has heard the assistant: a later VAPI call must not greet
+                        # again. (A link that dies before a word leaves the next one to greet.)
+                        state.vapi_greeted = True
                     if children is not None and not children.tell_bounded(
                         "codec", AssistantAudio(item, self._clock.monotonic_ns()), _MAILBOX_LIMIT
                     ):

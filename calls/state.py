@@ -11,7 +11,7 @@ incarnation is running; the actors send it what they measure (actors/messages.py
 |---|---|
 | call_sid, started_at | the registry, when a media socket presents the call's ticket; never changed |
 | stream_sid | TwilioActor, from Twilio's `start` |
-| vapi_links, vapi_greeted | VapiActor (each incarnation in turn), as its links come up |
+| vapi_links, vapi_greeted | VapiActor (each incarnation in turn): as links come up; at the first assistant audio |
 | conversation | VapiActor (each incarnation), from VAPI's transcripts; seeded by the CallState's maker on a resume |
 | end_request | CallContext.end / request_end: the first request wins, later ones are ignored |
 | outcome, outcome_detail | the controller, once, when the call ends (finish_call) |
@@ -67,7 +67,7 @@ class CallState:
     started_at: float = field(default_factory=time.time)
     stream_sid: str | None = None
     vapi_links: int = 0
-    vapi_greeted: bool = False  # a VAPI call of ours has already greeted the caller
+    vapi_greeted: bool = False  # the caller has heard the assistant (a later VAPI call must not greet)
     conversation: Conversation = field(default_factory=Conversation)  # what has been said, bounded
     end_request: EndRequest | None = None
     outcome: Outcome | None = None

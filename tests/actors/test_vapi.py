@@ -77,6 +77,9 @@ def test_an_outage_is_retried_with_jittered_backoff_and_the_link_then_replays_wh
     parent.settle()
     assert link.audio_sent == [*waited, live]
     assert call.uplink.sent_seq == 4
+    assert not call.state.vapi_greeted  # VAPI has not said a word yet
+    link.feed(b"\x01\x02" * 320)
+    parent.wait_for("codec", AssistantAudio)
     assert call.state.vapi_greeted
     assert call.state.vapi_links == 1
     assert [e.kind for e in parent.of("supervisor", EventNoted)] == ["outage"]  # no "reconnect" on a first link
@@ -257,12 +260,36 @@ def test_the_first_link_joins_the_vapi_call_the_webhook_created_and_a_later_one_
     link1 = link_up(parent, connector)
     assert connector.creates == []  # no POST /call: the ticket's call is joined
     assert link1.call_id == "ticket" and call.prepared_vapi is None
-    assert call.state.vapi_links == 1 and call.state.vapi_greeted
+    assert call.state.vapi_links == 1
+    link1.feed(b"\x01\x02" * 320)  # the ticket's call greets the caller
+    parent.wait_for("codec", AssistantAudio)
     link1.feed(Signal.CLOSED)
     assert wait_until(lambda: parent.exits) and not first.is_alive()
     parent.start(VapiActor)  # the supervisor's restart: the ticket's call is gone with its link
     link_up(parent, connector, count=2)
     assert connector.creates == [(PCM16K, _NO_SECOND_GREETING)]
+
+
+def test_a_link_that_dies_before_the_assistant_said_a_word_leaves_the_next_vapi_call_to_greet(
+    call: CallContext, parent: ProbeParent, connector: FakeConnector
+) -> None:
+    first = parent.start(VapiActor)
+    link1 = link_up(parent, connector)
+    waited = [send_uplink(call, parent, n) for n in (1, 2)]
+    parent.settle()
+    link1.feed(Signal.CLOSED)  # opened, then gone before VAPI said anything
+    assert wait_until(lambda: parent.exits) and not first.is_alive()
+    assert not call.state.vapi_greeted
+    parent.start(VapiActor)
+    link2 = link_up(parent, connector, count=2)
+    # The caller has heard nothing: the new call greets, as a first call would, with no
+    # history to give and no "reconnect" to report; what the caller said is replayed.
+    assert connector.creates == [(PCM16K, None), (PCM16K, None)]
+    assert link2.audio_sent == waited and not [t for t in link2.sent if isinstance(t, str)]
+    assert [e for e in parent.of("supervisor", EventNoted) if e.kind == "reconnect"] == []
+    link2.feed(b"\x01\x02" * 320)
+    parent.wait_for("codec", AssistantAudio)
+    assert call.state.vapi_greeted
 
 
 def test_a_webhook_vapi_call_that_cannot_be_joined_is_replaced_by_a_new_one_that_greets(
@@ -351,6 +378,8 @@ def test_a_replaced_link_gives_the_new_vapi_call_the_conversation_before_the_rep
         transcript("assistant", "Hello, where to?"), transcript("user", "To the station."),
         transcript("assistant", "When?"),
     )
+    link1.feed(b"\x01\x02" * 320)  # the last of "When?"
+    parent.wait_for("codec", AssistantAudio)
     swallowed = [send_uplink(call, parent, n) for n in (1, 2)]  # "Now, please": never answered
     parent.settle()
     link1.feed(Signal.CLOSED)
