@@ -29,6 +29,7 @@ import argparse
 import inspect
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -65,19 +66,11 @@ class _Sides:
         return self.mulaw.ulaw_to_pcm16(self.mulaw.pcm16_to_ulaw(pcm)).astype(np.float64)
 
 
-def _band(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """300-3400 Hz, 63-tap windowed sinc (3.9 ms of delay): the handset and the network."""
-    n = np.arange(63) - 31
-    high, low = 3400 / 8000, 300 / 8000
-    taps = (2 * high * np.sinc(2 * high * n) - 2 * low * np.sinc(2 * low * n)) * np.hamming(63)
-    out: NDArray[np.float64] = np.convolve(x, taps)[: len(x)]
-    return out
-
-
-def _echo(far: NDArray[np.float64], delay_ms: int, rng: np.random.Generator | None,
+def _echo(far: NDArray[np.float64], band: NDArray[np.float64], delay_ms: int, rng: np.random.Generator | None,
           step_ms: tuple[int, int] = (0, 0)) -> NDArray[np.float64]:
-    """The far end's echo, -10 dB, telephone band, `delay_ms` late; stepping if `rng` is given."""
-    echo = _band(far) * 10 ** (ECHO_DB / 20)
+    """The far end's echo, -10 dB, through `band` (the telephone band's taps), `delay_ms` late;
+    stepping if `rng` is given."""
+    echo = np.convolve(far, band)[: len(far)] * 10 ** (ECHO_DB / 20)
     delays = np.full(len(far), delay_ms * 8, dtype=np.int64)
     if rng is not None:
         at, delay = 0, delay_ms * 8
@@ -89,15 +82,6 @@ def _echo(far: NDArray[np.float64], delay_ms: int, rng: np.random.Generator | No
                                 (delay_ms + 25) * 8))
     source = np.arange(len(far)) - delays
     return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
-
-
-def _at_level(x: NDArray[np.float64], dbfs: float) -> NDArray[np.float64]:
-    """Scaled so its frames above -50 dB of its loudest (its active speech) average `dbfs`."""
-    frames = x[: len(x) // FRAME * FRAME].reshape(-1, FRAME)
-    power = np.mean(frames**2, axis=1)
-    active = power[power > power.max() * 1e-5]
-    scaled: NDArray[np.float64] = x * (32767.0 * 10 ** (dbfs / 20) / np.sqrt(active.mean()))
-    return scaled
 
 
 def _onsets(sides: _Sides, far: NDArray[np.float64] | None, near: NDArray[np.float64]) -> list[int]:
@@ -127,8 +111,8 @@ def _onsets(sides: _Sides, far: NDArray[np.float64] | None, near: NDArray[np.flo
 
 def _turn(sides: _Sides, assistant: list[NDArray[np.float64]], rng: np.random.Generator,
           seconds: float) -> NDArray[np.float64]:
-    """The assistant's audio as sent: one of its lines at -20 dBFS, padded to `seconds`."""
-    line = _at_level(assistant[int(rng.integers(len(assistant)))], ASSISTANT_DBFS)
+    """The assistant's audio as sent: one of its lines (at -20 dBFS), padded to `seconds`."""
+    line = assistant[int(rng.integers(len(assistant)))]
     out = np.zeros(int(8000 * seconds))
     out[: min(len(line), len(out))] = line[: len(out)]
     return sides.telephone(out)
@@ -141,11 +125,9 @@ def _quiet(n: int, seed: int) -> NDArray[np.float64]:
 
 
 def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
-    data = np.load(corpus_path)
-    names = json.loads(Path(corpus_path).with_suffix(".json").read_text())
-    sounds = {name: data[f"arr_{i}"] for i, name in enumerate(names)}
-    assistant = [sounds[k] for k in names if k.startswith("assistant")]
-    callers = [sounds[k] for k in names if k.startswith("caller")]
+    with open(corpus_path, "rb") as source:
+        sounds = pickle.load(source)  # noqa: S301 - our own temp file, written by _corpus in this run
+    assistant, callers, band = sounds["assistant"], sounds["callers"], sounds["band"]
     sides = _Sides()
     result: dict[str, Any] = {"steps": {}, "over": {}, "first": {}, "room": {}}
     for step in STEPS_MS:
@@ -153,7 +135,7 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
         for trial in range(trials):
             rng = np.random.default_rng(1000 + trial)
             far = _turn(sides, assistant, rng, 8.0)
-            near = _echo(far, 200, rng, step) + _quiet(len(far), trial)
+            near = _echo(far, band, 200, rng, step) + _quiet(len(far), trial)
             count += len(_onsets(sides, far, near))
             seconds += len(far) / 8000
         result["steps"][f"{step[0]:+d}..{step[1]:+d} ms"] = [count, seconds / 60]
@@ -164,9 +146,9 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
                 rng = np.random.default_rng(2000 + trial)
                 start = 1.5 + 1.5 * trial / max(1, trials - 1)
                 far = _turn(sides, assistant, rng, start + 1.5)
-                near = _echo(far, int(rng.integers(40, 301)), rng if stepping else None, (-2, 3))
+                near = _echo(far, band, int(rng.integers(40, 301)), rng if stepping else None, (-2, 3))
                 near += _quiet(len(far), trial)
-                speech = _at_level(callers[trial % len(callers)], level)
+                speech = callers[level][trial % len(callers[level])]
                 at = int(8000 * start)
                 near[at : at + len(speech)] += speech[: len(near) - at]
                 onsets = _onsets(sides, far, near)
@@ -184,8 +166,8 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
             far = _turn(sides, assistant, rng, 3.0)
             near = _quiet(len(far), trial)
             if delay is not None:
-                near += _echo(far, delay, None)
-            speech = _at_level(callers[trial % len(callers)], -30.0)
+                near += _echo(far, band, delay, None)
+            speech = callers[-30.0][trial % len(callers[-30.0])]
             near[: len(speech)] += speech[: len(near)]
             onsets = _onsets(sides, far, near)
             if onsets:
@@ -193,12 +175,12 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
             else:
                 missed += 1
         result["first"]["no echo" if delay is None else f"echo {delay} ms"] = [latencies, missed]
-    pink, tv = sounds["room_pink"] * 10 ** (-45 / 20), sounds["room_tv"] * 10 ** (-38 / 20)
+    pink, tv = sounds["pink"], sounds["tv"]
     count, early, seconds = 0, 0, 0.0
     for trial in range(trials):
         rng = np.random.default_rng(4000 + trial)
         far = _turn(sides, assistant, rng, 8.0)
-        near = _echo(far, int(rng.integers(40, 301)), None)
+        near = _echo(far, band, int(rng.integers(40, 301)), None)
         for track in (pink, tv):
             start = int(rng.integers(len(track) - len(near)))
             near += track[start : start + len(near)]
@@ -213,18 +195,23 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
 # -- the parent: makes the speech once, runs each side, prints the tables -----------------
 
 def _corpus(path: Path, seed: int) -> None:
-    from bench._bargein_audio import Corpus, missing_tools
+    from bench._bargein_audio import BandPass, Corpus, at_level, missing_tools
 
     missing = missing_tools()
     if missing:
         raise SystemExit(f"bench.bargein_offline needs {missing}")
     corpus = Corpus.make(seed=seed)
-    arrays = {f"caller{i:02d}": c for i, c in enumerate(corpus.caller)}
-    arrays.update({f"assistant{i:02d}": a for i, a in enumerate(corpus.assistant_8k)})
-    arrays.update({"room_pink": corpus.pink, "room_tv": corpus.tv})
+    impulse = np.zeros(128)
+    impulse[0] = 1.0
+    sounds = {
+        "assistant": [at_level(line, ASSISTANT_DBFS) for line in corpus.assistant_8k],
+        "callers": {level: [at_level(line, level) for line in corpus.caller] for level in (-30.0, -35.0)},
+        "pink": corpus.pink * 10 ** (-45 / 20),  # the corpus's rooms are at 0 dBFS
+        "tv": corpus.tv * 10 ** (-38 / 20),
+        "band": BandPass().whole(impulse),  # the telephone band's taps, as bench.bargein's echo
+    }
     with path.open("wb") as out:
-        np.savez(out, *[arrays[name] for name in sorted(arrays)])  # arr_0, arr_1, ...: names below
-    path.with_suffix(".json").write_text(json.dumps(sorted(arrays)))
+        pickle.dump(sounds, out)
 
 
 def _run_side(tree: Path, corpus: Path, trials: int) -> dict[str, Any]:
@@ -304,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bargein-offline-") as tmp:
-        corpus = Path(tmp) / "corpus.npz"
+        corpus = Path(tmp) / "corpus.pickle"
         _corpus(corpus, args.seed)
         for ref in args.ref:
             label, _, commit = ref.rpartition("=")
