@@ -173,6 +173,19 @@ _SPREAD_MS = 20
 _ACTIVE_POWER = _FULL_SCALE_POWER * 1e-6
 
 
+def _gram_indices() -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
+    """Where each entry of a filter solve's Gram matrix is read from (see EchoCanceller._solve)."""
+    taps = np.arange(_TAPS)
+    later = np.maximum.outer(taps, taps)
+    lag = later - np.minimum.outer(taps, taps)
+    return lag.ravel(), (lag * _TAPS + _TAPS - 1 - later).ravel(), np.add.outer(taps, taps[:-1])
+
+
+# Shared by every call (54 KB): the lag of each entry, its place among the edge sums, and
+# [d, n] = n + d for the edge products.
+_GRAM_LAG, _GRAM_EDGE, _EDGE_AHEAD = _gram_indices()
+
+
 class _History:
     """A linear buffer of float32 samples on an absolute sample clock, zeros where unwritten.
 
@@ -306,13 +319,6 @@ class EchoCanceller:
         self._jitter = _JITTER_MS * _RATE // 1000
         self._step = _STEP_MS * _RATE // 1000
         self._refit_len = _REFIT_MS * _RATE // 1000
-        # Where each entry of a filter solve's Gram matrix is read from (see _solve).
-        taps = np.arange(_TAPS)
-        later = np.maximum.outer(taps, taps)
-        lag = later - np.minimum.outer(taps, taps)
-        self._gram_lag = lag.ravel()
-        self._gram_edge = (lag * _TAPS + _TAPS - 1 - later).ravel()
-        self._edge_ahead = np.add.outer(taps, taps[:-1])  # [d, n]: n + d
         self._window = _SEARCH_WINDOW_MS * _RATE // 1000
         self._near = _History(self._window + self._frame)
         self._left = _History(self._window + self._frame)  # what cancelling left of the caller's side
@@ -695,12 +701,12 @@ class EchoCanceller:
         # those it drops at the end (a few thousand products, summed from the back).
         used = reference[taps - 1 : length + taps - 1]
         base = np.correlate(reference[taps - 1 : length + 2 * taps - 2], used, "valid")
-        ahead = self._edge_ahead
+        ahead = _EDGE_AHEAD
         head, tail = reference[: taps - 1], reference[length : length + taps - 1]
         edges = head * reference[ahead] - tail * reference[ahead + length]
         suffix = np.zeros((taps, taps))
         suffix[:, : taps - 1] = np.cumsum(edges[:, ::-1], axis=1)[:, ::-1]
-        gram = (np.take(base, self._gram_lag) + np.take(suffix, self._gram_edge)).reshape(taps, taps)
+        gram = (np.take(base, _GRAM_LAG) + np.take(suffix, _GRAM_EDGE)).reshape(taps, taps)
         gram[np.diag_indices(taps)] += 1e-3 * float(np.trace(gram)) / taps + 1.0
         cross = np.correlate(reference[: length + taps - 1], near.astype(np.float64), "valid")[::-1]
         weights = np.linalg.solve(gram, cross).astype(np.float64)
