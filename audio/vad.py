@@ -29,10 +29,11 @@ The floor does not start at the first frame: a caller who speaks from the first 
 would make their own voice the floor and get no onset until their first pause. It starts
 at NOISE_FLOOR_START_DBFS; after the first WARMUP_MS it jumps to the line's level if that
 level was steady (stationary noise stays within a few dB, speech swings by 10-20 dB
-between syllables and words), so a noisy line is not taken for speech either; if it was
-not, to its quietest frame. An onset seen during the warm-up is reported when it ends,
-if the warm-up's loudest frame stood THRESHOLD_DB + FIRST_EXTRA_DB over its quietest (a
-caller's voice does; a TV's syllable over a room's noise does not).
+between syllables and words) and had no pitch (a held vowel is steady too), so a noisy
+line is not taken for speech either; if it was not, to its quietest frame. An onset seen
+during the warm-up is reported when it ends, if the warm-up's loudest frame stood
+THRESHOLD_DB + FIRST_EXTRA_DB over its quietest (a caller's voice does; a TV's syllable
+over a room's noise does not).
 
 A caller already talking when the assistant's echo becomes possible was first: for
 CALLER_FIRST_MS they are judged against the echo predicted rather than a margin over it
@@ -74,6 +75,7 @@ __all__ = [
     "EnergyVad",
     "VadParams",
     "VadTransition",
+    "pitch_strength",
 ]
 
 # Which detector judges the caller (VAD_ENGINE). Over sockets (bench.bargein) the energy
@@ -126,6 +128,13 @@ NOISE_FLOOR_START_DBFS = -60.0
 # syllable's rise and fall, the gaps between words).
 WARMUP_MS = 200
 _STEADY_DB = 7.0
+# ...but a held vowel ("Hellooo?") is as steady as a fan. Noise has no pitch: 20 ms frames of
+# white or telephone-band pink noise correlate with themselves at a voice's pitch lags
+# (2.5-12.5 ms, 80-400 Hz) at 0.25-0.45, full-band pink reaches 0.6 in one frame in a hundred,
+# 60 Hz hum stays under 0.3; a voice's frames pass 0.6 in two of three, a held vowel in all.
+# A warm-up with a pitch in half its frames was someone talking: its level is not the noise.
+_PITCH_LAGS = (20, 100)  # samples at 8 kHz
+_VOICED_CORRELATION = 0.6
 # A voice in the room that is not the caller (a TV, people nearby) is quieter than the
 # caller but is speech all the same; only its level tells it apart. The detector tracks
 # the 91st percentile of frame levels while the caller is not speaking (a stochastic
@@ -213,6 +222,26 @@ class VadParams:
         _require(self.noise_adapt_ms > 0, "noise_adapt_ms", self.noise_adapt_ms, "> 0")
 
 
+def pitch_strength(frame: NDArray[np.float64]) -> float:
+    """How strongly `frame` (8 kHz) repeats itself at a voice's pitch: the largest normalised
+    autocorrelation over _PITCH_LAGS, 0 (noise) to 1 (a steady vowel)."""
+    x = frame - frame.mean()
+    n = x.size
+    low, high = _PITCH_LAGS
+    if n <= high:
+        return 0.0
+    lags = np.arange(low, high + 1)
+    products = np.correlate(x, x, "full")[n - 1 + low : n + high]
+    energy = np.cumsum(x * x)
+    head = energy[n - 1 - lags]  # x[:n - lag]
+    tail = energy[-1] - energy[lags - 1]  # x[lag:]
+    scale = np.sqrt(head * tail)
+    usable = scale > 0.0
+    if not usable.any():
+        return 0.0
+    return float(np.max(products[usable] / scale[usable]))
+
+
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:
         raise ValueError(f"VadParams.{name} must be {allowed}, got {value!r}")
@@ -256,6 +285,7 @@ class EnergyVad:
         "_speaking",
         "_speech_ms",
         "_speech_rise_db",
+        "_voiced",
         "_warmup",
         "_warmup_frames",
         "_young",
@@ -293,6 +323,7 @@ class EnergyVad:
         self._far_hold.clear()
         self._far_left = 0  # frames the held assistant level still gates
         self._warmup: list[float] | None = []  # levels of the first frames, until the warm-up decides
+        self._voiced = 0  # warm-up frames with a pitch
         self._onset_due = False  # the warm-up saw an onset, reported once it has decided
         self._echo_free = True  # the last frame could hold no echo of the assistant (echo_dbfs None)
         self._last_speech = False  # the last frame counted as speech
@@ -356,6 +387,8 @@ class EnergyVad:
         energy = float(buf.dot(buf))
         level = 10.0 * math.log10(energy) - self._db_offset if energy > 0.0 else _SILENT_DBFS
         params = self._params
+        if self._warmup is not None and pitch_strength(buf) >= _VOICED_CORRELATION:
+            self._voiced += 1
         if self._young:
             self._young -= 1
 
@@ -436,7 +469,7 @@ class EnergyVad:
             if len(warmup) < self._warmup_frames:
                 return floor
             self._warmup = None
-            if max(warmup) - min(warmup) <= _STEADY_DB:
+            if max(warmup) - min(warmup) <= _STEADY_DB and 2 * self._voiced < len(warmup):
                 self._speech_ms = 0  # it was noise
                 self._onset_due = False
                 self._young = 0  # and the room is that noise: nothing to learn first

@@ -11,7 +11,8 @@ controls, so a change to either can be judged in a minute, the same way every ru
 - **over**: a caller at -30 or -35 dBFS starts 1.5-3 s into the assistant's turn, its echo
   steady or stepping: onset latency from the caller's first sample (p50 / p95), missed.
 - **first**: a caller at -30 dBFS talking from the assistant's first audio, echo none or
-  -10 dB at 40-300 ms: onset latency from that first audio (p50 / p95 / worst), over 400 ms.
+  -10 dB at 40-300 ms, on a quiet line or in the room below: onset latency from that first
+  audio (p50 / p95 / worst), over 400 ms.
 - **room**: a silent caller in a room (pink noise -45 dBFS, a TV -38 dBFS) from the call's
   first frame, the assistant talking from the start, its echo -10 dB at 40-300 ms (issue
   13's false barge-in condition): false onsets, and how many came in the call's first 1.5 s
@@ -176,6 +177,22 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
                 missed += 1
         result["first"]["no echo" if delay is None else f"echo {delay} ms"] = [latencies, missed]
     pink, tv = sounds["pink"], sounds["tv"]
+    latencies, missed = [], 0
+    for trial in range(trials):
+        rng = np.random.default_rng(4000 + trial)
+        far = _turn(sides, assistant, rng, 3.0)
+        near = _echo(far, band, int(rng.integers(40, 301)), None)
+        for track in (pink, tv):
+            start = int(rng.integers(len(track) - len(near)))
+            near += track[start : start + len(near)]
+        speech = callers[-30.0][trial % len(callers[-30.0])]
+        near[: len(speech)] += speech[: len(near)]
+        onsets = _onsets(sides, far, near)
+        if onsets:
+            latencies.append(onsets[0])
+        else:
+            missed += 1
+    result["first"]["in the room below, echo 40-300 ms"] = [latencies, missed]
     count, early, seconds = 0, 0, 0.0
     for trial in range(trials):
         rng = np.random.default_rng(4000 + trial)

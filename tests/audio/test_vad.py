@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from audio.signals import level_dbfs, pink_noise, silence, speech_like, white_noise
-from audio.vad import WARMUP_MS, EnergyVad, VadParams, VadTransition
+from audio.vad import WARMUP_MS, EnergyVad, VadParams, VadTransition, pitch_strength
 
 RATE = 8000
 FRAME = 160  # 20 ms
@@ -462,3 +462,32 @@ def test_speech_quieter_than_speech_from_dbfs_never_starts_and_louder_does(under
     assert STARTED not in [t for _, t in run(under, vad=warmed())]
     over = np.round(voice * 10 ** ((bound + 6.0 - peak) / 20)).astype(np.int16)
     assert STARTED in [t for _, t in run(over, vad=warmed())]
+
+
+def held_vowel(ms, dbfs, rise_db):
+    """A vowel held from the first frame ("Hellooo?"), rising by `rise_db`: as steady as a fan."""
+    t = np.arange(RATE * ms // 1000) / RATE
+    voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 20))
+    rising = voiced * 10 ** (np.linspace(-rise_db, 0.0, t.size) / 20)
+    return np.round(rising / np.sqrt(np.mean(voiced**2)) * 32767 * 10 ** (dbfs / 20)).astype(np.int16)
+
+
+def test_a_caller_holding_a_vowel_through_the_warm_up_is_not_taken_for_the_lines_noise():
+    # A steady warm-up used to become the noise floor: the caller's own voice, who then went
+    # unheard until the floor had fallen back through the gaps between their words.
+    voice = np.concatenate([held_vowel(240, -27.0, 6.0), words(2000, -27.0, seed=7)])
+    line = mix(voice, pink_noise(2240, RATE, dbfs=-45.0, seed=8))
+    first = frame_levels(line)[: WARMUP_MS // 20]
+    assert max(first) - min(first) < 5.0  # steadier than any noise test below
+    events = run(line)
+    assert events and events[0] == (WARMUP_MS, STARTED)
+
+
+@pytest.mark.parametrize("noise", [pink_noise, white_noise])
+def test_noise_has_no_pitch_and_a_vowel_has(noise):
+    frames = noise(10_000, RATE, dbfs=-40.0, seed=11).astype(np.float64).reshape(-1, FRAME)
+    strengths = np.array([pitch_strength(f) for f in frames])
+    assert np.mean(strengths >= 0.6) < 0.02  # the warm-up asks for a pitch in half its frames
+    vowel = held_vowel(200, -30.0, 0.0).astype(np.float64).reshape(-1, FRAME)
+    assert min(pitch_strength(f) for f in vowel) > 0.9
+    assert pitch_strength(np.zeros(FRAME)) == 0.0
