@@ -13,6 +13,7 @@ import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
 import gevent
 import structlog
@@ -90,6 +91,7 @@ class BridgeService:
         self.calls: CallRegistry | None = None
         self.fleet: FleetNode | None = None
         self.server: WSGIServer | None = None
+        self.relay_server: WSGIServer | None = None  # a worker's own port for VAPI relays (WORKERS > 1)
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
         self._flusher: gevent.Greenlet[[], None] | None = None
@@ -158,6 +160,7 @@ class BridgeService:
             timeout_s=settings.vapi.connect_timeout_s,
         )
         self.fleet, tickets = fleet_from_settings(settings, metrics=self.metrics, log=self.log)
+        relay_listener = _relay_listener(settings)
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings, hold_ulaw),
@@ -168,7 +171,7 @@ class BridgeService:
             fleet=self.fleet,
             records=self.records,
             recordings=self.recordings,
-            relay_url=_relay_url(settings, listener),
+            relay_url=_relay_url(settings, listener, relay_listener),
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
@@ -240,8 +243,25 @@ class BridgeService:
             access_log=self.log.bind(actor="http"),
         )
         self.server.start()
+        if relay_listener is not None:
+            self.relay_server = make_server(
+                relay_listener,
+                app,
+                public_url=settings.public_url,
+                validator=validator,
+                admit=calls.media_refusal,
+                on_rejected=rejected,
+                relay=calls.relay_refusal,
+                relay_only=True,
+                header_timeout_s=limits.http_header_timeout_s,
+                idle_timeout_s=limits.http_idle_timeout_s,
+                max_connections=limits.max_connections,
+                access_log=self.log.bind(actor="http"),
+            )
+            self.relay_server.start()
         self._flusher = gevent.spawn(self._flush_suppressed)
-        self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url)
+        self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
+                      **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
 
     def _flush_suppressed(self) -> None:
         """Say how many lines a flood's rate limit held back, also once the flood has stopped."""
@@ -298,25 +318,29 @@ class BridgeService:
         if not peers:
             self.log.warning("handoff_impossible", reason="no other node takes calls", live_calls=len(calls.live()))
             return
-        if self.server is not None and not self.server.closed:
-            self.server.close()  # established sockets stay; new connections go to another node
+        self._close_listeners()  # established sockets stay; new connections go to another node
         handed = calls.hand_off_all(DEPLOY)
         self.log.info("handing_off", calls=handed, peers=len(peers))
+
+    def _close_listeners(self) -> None:
+        for server in (self.server, self.relay_server):
+            if server is not None and not server.closed:
+                server.close()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End every call, stop the root supervisor, close the listener and the simulator."""
         if self._flusher is not None:
             self._flusher.kill(block=False)
-        if self.server is not None:
-            self.server.close()  # no new connections
+        self._close_listeners()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)
         if self.calls is not None:
             self.calls.release_parked()
         if self.fleet is not None:
             self.fleet.stop()  # after the calls: their outcomes go out first
-        if self.server is not None:
-            self.server.stop(timeout=timeout_s)
+        for server in (self.server, self.relay_server):
+            if server is not None:
+                server.stop(timeout=timeout_s)
         if self.records is not None:
             self.records.stop()
         if self.recordings is not None:
@@ -326,16 +350,31 @@ class BridgeService:
             self.log.warning("actors_left_at_stop", count=len(leftover))
 
 
-def _relay_url(settings: Settings, listener: socket.socket) -> str | None:
+def _relay_url(settings: Settings, listener: socket.socket, relay_listener: socket.socket | None) -> str | None:
     """Where the other nodes reach this process's VAPI relay; None: no relay (docs/vapi-relay.md).
 
-    Only a node of a fleet relays (one process has no other node), and only a process with a
-    port of its own: gunicorn's workers share one, so a relay handshake could reach any of them.
+    Only a node of a fleet relays (one process has no other node). gunicorn's workers share
+    one port, where a relay handshake could reach any of them: each relays on a port of its
+    own (`_relay_listener`), at NODE_URL's host.
     """
     fleet = settings.fleet
-    if (fleet.redis_url is None and fleet.directory_path is None) or settings.workers > 1:
+    if fleet.redis_url is None and fleet.directory_path is None:
         return None
-    return fleet.node_url or f"http://127.0.0.1:{listener.getsockname()[1]}"
+    if relay_listener is None:
+        return fleet.node_url or f"http://127.0.0.1:{listener.getsockname()[1]}"
+    host = urlsplit(fleet.node_url).hostname if fleet.node_url else None
+    host = host or "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{relay_listener.getsockname()[1]}"
+
+
+def _relay_listener(settings: Settings) -> socket.socket | None:
+    """A worker's own port for relays (WORKERS > 1 in a fleet): any free one on HOST."""
+    fleet = settings.fleet
+    if settings.workers <= 1 or (fleet.redis_url is None and fleet.directory_path is None):
+        return None
+    sock = _bind(settings.host, 0)
+    _listen(sock, settings.host, 0)
+    return sock
 
 
 def preflight(settings: Settings, log: BoundLogger) -> socket.socket:

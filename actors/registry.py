@@ -311,7 +311,7 @@ class CallRegistry:
         if scheme.lower() != "bearer":
             return "bad_relay_token"
         if self._relay_url is None:
-            return "relay_not_parked"  # this node relays nothing (one process, or a worker)
+            return "relay_not_parked"  # this node relays nothing (one process)
         refusal = self._tickets.relay_refusal(token.strip(), call_sid=call_sid, now=time.time())
         if refusal is not None:
             return refusal

@@ -18,6 +18,11 @@ Servers side by side in one run, calls alternating between them:
   webhook and parks it; B reaches it through A's relay (docs/vapi-relay.md);
 - **fleet, other node, before** (`--before <git rev>`, the commit before the relay): the
   same two nodes of that tree, where B opened the VAPI socket itself when `start` arrived.
+- **WORKERS=2**: this tree as `run.py` with two gunicorn workers on one port, webhook and
+  stream both sent to that port: the kernel hands each connection to a worker. The rows
+  split the calls by whether the stream landed on the worker that answered the webhook
+  (from the server's INFO log); one that did not reaches the VAPI socket its webhook's
+  worker opened through that worker's relay port. `--before` runs the same for that tree.
 
 Each call: the simulated Twilio posts the webhook, waits `--twilio-setup-ms` (Twilio
 fetching the TwiML and opening its media socket), opens the stream and sends `start`; the
@@ -44,6 +49,7 @@ if __name__ == "__main__":  # patch before anything imports sockets
 
 import argparse
 import contextlib
+import json
 import socket
 import sys
 import tempfile
@@ -78,10 +84,11 @@ _SETTLE_S = 2.0
 class Target:
     """Where a call's webhook goes and where its stream lands (the same server, or two nodes)."""
 
-    def __init__(self, webhook: ServerProcess, stream: ServerProcess | None = None) -> None:
+    def __init__(self, webhook: ServerProcess, stream: ServerProcess | None = None, *, workers: bool = False) -> None:
         self.webhook = webhook
         self.stream = stream or webhook
         self.servers = [webhook] if stream is None else [webhook, stream]
+        self.workers = workers  # one port, several workers: the kernel chooses who takes each connection
 
     @property
     def public_url(self) -> str:
@@ -150,9 +157,13 @@ class DelayProxy:
             sender.kill()
 
 
-def _one_call(target: Target, setup_s: float) -> float | None:
-    """Seconds from `start` to the first assistant audio; None if none came."""
+def _one_call(target: Target, setup_s: float) -> tuple[str, float | None]:
+    """The call's SID, and seconds from `start` to the first assistant audio (None if none came)."""
     webhook, caller = target.callers()
+    return webhook.call_sid, _first_audio(webhook, caller, setup_s)
+
+
+def _first_audio(webhook: SimulatedCaller, caller: SimulatedCaller, setup_s: float) -> float | None:
     try:
         status, _ = webhook.post_webhook()
         if status != 200:
@@ -187,6 +198,26 @@ def _pair(workdir: Path, name: str, env: dict[str, str], root: Path | None) -> T
                   _server(workdir, f"{name}-b", {**shared, "NODE_ID": "node-b"}, root))
 
 
+def _workers(workdir: Path, name: str, env: dict[str, str], root: Path | None) -> Target:
+    """Two workers on one port (their own SQLite directory): INFO logs say which took each request."""
+    return Target(_server(workdir, name, {**env, "WORKERS": "2", "LOG_LEVEL": "INFO"}, root), workers=True)
+
+
+def _by_worker(server: ServerProcess) -> dict[str, bool]:
+    """CallSid -> whether its stream landed on another worker than its webhook, from the server's log."""
+    webhook: dict[str, int] = {}
+    stream: dict[str, int] = {}
+    for line in server.log_path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("event") == "call_answered":
+            webhook[entry["call_sid"]] = entry["pid"]
+        elif entry.get("event") == "call_started":
+            stream[entry["call_sid"]] = entry["pid"]
+    return {sid: stream[sid] != pid for sid, pid in webhook.items() if sid in stream}
+
+
 def _targets(workdir: Path, vapi_url: str, baseline: Path | None, before: Path | None) -> dict[str, Target]:
     env = {"TWILIO_AUTH_TOKEN": _TOKEN, "VAPI_API_KEY": _API_KEY, "VAPI_BASE_URL": vapi_url, "LOG_LEVEL": "WARNING"}
     targets = {}
@@ -198,6 +229,9 @@ def _targets(workdir: Path, vapi_url: str, baseline: Path | None, before: Path |
     if before is not None:
         targets["fleet, other node, before"] = _pair(workdir, "before", env, before)
     targets["fleet, other node (relay)"] = _pair(workdir, "relay", env, None)
+    if before is not None:
+        targets["WORKERS=2, before"] = _workers(workdir, "workers-before", env, before)
+    targets["WORKERS=2"] = _workers(workdir, "workers", env, None)
     return targets
 
 
@@ -316,24 +350,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = work / f"rtt-{rtt:g}"
             run_dir.mkdir()
             targets = _targets(run_dir, f"http://127.0.0.1:{proxy.port}", baseline, before)
-            samples: dict[str, list[float]] = {name: [] for name in targets}
-            lost = dict.fromkeys(targets, 0)
+            samples: dict[str, list[tuple[str, float | None]]] = {name: [] for name in targets}
             servers = [server for target in targets.values() for server in target.servers]
             try:
                 gevent.joinall([gevent.spawn(server.start) for server in servers], raise_error=True)
                 for _ in range(args.calls):
                     for name, target in targets.items():
-                        figure = _one_call(target, args.twilio_setup_ms / 1000)
-                        if figure is None:
-                            lost[name] += 1
-                        else:
-                            samples[name].append(figure)
+                        samples[name].append(_one_call(target, args.twilio_setup_ms / 1000))
+                crossed = {name: _by_worker(target.webhook) for name, target in targets.items() if target.workers}
             finally:
                 for server in servers:
                     server.stop()
                 proxy.stop()
                 sim.stop()
-            rows.extend((rtt, name, samples[name], lost[name]) for name in targets)
+            for name, taken in samples.items():
+                if name not in crossed:
+                    rows.append((rtt, name, [s for _, s in taken if s is not None], sum(s is None for _, s in taken)))
+                    continue
+                for label, other in ((", same worker", False), (", other worker", True)):
+                    group = [s for sid, s in taken if crossed[name].get(sid, False) is other]
+                    rows.append((rtt, name + label, [s for s in group if s is not None], sum(s is None for s in group)))
         if args.relay_cpu:
             calls, seconds = args.relay_cpu.split(",")
             cpu_lines = _relay_cpu(work, int(calls), float(seconds))

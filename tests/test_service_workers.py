@@ -240,6 +240,49 @@ def test_ten_calls_succeed_whichever_worker_takes_each_request(two_workers):
     assert any(stream_pid[sid] != webhook_pid[sid] for sid in stream_pid)
 
 
+def test_a_stream_on_another_worker_gets_the_vapi_socket_its_webhooks_worker_opened_through_that_workers_relay(
+        two_workers):
+    # The webhook's worker opens the VAPI call's socket at once (the greeting waits in it); a
+    # stream that lands on the other worker used to open a second connection to VAPI after
+    # `start`, which a real VAPI round trip puts before the greeting (README, First assistant audio).
+    process, base, directory = two_workers
+    crossed: dict[str, int] = {}
+    for _batch in range(3):
+        calls = subprocess.run([sys.executable, str(ROOT / "run.py"), "call", "--server", base, "--auth-token", TOKEN,
+                                "--calls", "6", "--duration", "2.0"], cwd=directory, capture_output=True, text=True,
+                               timeout=60)
+        assert calls.returncode == 0, calls.stdout[-3000:] + calls.stderr[-2000:]
+        lines = log_lines(directory)
+        webhook_pid = {line["call_sid"]: line["pid"] for line in lines if line["event"] == "call_answered"}
+        crossed = {line["call_sid"]: webhook_pid[line["call_sid"]] for line in lines
+                   if line["event"] == "call_started" and webhook_pid.get(line["call_sid"], line["pid"]) != line["pid"]}
+        if crossed:
+            break
+    assert crossed, "no stream landed on the other worker than its webhook's in 18 calls"
+
+    def relayed() -> dict[str, int]:
+        return {line["call_sid"]: line["pid"] for line in log_lines(directory) if line["event"] == "vapi_relay_ended"}
+
+    assert wait_until(lambda: set(crossed) <= set(relayed()), timeout=10), (crossed, relayed())
+    ended = relayed()
+    assert all(ended[sid] == pid for sid, pid in crossed.items())  # by the worker that answered the webhook
+    lost = [line for line in log_lines(directory) if line["event"] == "vapi_prepared_call_lost"]
+    assert lost == []
+
+
+def test_a_workers_relay_port_relays_and_nothing_else(two_workers):
+    _process, _base, directory = two_workers
+    ports = {line["relay_port"] for line in log_lines(directory) if line["event"] == "server_listening"}
+    assert len(ports) == 2  # one each
+    for port in ports:
+        answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert answer.status_code == 404
+        upgrade = requests.get(f"http://127.0.0.1:{port}/media/CA" + "0" * 32, timeout=5, headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert upgrade.status_code == 404
+
+
 def test_a_replacement_worker_that_cannot_start_does_not_stop_the_others(tmp_path):
     import wave
 

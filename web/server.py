@@ -26,8 +26,8 @@ import binascii
 import logging
 import re
 import socket
-from collections.abc import Callable
-from wsgiref.types import WSGIApplication
+from collections.abc import Callable, Iterable
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import gevent
 from gevent.pool import Pool
@@ -62,6 +62,7 @@ def make_server(
     admit: Callable[[str], str | None],
     on_rejected: Callable[[str, str, str], None] | None = None,
     relay: Callable[[str, str], str | None] | None = None,
+    relay_only: bool = False,
     header_timeout_s: float = 10.0,
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
@@ -74,6 +75,9 @@ def make_server(
     `on_rejected(kind, client_address, detail)` is told of every refused upgrade.
     `relay(call_sid, authorization)` returns None when a relay handshake may have the
     call's parked VAPI socket, else why not; without it the relay route does not upgrade.
+    `relay_only`: a worker's own relay port (WORKERS > 1), which upgrades relay handshakes
+    and answers everything else 404: media sockets, the webhook and the rest come through
+    the port the workers share.
     """
     # What Twilio was told to dial, less "/media/<sid>": wss://host[:port][/prefix].
     wss_base = media_stream_url(public_url, _ANY_CALL_SID)[: -len(_MEDIA_PREFIX + _ANY_CALL_SID)]
@@ -151,6 +155,8 @@ def make_server(
             raw_path = self.path.partition("?")[0] if isinstance(self.path, str) else ""
             path = environ.get("PATH_INFO", "")
             relaying = relay is not None and path.startswith(RELAY_PATH_PREFIX)
+            if relay_only and not relaying:
+                return self._refuse("404 Not Found", "not_an_upgrade_route", path[:100])
             prefix = RELAY_PATH_PREFIX if relaying else _MEDIA_PREFIX
             call_sid = path[len(prefix):]
             if (
@@ -184,9 +190,15 @@ def make_server(
             answer: list[str] | None = self.upgrade_connection()
             return answer
 
+    def relay_route_only(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("wsgi.websocket") is not None and environ.get("PATH_INFO", "").startswith(RELAY_PATH_PREFIX):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Connection", "close")])
+        return [b"not found: this port only relays VAPI sockets between workers\n"]
+
     return WSGIServer(
         listener,
-        app,
+        relay_route_only if relay_only else app,
         handler_class=GatedHandler,
         spawn=Pool(max_connections),
         log=None,
