@@ -240,6 +240,7 @@ class BridgeService:
             header_timeout_s=limits.http_header_timeout_s,
             idle_timeout_s=limits.http_idle_timeout_s,
             max_connections=limits.max_connections,
+            trusted_proxies=limits.trusted_proxies,
             access_log=self.log.bind(actor="http"),
         )
         self.server.start()
@@ -256,6 +257,7 @@ class BridgeService:
                 header_timeout_s=limits.http_header_timeout_s,
                 idle_timeout_s=limits.http_idle_timeout_s,
                 max_connections=limits.max_connections,
+                trusted_proxies=limits.trusted_proxies,
                 access_log=self.log.bind(actor="http"),
             )
             self.relay_server.start()

@@ -169,6 +169,7 @@ class LimitSettings:
     media_idle_timeout_s: float  # no media frame for this long: the socket and the call end
     media_frames_per_s: float
     media_bytes_per_s: float
+    trusted_proxies: int = 0  # proxies in front whose X-Forwarded-For entries name the client
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,6 +340,7 @@ class Settings:
                 media_idle_timeout_s=r.number("MEDIA_IDLE_TIMEOUT_S", 5.0, low=0.5, high=600.0),
                 media_frames_per_s=r.number("MEDIA_MAX_FRAMES_PER_S", 200.0, low=60.0, high=100_000.0),
                 media_bytes_per_s=r.number("MEDIA_MAX_BYTES_PER_S", 65536.0, low=20_000.0, high=1e9),
+                trusted_proxies=r.integer("TRUSTED_PROXIES", 0, low=0, high=10),
             ),
             recordings=RecordingSettings(
                 directory=r.optional("RECORDINGS_DIR"),

@@ -38,6 +38,8 @@ def test_secrets_never_appear_in_the_repr():
         ("OUTBOUND_MAX_FRAMES", "10"),
         ("LOG_FORMAT", "xml"),
         ("VAD_THRESHOLD_DB", "-3"),
+        ("TRUSTED_PROXIES", "-1"),
+        ("TRUSTED_PROXIES", "all"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_is_allowed(name, value):

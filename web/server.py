@@ -27,6 +27,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterable
+from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import gevent
@@ -35,6 +36,7 @@ from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from observability.logging import Logger
+from protocols.forwarded import client_address
 from protocols.signature import SignatureValidator
 from protocols.ticket import RELAY_PATH_PREFIX
 from protocols.twiml import CALL_SID_PATTERN, media_stream_url
@@ -66,6 +68,7 @@ def make_server(
     header_timeout_s: float = 10.0,
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
+    trusted_proxies: int = 0,
     error_log: logging.Logger | None = None,
     access_log: Logger | None = None,
 ) -> WSGIServer:
@@ -75,6 +78,9 @@ def make_server(
     `on_rejected(kind, client_address, detail)` is told of every refused upgrade.
     `relay(call_sid, authorization)` returns None when a relay handshake may have the
     call's parked VAPI socket, else why not; without it the relay route does not upgrade.
+    `trusted_proxies`: how many proxies in front append to X-Forwarded-For; the client
+    address every later part sees (REMOTE_ADDR, refusals, access lines) is the one the
+    outermost of them saw (protocols/forwarded.py).
     `relay_only`: a worker's own relay port (WORKERS > 1), which upgrades relay handshakes
     and answers everything else 404: media sockets, the webhook and the rest come through
     the port the workers share.
@@ -101,16 +107,29 @@ def make_server(
                 parsed: bool = super().read_request(raw_requestline)  # True, or it raised
             return parsed
 
-        def _client(self) -> str:
+        def get_environ(self) -> dict[str, Any]:
+            environ: dict[str, Any] = super().get_environ()
+            if trusted_proxies:
+                environ["REMOTE_ADDR"] = client_address(
+                    str(environ.get("REMOTE_ADDR", "")), environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxies)
+            return environ
+
+        def _peer(self) -> str:
             address = self.client_address
             return str(address[0] if isinstance(address, tuple) else address or "?")
+
+        def _client(self) -> str:
+            # The request's client (get_environ: behind proxies, the one they vouch for). Only
+            # for a request whose headers are in: on a kept-alive connection, self.environ is
+            # otherwise the previous request's, which a proxy may have made for another client.
+            return str(self.environ.get("REMOTE_ADDR") or self._peer())
 
         def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
             # pywsgi would print each one (with a traceback for some): a client could
             # write our log as fast as it sends garbage. Counted and rate-limited instead.
             timed_out = isinstance(ex, _ReadTimeout)
             if on_rejected is not None:
-                on_rejected("http_timeout" if timed_out else "bad_request", self._client(), str(ex)[:100])
+                on_rejected("http_timeout" if timed_out else "bad_request", self._peer(), str(ex)[:100])
             return ("408", _REQUEST_TIMEOUT) if timed_out else ("400", _BAD_REQUEST)
 
         def log_request(self) -> None:
@@ -143,7 +162,7 @@ def make_server(
 
         def _refuse(self, status: str, kind: str, detail: str = "") -> list[bytes]:
             if on_rejected is not None:
-                on_rejected(kind, str(self.client_address[0] if self.client_address else "?"), detail)
+                on_rejected(kind, self._client(), detail)
             self.start_response(status, [("Content-Type", "text/plain"), ("Connection", "close")])
             self.close_connection = True
             return [f"{status[4:].lower()}: {kind}\n".encode()]

@@ -245,3 +245,30 @@ def test_two_sockets_presenting_one_ticket_get_one_call_between_them(bridge, vap
     assert bridge.metrics.value("bridge_malformed_inputs_total", source="media", kind="duplicate_socket") == 1
     assert wait_until(lambda: streaming(bridge, caller.call_sid)) and not winner.closed.is_set()
     assert len(bridge.calls.live()) == 1
+
+
+FORWARDED = "X-Forwarded-For: 198.51.100.66, 203.0.113.7\r\n"  # what the client wrote, then what nginx saw
+
+
+def _refusal_sources(caplog, event):
+    return [line for line in (r.getMessage() for r in caplog.records) if event in line]
+
+
+@pytest.mark.parametrize("server_env", [{"TRUSTED_PROXIES": "1"}])
+def test_behind_a_trusted_proxy_refusals_name_the_client_it_saw(bridge, caplog):
+    caplog.set_level("INFO")
+    assert raw_upgrade(bridge.port, f"/media/{UNKNOWN_SID}", extra=FORWARDED).startswith("HTTP/1.1 403")
+    with socket.create_connection(("127.0.0.1", bridge.port), timeout=5) as conn:
+        conn.sendall(b"POST /voice/incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + FORWARDED.encode() + b"\r\n")
+        assert conn.recv(64).startswith(b"HTTP/1.1 403")
+    for event in ("upgrade_refused", "webhook_rejected"):
+        lines = _refusal_sources(caplog, event)
+        assert lines and all("203.0.113.7" in line for line in lines), (event, lines)
+        assert not any("198.51.100.66" in line for line in lines)  # the client's own claim is not believed
+
+
+def test_without_trusted_proxies_a_forwarded_for_header_names_nobody(bridge, caplog):
+    caplog.set_level("INFO")
+    assert raw_upgrade(bridge.port, f"/media/{UNKNOWN_SID}", extra=FORWARDED).startswith("HTTP/1.1 403")
+    lines = _refusal_sources(caplog, "upgrade_refused")
+    assert lines and all("127.0.0.1" in line and "203.0.113.7" not in line for line in lines)
