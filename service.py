@@ -228,39 +228,32 @@ class BridgeService:
             self.log_limiter.warning("request_refused", source=client, kind=kind)
 
         calls = self.calls
-        self.server = make_server(
-            listener,
-            BoundedBodies(app, max_bytes=limits.max_body_bytes, timeout_s=limits.http_body_timeout_s,
-                          on_refused=body_refused),
-            public_url=settings.public_url,
-            validator=validator,
-            admit=calls.media_refusal,
-            on_rejected=rejected,
-            relay=calls.relay_refusal,
-            header_timeout_s=limits.http_header_timeout_s,
-            idle_timeout_s=limits.http_idle_timeout_s,
-            max_connections=limits.max_connections,
-            trusted_proxies=limits.trusted_proxies,
-            access_log=self.log.bind(actor="http"),
-        )
-        self.server.start()
-        if relay_listener is not None:
-            self.relay_server = make_server(
-                relay_listener,
-                app,
+
+        bounded = BoundedBodies(app, max_bytes=limits.max_body_bytes, timeout_s=limits.http_body_timeout_s,
+                                on_refused=body_refused)
+
+        def serve(on: socket.socket, *, relay_only: bool = False) -> WSGIServer:
+            server = make_server(
+                on,
+                bounded,
                 public_url=settings.public_url,
                 validator=validator,
                 admit=calls.media_refusal,
                 on_rejected=rejected,
                 relay=calls.relay_refusal,
-                relay_only=True,
+                relay_only=relay_only,
                 header_timeout_s=limits.http_header_timeout_s,
                 idle_timeout_s=limits.http_idle_timeout_s,
                 max_connections=limits.max_connections,
                 trusted_proxies=limits.trusted_proxies,
                 access_log=self.log.bind(actor="http"),
             )
-            self.relay_server.start()
+            server.start()
+            return server
+
+        self.server = serve(listener)
+        if relay_listener is not None:
+            self.relay_server = serve(relay_listener, relay_only=True)
         self._flusher = gevent.spawn(self._flush_suppressed)
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))

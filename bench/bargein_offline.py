@@ -125,6 +125,19 @@ def _quiet(n: int, seed: int) -> NDArray[np.float64]:
     return noise
 
 
+def _in_room(sides: _Sides, sounds: dict[str, Any], trial: int,
+             seconds: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Trial `trial` of the room: the assistant's turn, and what the caller's phone hears of it
+    (its echo, -10 dB at 40-300 ms) over pink noise at -45 dBFS and a TV at -38 dBFS."""
+    rng = np.random.default_rng(4000 + trial)
+    far = _turn(sides, sounds["assistant"], rng, seconds)
+    near = _echo(far, sounds["band"], int(rng.integers(40, 301)), None)
+    for track in (sounds["pink"], sounds["tv"]):
+        start = int(rng.integers(len(track) - len(near)))
+        near += track[start : start + len(near)]
+    return far, near
+
+
 def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
     with open(corpus_path, "rb") as source:
         sounds = pickle.load(source)  # noqa: S301 - our own temp file, written by _corpus in this run
@@ -160,47 +173,36 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
                 else:
                     missed += 1
             result["over"][f"{level:g} dBFS, echo {'stepping' if stepping else 'steady'}"] = [latencies, missed, early]
+    first_callers = callers[-30.0]
+
+    def first_onsets(far: NDArray[np.float64], near: NDArray[np.float64], trial: int, into: list[Any]) -> None:
+        """A -30 dBFS caller talking from the first frame over `near`: the first onset, or a miss."""
+        speech = first_callers[trial % len(first_callers)]
+        near[: len(speech)] += speech[: len(near)]
+        onsets = _onsets(sides, far, near)
+        if onsets:
+            into[0].append(onsets[0])
+        else:
+            into[1] += 1
+
     for delay in (None, 40, 120, 200, 300):
-        latencies, missed = [], 0
+        row: list[Any] = [[], 0]
         for trial in range(trials):
             rng = np.random.default_rng(3000 + trial)
             far = _turn(sides, assistant, rng, 3.0)
             near = _quiet(len(far), trial)
             if delay is not None:
                 near += _echo(far, band, delay, None)
-            speech = callers[-30.0][trial % len(callers[-30.0])]
-            near[: len(speech)] += speech[: len(near)]
-            onsets = _onsets(sides, far, near)
-            if onsets:
-                latencies.append(onsets[0])
-            else:
-                missed += 1
-        result["first"]["no echo" if delay is None else f"echo {delay} ms"] = [latencies, missed]
-    pink, tv = sounds["pink"], sounds["tv"]
-    latencies, missed = [], 0
+            first_onsets(far, near, trial, row)
+        result["first"]["no echo" if delay is None else f"echo {delay} ms"] = row
+    row = [[], 0]
     for trial in range(trials):
-        rng = np.random.default_rng(4000 + trial)
-        far = _turn(sides, assistant, rng, 3.0)
-        near = _echo(far, band, int(rng.integers(40, 301)), None)
-        for track in (pink, tv):
-            start = int(rng.integers(len(track) - len(near)))
-            near += track[start : start + len(near)]
-        speech = callers[-30.0][trial % len(callers[-30.0])]
-        near[: len(speech)] += speech[: len(near)]
-        onsets = _onsets(sides, far, near)
-        if onsets:
-            latencies.append(onsets[0])
-        else:
-            missed += 1
-    result["first"]["in the room below, echo 40-300 ms"] = [latencies, missed]
+        far, near = _in_room(sides, sounds, trial, 3.0)
+        first_onsets(far, near, trial, row)
+    result["first"]["in the room below, echo 40-300 ms"] = row
     count, early, seconds = 0, 0, 0.0
     for trial in range(trials):
-        rng = np.random.default_rng(4000 + trial)
-        far = _turn(sides, assistant, rng, 8.0)
-        near = _echo(far, band, int(rng.integers(40, 301)), None)
-        for track in (pink, tv):
-            start = int(rng.integers(len(track) - len(near)))
-            near += track[start : start + len(near)]
+        far, near = _in_room(sides, sounds, trial, 8.0)
         onsets = _onsets(sides, far, near)
         count += len(onsets)
         early += sum(1 for t in onsets if t <= 1500)
