@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from links.twilio import SocketLimits
 from links.twilio_rest import TwilioDialer
 from links.vapi import VapiConnector
 from observability.logging import BoundLogger
+from observability.looplag import LoopLag, watch_loop
 from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
@@ -95,6 +97,7 @@ class BridgeService:
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
         self._flusher: gevent.Greenlet[[], None] | None = None
+        self._lag_watch: gevent.Greenlet[..., None] | None = None
 
     @property
     def port(self) -> int:
@@ -177,7 +180,9 @@ class BridgeService:
             ),
         )
         self.fleet.start(snapshots=self.calls.snapshots, inject=self.calls.inject)
-        self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls)
+        lag = LoopLag(settings.admin.overload_lag_ms / 1000) if settings.admin.overload_lag_ms > 0 else None
+        self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls,
+                                   overload=lag.refusal if lag is not None else None)
         if settings.admin.chaos_rate_per_min > 0:
             calls = self.calls
             self.root.ask(StartChild(ChildSpec(
@@ -255,8 +260,22 @@ class BridgeService:
         if relay_listener is not None:
             self.relay_server = serve(relay_listener, relay_only=True)
         self._flusher = gevent.spawn(self._flush_suppressed)
+        if lag is not None:
+            changed = partial(self._overload_changed, lag)
+            self._lag_watch = gevent.spawn(watch_loop, lag, self.metrics.loop_lag.observe, changed)
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
+
+    def _overload_changed(self, lag: LoopLag, overloaded: bool) -> None:
+        self.metrics.overloaded.set(1 if overloaded else 0)
+        live = len(self.calls.live()) if self.calls is not None else 0
+        late_ms = round(lag.median_s() * 1000, 1)
+        if overloaded:
+            # The process protects the calls it has: no person is needed unless it lasts.
+            self.log.warning("overloaded", live_calls=live, loop_late_ms=late_ms,
+                             threshold_ms=round(lag.threshold_s * 1000, 1))
+        else:
+            self.log.info("overload_ended", live_calls=live, loop_late_ms=late_ms)
 
     def _flush_suppressed(self) -> None:
         """Say how many lines a flood's rate limit held back, also once the flood has stopped."""
@@ -326,6 +345,8 @@ class BridgeService:
         """End every call, stop the root supervisor, close the listener and the simulator."""
         if self._flusher is not None:
             self._flusher.kill(block=False)
+        if self._lag_watch is not None:
+            self._lag_watch.kill(block=False)
         self._close_listeners()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)

@@ -29,6 +29,8 @@ _BRIDGE_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0
 _OUTBOUND_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Voice-to-voice turns live in the hundreds of milliseconds; callers notice past ~800 ms.
 _TURN_BUCKETS_S = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+# A loop keeping up is late by well under a millisecond; one falling behind, by tens of ms and up.
+_LAG_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _RECOVERY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -131,6 +133,15 @@ class Metrics:
         self.recovery = Histogram(
             "bridge_fault_recovery_seconds", "Actor failure -> caller audio reaching VAPI again",
             buckets=_RECOVERY_BUCKETS_S, registry=r,
+        )
+        self.loop_lag = Histogram(
+            "bridge_event_loop_lag_seconds", "How much later than asked the event loop woke a 100 ms timer",
+            buckets=_LAG_BUCKETS_S, registry=r,
+        )
+        # livesum: with several workers, how many are refusing new calls right now.
+        self.overloaded = Gauge(
+            "bridge_overloaded", "1 while the event loop is too late to take new calls (OVERLOAD_LAG_MS)",
+            registry=r, multiprocess_mode="livesum",
         )
         self.marks = Counter(
             "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r

@@ -1,4 +1,4 @@
-"""Whether the server takes a new call: not while draining, not past MAX_CALLS."""
+"""Whether the server takes a new call: not while draining, not past MAX_CALLS, not overloaded."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ __all__ = ["Admission"]
 class Admission:
     """Shared by the webhook (fallback TwiML when refused) and /readyz (503 when refused)."""
 
-    def __init__(self, live_calls: Callable[[], int], max_calls: int | None) -> None:
+    def __init__(self, live_calls: Callable[[], int], max_calls: int | None,
+                 overload: Callable[[], str | None] | None = None) -> None:
+        """`overload`: why the process is too busy for another call now, or None
+        (observability/looplag.py)."""
         self._live_calls = live_calls
         self._max_calls = max_calls
+        self._overload = overload
         self.draining = False
 
     def refusal(self) -> str | None:
@@ -21,4 +25,6 @@ class Admission:
             return "draining"
         if self._max_calls is not None and self._live_calls() >= self._max_calls:
             return f"full ({self._max_calls} calls)"
+        if self._overload is not None:
+            return self._overload()
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gevent
+import gevent.event
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audio.signals import silence
 from tests.integration.conftest import wait_until
 from tests.integration.test_call_flow import sim_call_for, speak_and_wait_for_answer, start_call
+from tests.observability.test_looplag import _hog
 from tests.web.test_voice import CALL_SID, post
 
 
@@ -86,8 +89,6 @@ def test_when_full_readyz_fails_and_new_calls_hear_the_fallback(bridge, vapi_sim
 
 
 def test_draining_refuses_new_calls_lets_live_ones_run_then_ends_them(bridge, vapi_sim, make_caller):
-    import gevent
-
     caller = start_call(make_caller)
     sim = sim_call_for(vapi_sim)
     drain = gevent.spawn(bridge.drain, 1.0)
@@ -99,3 +100,37 @@ def test_draining_refuses_new_calls_lets_live_ones_run_then_ends_them(bridge, va
     assert caller.closed.wait(3)
     assert sim.ended.wait(3) and {"type": "end-call"} in sim.received_text
     assert bridge.calls.outcome(caller.call_sid) == "drained"
+
+
+@pytest.mark.parametrize("server_env", [{"OVERLOAD_LAG_MS": "50"}])
+def test_a_loop_too_late_for_new_calls_refuses_them_and_takes_them_again_once_it_keeps_up(bridge):
+    assert get(bridge, "/readyz").status_code == 200
+    stop = gevent.event.Event()
+    hog = gevent.spawn(_hog, stop)
+    try:
+        assert wait_until(lambda: bridge.admission.refusal() is not None, timeout=10)
+        assert get(bridge, "/readyz").status_code == 503
+        refused = post(bridge, "/voice/incoming", {"CallSid": CALL_SID})
+        assert "<Say>" in refused.text and "<Connect" not in refused.text
+        assert bridge.metrics.value("bridge_overloaded") == 1
+    finally:
+        stop.set()
+        hog.join(timeout=5)
+    assert wait_until(lambda: get(bridge, "/readyz").status_code == 200, timeout=10)
+    taken = post(bridge, "/voice/incoming", {"CallSid": "CA" + "7" * 32})
+    assert "<Connect" in taken.text
+    assert bridge.metrics.value("bridge_overloaded") == 0
+    assert bridge.metrics.value("bridge_event_loop_lag_seconds_count") > 20
+
+
+@pytest.mark.parametrize("server_env", [{"OVERLOAD_LAG_MS": "0"}])
+def test_with_overload_lag_ms_0_a_late_loop_still_takes_calls(bridge):
+    stop = gevent.event.Event()
+    hog = gevent.spawn(_hog, stop)
+    try:
+        gevent.sleep(2.5)  # more than the window the guard would have needed
+        assert get(bridge, "/readyz").status_code == 200
+        assert "<Connect" in post(bridge, "/voice/incoming", {"CallSid": CALL_SID}).text
+    finally:
+        stop.set()
+        hog.join(timeout=5)
