@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 __all__ = [
     "NginxServer",
@@ -83,7 +84,15 @@ def find_binary(name: str, *candidates: str) -> str:
     raise ServiceUnavailable(f"{name} is not installed (Debian: apt-get install {name})")
 
 
-def _as_user(user: str | None) -> dict[str, object]:
+class _UserArgs(TypedDict, total=False):
+    """The Popen keyword arguments _as_user may set."""
+
+    user: str
+    group: int
+    extra_groups: list[str | int]
+
+
+def _as_user(user: str | None) -> _UserArgs:
     """Popen arguments that run the child as `user` (its group, no supplementary groups)."""
     if user is None:
         return {}
@@ -135,14 +144,14 @@ class _Process:
         finally:
             log.close()
 
-    def _wait_up(self, ready: object) -> None:
+    def _wait_up(self, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with status {self._proc.returncode} at start:\n{_tail(self.log_path)}"
                 )
-            if ready():  # type: ignore[operator]
+            if ready():
                 return
             time.sleep(0.05)
         self._signal(signal.SIGKILL)

@@ -61,7 +61,8 @@ def ours(rates: Rates) -> Stream:
 
 def soxr_hq(rates: Rates) -> Stream:
     stream = soxr.ResampleStream(rates[0], rates[1], 1, dtype="int16", quality="HQ")
-    return stream.resample_chunk
+    process: Stream = stream.resample_chunk  # soxr is untyped (Any): give it the type it has
+    return process
 
 
 def audioop_ratecv(rates: Rates) -> Stream:
@@ -117,7 +118,8 @@ def band_limited_noise_16k(seconds: int, top_hz: float = 3400.0) -> np.ndarray:
     spectrum = np.fft.rfft(np.random.default_rng(0).standard_normal(n))
     spectrum[np.fft.rfftfreq(n, 1 / 16000) > top_hz] = 0
     x = np.fft.irfft(spectrum, n)
-    return np.round(x / np.abs(x).max() * 16000).astype(np.int16)
+    peak = float(np.abs(x).max())
+    return np.round(x / peak * 16000).astype(np.int16)
 
 
 def lag_ms(reference: np.ndarray, output: np.ndarray, rate_hz: int, oversample: int = 16) -> float:

@@ -157,7 +157,8 @@ def _keep_logs(log_dir: Path, label: str, server_log: Path, results: Sequence[Tr
         for r in results:
             out.write(json.dumps({
                 "call_sid": r.call_sid, "condition": r.plan.condition.label, "echo_delay_ms": r.plan.echo_delay_ms,
-                "caller_clip": r.plan.caller_clip, "error": r.error, "first_audio_ms": r.first_audio_ms, "onset_ms": r.onset_ms,
+                "caller_clip": r.plan.caller_clip, "error": r.error, "first_audio_ms": r.first_audio_ms,
+                "onset_ms": r.onset_ms,
                 "reference_ms": r.reference_ms, "latency_ms": r.latency_ms, "false_clears": r.false_clears,
                 "clears_ms": r.clears_ms, "assistant_s": r.assistant_s,
             }) + "\n")

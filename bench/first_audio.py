@@ -115,7 +115,10 @@ class DelayProxy:
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        port = self._server.server_port
+        if port is None:  # None only for a server on a non-TCP (e.g. Unix) socket
+            raise RuntimeError("DelayProxy is not bound to a TCP port")
+        return port
 
     def start(self) -> None:
         self._server.start()

@@ -20,13 +20,16 @@ from collections.abc import Sequence
 
 __all__ = ["main", "stage_of"]
 
-WHOLE = (
+# (stage name, substrings of a stack or frame that put a sample in that stage)
+Stages = tuple[tuple[str, tuple[str, ...]], ...]
+
+WHOLE: Stages = (
     ("VAPI socket write + mask", ("VapiLink._send", "VapiLink.send_audio")),
     ("Twilio socket write", ("TwilioSocket._send_frame", "TwilioSocket.send_text", "TwilioSocket.send_media")),
     ("VAPI socket read", ("VapiLink.recv",)),
     ("Twilio socket read + unmask", ("TwilioSocket.receive",)),
 )
-LEAF = (
+LEAF: Stages = (
     ("resampling", ("audio/resample.py",)),
     ("mu-law", ("audio/mulaw.py",)),
     ("VAD and levels", ("audio/vad.py", "audio/signals.py")),
@@ -68,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts: collections.Counter[str] = collections.Counter()
     with open(args.raw) as lines:
         for line in lines:
-            stack, _, n = line.rstrip("\n").rpartition(" ")
+            stack, _, samples = line.rstrip("\n").rpartition(" ")
             if stack:
-                counts[stage_of(stack)] += int(n)
+                counts[stage_of(stack)] += int(samples)
     total = sum(counts.values())
     per_call_s = args.cpu / 100 / args.calls * 1e6
     print(f"{total} samples; {per_call_s:.0f} µs of CPU per call per second in all")

@@ -232,7 +232,10 @@ def _still_live(server: ServerProcess, results: list[CallResult]) -> list[str]:
 
 
 def _trend(samples: list[tuple[float, ProcessSample]], points: int = 10) -> list[tuple[float, int]]:
-    """About `points` evenly spaced RSS samples, first and last included: a leak climbs, a high-water mark levels off."""
+    """About `points` evenly spaced RSS samples, first and last included.
+
+    A leak climbs, a high-water mark levels off.
+    """
     step = max(1, round((len(samples) - 1) / (points - 1))) if len(samples) > 1 else 1
     picked = samples[::step]
     if picked[-1] is not samples[-1]:
@@ -366,7 +369,7 @@ def _soak(
         calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed, call_seconds=call_seconds,
         results=results, records=records, metrics=(metrics_before, metrics_after),
         long_lived=long_lived, before=before, after=after,
-        samples=samples + [(time.monotonic() - started, after)],
+        samples=[*samples, (time.monotonic() - started, after)],
         server_exit=server_exit, log_path=server.log_path, problems=problems,
     )
     return result

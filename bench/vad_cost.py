@@ -86,12 +86,15 @@ def active_level(pcm: NDArray[np.number]) -> float:
 
 
 def at_level(pcm: NDArray[np.number], dbfs: float) -> NDArray[np.float64]:
-    return pcm.astype(np.float64) * 10.0 ** ((dbfs - active_level(pcm)) / 20.0)
+    gain = float(10.0 ** ((dbfs - active_level(pcm)) / 20.0))  # float ** float is typed Any
+    return pcm.astype(np.float64) * gain
 
 
 def telephone_band(x: NDArray[np.float64]) -> NDArray[np.float64]:
     n = np.arange(63) - 31
-    taps = np.hamming(63) * (2 * 3400 / RATE * np.sinc(2 * 3400 / RATE * n) - 2 * 300 / RATE * np.sinc(2 * 300 / RATE * n))
+    taps = np.hamming(63) * (
+        2 * 3400 / RATE * np.sinc(2 * 3400 / RATE * n) - 2 * 300 / RATE * np.sinc(2 * 300 / RATE * n)
+    )
     return np.convolve(x, taps)[: len(x)]
 
 
@@ -285,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.vad_cost: {args.minutes:g} min per false-start condition; caller lines from espeak-ng")
     print()
     print("| engine | onset after noise, ms (p50 / max; missed) at " + " / ".join(f"{c:g}" for c in CALLER_LEVELS)
-          + " dBFS | onset over the assistant + echo, ms (p50 / max; missed) | false starts/min: pink −45 | TV −38 | TV −32 | clatter | noise steps ±20 dB | echo −10 dB + pink + TV −38 |")
+          + " dBFS | onset over the assistant + echo, ms (p50 / max; missed)"
+          " | false starts/min: pink −45 | TV −38 | TV −32"  # noqa: RUF001 - the heading prints minus signs
+          " | clatter | noise steps ±20 dB | echo −10 dB + pink + TV −38 |")  # noqa: RUF001 - minus signs, as above
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     costs: dict[str, tuple[float, float, float]] = {}
     for engine in engines:
@@ -338,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {engine} | {fmt(quiet_onsets, quiet_missed)} | {fmt(over, over_missed)} | "
               + " | ".join(f"{rate:.1f}" for rate in rates) + " |")
     print()
-    print("| engine | canceller µs/frame (assistant audible) | VAD µs/frame (assistant audible, echo + TV) | VAD µs/frame (quiet line) |")
+    print("| engine | canceller µs/frame (assistant audible) | VAD µs/frame (assistant audible, echo + TV)"
+          " | VAD µs/frame (quiet line) |")
     print("|---|---:|---:|---:|")
     for engine, (c, v, q) in costs.items():
         print(f"| {engine} | {c:.1f} | {v:.1f} | {q:.1f} |")

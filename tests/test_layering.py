@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = {"actors", "audio", "bench", "calls", "chaos", "directory", "links", "media", "observability", "protocols", "records",
-           "service", "settings", "sims", "supervision", "web", "run"}
+PROJECT = {"actors", "audio", "bench", "calls", "chaos", "directory", "links", "media", "observability", "protocols",
+           "records", "service", "settings", "sims", "supervision", "web", "run"}
 
 
 def imports(package: str) -> dict[str, set[str]]:
@@ -27,7 +27,9 @@ def imports(package: str) -> dict[str, set[str]]:
 
 
 def test_supervision_is_generic_and_imports_nothing_from_the_project():
-    offenders = {m: n & PROJECT - {"supervision"} for m, n in imports("supervision").items() if n & PROJECT - {"supervision"}}
+    offenders = {
+        m: n & PROJECT - {"supervision"} for m, n in imports("supervision").items() if n & PROJECT - {"supervision"}
+    }
     assert offenders == {}
 
 

@@ -245,7 +245,7 @@ def test_a_stream_on_another_worker_gets_the_vapi_socket_its_webhooks_worker_ope
     # The webhook's worker opens the VAPI call's socket at once (the greeting waits in it); a
     # stream that lands on the other worker used to open a second connection to VAPI after
     # `start`, which a real VAPI round trip puts before the greeting (README, First assistant audio).
-    process, base, directory = two_workers
+    _process, base, directory = two_workers
     crossed: dict[str, int] = {}
     for _batch in range(3):
         calls = subprocess.run([sys.executable, str(ROOT / "run.py"), "call", "--server", base, "--auth-token", TOKEN,

@@ -44,7 +44,9 @@ def run(far: np.ndarray, near: np.ndarray, canceller: EchoCanceller, track: FarE
     near = ulaw_to_pcm16(pcm16_to_ulaw(np.clip(np.round(near), -32768, 32767).astype(np.int16)))
     for i in range(len(near) // FRAME):
         track.write(i * 20, far_ulaw[i * FRAME : (i + 1) * FRAME])
-        yield i, canceller.process(near[i * FRAME : (i + 1) * FRAME], i * 20, caller_speaking=bool(speaking and speaking(i)))
+        yield i, canceller.process(
+            near[i * FRAME : (i + 1) * FRAME], i * 20, caller_speaking=bool(speaking and speaking(i))
+        )
 
 
 @pytest.mark.parametrize("delay_ms", [40, 130, 300])
@@ -210,7 +212,7 @@ def test_the_echo_of_a_turns_start_never_clears_the_floor_before_its_delay_is_fo
     track = FarEndTrack()
     canceller = EchoCanceller(track)
     over = 0
-    for i, est in run(far, near, canceller, track):
+    for _, est in run(far, near, canceller, track):
         if est.floor_dbfs is not None and level_dbfs(est.residual) >= est.floor_dbfs:
             over += level_dbfs(est.residual) > -45.0  # the VAD ignores anything quieter
     assert over <= 2  # an odd frame; the VAD needs five

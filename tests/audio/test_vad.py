@@ -437,7 +437,7 @@ def _syllables(on_ms, gap_ms, times=2, dbfs=-24.0):
     parts = [pink_noise(1000, RATE, dbfs=-55.0, seed=43)]
     for _ in range(times):
         parts += [white_noise(on_ms, RATE, dbfs=dbfs, seed=44), silence(gap_ms, RATE)]
-    return np.concatenate(parts + [silence(600, RATE)])
+    return np.concatenate([*parts, silence(600, RATE)])
 
 
 def test_short_words_with_short_gaps_add_up_to_an_onset_and_clicks_do_not():

@@ -22,7 +22,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(90)
 def test_three_paced_calls_are_measured_both_ways_with_nothing_dropped_or_failed(tmp_path):
     out = tmp_path / "load.json"
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
+    done = subprocess.run(  # our own interpreter and module, fixed arguments
         [sys.executable, "-m", "bench.load", "--calls", "3", "--seconds", "2", "--duplex", "--no-pin",
          "--warmup", "0.5", "--settle", "0.5", "--json", str(out)],
         cwd=_ROOT, capture_output=True, text=True, timeout=80, check=False,

@@ -19,7 +19,7 @@ def test_garbage_is_no_handoff_and_an_unknown_reason_is_a_deploy():
     assert Handoff.from_json("not json") is None
     assert Handoff.from_json("[1, 2]") is None
     assert Handoff.from_json('{"conversation": []}') is None  # no CallSid
-    odd = Handoff.from_json('{"call_sid": "%s", "reason": "magic", "hops": [{"from": 1}], "resumes": -4}' % SID)
+    odd = Handoff.from_json(f'{{"call_sid": "{SID}", "reason": "magic", "hops": [{{"from": 1}}], "resumes": -4}}')
     assert odd is not None and odd.reason == DEPLOY and odd.hops == () and odd.resumes == 0
 
 

@@ -123,9 +123,10 @@ def test_a_duplicate_or_stale_frame_is_dropped_and_counted(bridge, vapi_sim, mak
     caller = start_call(make_caller)
     sim_call_for(vapi_sim)
     caller.send_audio(silence(100, 8000))
+    payload = "/" * 212 + "=="
     stale = (
-        '{"event":"media","sequenceNumber":"99","streamSid":"%s","media":{"track":"inbound",'
-        '"chunk":"1","timestamp":"52","payload":"%s"}}' % (caller.stream_sid, "/" * 212 + "==")
+        f'{{"event":"media","sequenceNumber":"99","streamSid":"{caller.stream_sid}","media":{{"track":"inbound",'
+        f'"chunk":"1","timestamp":"52","payload":"{payload}"}}}}'
     )
     caller.send_raw(stale)
     assert wait_until(lambda: bridge.metrics.value("bridge_frames_dropped_total", reason="stale") == 1)

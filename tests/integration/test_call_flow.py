@@ -182,16 +182,18 @@ def test_malformed_frames_are_counted_and_the_call_goes_on(bridge, vapi_sim, mak
     sim_call_for(vapi_sim, index=1)
     stream_sid = caller.stream_sid
     caller.send_raw("{not json")
-    caller.send_raw('{"event": "media", "streamSid": "%s", "media": {"track": "inbound", "chunk": "1", '
-                    '"timestamp": "1", "payload": "***not base64***"}}' % stream_sid)
-    caller.send_raw('{"event": "teleport", "streamSid": "%s"}' % stream_sid)
+    caller.send_raw(f'{{"event": "media", "streamSid": "{stream_sid}", "media": {{"track": "inbound", "chunk": "1", '
+                    '"timestamp": "1", "payload": "***not base64***"}}')
+    caller.send_raw(f'{{"event": "teleport", "streamSid": "{stream_sid}"}}')
     caller.send_raw(b"\x00\x01binary")
     caller.send_raw("x" * (100 * 1024))
     caller.send_raw("[1, 2, 3]")
     m = bridge.metrics
     assert wait_until(lambda: m.value("bridge_malformed_inputs_total", source="twilio", kind="oversize") == 1)
     for kind in ("bad_json", "bad_base64", "unknown_event", "binary_frame", "not_object"):
-        assert wait_until(lambda: m.value("bridge_malformed_inputs_total", source="twilio", kind=kind) == 1), kind
+        assert wait_until(
+            lambda kind=kind: m.value("bridge_malformed_inputs_total", source="twilio", kind=kind) == 1
+        ), kind
     assert not caller.closed.is_set()
     assert speak_and_wait_for_answer(caller)
     assert speak_and_wait_for_answer(bystander)

@@ -77,9 +77,13 @@ def test_every_fault_on_every_actor_recovers_with_audio_flowing_both_ways(
     while time.monotonic() - recovered < 3 and (uplink_at is None or downlink_at is None):
         caller.send_audio(silence(20, 8000))
         newest = vapi_sim.calls[-1]
-        if uplink_at is None and (newest is not latest or len(newest.received_audio) > uplink_from):
-            if newest.connected.is_set() and len(newest.received_audio) > (uplink_from if newest is latest else 0):
-                uplink_at = time.monotonic()
+        if (
+            uplink_at is None
+            and (newest is not latest or len(newest.received_audio) > uplink_from)
+            and newest.connected.is_set()
+            and len(newest.received_audio) > (uplink_from if newest is latest else 0)
+        ):
+            uplink_at = time.monotonic()
         if downlink_at is None and len(caller.received_ulaw) > heard_before:
             downlink_at = time.monotonic()
     assert uplink_at is not None and downlink_at is not None, (uplink_at, downlink_at)
@@ -132,7 +136,7 @@ def test_restarts_beyond_the_intensity_end_the_call_with_the_fallback(bridge, va
         before = call.children.get("codec")
         assert call.children.tell("codec", InjectFault("raise"))
         if n < intensity:
-            assert wait_until(lambda: call.children.get("codec") not in (None, before), timeout=3)
+            assert wait_until(lambda before=before: call.children.get("codec") not in (None, before), timeout=3)
     assert caller.closed.wait(3)
     assert bridge.calls.outcome(caller.call_sid) == "gave-up"
     assert sim.ended.wait(3) and {"type": "end-call"} in sim.received_text  # VAPI was told

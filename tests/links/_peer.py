@@ -63,7 +63,7 @@ def http_response(conn: socket.socket, status: str, headers: dict[str, str] | No
 
 def accept_websocket(conn: socket.socket, request: Request) -> None:
     key = request.headers["sec-websocket-key"].encode()
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+    accept = base64.b64encode(hashlib.sha1(key + _GUID, usedforsecurity=False).digest()).decode()
     conn.sendall(
         (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

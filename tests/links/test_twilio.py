@@ -12,9 +12,9 @@ import weakref
 import gevent
 import gevent.socket
 
+from links.twilio import SEND_TIMEOUT_S, SocketLimits, TwilioSocket
 from protocols.websocket import OP_CLOSE, OP_PING, OP_TEXT
 from tests.wsframes import client_frame
-from links.twilio import SEND_TIMEOUT_S, SocketLimits, TwilioSocket
 
 LIMITS = SocketLimits(max_message_bytes=65536, idle_timeout_s=1.0, frames_per_s=200, bytes_per_s=65536)
 

@@ -164,9 +164,8 @@ def drip(prefix: bytes) -> Callable[[Peer, socket.socket, Request], None]:
 def test_a_handshake_that_never_ends_times_out(make_peer: Callable[..., Peer]) -> None:
     peer = make_peer(drip(b"HTTP/1.1 101 Switching Protocols\r\nX-Drip: "))
     started = time.monotonic()
-    with gevent.Timeout(3.0):
-        with pytest.raises(VapiUnavailable) as caught:
-            connector_for(peer.http_url, timeout_s=0.3).connect(peer.ws_url())
+    with gevent.Timeout(3.0), pytest.raises(VapiUnavailable) as caught:
+        connector_for(peer.http_url, timeout_s=0.3).connect(peer.ws_url())
     assert caught.value.kind is ErrorKind.TIMEOUT
     assert time.monotonic() - started < 1.0
 
@@ -174,8 +173,7 @@ def test_a_handshake_that_never_ends_times_out(make_peer: Callable[..., Peer]) -
 def test_a_create_answer_that_never_ends_times_out(make_peer: Callable[..., Peer]) -> None:
     peer = make_peer(drip(b"HTTP/1.1 201 Created\r\nContent-Length: 100000\r\n\r\n"))
     started = time.monotonic()
-    with gevent.Timeout(3.0):
-        with pytest.raises(VapiUnavailable) as caught:
-            connector_for(peer.http_url, timeout_s=0.3).create_call(PCM16K, None)
+    with gevent.Timeout(3.0), pytest.raises(VapiUnavailable) as caught:
+        connector_for(peer.http_url, timeout_s=0.3).create_call(PCM16K, None)
     assert caught.value.kind is ErrorKind.TIMEOUT
     assert time.monotonic() - started < 1.0

@@ -56,9 +56,8 @@ def fragments(opcode: int, message: bytes, size: int) -> list[bytes]:
 
 
 def refused(link: VapiLink, within_s: float = 2.0) -> VapiLinkDead:
-    with gevent.Timeout(within_s):
-        with pytest.raises(VapiLinkDead) as caught:
-            link.recv()
+    with gevent.Timeout(within_s), pytest.raises(VapiLinkDead) as caught:
+        link.recv()
     return caught.value
 
 
@@ -258,14 +257,13 @@ def test_a_peer_that_never_reads_makes_a_send_fail_within_the_timeout(
     link = open_link(peer)
     chunk = b"\0" * (64 * KIB)
     slowest = 0.0
-    with gevent.Timeout(10.0):
-        with pytest.raises(VapiLinkDead) as caught:
-            while True:  # until the socket buffers are full
-                started = time.monotonic()
-                try:
-                    link.send_audio(chunk)
-                finally:
-                    slowest = max(slowest, time.monotonic() - started)
+    with gevent.Timeout(10.0), pytest.raises(VapiLinkDead) as caught:
+        while True:  # until the socket buffers are full
+            started = time.monotonic()
+            try:
+                link.send_audio(chunk)
+            finally:
+                slowest = max(slowest, time.monotonic() - started)
     assert caught.value.fault is LinkFault.TIMEOUT
     assert slowest < SOCKET_TIMEOUT_S + 0.3
     # Dead at once from now on: nothing waits on that socket again.
@@ -323,7 +321,7 @@ def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())

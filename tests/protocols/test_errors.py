@@ -17,7 +17,7 @@ def test_protocol_error_is_a_value_error_carrying_kind_and_detail() -> None:
 
 
 def test_the_kinds_are_exactly_the_documented_metrics_labels() -> None:
-    assert PROTOCOL_ERROR_KINDS == {
+    assert {
         "binary_frame",
         "oversize",
         "bad_json",
@@ -26,7 +26,7 @@ def test_the_kinds_are_exactly_the_documented_metrics_labels() -> None:
         "missing_field",
         "bad_field",
         "bad_base64",
-    }
+    } == PROTOCOL_ERROR_KINDS
 
 
 def test_an_unknown_kind_is_refused_so_no_stray_metrics_label_appears() -> None:
@@ -35,6 +35,6 @@ def test_an_unknown_kind_is_refused_so_no_stray_metrics_label_appears() -> None:
 
 
 def test_protocol_error_survives_pickling_with_its_kind() -> None:
-    error = pickle.loads(pickle.dumps(ProtocolError("oversize", "70000 characters")))
+    error = pickle.loads(pickle.dumps(ProtocolError("oversize", "70000 characters")))  # noqa: S301 - our own bytes
 
     assert (error.kind, error.detail) == ("oversize", "70000 characters")

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.wsframes import client_frame
 from protocols.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -26,6 +25,7 @@ from protocols.websocket import (
     encode_frame,
     unmask,
 )
+from tests.wsframes import client_frame
 
 
 def events(reader: FrameReader) -> list[object]:

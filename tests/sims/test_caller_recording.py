@@ -50,7 +50,7 @@ def read_stereo(path: Any) -> np.ndarray:
 
 
 def test_played_is_what_the_caller_heard_a_clear_cuts_the_unplayed_rest(
-    bridge: FakeBridge, streaming: SimulatedCaller
+    bridge: FakeBridge, streaming: SimulatedCaller  # noqa: F811 - the fixtures imported above
 ) -> None:
     first = pcm16_to_ulaw(tone(440.0, 1000, RATE))
     bridge.send_media(first)
@@ -85,7 +85,9 @@ def test_write_caller_wav_puts_each_sound_where_it_was_said_or_heard(tmp_path: A
 # ---- --duration and --record against the fake bridge ----------------------------------
 
 
-def test_duration_repeats_the_script_then_hangs_up(bridge: FakeBridge, make_caller: MakeCaller) -> None:
+def test_duration_repeats_the_script_then_hangs_up(
+    bridge: FakeBridge, make_caller: MakeCaller  # noqa: F811 - the fixtures imported above
+) -> None:
     bridge.on_message = answer_each_utterance()
     caller = make_caller(script=SCRIPT, duration_s=3.0)
     report = caller.run(timeout_s=15)
@@ -100,7 +102,7 @@ def test_duration_repeats_the_script_then_hangs_up(bridge: FakeBridge, make_call
 
 
 def test_record_writes_what_the_caller_said_left_and_heard_right_on_its_clock(
-    bridge: FakeBridge, make_caller: MakeCaller, tmp_path: Any
+    bridge: FakeBridge, make_caller: MakeCaller, tmp_path: Any  # noqa: F811 - the fixtures imported above
 ) -> None:
     bridge.on_message = answer_each_utterance(delay_s=0.2)
     path = tmp_path / "out.wav"
@@ -122,7 +124,7 @@ def test_record_writes_what_the_caller_said_left_and_heard_right_on_its_clock(
 
 
 def test_main_writes_one_recording_per_call_and_explains_its_summary(
-    bridge: FakeBridge, tmp_path: Any, capsys: Any
+    bridge: FakeBridge, tmp_path: Any, capsys: Any  # noqa: F811 - the fixture imported above
 ) -> None:
     quiet = tmp_path / "quiet.wav"  # a script with nothing to answer: the fake bridge answers one stream
     with wave.open(str(quiet), "wb") as wav:
@@ -172,7 +174,8 @@ def test_without_known_simulator_delays_the_summary_does_not_guess() -> None:
 
 @pytest.mark.timeout(90)
 def test_run_py_call_records_the_answer_where_the_caller_heard_it(tmp_path: Any) -> None:
-    from tests.test_run import ROOT, TOKEN as SERVER_TOKEN, start_server, stop_server
+    from tests.test_run import ROOT, start_server, stop_server
+    from tests.test_run import TOKEN as SERVER_TOKEN
 
     bridge_dir = tmp_path / "bridge-recordings"
     process, base = start_server(tmp_path, RECORDINGS_DIR=str(bridge_dir), LOG_FORMAT="json")

@@ -284,7 +284,7 @@ def test_speaking_over_an_answer_interrupts_it(sim_factory: Any, connect: Any, r
 
 
 def test_answers_pings_until_blackholed(sim: VapiSimulator) -> None:
-    status, created = post_call(sim, create_body(mode="assistant-waits-for-user"))
+    _status, created = post_call(sim, create_body(mode="assistant-waits-for-user"))
     ws = websocket.create_connection(created["transport"]["websocketCallUrl"], timeout=1)
     try:
         opcode, _ = ws.recv_data_frame(control_frame=True)  # status-update
@@ -344,7 +344,7 @@ def test_sever_drops_the_socket_without_a_close_frame(sim: VapiSimulator, connec
 
 
 def test_a_second_connection_to_the_same_call_is_refused(sim: VapiSimulator, connect: Any) -> None:
-    client, call = connect(sim, mode="assistant-waits-for-user")
+    _client, call = connect(sim, mode="assistant-waits-for-user")  # the first connection stays open
     second = Client(f"ws://127.0.0.1:{urlsplit(sim.base_url).port}/{call.call_id}/transport", PCM16K)
     try:
         assert second.closed.wait(timeout=2) and second.close_code == 1008

@@ -22,7 +22,6 @@ import pytest
 import requests
 
 from audio.signals import silence
-from tests.integration.conftest import wait_until
 from tests.integration.test_call_flow import sim_call_for, speak_and_wait_for_answer, start_call
 
 TOKEN = "admin-secret-token"

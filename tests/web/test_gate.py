@@ -259,7 +259,9 @@ def test_behind_a_trusted_proxy_refusals_name_the_client_it_saw(bridge, caplog):
     caplog.set_level("INFO")
     assert raw_upgrade(bridge.port, f"/media/{UNKNOWN_SID}", extra=FORWARDED).startswith("HTTP/1.1 403")
     with socket.create_connection(("127.0.0.1", bridge.port), timeout=5) as conn:
-        conn.sendall(b"POST /voice/incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + FORWARDED.encode() + b"\r\n")
+        conn.sendall(
+            b"POST /voice/incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + FORWARDED.encode() + b"\r\n"
+        )
         assert conn.recv(64).startswith(b"HTTP/1.1 403")
     for event in ("upgrade_refused", "webhook_rejected"):
         lines = _refusal_sources(caplog, event)
