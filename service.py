@@ -33,7 +33,7 @@ from links.twilio import SocketLimits
 from links.twilio_rest import TwilioDialer
 from links.vapi import VapiConnector
 from observability.logging import BoundLogger
-from observability.looplag import LoopLag, watch_loop
+from observability.overload import CpuLoad, watch_loop
 from observability.metrics import Metrics
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
@@ -97,7 +97,7 @@ class BridgeService:
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
         self._flusher: gevent.Greenlet[[], None] | None = None
-        self._lag_watch: gevent.Greenlet[..., None] | None = None
+        self._load_watch: gevent.Greenlet[..., None] | None = None
 
     @property
     def port(self) -> int:
@@ -180,9 +180,9 @@ class BridgeService:
             ),
         )
         self.fleet.start(snapshots=self.calls.snapshots, inject=self.calls.inject)
-        lag = LoopLag(settings.admin.overload_lag_ms / 1000) if settings.admin.overload_lag_ms > 0 else None
+        load = CpuLoad(settings.admin.overload_cpu_pct / 100) if settings.admin.overload_cpu_pct > 0 else None
         self.admission = Admission(lambda: len(self.calls.live()) if self.calls else 0, settings.admin.max_calls,
-                                   overload=lag.refusal if lag is not None else None)
+                                   overload=load.refusal if load is not None else None)
         if settings.admin.chaos_rate_per_min > 0:
             calls = self.calls
             self.root.ask(StartChild(ChildSpec(
@@ -260,22 +260,23 @@ class BridgeService:
         if relay_listener is not None:
             self.relay_server = serve(relay_listener, relay_only=True)
         self._flusher = gevent.spawn(self._flush_suppressed)
-        if lag is not None:
-            changed = partial(self._overload_changed, lag)
-            self._lag_watch = gevent.spawn(watch_loop, lag, self.metrics.loop_lag.observe, changed)
+        if load is not None:
+            self._load_watch = gevent.spawn(watch_loop, load, self._probed, partial(self._overload_changed, load))
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
 
-    def _overload_changed(self, lag: LoopLag, overloaded: bool) -> None:
+    def _probed(self, late_s: float, _cpu_share: float) -> None:
+        self.metrics.loop_lag.observe(late_s)
+
+    def _overload_changed(self, load: CpuLoad, overloaded: bool) -> None:
         self.metrics.overloaded.set(1 if overloaded else 0)
         live = len(self.calls.live()) if self.calls is not None else 0
-        late_ms = round(lag.median_s() * 1000, 1)
+        share = round(load.share() * 100)
         if overloaded:
             # The process protects the calls it has: no person is needed unless it lasts.
-            self.log.warning("overloaded", live_calls=live, loop_late_ms=late_ms,
-                             threshold_ms=round(lag.threshold_s * 1000, 1))
+            self.log.warning("overloaded", live_calls=live, cpu_pct=share, threshold_pct=round(load.threshold * 100))
         else:
-            self.log.info("overload_ended", live_calls=live, loop_late_ms=late_ms)
+            self.log.info("overload_ended", live_calls=live, cpu_pct=share)
 
     def _flush_suppressed(self) -> None:
         """Say how many lines a flood's rate limit held back, also once the flood has stopped."""
@@ -345,8 +346,8 @@ class BridgeService:
         """End every call, stop the root supervisor, close the listener and the simulator."""
         if self._flusher is not None:
             self._flusher.kill(block=False)
-        if self._lag_watch is not None:
-            self._lag_watch.kill(block=False)
+        if self._load_watch is not None:
+            self._load_watch.kill(block=False)
         self._close_listeners()  # no new connections
         if self.root is not None and self.root.is_alive():
             self.root.stop(block=True, timeout=timeout_s)

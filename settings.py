@@ -183,7 +183,7 @@ class AdminSettings:
     chaos_seed: int | None
     drain_timeout_s: float
     max_calls: int | None
-    overload_lag_ms: float = 40.0  # new calls refused while the event loop runs this late; 0: never
+    overload_cpu_pct: float = 95.0  # new calls refused while the process uses this much of a core; 0: never
     database_path: str
     database_url: str | None = field(repr=False)  # PostgreSQL for the call records; may hold a password
     cost_twilio_per_min: float
@@ -194,7 +194,7 @@ class AdminSettings:
             f"AdminSettings(token={_mask(self.token)}, metrics_token={_mask(self.metrics_token)}, "
             f"chaos_rate_per_min={self.chaos_rate_per_min}, chaos_seed={self.chaos_seed}, "
             f"drain_timeout_s={self.drain_timeout_s}, max_calls={self.max_calls}, "
-            f"overload_lag_ms={self.overload_lag_ms}, "
+            f"overload_cpu_pct={self.overload_cpu_pct}, "
             f"database_path={self.database_path!r}, database_url={_mask(self.database_url)})"
         )
 
@@ -327,7 +327,7 @@ class Settings:
                 chaos_seed=r.integer("CHAOS_SEED", -1, low=-1, high=2**63 - 1) if r.optional("CHAOS_SEED") else None,
                 drain_timeout_s=r.number("DRAIN_TIMEOUT_S", 30.0, low=0.0, high=3600.0),
                 max_calls=r.integer("MAX_CALLS", 0, low=1, high=100_000) if r.optional("MAX_CALLS") else None,
-                overload_lag_ms=r.number("OVERLOAD_LAG_MS", 40.0, low=0.0, high=10_000.0),
+                overload_cpu_pct=r.number("OVERLOAD_CPU_PCT", 95.0, low=0.0, high=100.0),
                 database_path=r.text("DATABASE_PATH", "bridge.db"),
                 database_url=r.database_url("DATABASE_URL"),
                 cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),

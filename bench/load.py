@@ -1,7 +1,8 @@
 """Load: N concurrent calls, paced in real time both ways, against a real server process.
 
     python -m bench.load [--calls 100[,N2...]] [--seconds 10] [--sweep [--sweep-from 100[,N2...]]]
-                         [--floor] [--ref COMMIT ...] [--workers 1[,2...]] [--no-pin] [--json PATH]
+                         [--floor] [--ref COMMIT ...] [--side 'LABEL:KEY=VALUE,...' ...]
+                         [--workers 1[,2...]] [--no-pin] [--json PATH]
 
 The server under test is `python run.py` (this checkout, or `--ref COMMIT` checked out in
 a temporary worktree and run with this venv) pointed by VAPI_BASE_URL at a VAPI stand-in
@@ -26,6 +27,11 @@ Method, per target and N:
   dropped (counted per direction from outside: frames sent minus frames received).
   Then every caller sends `stop` and closes; a call failed if any step of its set-up
   failed or the bridge closed either leg before the caller hung up.
+* A call the server would not take (its webhook answered the fallback: full, draining,
+  or overloaded) counts as failed and is shown as refused. "Loop late" is how much later
+  than asked the server's event loop woke its 100 ms probe timer over the window (its
+  bridge_event_loop_lag_seconds histogram, p50 / p99; OVERLOAD_LAG_MS acts on it).
+  `--side 'LABEL:KEY=VALUE,...'` adds this checkout run with other settings.
 * CPU per call is the server's CPU (percent of one core) over the window divided by N;
   RSS per call is (RSS at the end of the window - idle RSS) / N.
 * With one worker, the server is pinned to CPU 0 and this process to CPU 1, so neither
@@ -75,6 +81,7 @@ from bench._checkout import old_tree, short_name
 from bench._load_calls import LoadCall, VapiFront, Window, setup_call
 from bench._load_engine import Engine
 from bench._load_wire import WireError
+from bench._prom import Snapshot, bucket_quantile, histogram_delta, parse_snapshot
 from bench._server import ServerError, ServerProcess
 
 __all__ = ["THIS_CHECKOUT", "LoadResult", "Target", "format_table", "main", "run_load"]
@@ -85,6 +92,9 @@ _WARMUP_CALLS = 4
 _WARMUP_S = 2.0
 _SETTLE_S = 2.0
 _SETUP_TIMEOUT_S = 10.0
+# The fallback TwiML (a refused call) carries no <Stream>: bench/_load_calls.py says so in its error.
+_REFUSED = "without a <Stream>"
+_LOOP_LAG = "bridge_event_loop_lag_seconds"
 _DRAIN_S = 3.0
 _HANGUP_S = 10.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -99,6 +109,7 @@ class Target:
     label: str
     root: Path
     argv: tuple[str, ...] = ("run.py",)
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own (`--side`)
 
 
 THIS_CHECKOUT = Target("this checkout", _ROOT)
@@ -135,6 +146,11 @@ class LoadResult:
     # Media sockets each server process held mid-window (one entry per worker), from /proc.
     calls_per_worker: list[int] = field(default_factory=list)
     vapi_legs_per_worker: list[int] = field(default_factory=list)  # the calls' VAPI sockets, likewise
+    refused: int = 0  # of `failed`: the webhook answered the fallback (the server would not take the call)
+    # How late the server's event loop ran over the window (bridge_event_loop_lag_seconds; None
+    # where the server has no such histogram: the floor, an older commit).
+    loop_late_p50_ms: float | None = None
+    loop_late_p99_ms: float | None = None
 
     @property
     def held(self) -> bool:
@@ -284,7 +300,7 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
     engine = Engine()
     front = VapiFront(api_key, engine)
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    env = {"VAPI_API_KEY": api_key, "VAPI_BASE_URL": front.base_url}
+    env = {"VAPI_API_KEY": api_key, "VAPI_BASE_URL": front.base_url, **dict(target.env)}
     if workers > 1:
         env["WORKERS"] = str(workers)
     server = ServerProcess(workdir=workdir, chaos_rate=0.0, seed=1, extra_env=env, root=target.root,
@@ -320,12 +336,14 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         time.sleep(settle_s)
         # The window.
         pids = _tree(server.pid)
+        metrics0 = _metrics(server)
         (user0, sys0), own0, t0 = _cpu_s(pids), _own_cpu_s(), time.perf_counter()
         late0 = engine.late
         window.start = time.time()  # the engine's clock (its send times, the kernel's arrival times)
         time.sleep(seconds)
         window.end, t1 = time.time(), time.perf_counter()
         (user1, sys1), own1 = _cpu_s(pids), _own_cpu_s()
+        metrics1 = _metrics(server)
         # After the window, so not in this process's CPU; the calls are still up.
         per_worker = _sockets_per_worker(server.pid, server.port)
         vapi_per_worker = _sockets_per_worker(server.pid, front.port, remote=True)
@@ -346,6 +364,7 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
         _hang_up(engine, live, _HANGUP_S)
         failed = [c for c in live if c.error is not None]
         up, down = _percentiles(window.up), _percentiles(window.down)
+        late_p50, late_p99 = _loop_late_ms(metrics0, metrics1)
         cpu_pct = (user1 + sys1 - user0 - sys0) / (t1 - t0) * 100
         load_cpu_pct = (sum(own1) - sum(own0)) / (t1 - t0) * 100
         return LoadResult(
@@ -360,6 +379,8 @@ def run_load(target: Target, calls: int, *, seconds: float, workers: int, pin: b
             first_error=failed[0].error if failed else None,
             load_cpu_per_call_pct=load_cpu_pct / calls, load_sys_pct=load_sys_pct, calls_per_worker=per_worker,
             vapi_legs_per_worker=vapi_per_worker,
+            refused=sum(1 for c in failed if c.error is not None and _REFUSED in c.error),
+            loop_late_p50_ms=late_p50, loop_late_p99_ms=late_p99,
         )
     finally:
         with contextlib.suppress(TimeoutError):
@@ -386,6 +407,15 @@ def _setup(call: LoadCall, front: VapiFront, engine: Engine, server: ServerProce
 # ---- targets and the table -------------------------------------------------------------
 
 
+def _side(spec: str) -> Target:
+    """`LABEL:KEY=VALUE,...`: this checkout run with those settings."""
+    label, _, settings = spec.partition(":")
+    pairs = [item.partition("=") for item in settings.split(",") if item]
+    if not label or not pairs or any(not key or not sep for key, sep, _ in pairs):
+        raise SystemExit(f"--side wants LABEL:KEY=VALUE[,KEY=VALUE...], got {spec!r}")
+    return Target(label, _ROOT, env=tuple((key, value) for key, _, value in pairs))
+
+
 @contextlib.contextmanager
 def ref_target(commit: str) -> Iterator[Target]:
     """An old commit as a target: its tree checked out for the run, removed afterwards."""
@@ -393,23 +423,46 @@ def ref_target(commit: str) -> Iterator[Target]:
         yield Target(label=f"ref {short_name(commit)}", root=root)
 
 
+def _metrics(server: ServerProcess) -> Snapshot | None:
+    """The server's /metrics now, or None where it has none (the floor)."""
+    try:
+        return parse_snapshot(server.metrics_text())
+    except (ServerError, OSError, ValueError):
+        return None
+
+
+def _loop_late_ms(before: Snapshot | None, after: Snapshot | None) -> tuple[float | None, float | None]:
+    """p50 and p99 of how late the server's event loop ran between two snapshots (ms)."""
+    if before is None or after is None:
+        return None, None
+    buckets = histogram_delta(before, after, _LOOP_LAG)
+    figures = [bucket_quantile(q, buckets) for q in (0.5, 0.99)]
+    if figures[0] is None or figures[1] is None:
+        return None, None
+    return figures[0][0] * 1000, figures[1][0] * 1000
+
+
 def _ms(value: float) -> str:
     return "–" if value != value else f"{value:.1f}"
+
+
+def _late(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None) -> str:
     lines = [
         "| target | calls | failed | in p50 / p99 / max ms | out p50 / p99 / max ms | dropped in / out "
         "| server CPU | CPU per call | × floor | RSS per call | load CPU (per call) | calls per worker (VAPI legs) "
-        "| held |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loop late p50 / p99 ms | held |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         ratio = (f"{r.cpu_per_call_pct / floor.cpu_per_call_pct:.2f}"
                  if floor is not None and floor.calls == r.calls and floor.cpu_per_call_pct > 0 else "")
         workers = f" ({r.workers} workers)" if r.workers > 1 else ""
         lines.append(
-            f"| {r.target}{workers} | {r.calls} | {r.failed} "
+            f"| {r.target}{workers} | {r.calls} | {r.failed}{f' ({r.refused} refused)' if r.refused else ''} "
             f"| {_ms(r.up_p50_ms)} / {_ms(r.up_p99_ms)} / {_ms(r.up_max_ms)} "
             f"| {_ms(r.down_p50_ms)} / {_ms(r.down_p99_ms)} / {_ms(r.down_max_ms)} "
             f"| {r.dropped_up} / {r.dropped_down} | {r.cpu_pct:.0f} % ({r.sys_pct:.0f} % sys) "
@@ -417,6 +470,7 @@ def format_table(results: Sequence[LoadResult], floor: LoadResult | None = None)
             f"| {r.rss_per_call_mb:.2f} MB | {r.load_cpu_pct:.0f} % ({r.load_sys_pct:.0f} % sys; "
             f"{r.load_cpu_per_call_pct:.3f} %) "
             f"| {' / '.join(map(str, r.calls_per_worker))} ({' / '.join(map(str, r.vapi_legs_per_worker))}) "
+            f"| {_late(r.loop_late_p50_ms)} / {_late(r.loop_late_p99_ms)} "
             f"| {'yes' if r.held else 'no'} |"
         )
     return "\n".join(lines)
@@ -499,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with several workers, pin worker i to CPU i (this process is not pinned)")
     parser.add_argument("--warmup", type=float, default=_WARMUP_S, help=argparse.SUPPRESS)
     parser.add_argument("--settle", type=float, default=_SETTLE_S, help=argparse.SUPPRESS)
+    parser.add_argument("--side", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE...]",
+                        help="also run this checkout with these settings, e.g. 'no guard:OVERLOAD_LAG_MS=0'")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--log-dir", type=Path, help="keep each run's server log here")
     args = parser.parse_args(argv)
@@ -513,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     swept: dict[tuple[str, int], int | None] = {}
     # This checkout, then each old commit (checked out only while it runs), then the floor;
     # each with every worker count in turn.
-    plan: list[Target | str] = [THIS_CHECKOUT, *args.ref]
+    plan: list[Target | str] = [THIS_CHECKOUT, *(_side(spec) for spec in args.side), *args.ref]
     if args.floor:
         plan.append(Target("floor", _ROOT, ("-m", "bench._floor")))
     try:

@@ -140,7 +140,7 @@ class Metrics:
         )
         # livesum: with several workers, how many are refusing new calls right now.
         self.overloaded = Gauge(
-            "bridge_overloaded", "1 while the event loop is too late to take new calls (OVERLOAD_LAG_MS)",
+            "bridge_overloaded", "1 while the process is too busy to take new calls (OVERLOAD_CPU_PCT)",
             registry=r, multiprocess_mode="livesum",
         )
         self.marks = Counter(

@@ -13,7 +13,7 @@ class Admission:
     def __init__(self, live_calls: Callable[[], int], max_calls: int | None,
                  overload: Callable[[], str | None] | None = None) -> None:
         """`overload`: why the process is too busy for another call now, or None
-        (observability/looplag.py)."""
+        (observability/overload.py)."""
         self._live_calls = live_calls
         self._max_calls = max_calls
         self._overload = overload

@@ -74,10 +74,10 @@ def make_settings(port: int, sim: VapiSimulator, database: str = ":memory:", **e
         "KEEPALIVE_INTERVAL_S": "0.5",
         "PONG_TIMEOUT_S": "0.3",
         "LOG_LEVEL": "WARNING",
-        # This bridge shares its event loop with the test's own work (synthesising audio,
-        # waiting, asserting): how late that loop runs says nothing of the bridge, so the
-        # overload guard is off unless a test turns it on (tests/web/test_health.py).
-        "OVERLOAD_LAG_MS": "0",
+        # This bridge shares its process with the test's own work (synthesising audio,
+        # waiting, asserting): the process's CPU says nothing of the bridge, so the overload
+        # guard is off unless a test turns it on (tests/web/test_health.py).
+        "OVERLOAD_CPU_PCT": "0",
     }
     base.update(env)
     return Settings.from_env(base)

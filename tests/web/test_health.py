@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audio.signals import silence
 from tests.integration.conftest import wait_until
 from tests.integration.test_call_flow import sim_call_for, speak_and_wait_for_answer, start_call
-from tests.observability.test_looplag import _hog
+from tests.observability.test_overload import _hog
 from tests.web.test_voice import CALL_SID, post
 
 
@@ -102,8 +102,8 @@ def test_draining_refuses_new_calls_lets_live_ones_run_then_ends_them(bridge, va
     assert bridge.calls.outcome(caller.call_sid) == "drained"
 
 
-@pytest.mark.parametrize("server_env", [{"OVERLOAD_LAG_MS": "50"}])
-def test_a_loop_too_late_for_new_calls_refuses_them_and_takes_them_again_once_it_keeps_up(bridge):
+@pytest.mark.parametrize("server_env", [{"OVERLOAD_CPU_PCT": "90"}])
+def test_a_process_out_of_cpu_refuses_new_calls_and_takes_them_again_once_it_has_some(bridge):
     assert get(bridge, "/readyz").status_code == 200
     stop = gevent.event.Event()
     hog = gevent.spawn(_hog, stop)
@@ -120,11 +120,11 @@ def test_a_loop_too_late_for_new_calls_refuses_them_and_takes_them_again_once_it
     taken = post(bridge, "/voice/incoming", {"CallSid": "CA" + "7" * 32})
     assert "<Connect" in taken.text
     assert bridge.metrics.value("bridge_overloaded") == 0
-    assert bridge.metrics.value("bridge_event_loop_lag_seconds_count") > 20
+    assert bridge.metrics.value("bridge_event_loop_lag_seconds_count") > 10  # probed all along
 
 
-@pytest.mark.parametrize("server_env", [{"OVERLOAD_LAG_MS": "0"}])
-def test_with_overload_lag_ms_0_a_late_loop_still_takes_calls(bridge):
+@pytest.mark.parametrize("server_env", [{"OVERLOAD_CPU_PCT": "0"}])
+def test_with_overload_cpu_pct_0_a_busy_process_still_takes_calls(bridge):
     stop = gevent.event.Event()
     hog = gevent.spawn(_hog, stop)
     try:

@@ -1,0 +1,100 @@
+"""Overload: whether this process has the CPU for another call.
+
+Every call's frames are handled by one process on one core (WORKERS > 1 runs one such
+process per worker). Past what that core can do, about 100 calls of the bridge's
+default work on the 2-vCPU box (README, Benchmarks, Load), every call on it suffers at
+once: frames wait in the sockets' buffers, and each new call adds to every other call's
+delay (at 140 calls the bridge's p99 reached seconds, with frames dropped). The event
+loop itself keeps turning on time meanwhile (its timers fire a few ms late at most:
+bench.load's "loop late" column), so how late it runs does not show this; the process's
+CPU does: it stays at a full core. While it has been at OVERLOAD_CPU_PCT of a core or
+more for the last second, the process refuses new calls (they hear the fallback;
+/readyz says 503, so a balancer sends them elsewhere), and the calls it holds keep the
+core they have. It takes calls again once it has been LEAVE_MARGIN under that for a
+second: a node that just refused is not let straight back over the edge.
+
+`CpuLoad` is the decision, pure; `watch_loop` is the probe (ten a second: one timer and
+two clock reads each), which also reports how late the loop woke it, for the metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+import gevent
+
+__all__ = ["LEAVE_MARGIN", "PROBE_S", "WINDOW", "CpuLoad", "watch_loop"]
+
+PROBE_S = 0.1
+# One second of probes: one long pause (a collection, a burst of set-ups) moves the mean
+# by a tenth of its length, a core kept busy moves it all the way.
+WINDOW = 10
+LEAVE_MARGIN = 0.10
+
+
+class CpuLoad:
+    """Whether the process is too busy to take another call, from its recent CPU share."""
+
+    __slots__ = ("_overloaded", "_sum", "_threshold", "_window")
+
+    def __init__(self, threshold: float) -> None:
+        """`threshold`: the share of one core (0-1] at which new calls are refused."""
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        self._threshold = threshold
+        self._window: deque[float] = deque(maxlen=WINDOW)
+        self._sum = 0.0
+        self._overloaded = False
+
+    @property
+    def overloaded(self) -> bool:
+        return self._overloaded
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def share(self) -> float:
+        """The mean CPU share of the window (0 before any probe)."""
+        return self._sum / len(self._window) if self._window else 0.0
+
+    def add(self, share: float) -> bool:
+        """Take one probe's CPU share; True when it changed whether the process is overloaded."""
+        window = self._window
+        if len(window) == WINDOW:
+            self._sum -= window[0]
+        window.append(share)
+        self._sum += share
+        if len(window) < WINDOW:
+            return False
+        mean = self.share()
+        was = self._overloaded
+        if not was and mean >= self._threshold:
+            self._overloaded = True
+        elif was and mean <= self._threshold - LEAVE_MARGIN:
+            self._overloaded = False
+        return self._overloaded is not was
+
+    def refusal(self) -> str | None:
+        """Why no new call is taken now, or None."""
+        if not self._overloaded:
+            return None
+        return f"overloaded ({self.share():.0%} of a core)"
+
+
+def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_change: Callable[[bool], None]) -> None:
+    """Probe forever (run it in a greenlet of its own): every PROBE_S, tell `on_probe` how much
+    later than asked the loop woke this greenlet and the process's CPU share since the last
+    probe; tell `on_change` when the verdict turns."""
+    wall, cpu = time.perf_counter, time.process_time
+    while True:
+        asked, used = wall(), cpu()
+        gevent.sleep(PROBE_S)
+        woke, now_used = wall(), cpu()
+        elapsed = woke - asked
+        share = (now_used - used) / elapsed if elapsed > 0.0 else 0.0
+        on_probe(max(0.0, elapsed - PROBE_S), share)
+        if load.add(share):
+            on_change(load.overloaded)
