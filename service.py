@@ -33,8 +33,8 @@ from links.twilio import SocketLimits
 from links.twilio_rest import TwilioDialer
 from links.vapi import VapiConnector
 from observability.logging import BoundLogger
-from observability.overload import CpuLoad, watch_loop
 from observability.metrics import Metrics
+from observability.overload import CpuLoad, watch_loop
 from observability.ratelimit import LogLimiter
 from protocols.signature import SignatureValidator
 from protocols.twilio import MAX_FRAME_BYTES
