@@ -6,15 +6,21 @@ default work on the 2-vCPU box (README, Benchmarks, Load), every call on it suff
 once: frames wait in the sockets' buffers, and each new call adds to every other call's
 delay (at 140 calls the bridge's p99 reached seconds, with frames dropped). The event
 loop itself keeps turning on time meanwhile (its timers fire a few ms late at most:
-bench.load's "loop late" column), so how late it runs does not show this; the process's
-CPU does: it stays at a full core. While it has been at OVERLOAD_CPU_PCT of a core or
-more for the last second, the process refuses new calls (they hear the fallback;
+bench.load's "loop late" column), so how late it runs does not show this; what the
+process asks of its core does: it wants it all the time. That is measured as the share
+of wall time the process's main thread (where every call's work runs) was on a core or
+runnable and waiting for one (Linux's /proc/self/schedstat), not its CPU time alone: on
+a machine shared with other busy processes, or with more workers than cores, a process
+that wants a whole core may get only half of one, and its calls suffer all the same.
+While that share has been OVERLOAD_CPU_PCT of a core or more for the last second, the
+process refuses new calls (they hear the fallback;
 /readyz says 503, so a balancer sends them elsewhere), and the calls it holds keep the
 core they have. It takes calls again once it has been LEAVE_MARGIN under that for a
 second: a node that just refused is not let straight back over the edge.
 
-`CpuLoad` is the decision, pure; `watch_loop` is the probe (ten a second: one timer and
-two clock reads each), which also reports how late the loop woke it, for the metric.
+`CpuLoad` is the decision, pure; `watch_loop` is the probe (ten a second: one timer, a
+clock read and a 9 µs read of /proc each), which also reports how late the loop woke it,
+for the metric. Where /proc/self/schedstat is missing (not Linux), CPU time stands in.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from collections.abc import Callable
 
 import gevent
 
-__all__ = ["LEAVE_MARGIN", "PROBE_S", "WINDOW", "CpuLoad", "watch_loop"]
+__all__ = ["LEAVE_MARGIN", "PROBE_S", "WINDOW", "CpuLoad", "demand_s", "watch_loop"]
 
 PROBE_S = 0.1
 # One second of probes: one long pause (a collection, a burst of set-ups) moves the mean
 # by a tenth of its length, a core kept busy moves it all the way.
 WINDOW = 10
 LEAVE_MARGIN = 0.10
+_SCHEDSTAT = "/proc/self/schedstat"  # the main thread's ns on a core, ns runnable but waiting, slices
 
 
 class CpuLoad:
@@ -84,15 +91,27 @@ class CpuLoad:
         return f"overloaded ({self.share():.0%} of a core)"
 
 
-def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_change: Callable[[bool], None]) -> None:
+def demand_s() -> float:
+    """Seconds the main thread has been on a core or waiting for one, since it started
+    (CPU time where the kernel does not say)."""
+    try:
+        with open(_SCHEDSTAT, "rb") as stat:
+            on_cpu, waiting, _slices = stat.read().split()
+        return (int(on_cpu) + int(waiting)) / 1e9
+    except (OSError, ValueError):
+        return time.process_time()
+
+
+def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_change: Callable[[bool], None],
+               demand: Callable[[], float] = demand_s) -> None:
     """Probe forever (run it in a greenlet of its own): every PROBE_S, tell `on_probe` how much
-    later than asked the loop woke this greenlet and the process's CPU share since the last
-    probe; tell `on_change` when the verdict turns."""
-    wall, cpu = time.perf_counter, time.process_time
+    later than asked the loop woke this greenlet and the share of a core the process wanted
+    since the last probe (`demand`: seconds wanted so far); tell `on_change` when the verdict turns."""
+    wall = time.perf_counter
     while True:
-        asked, used = wall(), cpu()
+        asked, used = wall(), demand()
         gevent.sleep(PROBE_S)
-        woke, now_used = wall(), cpu()
+        woke, now_used = wall(), demand()
         elapsed = woke - asked
         share = (now_used - used) / elapsed if elapsed > 0.0 else 0.0
         on_probe(max(0.0, elapsed - PROBE_S), share)

@@ -1,4 +1,8 @@
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import gevent
 import gevent.event
@@ -82,3 +86,31 @@ def test_the_probe_sees_a_busy_core_and_then_a_free_one():
         assert not load.overloaded and verdicts == [True, False]
     finally:
         watcher.kill()
+
+
+_SHARED_CORE = """
+import os, subprocess, sys, time
+from observability.overload import demand_s
+os.sched_setaffinity(0, {0})
+rival = subprocess.Popen([sys.executable, "-c", "import os\\nos.sched_setaffinity(0, {0})\\nwhile True: pass"])
+try:
+    time.sleep(0.2)
+    wall, cpu, wanted = time.perf_counter(), time.process_time(), demand_s()
+    while time.perf_counter() - wall < 1.0:
+        pass
+    elapsed = time.perf_counter() - wall
+    print((time.process_time() - cpu) / elapsed, (demand_s() - wanted) / elapsed)
+finally:
+    rival.kill()
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="needs Linux's /proc/self/schedstat")
+def test_a_process_that_shares_its_core_still_shows_it_wants_all_of_it():
+    # A busy process pinned to one core with another busy one gets about half the core:
+    # its CPU time would say "half loaded"; the time it wanted the core says "saturated".
+    done = subprocess.run([sys.executable, "-c", _SHARED_CORE], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=30, check=True)
+    cpu_share, demand_share = map(float, done.stdout.split())
+    assert cpu_share < 0.8
+    assert demand_share > 0.9
