@@ -11,8 +11,9 @@ assistant's level (held for ECHO_HOLD_MS), so its echo does not count.
 Speech must build up for `min_speech_ms` before STARTED (clicks and breaths are too
 short) and be absent for `hangover_ms` before STOPPED (pauses between words are shorter).
 A frame of speech well clear of the room's background adds a frame to the build-up, one
-only just over it half (a TV's syllable); a frame of no speech takes half a frame back, so
-short words with short gaps add up and clicks do not. For the first YOUNG_FRAMES of a call,
+only just over it half (a TV's syllable); a frame of no speech takes half a frame back
+(after a syllable, only once the gap is longer than a word's closure), so short words with
+short gaps add up and clicks do not. For the first YOUNG_FRAMES of a call,
 before the background has heard the room, a frame must also stand FIRST_EXTRA_DB further
 over the noise floor.
 A classifier runs only on frames that pass the level checks (and for a few frames
@@ -70,6 +71,8 @@ __all__ = [
     "NOISE_FLOOR_START_DBFS",
     "SILERO_THRESHOLD",
     "SPEECH_FLOOR_RISE_DB_PER_S",
+    "SYLLABLE_GAP_MS",
+    "SYLLABLE_MIN_MS",
     "THRESHOLD_DB",
     "WARMUP_MS",
     "EnergyVad",
@@ -177,6 +180,16 @@ FIRST_EVIDENCE_FRAMES = 2
 # this much more over the noise floor than THRESHOLD_DB: a TV's loud syllable at the call's
 # start is 10-12 dB over the room's quietest frame, a caller's voice 15-40 dB.
 FIRST_EXTRA_DB = 5.0
+# Towards an onset, the build-up does not leak for this long after a syllable: the closure
+# inside a word ("Ex- cuse me", "wait") no longer throws the first syllable away
+# (bench.bargein_offline: a first-frame caller in the room heard after 740 ms at worst, not
+# 2,060; -35 dBFS callers over a stepping echo missed 2 times in 40, not 8; p95 over the
+# assistant 403 -> 367 ms). Holding 100 ms or more let a TV's syllables in the room, and
+# echo slipping through a stepping path, add up to false onsets.
+SYLLABLE_GAP_MS = 80
+# ...after a burst at least this long: a syllable is 60-200 ms, a click or a keystroke 20-40
+# ms, and keys typed 8 a second must not add up to an onset.
+SYLLABLE_MIN_MS = 60
 # With a classifier, it goes on being fed this long after the level checks last passed,
 # so dips between syllables do not cost it its context; then it is reset.
 _CLASSIFIER_LINGER_MS = 200
@@ -261,6 +274,7 @@ class EnergyVad:
     __slots__ = (
         "_background",
         "_buf",
+        "_burst_ms",
         "_classifier",
         "_classifier_left",
         "_db_offset",
@@ -273,6 +287,7 @@ class EnergyVad:
         "_floor",
         "_frame_ms",
         "_frame_samples",
+        "_gap_ms",
         "_hold_frames",
         "_last_speech",
         "_last_strong",
@@ -319,6 +334,8 @@ class EnergyVad:
         self._floor: float | None = None
         self._speaking = False
         self._speech_ms = 0  # speech built up towards onset (leaky)
+        self._gap_ms = 0  # non-speech since the last frame that built it up
+        self._burst_ms = 0  # speech frames in a row, up to the last one (a syllable, or a click)
         self._quiet_ms = 0  # uninterrupted non-speech while speaking
         self._far_hold.clear()
         self._far_left = 0  # frames the held assistant level still gates
@@ -502,9 +519,10 @@ class EnergyVad:
             if is_speech:
                 self._speech_ms = min(self._speech_ms + step, needed_ms)
                 self._quiet_ms = 0
+                self._built()
                 self._onset_due = self._onset_due or self._speech_ms >= needed_ms
             else:
-                self._speech_ms = max(0, self._speech_ms - frame_ms // 2)
+                self._leak()
                 self._quiet_ms += frame_ms
             return None
         if self._onset_due:
@@ -525,10 +543,24 @@ class EnergyVad:
             return VadTransition.STOPPED
         if is_speech:
             self._speech_ms = min(self._speech_ms + step, needed_ms)
+            self._built()
             if self._speech_ms >= needed_ms and voice:
                 self._speaking = True
                 self._quiet_ms = 0
                 return VadTransition.STARTED
         elif self._speech_ms:
-            self._speech_ms = max(0, self._speech_ms - frame_ms // 2)
+            self._leak()
         return None
+
+    def _built(self) -> None:
+        if self._gap_ms:
+            self._burst_ms = 0
+        self._burst_ms += self._frame_ms
+        self._gap_ms = 0
+
+    def _leak(self) -> None:
+        """A frame of no speech towards an onset: the build-up leaks half a frame, unless it
+        is within a syllable's gap after a burst as long as a syllable (not a click's)."""
+        self._gap_ms += self._frame_ms
+        if self._gap_ms > SYLLABLE_GAP_MS or self._burst_ms < SYLLABLE_MIN_MS:
+            self._speech_ms = max(0, self._speech_ms - self._frame_ms // 2)

@@ -491,3 +491,24 @@ def test_noise_has_no_pitch_and_a_vowel_has(noise):
     vowel = held_vowel(200, -30.0, 0.0).astype(np.float64).reshape(-1, FRAME)
     assert min(pitch_strength(f) for f in vowel) > 0.9
     assert pitch_strength(np.zeros(FRAME)) == 0.0
+
+
+def _bursts(*on_gap_ms, dbfs=-24.0, seed=60):
+    """A known quiet line (1 s), then bursts of noise with gaps: (on, gap), (on, gap), ..."""
+    parts = [pink_noise(1000, RATE, dbfs=-55.0, seed=43)]
+    for k, (on, gap) in enumerate(on_gap_ms):
+        parts += [white_noise(on, RATE, dbfs=dbfs, seed=seed + k), silence(gap, RATE)]
+    return np.concatenate([*parts, silence(600, RATE)])
+
+
+def test_the_closure_inside_a_word_does_not_throw_its_first_syllable_away():
+    # "Ex- cuse me": a 60 ms syllable, 80 ms of closure, the next syllable. The build-up used to
+    # leak through the closure, and the word had to start all over again.
+    events = run(_bursts((60, 80), (60, 0)))
+    assert events and events[0] == (1000 + 60 + 80 + 40, STARTED)
+
+
+@pytest.mark.parametrize(("click_ms", "period_ms"), [(20, 100), (20, 120), (40, 120), (40, 160)])
+def test_keys_typed_six_to_ten_a_second_never_start(click_ms, period_ms):
+    # A keystroke is a 20-40 ms click: too short to be a syllable, so its build-up is not held.
+    assert run(_bursts(*[(click_ms, period_ms - click_ms)] * 15)) == []
