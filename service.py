@@ -261,12 +261,14 @@ class BridgeService:
             self.relay_server = serve(relay_listener, relay_only=True)
         self._flusher = gevent.spawn(self._flush_suppressed)
         if load is not None:
-            self._load_watch = gevent.spawn(watch_loop, load, self._probed, partial(self._overload_changed, load))
+            probed = partial(self._probed, load)
+            self._load_watch = gevent.spawn(watch_loop, load, probed, partial(self._overload_changed, load))
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
 
-    def _probed(self, late_s: float, _cpu_share: float) -> None:
+    def _probed(self, load: CpuLoad, late_s: float, _share: float) -> None:
         self.metrics.loop_lag.observe(late_s)
+        self.metrics.core_demand.set(load.share())
 
     def _overload_changed(self, load: CpuLoad, overloaded: bool) -> None:
         self.metrics.overloaded.set(1 if overloaded else 0)

@@ -138,6 +138,11 @@ class Metrics:
             "bridge_event_loop_lag_seconds", "How much later than asked the event loop woke a 100 ms timer",
             buckets=_LAG_BUCKETS_S, registry=r,
         )
+        # livemax: with several workers, the busiest one's.
+        self.core_demand = Gauge(
+            "bridge_core_demand_ratio", "Share of a core the process wanted over the last second (on it or waiting)",
+            registry=r, multiprocess_mode="livemax",
+        )
         # livesum: with several workers, how many are refusing new calls right now.
         self.overloaded = Gauge(
             "bridge_overloaded", "1 while the process is too busy to take new calls (OVERLOAD_CPU_PCT)",

@@ -114,6 +114,7 @@ def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_chang
         woke, now_used = wall(), demand()
         elapsed = woke - asked
         share = (now_used - used) / elapsed if elapsed > 0.0 else 0.0
+        changed = load.add(share)
         on_probe(max(0.0, elapsed - PROBE_S), share)
-        if load.add(share):
+        if changed:
             on_change(load.overloaded)

@@ -113,6 +113,7 @@ def test_a_process_out_of_cpu_refuses_new_calls_and_takes_them_again_once_it_has
         refused = post(bridge, "/voice/incoming", {"CallSid": CALL_SID})
         assert "<Say>" in refused.text and "<Connect" not in refused.text
         assert bridge.metrics.value("bridge_overloaded") == 1
+        assert bridge.metrics.value("bridge_core_demand_ratio") >= 0.9
     finally:
         stop.set()
         hog.join(timeout=5)
