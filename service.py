@@ -302,15 +302,21 @@ class BridgeService:
             raise RuntimeError("nothing to drain: the service was not started")
         self.admission.draining = True
         self.log.info("draining", live_calls=len(self.calls.live()), timeout_s=timeout_s)
+        handing_off = False
         if self.fleet is not None and self.fleet.shared:
             # Said even with no calls: a node stopping with others must not be handed theirs.
             self.fleet.draining = True
             self.fleet.heartbeat()
-            if self.calls.live():
-                self._hand_off()
+            # Even with no calls: until its listener closes, a node takes streams, resumed ones
+            # too (a sibling worker's hand-off lands on the shared port), and would drain them.
+            handing_off = self._hand_off()
         deadline = time.monotonic() + timeout_s
         while self.calls.live() and time.monotonic() < deadline:
             gevent.sleep(0.1)
+            if handing_off:
+                # A stream that arrived in the moment before the listener closed, or over a
+                # connection already open: it goes too, rather than waiting to be ended.
+                self.calls.hand_off_all(DEPLOY)
         remaining = len(self.calls.live())
         if remaining:
             self.calls.end_all(Outcome.DRAINED, f"server shutting down after {timeout_s:g}s of draining")
@@ -320,8 +326,9 @@ class BridgeService:
         self.log.info("drained", ended=remaining)
         return remaining
 
-    def _hand_off(self) -> None:
-        """Hand the live calls to the fleet, if another node takes calls (else they drain here).
+    def _hand_off(self) -> bool:
+        """Hand the live calls to the fleet, if another node takes calls (else they drain here);
+        whether one did (and this node's listener is closed).
 
         This node has said it is draining (drain) and waits a moment, so nodes stopping together
         (every worker of a machine on the master's SIGTERM, say) see each other stopping and
@@ -329,15 +336,17 @@ class BridgeService:
         """
         fleet, calls = self.fleet, self.calls
         if fleet is None or calls is None:
-            return
+            return False
         gevent.sleep(_PEERS_SETTLE_S)
         peers = fleet.peers_taking_calls()
         if not peers:
-            self.log.warning("handoff_impossible", reason="no other node takes calls", live_calls=len(calls.live()))
-            return
+            if calls.live():
+                self.log.warning("handoff_impossible", reason="no other node takes calls", live_calls=len(calls.live()))
+            return False
         self._close_listeners()  # established sockets stay; new connections go to another node
         handed = calls.hand_off_all(DEPLOY)
         self.log.info("handing_off", calls=handed, peers=len(peers))
+        return True
 
     def _close_listeners(self) -> None:
         for server in (self.server, self.relay_server):

@@ -214,6 +214,7 @@ class Fleet:
     chaos_rate: float
     seed: int
     drain_timeout_s: float
+    workers: int = 1  # WORKERS of each node
     auth_token: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     fleet_secret: str = field(default_factory=lambda: secrets.token_hex(24))
@@ -225,9 +226,10 @@ class Fleet:
     node_exits: dict[str, int | None] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, *, chaos_rate: float, seed: int, drain_timeout_s: float, workdir: Path | None = None) -> Fleet:
+    def create(cls, *, chaos_rate: float, seed: int, drain_timeout_s: float, workdir: Path | None = None,
+               workers: int = 1) -> Fleet:
         return cls(workdir=workdir or Path(tempfile.mkdtemp(prefix="soak-fleet-")), chaos_rate=chaos_rate,
-                   seed=seed, drain_timeout_s=drain_timeout_s)
+                   seed=seed, drain_timeout_s=drain_timeout_s, workers=workers)
 
     @property
     def public_url(self) -> str:
@@ -270,6 +272,7 @@ class Fleet:
                 "DRAIN_TIMEOUT_S": f"{self.drain_timeout_s:g}",
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
+                "WORKERS": str(self.workers),
             }
             child = _Child(name, [sys.executable, str(_ROOT / "run.py")], env, self.workdir)
             self.nodes.append(FleetNode(name=name, port=port, child=child, admin_token=self.admin_token,

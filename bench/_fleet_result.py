@@ -71,6 +71,7 @@ class FleetSoakResult:
     workdir: Path
     run_by: str = ""  # date, commit, machine
     problems: list[str] = field(default_factory=list)
+    workers: int = 1  # each node's WORKERS
 
     @property
     def lost(self) -> list[tuple[PhoneCall, str]]:
@@ -105,7 +106,9 @@ def format_fleet_table(r: FleetSoakResult) -> str:
     if r.run_by:
         rows.append(("run", r.run_by))
     rows += [
-        ("topology", "nginx (deploy/nginx.conf) -> 2 nodes (`python run.py`), Redis, one VAPI simulator process"),
+        ("topology", "nginx (deploy/nginx.conf) -> 2 nodes (`python run.py`"
+                     + (f", WORKERS={r.workers} each" if r.workers > 1 else "")
+                     + "), Redis, one VAPI simulator process"),
         ("live calls x time", f"{r.calls} x {r.seconds / 60:g} min, calls of {r.call_seconds:g} s (x0.8-1.2), "
                               f"peak live {r.peak_live_calls}"),
         ("chaos", f"CHAOS_RATE {r.chaos_rate:g} faults per live call-minute, CHAOS_SEED {r.seed} (+1 on node-b)"),

@@ -89,13 +89,15 @@ def run_fleet_soak(
     call_seconds: float = 75.0,
     restart_every_s: float = 60.0,
     drain_timeout_s: float = 15.0,
+    workers: int = 1,
     workdir: Path | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FleetSoakResult:
     """Run the fleet soak and return its result; FleetSoakAborted if the fleet could not start."""
     from bench.soak import conversation  # the single-node soak's script, so both soaks speak alike
 
-    fleet = Fleet.create(chaos_rate=chaos_rate, seed=seed, drain_timeout_s=drain_timeout_s, workdir=workdir)
+    fleet = Fleet.create(chaos_rate=chaos_rate, seed=seed, drain_timeout_s=drain_timeout_s, workdir=workdir,
+                         workers=workers)
     planned = max(0, int((seconds - 1e-9) // restart_every_s))
     budget_s = seconds + call_seconds * _LENGTH_SPREAD[1] + _CALL_MARGIN_S + _WATCHDOG_MARGIN_S
     log(f"fleet soak: {calls} live calls for {seconds:g} s, a restart every {restart_every_s:g} s ({planned}), "
@@ -187,7 +189,7 @@ def run_fleet_soak(
         calls=calls, seconds=seconds, chaos_rate=chaos_rate, seed=seed, call_seconds=call_seconds,
         restart_every_s=restart_every_s, drain_timeout_s=drain_timeout_s, restarts_planned=planned,
         phone_calls=results, outcomes=outcomes, restarts=restarts, nodes=nodes, peak_live_calls=peak_live[0],
-        workdir=fleet.workdir, run_by=run_by, problems=problems,
+        workdir=fleet.workdir, run_by=run_by, problems=problems, workers=workers,
     )
 
 

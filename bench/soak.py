@@ -458,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="restart one node this often (default %(default)s)")
     fleet.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS",
                        help="the nodes' DRAIN_TIMEOUT_S (default %(default)s)")
+    fleet.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="each node's WORKERS: its workers relay VAPI sockets among themselves too (default 1)")
     args = parser.parse_args(argv)
     if args.fleet:
         return _main_fleet(parser, args)
@@ -488,7 +490,7 @@ def _main_fleet(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     try:
         result = run_fleet_soak(calls=args.calls, seconds=args.minutes * 60, chaos_rate=args.chaos_rate,
                                 seed=args.seed, call_seconds=args.call_seconds, restart_every_s=args.restart_every,
-                                drain_timeout_s=args.drain_timeout)
+                                drain_timeout_s=args.drain_timeout, workers=args.workers)
     except FleetSoakAborted as exc:
         print(f"soak aborted: {exc}", file=sys.stderr)
         return 2
