@@ -163,7 +163,10 @@ class BridgeService:
             timeout_s=settings.vapi.connect_timeout_s,
         )
         self.fleet, tickets = fleet_from_settings(settings, metrics=self.metrics, log=self.log)
-        relay_listener = _relay_listener(settings)
+        # A node of a fleet relays (one process has no other node); gunicorn's workers share one
+        # port, where a relay handshake could reach any of them, so each relays on one of its own.
+        shared = self.fleet.shared
+        relay_listener = _relay_listener(settings) if shared and settings.workers > 1 else None
         self.calls = CallRegistry(
             root=self.root,
             settings=call_settings(settings, hold_ulaw),
@@ -174,7 +177,7 @@ class BridgeService:
             fleet=self.fleet,
             records=self.records,
             recordings=self.recordings,
-            relay_url=_relay_url(settings, listener, relay_listener),
+            relay_url=_relay_url(settings, listener, relay_listener) if shared else None,
             rates=CostRates(
                 twilio_per_min=settings.admin.cost_twilio_per_min, vapi_per_min=settings.admin.cost_vapi_per_min
             ),
@@ -266,7 +269,7 @@ class BridgeService:
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
 
-    def _probed(self, load: CpuLoad, late_s: float, _share: float) -> None:
+    def _probed(self, load: CpuLoad, late_s: float) -> None:
         self.metrics.loop_lag.observe(late_s)
         self.metrics.core_demand.set(load.share())
 
@@ -378,16 +381,10 @@ class BridgeService:
             self.log.warning("actors_left_at_stop", count=len(leftover))
 
 
-def _relay_url(settings: Settings, listener: socket.socket, relay_listener: socket.socket | None) -> str | None:
-    """Where the other nodes reach this process's VAPI relay; None: no relay (docs/vapi-relay.md).
-
-    Only a node of a fleet relays (one process has no other node). gunicorn's workers share
-    one port, where a relay handshake could reach any of them: each relays on a port of its
-    own (`_relay_listener`), at NODE_URL's host.
-    """
+def _relay_url(settings: Settings, listener: socket.socket, relay_listener: socket.socket | None) -> str:
+    """Where the other nodes reach this fleet node's VAPI relay (docs/vapi-relay.md): NODE_URL,
+    or with a worker's own relay port, that port at NODE_URL's host."""
     fleet = settings.fleet
-    if fleet.redis_url is None and fleet.directory_path is None:
-        return None
     if relay_listener is None:
         return fleet.node_url or f"http://127.0.0.1:{listener.getsockname()[1]}"
     host = urlsplit(fleet.node_url).hostname if fleet.node_url else None
@@ -395,11 +392,8 @@ def _relay_url(settings: Settings, listener: socket.socket, relay_listener: sock
     return f"http://{f'[{host}]' if ':' in host else host}:{relay_listener.getsockname()[1]}"
 
 
-def _relay_listener(settings: Settings) -> socket.socket | None:
+def _relay_listener(settings: Settings) -> socket.socket:
     """A worker's own port for relays (WORKERS > 1 in a fleet): any free one on HOST."""
-    fleet = settings.fleet
-    if settings.workers <= 1 or (fleet.redis_url is None and fleet.directory_path is None):
-        return None
     sock = _bind(settings.host, 0)
     _listen(sock, settings.host, 0)
     return sock

@@ -42,7 +42,7 @@ _SCHEDSTAT = "/proc/self/schedstat"  # the main thread's ns on a core, ns runnab
 
 
 class CpuLoad:
-    """Whether the process is too busy to take another call, from its recent CPU share."""
+    """Whether the process is too busy to take another call, from the share of a core it recently wanted."""
 
     __slots__ = ("_overloaded", "_sum", "_threshold", "_window")
 
@@ -64,11 +64,11 @@ class CpuLoad:
         return self._threshold
 
     def share(self) -> float:
-        """The mean CPU share of the window (0 before any probe)."""
+        """The window's mean share of a core wanted (0 before any probe)."""
         return self._sum / len(self._window) if self._window else 0.0
 
     def add(self, share: float) -> bool:
-        """Take one probe's CPU share; True when it changed whether the process is overloaded."""
+        """Take one probe's share of a core wanted; True when it changed whether the process is overloaded."""
         window = self._window
         if len(window) == WINDOW:
             self._sum -= window[0]
@@ -102,11 +102,12 @@ def demand_s() -> float:
         return time.process_time()
 
 
-def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_change: Callable[[bool], None],
+def watch_loop(load: CpuLoad, on_probe: Callable[[float], None], on_change: Callable[[bool], None],
                demand: Callable[[], float] = demand_s) -> None:
-    """Probe forever (run it in a greenlet of its own): every PROBE_S, tell `on_probe` how much
-    later than asked the loop woke this greenlet and the share of a core the process wanted
-    since the last probe (`demand`: seconds wanted so far); tell `on_change` when the verdict turns."""
+    """Probe forever (run it in a greenlet of its own): every PROBE_S, give `load` the share of a
+    core the process wanted since the last probe (`demand`: seconds wanted so far), tell
+    `on_probe` how much later than asked the loop woke this greenlet, and `on_change` when the
+    verdict turns."""
     wall = time.perf_counter
     while True:
         asked, used = wall(), demand()
@@ -115,6 +116,6 @@ def watch_loop(load: CpuLoad, on_probe: Callable[[float, float], None], on_chang
         elapsed = woke - asked
         share = (now_used - used) / elapsed if elapsed > 0.0 else 0.0
         changed = load.add(share)
-        on_probe(max(0.0, elapsed - PROBE_S), share)
+        on_probe(max(0.0, elapsed - PROBE_S))
         if changed:
             on_change(load.overloaded)
