@@ -106,6 +106,10 @@ class Metrics:
             "bridge_directory_errors", "Call directory operations that failed (store down or locked), by operation",
             ["operation"], registry=r,
         )
+        self.passed_on = Counter(
+            "bridge_webhooks_passed_on", "New calls answered 503 for the proxy to pass on to another node, by reason",
+            ["reason"], registry=r,
+        )
         self.handoffs = Counter(
             "bridge_handoffs", "Live calls let go to another node (calls/handoff.py), by reason", ["reason"], registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 from collections.abc import Iterator
 
@@ -17,10 +18,13 @@ from tests.services import NginxServer, free_port
 class Upstream:
     """A loopback HTTP/1.1 server answering every request with its name, and a WebSocket-style
     101 answer (then an echo of the bytes that follow) to an upgrade request; it keeps the
-    request heads it saw."""
+    request heads and bodies it saw. A `busy` one answers 503 to a new call's webhook the
+    proxy says it can pass on (X-Bridge-Pass-On), and "<name>:fallback" to one it cannot."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, busy: bool = False) -> None:
         self.name = name
+        self.busy = busy
+        self.bodies: list[bytes] = []
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -42,8 +46,22 @@ class Upstream:
                 if not chunk:
                     return
                 data += chunk
-            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            raw_head, body = data.split(b"\r\n\r\n", 1)
+            head = raw_head.decode()
             self.heads.append(head)
+            length = next((int(line.split(":", 1)[1]) for line in head.lower().splitlines()
+                           if line.startswith("content-length:")), 0)
+            while len(body) < length:
+                body += conn.recv(4096)
+            self.bodies.append(body)
+            if self.busy and head.startswith("POST /voice/incoming "):
+                if "x-bridge-pass-on: 1" in head.lower():
+                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    return
+                answer = self.name.encode() + b":fallback"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(answer), answer))
+                return
             if "upgrade: websocket" in head.lower():
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                 while chunk := conn.recv(4096):
@@ -73,6 +91,11 @@ def test_the_shipped_config_shows_two_nodes_round_robin_and_passive_checks_only(
     assert "max_fails=" in live and "fail_timeout=" in live
     assert "health_check" not in live and "health_check uri=/readyz" in text  # NGINX Plus only: a comment
     assert "listen 443 ssl" in text and "listen 443" not in live  # TLS: a comment
+    # New calls' webhooks have a group of their own, with the very same nodes.
+    groups = dict(re.findall(r"^upstream (\w+) \{(.*?)^\}", live, re.S | re.M))
+    nodes = {name: re.findall(r"^\s*server ([^;]+);", body, re.M) for name, body in groups.items()}
+    assert set(nodes) == {"bridge", "bridge_new_calls"}
+    assert nodes["bridge"] == nodes["bridge_new_calls"] and len(nodes["bridge"]) >= 2
 
 
 def test_requests_alternate_between_the_nodes_with_the_proxy_headers(nginx_server: NginxServer, upstreams):
@@ -121,3 +144,37 @@ def test_only_media_paths_are_upgraded(nginx_server: NginxServer, upstreams):
     requests.get(f"{nginx_server.url}/admin/calls", headers=upgrade, timeout=5)
     head = next(h for u in upstreams for h in u.heads).lower()
     assert "upgrade:" not in head and "connection: close" in head
+
+
+def test_a_new_call_a_busy_node_turns_away_goes_to_the_next_node(nginx_server: NginxServer):
+    busy, free = Upstream("node-a", busy=True), Upstream("node-b")
+    try:
+        port = free_port()
+        nginx_server.start(render([busy.address, free.address], port), port)
+        answers = [requests.post(f"{nginx_server.url}/voice/incoming", data={"CallSid": f"CA{i}"}, timeout=5)
+                   for i in range(4)]
+        assert [(a.status_code, a.text) for a in answers] == [(200, "node-b")] * 4
+        assert busy.heads and all("x-bridge-pass-on: 1" in head.lower() for head in busy.heads)
+        assert sorted(free.bodies) == [f"CallSid=CA{i}".encode() for i in range(4)]  # each webhook once, whole
+        # Turned away for new calls only: its live calls' requests still reach it.
+        assert {requests.get(f"{nginx_server.url}/readyz", timeout=5).text for _ in range(4)} == {"node-a", "node-b"}
+    finally:
+        busy.close()
+        free.close()
+
+
+def test_when_every_node_is_busy_the_caller_gets_a_nodes_fallback_not_an_error(nginx_server: NginxServer):
+    nodes = [Upstream("node-a", busy=True), Upstream("node-b", busy=True)]
+    try:
+        port = free_port()
+        nginx_server.start(render([node.address for node in nodes], port), port)
+        for i in range(3):
+            answer = requests.post(f"{nginx_server.url}/voice/incoming", data={"CallSid": f"CA{i}"}, timeout=5)
+            assert answer.status_code == 200 and answer.text in ("node-a:fallback", "node-b:fallback")
+            last = next(node for node in nodes if answer.text.startswith(node.name))
+            assert "x-bridge-pass-on" not in last.heads[-1].lower()
+            assert last.bodies[-1] == f"CallSid=CA{i}".encode()  # the last try carried the webhook's body too
+    finally:
+        for node in nodes:
+            node.close()
+

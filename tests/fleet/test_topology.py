@@ -2,8 +2,10 @@
 in front of two bridge nodes (`python run.py`) sharing Redis, PostgreSQL and one VAPI simulator.
 
 The simulated Twilio goes through nginx for everything: the webhook, the media socket and
-`/voice/after-stream`. nginx balances round robin with nothing sticky, so one call's three
-requests land on different nodes; what the tests assert is that this does not matter.
+`/voice/after-stream`. nginx balances round robin with nothing sticky (new calls' webhooks in
+a group of their own), so one call's three requests land on different nodes; what the tests
+assert is that this does not matter. They choose where each request lands (`_steer`), so
+every case is met in every run.
 
 The processes are started once for the module; each test uses its own calls.
 """
@@ -207,13 +209,39 @@ def _post_after_stream(caller: SimulatedCaller) -> tuple[int, str]:
     return caller.post_webhook("/voice/after-stream", extra_params={"CallStatus": "in-progress"})
 
 
-def _one_call(fleet: Fleet, *, hangs_up: bool = True) -> CallSeen:
-    """A call the assistant ends after one answer, every request through nginx."""
-    since = len(fleet.nginx.requests())
+def _steer(fleet: Fleet, to: str | None, *, new_call: bool) -> None:
+    """Make the next request of a kind land on node `to` (None: wherever it lands).
+
+    nginx takes an upstream group's nodes in turn (one worker, two nodes), so a probe through
+    the same group that lands on the other node puts `to` next. `new_call`: the group of new
+    calls' webhooks, probed with an unsigned webhook (refused, starts nothing); else the
+    group of every other request, probed with /healthz.
+    """
+    if to is None:
+        return
+    for _ in range(3):
+        since = len(fleet.nginx.requests())
+        if new_call:
+            requests.post(f"{fleet.public_url}/voice/incoming", headers={"Connection": "close"}, timeout=5)
+        else:
+            requests.get(f"{fleet.public_url}/healthz", headers={"Connection": "close"}, timeout=5)
+        assert wait_until(lambda since=since: len(fleet.nginx.requests()) > since)
+        if fleet.node_at(fleet.nginx.requests()[since][3]) != to:
+            return
+    raise AssertionError(f"nginx did not take its nodes in turn: {fleet.nginx.requests()[-6:]}")
+
+
+def _one_call(fleet: Fleet, route: tuple[str, str, str] | None = None, *, hangs_up: bool = True) -> CallSeen:
+    """A call the assistant ends after one answer, every request through nginx; `route`: the
+    nodes its webhook, stream and after-stream land on."""
+    webhook_to, stream_to, after_to = route or (None, None, None)
     caller = _caller(fleet)
+    _steer(fleet, webhook_to, new_call=True)
+    since = len(fleet.nginx.requests())
     try:
         status, twiml = caller.post_webhook()
         assert status == 200 and "<Stream" in twiml, twiml
+        _steer(fleet, stream_to, new_call=False)
         caller.connect()
         caller.start_stream()
         assert caller.wait_for_audio(400, timeout_s=5), "no greeting"  # the assistant's greeting
@@ -222,6 +250,7 @@ def _one_call(fleet: Fleet, *, hangs_up: bool = True) -> CallSeen:
             for _ in range(40):  # the line stays open with silence until the assistant hangs up
                 caller.send_audio(silence(100, 8000))
         assert caller.closed.wait(5), "the assistant did not end the call"
+        _steer(fleet, after_to, new_call=False)
         status, after = _post_after_stream(caller)
         assert status == 200
     finally:
@@ -241,17 +270,14 @@ def _one_call(fleet: Fleet, *, hangs_up: bool = True) -> CallSeen:
 
 
 def test_calls_succeed_whichever_node_takes_each_request_and_the_after_stream_hangs_up_from_either(fleet):
-    calls = [_one_call(fleet) for _ in range(4)]
+    a, b = (node.name for node in fleet.nodes)
+    routes = [(a, b, a), (b, a, a), (a, a, b), (b, b, b)]
+    calls = [_one_call(fleet, route) for route in routes]
+    assert [(c.webhook, c.stream, c.after_stream) for c in calls] == routes
     for call in calls:
+        # Streams taken by a node that did not answer the webhook, and hang-ups decided on
+        # one node and answered by the other, as well as all on one node.
         assert "<Hangup" in call.after_stream_twiml, call
-    names = {node.name for node in fleet.nodes}
-    assert {c.webhook for c in calls} == names
-    assert {c.stream for c in calls} == names
-    assert {c.after_stream for c in calls} == names
-    # Round robin, nothing sticky: streams taken by a node that did not answer the webhook,
-    # and hang-ups decided on one node and answered by the other.
-    assert any(c.stream != c.webhook for c in calls)
-    assert any(c.after_stream != c.stream for c in calls)
 
 
 def _holder(fleet: Fleet, call_sid: str) -> Node | None:
@@ -311,7 +337,8 @@ def test_admin_on_one_node_lists_and_steers_the_other_nodes_calls(fleet, live_ca
 
 def test_the_records_of_both_nodes_calls_are_in_postgresql(fleet):
     if not fleet.calls:
-        fleet.calls.extend(_one_call(fleet) for _ in range(2))
+        a, b = (node.name for node in fleet.nodes)
+        fleet.calls.extend(_one_call(fleet, route) for route in ((a, a, b), (a, b, a)))
     wanted = {c.call_sid: c for c in fleet.calls}
 
     def stored() -> dict[str, tuple[str, str]]:
@@ -334,7 +361,8 @@ def test_with_redis_down_calls_still_cross_nodes_and_only_the_holders_after_stre
     """Last in the module: it stops the session's Redis (and starts it again on the same port)."""
     redis_server.stop()
     try:
-        calls = [_one_call(fleet, hangs_up=False) for _ in range(2)]
+        a, b = (node.name for node in fleet.nodes)
+        calls = [_one_call(fleet, route, hangs_up=False) for route in ((a, b, a), (b, a, a))]
         for call in calls:
             assert call.stream != call.webhook  # the ticket alone carried the call across
             # Only the node that held the call knows how it ended; another plays the fallback.
@@ -348,6 +376,6 @@ def test_with_redis_down_calls_still_cross_nodes_and_only_the_holders_after_stre
     finally:
         redis_server.start()
     # Redis back: the nodes use it again, and an after-stream on the other node hangs up again.
-    call = _one_call(fleet)
+    call = _one_call(fleet, (a, a, b))
     assert "<Hangup" in call.after_stream_twiml
     assert all('"directory_available"' in node.child.log() for node in fleet.nodes)

@@ -88,6 +88,25 @@ def test_when_full_readyz_fails_and_new_calls_hear_the_fallback(bridge, vapi_sim
     assert wait_until(lambda: get(bridge, "/readyz").status_code == 200)
 
 
+@pytest.mark.parametrize("server_env", [{"MAX_CALLS": "1"}])
+def test_when_full_a_webhook_a_proxy_can_pass_on_is_answered_503(bridge, vapi_sim, make_caller):
+    # deploy/nginx.conf sends the webhook on to another node on a 503: the caller hears the
+    # fallback only if no node has room.
+    caller = start_call(make_caller)
+    sim_call_for(vapi_sim)
+    response = post(bridge, "/voice/incoming", {"CallSid": CALL_SID}, headers={"X-Bridge-Pass-On": "1"})
+    assert response.status_code == 503
+    assert "<Connect" not in response.text and "<Say>" not in response.text
+    assert bridge.calls.get(CALL_SID) is None
+    assert samples(bridge)[("bridge_webhooks_passed_on_total", (("reason", "full"),))] == 1
+    assert ("bridge_calls_total", (("outcome", "refused"),)) not in samples(bridge)  # no caller lost
+    caller.send_stop()
+    assert wait_until(lambda: get(bridge, "/readyz").status_code == 200)
+    # With room again, the same request starts the call.
+    taken = post(bridge, "/voice/incoming", {"CallSid": CALL_SID}, headers={"X-Bridge-Pass-On": "1"})
+    assert taken.status_code == 200 and "<Connect" in taken.text
+
+
 def test_draining_refuses_new_calls_lets_live_ones_run_then_ends_them(bridge, vapi_sim, make_caller):
     caller = start_call(make_caller)
     sim = sim_call_for(vapi_sim)

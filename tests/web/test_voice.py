@@ -14,9 +14,9 @@ from tests.integration.conftest import AUTH_TOKEN
 CALL_SID = "CA" + "0123456789abcdef" * 2
 
 
-def post(bridge, path, params, signature="auto", sign_url=None):
+def post(bridge, path, params, signature="auto", sign_url=None, headers=None):
     url = sign_url or bridge.settings.public_url + path
-    headers = {}
+    headers = dict(headers or {})
     if signature == "auto":
         headers["X-Twilio-Signature"] = SignatureValidator(AUTH_TOKEN).sign(url, params)
     elif signature is not None:
