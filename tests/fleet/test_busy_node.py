@@ -1,0 +1,123 @@
+"""A node too busy for a new call, in the reference topology: nginx (deploy/nginx.conf as
+shipped) passes the call's webhook to the other node, and the caller never hears the fallback.
+
+Two real bridge nodes (`python run.py`) share Redis and one VAPI simulator; node-a takes one
+call at most (MAX_CALLS=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import requests
+
+from audio.signals import silence
+from sims.caller import SimulatedCaller
+from tests.fleet.deploy_config import render
+from tests.fleet.test_topology import (
+    API_KEY,
+    AUTH_TOKEN,
+    ROOT,
+    START_TIMEOUT_S,
+    Child,
+    Fleet,
+    Node,
+    _caller,
+    _steer,
+    _wait_ready,
+    wait_until,
+)
+from tests.services import NginxServer, RedisServer, free_port
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server: RedisServer, nginx_binary: str, tmp_path_factory) -> Iterator[Fleet]:
+    workdir = tmp_path_factory.mktemp("busy")
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+    children: list[Child] = []
+    nginx = NginxServer()
+    try:
+        sim = Child("vapi_sim", [sys.executable, "-m", "tests.fleet._vapi_sim", API_KEY], base_env, workdir)
+        children.append(sim)
+        assert wait_until(lambda: "listening " in sim.log(), timeout=START_TIMEOUT_S), sim.log()
+        vapi_url = sim.log().split("listening ", 1)[1].split()[0]
+        nginx_port = free_port()
+        nodes = []
+        for name, limit in (("node-a", {"MAX_CALLS": "1"}), ("node-b", {})):
+            port = free_port()
+            env = {
+                **base_env, **limit,
+                "NODE_ID": name, "HOST": "127.0.0.1", "PORT": str(port),
+                "PUBLIC_URL": f"http://127.0.0.1:{nginx_port}", "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "VAPI_API_KEY": API_KEY, "VAPI_BASE_URL": vapi_url, "REDIS_URL": redis_server.url,
+                "DATABASE_PATH": str(workdir / f"{name}.db"), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+                "DRAIN_TIMEOUT_S": "1",
+            }
+            child = Child(name, [sys.executable, str(ROOT / "run.py")], env, workdir)
+            children.append(child)
+            nodes.append(Node(name, port, child))
+        for node in nodes:
+            _wait_ready(node.child, node.url)
+        nginx.start(render([node.address for node in nodes], nginx_port), nginx_port)
+        yield Fleet(nginx=nginx, nodes=nodes, database_url="")
+    finally:
+        nginx.stop()
+        nginx.remove()
+        for child in reversed(children):
+            child.stop()
+
+
+def _holding_call(fleet: Fleet, on: str) -> tuple[SimulatedCaller, gevent.Greenlet]:
+    """A call whose stream is held by node `on`, kept up with silence."""
+    caller = _caller(fleet)
+    status, twiml = caller.post_webhook()
+    assert status == 200 and "<Stream" in twiml, twiml
+    _steer(fleet, on, new_call=False)
+    caller.connect()
+    caller.start_stream()
+    line = gevent.spawn(lambda: [caller.send_audio(silence(200, 8000)) for _ in range(100)])
+    return caller, line
+
+
+def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
+    busy, free = fleet.nodes
+    caller, line = _holding_call(fleet, busy.name)
+    callers: list[SimulatedCaller] = []
+    try:
+        assert wait_until(lambda: _ready(busy) == 503, timeout=5)  # full
+        _steer(fleet, busy.name, new_call=True)
+        since = len(fleet.nginx.requests())
+        for _ in range(4):
+            callers.append(_caller(fleet))
+            status, twiml = callers[-1].post_webhook()
+            assert status == 200 and "<Stream" in twiml, twiml  # never the fallback
+        webhooks = [upstream for method, uri, _, upstream in fleet.nginx.requests()[since:]
+                    if method == "POST" and uri == "/voice/incoming"]
+        # The first went to the full node, which turned it away, and then on to the other; the
+        # full node is then left out of new calls' webhooks for a while.
+        assert webhooks[0] == f"{busy.address}, {free.address}", webhooks
+        assert webhooks[1:] == [free.address] * 3, webhooks
+        assert busy.child.log().count('"call_passed_on"') == 1
+        assert '"call_refused"' not in busy.child.log() + free.child.log()
+        # ...but not out of the rest: its live call's requests still reach it.
+        assert {fleet.node_at(upstream) for upstream in _healthz_upstreams(fleet, 4)} == {busy.name, free.name}
+    finally:
+        line.kill()
+        for each in [caller, *callers]:
+            each.close()
+
+
+def _ready(node: Node) -> int:
+    return requests.get(f"{node.url}/readyz", timeout=2).status_code
+
+
+def _healthz_upstreams(fleet: Fleet, count: int) -> list[str]:
+    since = len(fleet.nginx.requests())
+    for _ in range(count):
+        requests.get(f"{fleet.public_url}/healthz", headers={"Connection": "close"}, timeout=5)
+    assert wait_until(lambda: len(fleet.nginx.requests()) >= since + count)
+    return [upstream for _, _, _, upstream in fleet.nginx.requests()[since:]]
