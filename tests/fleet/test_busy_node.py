@@ -76,7 +76,7 @@ def _holding_call(fleet: Fleet, on: str) -> tuple[SimulatedCaller, gevent.Greenl
     caller = _caller(fleet)
     status, twiml = caller.post_webhook()
     assert status == 200 and "<Stream" in twiml, twiml
-    _steer(fleet, on, new_call=False)
+    _steer(fleet, on)
     caller.connect()
     caller.start_stream()
     line = gevent.spawn(lambda: [caller.send_audio(silence(200, 8000)) for _ in range(100)])
@@ -89,7 +89,6 @@ def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
     callers: list[SimulatedCaller] = []
     try:
         assert wait_until(lambda: _ready(busy) == 503, timeout=5)  # full
-        _steer(fleet, busy.name, new_call=True)
         since = len(fleet.nginx.requests())
         for _ in range(4):
             callers.append(_caller(fleet))
@@ -97,11 +96,13 @@ def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
             assert status == 200 and "<Stream" in twiml, twiml  # never the fallback
         webhooks = [upstream for method, uri, _, upstream in fleet.nginx.requests()[since:]
                     if method == "POST" and uri == "/voice/incoming"]
-        # The first went to the full node, which turned it away, and then on to the other; the
-        # full node is then left out of new calls' webhooks for a while.
-        assert webhooks[0] == f"{busy.address}, {free.address}", webhooks
-        assert webhooks[1:] == [free.address] * 3, webhooks
-        assert busy.child.log().count('"call_passed_on"') == 1
+        # Round robin: half went to the full node first, which turned them away, and nginx
+        # passed them on, each to the other node in the end (nginx logs the tries of a webhook
+        # as "first : passed on, to the next").
+        assert sum(w.startswith(busy.address) for w in webhooks) == 2, webhooks
+        assert all(w.endswith(free.address) for w in webhooks), webhooks
+        tries_on_busy = sum(w.count(busy.address) for w in webhooks)
+        assert busy.child.log().count('"call_passed_on"') == tries_on_busy
         assert '"call_refused"' not in busy.child.log() + free.child.log()
         # ...but not out of the rest: its live call's requests still reach it.
         assert {fleet.node_at(upstream) for upstream in _healthz_upstreams(fleet, 4)} == {busy.name, free.name}

@@ -2,10 +2,9 @@
 in front of two bridge nodes (`python run.py`) sharing Redis, PostgreSQL and one VAPI simulator.
 
 The simulated Twilio goes through nginx for everything: the webhook, the media socket and
-`/voice/after-stream`. nginx balances round robin with nothing sticky (new calls' webhooks in
-a group of their own), so one call's three requests land on different nodes; what the tests
-assert is that this does not matter. They choose where each request lands (`_steer`), so
-every case is met in every run.
+`/voice/after-stream`. nginx balances round robin with nothing sticky, so one call's three
+requests land on different nodes; what the tests assert is that this does not matter. They
+choose where each request lands (`_steer`), so every case is met in every run.
 
 The processes are started once for the module; each test uses its own calls.
 """
@@ -209,22 +208,17 @@ def _post_after_stream(caller: SimulatedCaller) -> tuple[int, str]:
     return caller.post_webhook("/voice/after-stream", extra_params={"CallStatus": "in-progress"})
 
 
-def _steer(fleet: Fleet, to: str | None, *, new_call: bool) -> None:
-    """Make the next request of a kind land on node `to` (None: wherever it lands).
+def _steer(fleet: Fleet, to: str | None) -> None:
+    """Make the next request land on node `to` (None: wherever it lands).
 
-    nginx takes an upstream group's nodes in turn (one worker, two nodes), so a probe through
-    the same group that lands on the other node puts `to` next. `new_call`: the group of new
-    calls' webhooks, probed with an unsigned webhook (refused, starts nothing); else the
-    group of every other request, probed with /healthz.
+    nginx takes the nodes in turn (one worker, two nodes), so a probe that lands on the
+    other node puts `to` next.
     """
     if to is None:
         return
     for _ in range(3):
         since = len(fleet.nginx.requests())
-        if new_call:
-            requests.post(f"{fleet.public_url}/voice/incoming", headers={"Connection": "close"}, timeout=5)
-        else:
-            requests.get(f"{fleet.public_url}/healthz", headers={"Connection": "close"}, timeout=5)
+        requests.get(f"{fleet.public_url}/healthz", headers={"Connection": "close"}, timeout=5)
         assert wait_until(lambda since=since: len(fleet.nginx.requests()) > since)
         if fleet.node_at(fleet.nginx.requests()[since][3]) != to:
             return
@@ -236,12 +230,12 @@ def _one_call(fleet: Fleet, route: tuple[str, str, str] | None = None, *, hangs_
     nodes its webhook, stream and after-stream land on."""
     webhook_to, stream_to, after_to = route or (None, None, None)
     caller = _caller(fleet)
-    _steer(fleet, webhook_to, new_call=True)
+    _steer(fleet, webhook_to)
     since = len(fleet.nginx.requests())
     try:
         status, twiml = caller.post_webhook()
         assert status == 200 and "<Stream" in twiml, twiml
-        _steer(fleet, stream_to, new_call=False)
+        _steer(fleet, stream_to)
         caller.connect()
         caller.start_stream()
         assert caller.wait_for_audio(400, timeout_s=5), "no greeting"  # the assistant's greeting
@@ -250,7 +244,7 @@ def _one_call(fleet: Fleet, route: tuple[str, str, str] | None = None, *, hangs_
             for _ in range(40):  # the line stays open with silence until the assistant hangs up
                 caller.send_audio(silence(100, 8000))
         assert caller.closed.wait(5), "the assistant did not end the call"
-        _steer(fleet, after_to, new_call=False)
+        _steer(fleet, after_to)
         status, after = _post_after_stream(caller)
         assert status == 200
     finally:
