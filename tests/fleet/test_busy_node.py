@@ -7,8 +7,6 @@ call at most (MAX_CALLS=1).
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 
 import gevent
@@ -17,58 +15,15 @@ import requests
 
 from audio.signals import silence
 from sims.caller import SimulatedCaller
-from tests.fleet.deploy_config import render
-from tests.fleet.test_topology import (
-    API_KEY,
-    AUTH_TOKEN,
-    ROOT,
-    START_TIMEOUT_S,
-    Child,
-    Fleet,
-    Node,
-    _caller,
-    _steer,
-    _wait_ready,
-    wait_until,
-)
-from tests.services import NginxServer, RedisServer, free_port
+from tests.fleet.test_topology import Fleet, Node, _caller, _steer, running_fleet, wait_until
+from tests.services import RedisServer
 
 
 @pytest.fixture(scope="module")
 def fleet(redis_server: RedisServer, nginx_binary: str, tmp_path_factory) -> Iterator[Fleet]:
-    workdir = tmp_path_factory.mktemp("busy")
-    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
-    children: list[Child] = []
-    nginx = NginxServer()
-    try:
-        sim = Child("vapi_sim", [sys.executable, "-m", "tests.fleet._vapi_sim", API_KEY], base_env, workdir)
-        children.append(sim)
-        assert wait_until(lambda: "listening " in sim.log(), timeout=START_TIMEOUT_S), sim.log()
-        vapi_url = sim.log().split("listening ", 1)[1].split()[0]
-        nginx_port = free_port()
-        nodes = []
-        for name, limit in (("node-a", {"MAX_CALLS": "1"}), ("node-b", {})):
-            port = free_port()
-            env = {
-                **base_env, **limit,
-                "NODE_ID": name, "HOST": "127.0.0.1", "PORT": str(port),
-                "PUBLIC_URL": f"http://127.0.0.1:{nginx_port}", "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-                "VAPI_API_KEY": API_KEY, "VAPI_BASE_URL": vapi_url, "REDIS_URL": redis_server.url,
-                "DATABASE_PATH": str(workdir / f"{name}.db"), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
-                "DRAIN_TIMEOUT_S": "1",
-            }
-            child = Child(name, [sys.executable, str(ROOT / "run.py")], env, workdir)
-            children.append(child)
-            nodes.append(Node(name, port, child))
-        for node in nodes:
-            _wait_ready(node.child, node.url)
-        nginx.start(render([node.address for node in nodes], nginx_port), nginx_port)
-        yield Fleet(nginx=nginx, nodes=nodes, database_url="")
-    finally:
-        nginx.stop()
-        nginx.remove()
-        for child in reversed(children):
-            child.stop()
+    with running_fleet(tmp_path_factory.mktemp("busy"), redis_server.url, {},
+                       {"node-a": {"MAX_CALLS": "1"}}) as fleet:
+        yield fleet
 
 
 def _holding_call(fleet: Fleet, on: str) -> tuple[SimulatedCaller, gevent.Greenlet]:

@@ -137,13 +137,12 @@ def _wait_ready(child: Child, url: str) -> None:
     raise RuntimeError(f"{child.name} not ready within {START_TIMEOUT_S} s:\n{child.log()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def fleet(
-    redis_server: RedisServer, postgres_server: PostgresServer, nginx_binary: str, tmp_path_factory
-) -> Iterator[Fleet]:
-    workdir = tmp_path_factory.mktemp("fleet")
-    database_url = postgres_server.create_database("fleet_topology")
-    redis_server.command("FLUSHALL")
+@contextlib.contextmanager
+def running_fleet(workdir: Path, redis_url: str, database: dict[str, str],
+                  node_env: dict[str, dict[str, str]] | None = None) -> Iterator[Fleet]:
+    """A VAPI simulator, two nodes (node-a, node-b) and nginx in front of them, all stopped
+    on exit. `database`: the nodes' DATABASE_URL, or {} for a SQLite file each; `node_env`:
+    more variables for a node by name."""
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
     children: list[Child] = []
     nginx = NginxServer()
@@ -167,12 +166,13 @@ def fleet(
                 "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
                 "VAPI_API_KEY": API_KEY,
                 "VAPI_BASE_URL": vapi_url,
-                "REDIS_URL": redis_server.url,
-                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+                **(database or {"DATABASE_PATH": str(workdir / f"{name}.db")}),
                 "ADMIN_TOKEN": ADMIN,
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "DRAIN_TIMEOUT_S": "1",
+                **(node_env or {}).get(name, {}),
             }
             child = Child(name, [sys.executable, str(ROOT / "run.py")], env, workdir)
             children.append(child)
@@ -180,12 +180,22 @@ def fleet(
         for node in nodes:
             _wait_ready(node.child, node.url)
         nginx.start(render([node.address for node in nodes], nginx_port), nginx_port)
-        yield Fleet(nginx=nginx, nodes=nodes, database_url=database_url)
+        yield Fleet(nginx=nginx, nodes=nodes, database_url=database.get("DATABASE_URL", ""))
     finally:
         nginx.stop()
         nginx.remove()
         for child in reversed(children):
             child.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, postgres_server: PostgresServer, nginx_binary: str, tmp_path_factory
+) -> Iterator[Fleet]:
+    database_url = postgres_server.create_database("fleet_topology")
+    redis_server.command("FLUSHALL")
+    with running_fleet(tmp_path_factory.mktemp("fleet"), redis_server.url, {"DATABASE_URL": database_url}) as fleet:
+        yield fleet
 
 
 def _caller(fleet: Fleet) -> SimulatedCaller:
