@@ -393,10 +393,27 @@ def _relay_url(settings: Settings, listener: socket.socket, relay_listener: sock
 
 
 def _relay_listener(settings: Settings) -> socket.socket:
-    """A worker's own port for relays (WORKERS > 1 in a fleet): any free one on HOST."""
-    sock = _bind(settings.host, 0)
-    _listen(sock, settings.host, 0)
-    return sock
+    """A worker's own port for relays (WORKERS > 1 in a fleet): the first free one of
+    RELAY_PORTS on HOST, else any free one."""
+    ports = settings.fleet.relay_ports
+    if ports is None:
+        sock = _bind(settings.host, 0)
+        _listen(sock, settings.host, 0)
+        return sock
+    first, last = ports
+    for port in range(first, last + 1):
+        try:
+            sock = _bind(settings.host, port)
+        except ConfigError:
+            continue  # another worker's, or another program's
+        try:
+            _listen(sock, settings.host, port)
+        except ConfigError:  # a sibling bound it too at the same moment, and listened first
+            sock.close()
+            continue
+        return sock
+    raise ConfigError("RELAY_PORTS", f"{first}-{last}",
+                      f"a range with a free port on {settings.host} for each worker ({settings.workers})")
 
 
 def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
@@ -408,6 +425,10 @@ def preflight(settings: Settings, log: BoundLogger) -> socket.socket:
     workers to share. Starts nothing that outlives the call.
     """
     _hold_sound(settings.vapi.hold_sound_wav)
+    ports = settings.fleet.relay_ports
+    if ports is not None and ports[1] - ports[0] + 1 < settings.workers:
+        raise ConfigError("RELAY_PORTS", f"{ports[0]}-{ports[1]}",
+                          f"a range of at least WORKERS ({settings.workers}) ports")
     listener = _bind(settings.host, settings.port)
     try:
         _records(settings, log).stop()

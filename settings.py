@@ -214,12 +214,16 @@ class FleetSettings:
     # NODE_URL: where the other nodes reach this process's VAPI relay (docs/vapi-relay.md);
     # None: http://127.0.0.1:<its port>, right for nodes that share one machine.
     node_url: str | None = None
+    # RELAY_PORTS: the ports (first, last) a worker takes its own relay port from when
+    # WORKERS > 1, so a firewall between machines can let exactly those through; None: any
+    # free port.
+    relay_ports: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return (
             f"FleetSettings(node_name={self.node_name!r}, redis_url={_mask(self.redis_url)}, "
             f"directory_path={self.directory_path!r}, fleet_secret={_mask(self.fleet_secret)}, "
-            f"node_url={self.node_url!r})"
+            f"node_url={self.node_url!r}, relay_ports={self.relay_ports!r})"
         )
 
 
@@ -356,6 +360,7 @@ class Settings:
                 directory_path=r.optional("DIRECTORY_PATH"),
                 fleet_secret=r.optional("FLEET_SECRET"),
                 node_url=r.url("NODE_URL", "", schemes=("http", "https")).rstrip("/") or None,
+                relay_ports=r.port_range("RELAY_PORTS"),
             ),
             outbound_max_frames=r.integer("OUTBOUND_MAX_FRAMES", 1500, low=50, high=360000),
             playback_lead_ms=r.integer("PLAYBACK_LEAD_MS", 200, low=40, high=5000),
@@ -443,6 +448,18 @@ class _Reader:
             return value
 
         return self._parsed(name, default, parse, allowed)
+
+    def port_range(self, name: str) -> tuple[int, int] | None:
+        """FIRST-LAST (or one port): None when unset."""
+
+        def parse(raw: str) -> tuple[int, int] | None:
+            first, _, last = raw.partition("-")
+            low, high = int(first), int(last or first)
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(raw)
+            return low, high
+
+        return self._parsed(name, None, parse, "a port or a range FIRST-LAST of ports from 1 to 65535")
 
     def number(self, name: str, default: float, *, low: float, high: float) -> float:
         allowed = f"a number from {low:g} to {high:g}"

@@ -78,14 +78,37 @@ def log_lines(directory: Path) -> list[dict]:
 def two_workers(tmp_path_factory):
     """Two workers chosen with the flag, over a WORKERS=1 environment that it overrides."""
     directory = tmp_path_factory.mktemp("workers")
-    process, base = start_workers(directory, "--workers", "2", WORKERS="1", DRAIN_TIMEOUT_S="1")
+    first = _free_ports(4)
+    process, base = start_workers(directory, "--workers", "2", WORKERS="1", DRAIN_TIMEOUT_S="1",
+                                  RELAY_PORTS=f"{first}-{first + 3}")
     assert wait_until(lambda: len(listening_workers(process, directory)) == 2, timeout=10), children(process.pid)
-    yield process, base, directory
+    yield process, base, directory, (first, first + 3)
     stop_server(process)
 
 
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free on loopback now."""
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65536:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def test_two_workers_serve_one_port_with_one_vapi_simulator_between_them(two_workers):
-    process, _base, directory = two_workers
+    process, _base, directory, _relay_ports = two_workers
     kids = children(process.pid)
     assert len([cmd for cmd in kids.values() if "run.py" in cmd]) == 2
     assert len([cmd for cmd in kids.values() if "sims.vapi_process" in cmd]) == 1
@@ -94,7 +117,7 @@ def test_two_workers_serve_one_port_with_one_vapi_simulator_between_them(two_wor
 
 
 def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(two_workers):
-    process, base, directory = two_workers
+    process, base, directory, _relay_ports = two_workers
     before = workers_of(process)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
@@ -113,7 +136,7 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(two_workers):
 
 
 def test_metrics_on_any_worker_report_the_whole_machine(two_workers):
-    process, base, directory = two_workers
+    process, base, directory, _relay_ports = two_workers
 
     def refused_upgrades() -> float:
         text = requests.get(base + "/metrics", timeout=5).text
@@ -219,7 +242,7 @@ def test_with_workers_an_unusable_file_stops_start_up_with_one_line(tmp_path, se
 
 
 def test_ten_calls_succeed_whichever_worker_takes_each_request(two_workers):
-    process, base, directory = two_workers
+    process, base, directory, _relay_ports = two_workers
     workers = workers_of(process)
     # Which worker accepts a connection is the kernel's choice: another ten, at most twice,
     # in the rare case where every stream went to one worker (about 1 in 500).
@@ -245,7 +268,7 @@ def test_a_stream_on_another_worker_gets_the_vapi_socket_its_webhooks_worker_ope
     # The webhook's worker opens the VAPI call's socket at once (the greeting waits in it); a
     # stream that lands on the other worker used to open a second connection to VAPI after
     # `start`, which a real VAPI round trip puts before the greeting (README, First assistant audio).
-    _process, base, directory = two_workers
+    _process, base, directory, _relay_ports = two_workers
     crossed: dict[str, int] = {}
     for _batch in range(3):
         calls = subprocess.run([sys.executable, str(ROOT / "run.py"), "call", "--server", base, "--auth-token", TOKEN,
@@ -271,11 +294,12 @@ def test_a_stream_on_another_worker_gets_the_vapi_socket_its_webhooks_worker_ope
 
 
 def test_a_workers_relay_port_relays_and_nothing_else(two_workers):
-    process, _base, directory = two_workers
+    process, _base, directory, (first, last) = two_workers
     said = {line["pid"]: line["relay_port"] for line in log_lines(directory) if line["event"] == "server_listening"}
     live = workers_of(process)  # a test before may have had one killed and replaced
     ports = {said[pid] for pid in live}
     assert len(ports) == len(live) == 2  # one each
+    assert all(first <= port <= last for port in ports)  # from RELAY_PORTS: a firewall can let them through
     for port in ports:
         answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert answer.status_code == 404
@@ -307,3 +331,13 @@ def test_a_replacement_worker_that_cannot_start_does_not_stop_the_others(tmp_pat
     finally:
         stop_server(process)
     assert process.returncode == 0
+
+
+def test_relay_ports_fewer_than_the_workers_stop_start_up_with_one_line(tmp_path):
+    from tests.test_run import assert_refused
+
+    port = free_port()
+    result = subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, capture_output=True, text=True,
+                            env=server_env(tmp_path, port, WORKERS="3", RELAY_PORTS="4100-4101"), timeout=30)
+    assert "at least WORKERS (3)" in assert_refused(result, "RELAY_PORTS", port)
+

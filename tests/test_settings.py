@@ -107,6 +107,16 @@ def test_fleet_settings_default_to_one_process_named_for_this_host():
     assert fleet.node_name and all(c.isalnum() or c in "._-" for c in fleet.node_name)
 
 
+def test_relay_ports_are_a_range_or_one_port():
+    assert Settings.from_env({}).fleet.relay_ports is None  # any free port
+    assert Settings.from_env({"RELAY_PORTS": "4100-4107"}).fleet.relay_ports == (4100, 4107)
+    assert Settings.from_env({"RELAY_PORTS": "4100"}).fleet.relay_ports == (4100, 4100)
+    for value in ("4107-4100", "0-10", "4100-70000", "a-b", "4100-4101-4102"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"RELAY_PORTS": value})
+        assert info.value.name == "RELAY_PORTS"
+
+
 @pytest.mark.parametrize("value", ["node a", "n/../x", "x" * 65, "ünïcode"])
 def test_a_node_id_that_could_not_go_into_logs_and_keys_is_refused(value):
     with pytest.raises(ConfigError) as info:
