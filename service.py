@@ -250,6 +250,7 @@ class BridgeService:
                 on_rejected=rejected,
                 relay=calls.relay_refusal,
                 relay_only=relay_only,
+                busy=self._stream_busy,
                 header_timeout_s=limits.http_header_timeout_s,
                 idle_timeout_s=limits.http_idle_timeout_s,
                 max_connections=limits.max_connections,
@@ -268,6 +269,14 @@ class BridgeService:
             self._load_watch = gevent.spawn(watch_loop, load, probed, partial(self._overload_changed, load))
         self.log.info("server_listening", host=settings.host, port=self.port, public_url=settings.public_url,
                       **({"relay_port": self.relay_server.server_port} if self.relay_server is not None else {}))
+
+    def _stream_busy(self, call_sid: str) -> str | None:
+        """Why a new media socket should go to another node (the proxy can pass it on), or None."""
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            self.log.info("stream_passed_on", call_sid=call_sid, actor="http", reason=refusal)
+            self.metrics.passed_on.labels(request="stream", reason=refusal.split(" ", 1)[0]).inc()
+        return refusal
 
     def _probed(self, load: CpuLoad, late_s: float) -> None:
         self.metrics.loop_lag.observe(late_s)

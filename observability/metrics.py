@@ -107,8 +107,8 @@ class Metrics:
             ["operation"], registry=r,
         )
         self.passed_on = Counter(
-            "bridge_webhooks_passed_on", "New calls answered 503 for the proxy to pass on to another node, by reason",
-            ["reason"], registry=r,
+            "bridge_passed_on", "New calls' webhooks and media sockets answered 503 for the proxy to pass on to "
+            "another node (too busy), by request and reason", ["request", "reason"], registry=r,
         )
         self.handoffs = Counter(
             "bridge_handoffs", "Live calls let go to another node (calls/handoff.py), by reason", ["reason"], registry=r

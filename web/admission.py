@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Admission"]
+__all__ = ["NEXT_NODE_HEADER", "Admission"]
+
+# Sent by a proxy that will pass a new call's webhook or media socket on to another node
+# (deploy/nginx.conf). A node too busy for the call then answers 503 instead of taking it
+# or answering the fallback, and the call goes elsewhere; only when no node has room does a
+# node take it (the socket) or answer the fallback (the webhook). Whoever sends the header
+# can only change which node serves them, so it needs no trust.
+NEXT_NODE_HEADER = "X-Bridge-Pass-On"
 
 
 class Admission:

@@ -40,12 +40,14 @@ from protocols.forwarded import client_address
 from protocols.signature import SignatureValidator
 from protocols.ticket import RELAY_PATH_PREFIX
 from protocols.twiml import CALL_SID_PATTERN, media_stream_url
+from web.admission import NEXT_NODE_HEADER
 
 __all__ = ["MEDIA_PATH", "make_server"]
 
 _MEDIA_PREFIX = "/media/"
 _ANY_CALL_SID = "CA" + "0" * 32
 _CALL_SID_IN_PATH = re.compile(r"CA[0-9a-fA-F]{32}")
+_NEXT_NODE_ENVIRON = "HTTP_" + NEXT_NODE_HEADER.upper().replace("-", "_")
 MEDIA_PATH = _MEDIA_PREFIX + "<call_sid>"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -65,6 +67,7 @@ def make_server(
     on_rejected: Callable[[str, str, str], None] | None = None,
     relay: Callable[[str, str], str | None] | None = None,
     relay_only: bool = False,
+    busy: Callable[[str], str | None] | None = None,
     header_timeout_s: float = 10.0,
     idle_timeout_s: float = 15.0,
     max_connections: int = 1000,
@@ -84,6 +87,9 @@ def make_server(
     `relay_only`: a worker's own relay port (WORKERS > 1), which upgrades relay handshakes
     and answers everything else 404: media sockets, the webhook and the rest come through
     the port the workers share.
+    `busy(call_sid)`: why this process is too busy for the call's media socket, or None;
+    asked only when a proxy says it can pass the socket on (NEXT_NODE_HEADER), which it is
+    then told with a 503.
     """
     # What Twilio was told to dial, less "/media/<sid>": wss://host[:port][/prefix].
     wss_base = media_stream_url(public_url, _ANY_CALL_SID)[: -len(_MEDIA_PREFIX + _ANY_CALL_SID)]
@@ -205,6 +211,11 @@ def make_server(
             refusal = admit(call_sid)
             if refusal is not None:
                 return self._refuse("403 Forbidden", "not_admitted", refusal)
+            if busy is not None and environ.get(_NEXT_NODE_ENVIRON) == "1" and busy(call_sid) is not None:
+                self.start_response("503 Service Unavailable",
+                                    [("Content-Type", "text/plain"), ("Connection", "close")])
+                self.close_connection = True
+                return [b"too busy for another call\n"]
             # None once upgraded; else gevent-websocket's own refusal, as text.
             answer: list[str] | None = self.upgrade_connection()
             return answer

@@ -30,16 +30,12 @@ from protocols.twiml import (
     media_stream_url,
 )
 from web import context
+from web.admission import NEXT_NODE_HEADER
 
-__all__ = ["NEXT_NODE_HEADER", "bp"]
+__all__ = ["bp"]
 
 # Twilio's voice webhooks carry about 30 fields; a form with more is not Twilio's.
 _MAX_FIELDS = 200
-# Sent by a proxy that will pass a refused webhook on to another node (deploy/nginx.conf). A
-# node too busy for the call then answers 503 instead of the fallback, and the caller hears
-# the fallback only when no node has room. Whoever sends it can only change which refusal
-# they get, so it needs no trust.
-NEXT_NODE_HEADER = "X-Bridge-Pass-On"
 _FORM_TYPE = "application/x-www-form-urlencoded"
 
 bp = Blueprint("voice", __name__)
@@ -102,7 +98,7 @@ def incoming() -> Response:
         refusal = None
     if refusal is not None and request.headers.get(NEXT_NODE_HEADER) == "1":
         ctx.log.info("call_passed_on", call_sid=call_sid, actor="webhook", reason=refusal)
-        ctx.metrics.passed_on.labels(reason=refusal.split(" ", 1)[0]).inc()
+        ctx.metrics.passed_on.labels(request="webhook", reason=refusal.split(" ", 1)[0]).inc()
         return Response("too busy for another call\n", status=503, mimetype="text/plain")
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.

@@ -1,5 +1,6 @@
 """A node too busy for a new call, in the reference topology: nginx (deploy/nginx.conf as
-shipped) passes the call's webhook to the other node, and the caller never hears the fallback.
+shipped) passes the call's webhook and its media socket to the other node, and the caller
+never hears the fallback.
 
 Two real bridge nodes (`python run.py`) share Redis and one VAPI simulator; node-a takes one
 call at most (MAX_CALLS=1).
@@ -15,7 +16,7 @@ import requests
 
 from audio.signals import silence
 from sims.caller import SimulatedCaller
-from tests.fleet.test_topology import Fleet, Node, _caller, _steer, running_fleet, wait_until
+from tests.fleet.test_topology import Fleet, Node, _caller, _holder, _steer, running_fleet, wait_until
 from tests.services import RedisServer
 
 
@@ -61,6 +62,17 @@ def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
         assert '"call_refused"' not in busy.child.log() + free.child.log()
         # ...but not out of the rest: its live call's requests still reach it.
         assert {fleet.node_at(upstream) for upstream in _healthz_upstreams(fleet, 4)} == {busy.name, free.name}
+        # A new call's media socket sent to the full node is passed on to the other one too.
+        _steer(fleet, busy.name)
+        since = len(fleet.nginx.requests())
+        callers[0].connect()
+        callers[0].start_stream()
+        assert wait_until(lambda: _holder(fleet, callers[0].call_sid) is free, timeout=5)
+        assert busy.child.log().count('"stream_passed_on"') >= 1
+        callers[0].close()
+        assert wait_until(lambda: len(fleet.nginx.requests()) > since)
+        (stream,) = [u for m, uri, _, u in fleet.nginx.requests()[since:] if uri.startswith("/media/")]
+        assert stream.startswith(busy.address) and stream.endswith(free.address), stream
     finally:
         line.kill()
         for each in [caller, *callers]:

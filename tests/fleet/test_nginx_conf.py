@@ -18,8 +18,9 @@ from tests.services import NginxServer, free_port
 class Upstream:
     """A loopback HTTP/1.1 server answering every request with its name, and a WebSocket-style
     101 answer (then an echo of the bytes that follow) to an upgrade request; it keeps the
-    request heads and bodies it saw. A `busy` one answers 503 to a new call's webhook the
-    proxy says it can pass on (X-Bridge-Pass-On), and "<name>:fallback" to one it cannot."""
+    request heads and bodies it saw. A `busy` one answers 503 to a new call's webhook or
+    upgrade the proxy says it can pass on (X-Bridge-Pass-On), and "<name>:fallback" to a
+    webhook it cannot (an upgrade it cannot pass on, it takes)."""
 
     def __init__(self, name: str, busy: bool = False) -> None:
         self.name = name
@@ -63,6 +64,9 @@ class Upstream:
                              % (len(answer), answer))
                 return
             if "upgrade: websocket" in head.lower():
+                if self.busy and "x-bridge-pass-on: 1" in head.lower():
+                    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    return
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
                 while chunk := conn.recv(4096):
                     conn.sendall(self.name.encode() + b":" + chunk)
@@ -117,9 +121,8 @@ def test_a_node_that_is_down_is_skipped_and_left_out(nginx_server: NginxServer, 
     assert len(upstreams[0].heads) == 4  # each request reached the live node exactly once
 
 
-def test_media_sockets_are_upgraded_and_tunnelled_both_ways(nginx_server: NginxServer, upstreams):
-    port = free_port()
-    nginx_server.start(render([u.address for u in upstreams], port), port)
+def _media_socket(port: int) -> bytes:
+    """Upgrade /media/CA0123 through nginx, send one frame; what came back (the node's echo)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(
             b"GET /media/CA0123 HTTP/1.1\r\nHost: bridge.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -128,9 +131,15 @@ def test_media_sockets_are_upgraded_and_tunnelled_both_ways(nginx_server: NginxS
         reply = b""
         while b"\r\n\r\n" not in reply:
             reply += conn.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 101")
+        assert reply.startswith(b"HTTP/1.1 101"), reply
         conn.sendall(b"frame-1")
-        echoed = conn.recv(4096)
+        return conn.recv(4096)
+
+
+def test_media_sockets_are_upgraded_and_tunnelled_both_ways(nginx_server: NginxServer, upstreams):
+    port = free_port()
+    nginx_server.start(render([u.address for u in upstreams], port), port)
+    echoed = _media_socket(port)
     assert echoed in (b"node-a:frame-1", b"node-b:frame-1")
     head = next(h for u in upstreams for h in u.heads).lower()
     assert "upgrade: websocket" in head and "connection: upgrade" in head
@@ -177,4 +186,18 @@ def test_when_every_node_is_busy_the_caller_gets_a_nodes_fallback_not_an_error(n
     finally:
         for node in nodes:
             node.close()
+
+
+def test_a_media_socket_a_busy_node_turns_away_goes_to_the_next_node_or_to_a_node_anyway(nginx_server: NginxServer):
+    busy, free = Upstream("node-a", busy=True), Upstream("node-b")
+    try:
+        port = free_port()
+        nginx_server.start(render([busy.address, free.address], port), port)
+        assert [_media_socket(port) for _ in range(4)] == [b"node-b:frame-1"] * 4
+        assert any("x-bridge-pass-on: 1" in head.lower() for head in busy.heads)
+        free.busy = True  # now no node has room: a node takes the socket all the same
+        assert _media_socket(port) in (b"node-a:frame-1", b"node-b:frame-1")
+    finally:
+        busy.close()
+        free.close()
 

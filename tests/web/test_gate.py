@@ -274,3 +274,21 @@ def test_without_trusted_proxies_a_forwarded_for_header_names_nobody(bridge, cap
     assert raw_upgrade(bridge.port, f"/media/{UNKNOWN_SID}", extra=FORWARDED).startswith("HTTP/1.1 403")
     lines = _refusal_sources(caplog, "upgrade_refused")
     assert lines and all("127.0.0.1" in line and "203.0.113.7" not in line for line in lines)
+
+
+@pytest.mark.parametrize("server_env", [{"MAX_CALLS": "1"}])
+def test_a_full_node_turns_away_a_media_socket_a_proxy_can_pass_on_and_takes_it_otherwise(
+    bridge, vapi_sim, make_caller
+):
+    first, second = admitted_call(make_caller), admitted_call(make_caller)
+    first.connect()
+    first.start_stream()
+    assert wait_until(lambda: streaming(bridge, first.call_sid))  # full now
+    path = f"/media/{second.call_sid}"
+    status = raw_upgrade(bridge.port, path, signature=sign_stream(bridge, path), extra="X-Bridge-Pass-On: 1\r\n")
+    assert status.startswith("HTTP/1.1 503"), status  # deploy/nginx.conf passes it to another node
+    assert bridge.metrics.value("bridge_passed_on_total", request="stream", reason="full") == 1
+    # Asked without the header (no proxy to pass it on, or its last resort), the node takes it.
+    second.connect()
+    second.start_stream()
+    assert wait_until(lambda: streaming(bridge, second.call_sid))

@@ -98,7 +98,7 @@ def test_when_full_a_webhook_a_proxy_can_pass_on_is_answered_503(bridge, vapi_si
     assert response.status_code == 503
     assert "<Connect" not in response.text and "<Say>" not in response.text
     assert bridge.calls.get(CALL_SID) is None
-    assert samples(bridge)[("bridge_webhooks_passed_on_total", (("reason", "full"),))] == 1
+    assert samples(bridge)[("bridge_passed_on_total", (("reason", "full"), ("request", "webhook")))] == 1
     assert ("bridge_calls_total", (("outcome", "refused"),)) not in samples(bridge)  # no caller lost
     caller.send_stop()
     assert wait_until(lambda: get(bridge, "/readyz").status_code == 200)
