@@ -31,7 +31,7 @@ from typing import IO, Any
 import gevent
 import requests
 
-from bench._nginx_conf import render
+from bench._nginx_conf import render, without_pass_on
 from bench._services import NginxServer, RedisServer, die_with_parent, free_port
 from sims.vapi_process import READY_PREFIX
 
@@ -215,6 +215,8 @@ class Fleet:
     seed: int
     drain_timeout_s: float
     workers: int = 1  # WORKERS of each node
+    node_env: dict[str, dict[str, str]] = field(default_factory=dict)  # more variables, by node name
+    pass_on: bool = True  # False: nginx never says it can pass a call on (X-Bridge-Pass-On)
     auth_token: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     fleet_secret: str = field(default_factory=lambda: secrets.token_hex(24))
@@ -227,9 +229,10 @@ class Fleet:
 
     @classmethod
     def create(cls, *, chaos_rate: float, seed: int, drain_timeout_s: float, workdir: Path | None = None,
-               workers: int = 1) -> Fleet:
+               workers: int = 1, node_env: dict[str, dict[str, str]] | None = None, pass_on: bool = True) -> Fleet:
         return cls(workdir=workdir or Path(tempfile.mkdtemp(prefix="soak-fleet-")), chaos_rate=chaos_rate,
-                   seed=seed, drain_timeout_s=drain_timeout_s, workers=workers)
+                   seed=seed, drain_timeout_s=drain_timeout_s, workers=workers, node_env=node_env or {},
+                   pass_on=pass_on)
 
     @property
     def public_url(self) -> str:
@@ -273,6 +276,7 @@ class Fleet:
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "WORKERS": str(self.workers),
+                **self.node_env.get(name, {}),
             }
             child = _Child(name, [sys.executable, str(_ROOT / "run.py")], env, self.workdir)
             self.nodes.append(FleetNode(name=name, port=port, child=child, admin_token=self.admin_token,
@@ -281,7 +285,8 @@ class Fleet:
             node.child.spawn()
         for node in self.nodes:
             node.wait_ready()
-        self.nginx.start(render([node.address for node in self.nodes], nginx_port), nginx_port)
+        config = render([node.address for node in self.nodes], nginx_port)
+        self.nginx.start(config if self.pass_on else without_pass_on(config), nginx_port)
 
     def _simulator_url(self) -> str:
         assert self.simulator is not None

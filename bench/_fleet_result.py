@@ -72,6 +72,8 @@ class FleetSoakResult:
     run_by: str = ""  # date, commit, machine
     problems: list[str] = field(default_factory=list)
     workers: int = 1  # each node's WORKERS
+    node_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    pass_on: bool = True
 
     @property
     def lost(self) -> list[tuple[PhoneCall, str]]:
@@ -108,7 +110,10 @@ def format_fleet_table(r: FleetSoakResult) -> str:
     rows += [
         ("topology", "nginx (deploy/nginx.conf) -> 2 nodes (`python run.py`"
                      + (f", WORKERS={r.workers} each" if r.workers > 1 else "")
-                     + "), Redis, one VAPI simulator process"),
+                     + "), Redis, one VAPI simulator process"
+                     + "".join(f"; {name}: " + ", ".join(f"{k}={v}" for k, v in env.items())
+                               for name, env in sorted(r.node_env.items()))
+                     + ("" if r.pass_on else "; busy nodes NOT passing calls on (no X-Bridge-Pass-On)")),
         ("live calls x time", f"{r.calls} x {r.seconds / 60:g} min, calls of {r.call_seconds:g} s (x0.8-1.2), "
                               f"peak live {r.peak_live_calls}"),
         ("chaos", f"CHAOS_RATE {r.chaos_rate:g} faults per live call-minute, CHAOS_SEED {r.seed} (+1 on node-b)"),

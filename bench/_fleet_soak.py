@@ -90,6 +90,8 @@ def run_fleet_soak(
     restart_every_s: float = 60.0,
     drain_timeout_s: float = 15.0,
     workers: int = 1,
+    node_env: dict[str, dict[str, str]] | None = None,
+    pass_on: bool = True,
     workdir: Path | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> FleetSoakResult:
@@ -97,7 +99,7 @@ def run_fleet_soak(
     from bench.soak import conversation  # the single-node soak's script, so both soaks speak alike
 
     fleet = Fleet.create(chaos_rate=chaos_rate, seed=seed, drain_timeout_s=drain_timeout_s, workdir=workdir,
-                         workers=workers)
+                         workers=workers, node_env=node_env, pass_on=pass_on)
     planned = max(0, int((seconds - 1e-9) // restart_every_s))
     budget_s = seconds + call_seconds * _LENGTH_SPREAD[1] + _CALL_MARGIN_S + _WATCHDOG_MARGIN_S
     log(f"fleet soak: {calls} live calls for {seconds:g} s, a restart every {restart_every_s:g} s ({planned}), "
@@ -190,6 +192,7 @@ def run_fleet_soak(
         restart_every_s=restart_every_s, drain_timeout_s=drain_timeout_s, restarts_planned=planned,
         phone_calls=results, outcomes=outcomes, restarts=restarts, nodes=nodes, peak_live_calls=peak_live[0],
         workdir=fleet.workdir, run_by=run_by, problems=problems, workers=workers,
+        node_env=fleet.node_env, pass_on=pass_on,
     )
 
 

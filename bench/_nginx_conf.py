@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DEPLOY_CONF", "render"]
+__all__ = ["DEPLOY_CONF", "render", "without_pass_on"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -17,6 +17,7 @@ DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 _UPSTREAM = re.compile(r"^(upstream \w+ \{)(.*?\n)(\})", re.S | re.M)
 _NODE = re.compile(r"^([ \t]*)server \S+:\d+( [^;]*)?;\n", re.M)
 _LISTEN = re.compile(r"^([ \t]*)listen 80;$", re.M)
+_PASS_ON_MAP = re.compile(r"^(map \$uri \$bridge_pass_on \{)(.*?\n)(\})", re.S | re.M)
 
 
 def render(nodes: Sequence[str], port: int, text: str | None = None) -> str:
@@ -45,3 +46,13 @@ def _nodes(body: str, nodes: Sequence[str]) -> str:
     indent, params = shipped[0].group(1), shipped[0].group(2) or ""
     lines = "".join(f"{indent}server {node}{params};\n" for node in nodes)
     return body[: shipped[0].start()] + lines + _NODE.sub("", body[shipped[0].start():])
+
+
+def without_pass_on(text: str) -> str:
+    """`text` (a rendered config) with X-Bridge-Pass-On never sent: a busy node answers the
+    fallback and takes every media socket, as before nodes passed calls on (bench.soak)."""
+    found = _PASS_ON_MAP.search(text)
+    if not found:
+        raise ValueError("deploy/nginx.conf has no `map $uri $bridge_pass_on { ... }`")
+    return text[: found.start(2)] + "\n    default \"\";\n" + text[found.end(2):]
+

@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="the nodes' DRAIN_TIMEOUT_S (default %(default)s)")
     fleet.add_argument("--workers", type=int, default=1, metavar="N",
                        help="each node's WORKERS: its workers relay VAPI sockets among themselves too (default 1)")
+    fleet.add_argument("--node-env", action="append", default=[], metavar="NODE:KEY=VALUE",
+                       help="a variable for one node, e.g. node-a:MAX_CALLS=4 (repeatable)")
+    fleet.add_argument("--no-pass-on", action="store_true",
+                       help="nginx never tells a node it can pass a new call on: a busy node answers the fallback")
     args = parser.parse_args(argv)
     if args.fleet:
         return _main_fleet(parser, args)
@@ -487,10 +491,18 @@ def _main_fleet(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
             or args.restart_every <= 0 or args.drain_timeout <= 0):
         parser.error("need --calls >= 1, --minutes > 0, --call-seconds >= 3, 0 <= --chaos-rate <= 600, "
                      "--restart-every > 0, --drain-timeout > 0")
+    node_env: dict[str, dict[str, str]] = {}
+    for item in args.node_env:
+        node, _, setting = item.partition(":")
+        key, equals, value = setting.partition("=")
+        if node not in ("node-a", "node-b") or not key or not equals:
+            parser.error(f"--node-env {item!r}: want node-a:KEY=VALUE or node-b:KEY=VALUE")
+        node_env.setdefault(node, {})[key] = value
     try:
         result = run_fleet_soak(calls=args.calls, seconds=args.minutes * 60, chaos_rate=args.chaos_rate,
                                 seed=args.seed, call_seconds=args.call_seconds, restart_every_s=args.restart_every,
-                                drain_timeout_s=args.drain_timeout, workers=args.workers)
+                                drain_timeout_s=args.drain_timeout, workers=args.workers, node_env=node_env,
+                                pass_on=not args.no_pass_on)
     except FleetSoakAborted as exc:
         print(f"soak aborted: {exc}", file=sys.stderr)
         return 2

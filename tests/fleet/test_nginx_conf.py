@@ -11,6 +11,7 @@ import gevent
 import pytest
 import requests
 
+from bench._nginx_conf import without_pass_on
 from tests.fleet.deploy_config import DEPLOY_CONF, render
 from tests.services import NginxServer, free_port
 
@@ -197,6 +198,22 @@ def test_a_media_socket_a_busy_node_turns_away_goes_to_the_next_node_or_to_a_nod
         assert any("x-bridge-pass-on: 1" in head.lower() for head in busy.heads)
         free.busy = True  # now no node has room: a node takes the socket all the same
         assert _media_socket(port) in (b"node-a:frame-1", b"node-b:frame-1")
+    finally:
+        busy.close()
+        free.close()
+
+
+def test_without_pass_on_a_busy_node_answers_the_fallback_itself(nginx_server: NginxServer):
+    # bench.soak --fleet --no-pass-on: the fleet as it was before nodes passed calls on.
+    busy, free = Upstream("node-a", busy=True), Upstream("node-b")
+    try:
+        port = free_port()
+        nginx_server.start(without_pass_on(render([busy.address, free.address], port)), port)
+        answers = {requests.post(f"{nginx_server.url}/voice/incoming", data={"x": "1"}, timeout=5).text
+                   for _ in range(2)}
+        assert answers == {"node-a:fallback", "node-b"}
+        assert _media_socket(port) in (b"node-a:frame-1", b"node-b:frame-1")
+        assert not any("x-bridge-pass-on" in head.lower() for head in busy.heads + free.heads)
     finally:
         busy.close()
         free.close()
