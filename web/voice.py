@@ -92,11 +92,14 @@ def incoming() -> Response:
                                 call_sid=call_sid)
         return _twiml(hangup_twiml())
     refusal = ctx.admission.refusal() if ctx.admission is not None else None
-    if refusal == "draining" and ctx.calls.peers_take_calls():
+    passable = request.headers.get(NEXT_NODE_HEADER) == "1"
+    if refusal == "draining" and ctx.calls.peers_take_calls() and not passable:
         # The stream may land on any node, and this one is about to close its listener: a
         # webhook that reached it still starts the call rather than costing it the fallback.
+        # (A proxy that can pass it on had better: the VAPI socket this node would park for
+        # the call is better opened by a node that stays.)
         refusal = None
-    if refusal is not None and request.headers.get(NEXT_NODE_HEADER) == "1":
+    if refusal is not None and passable:
         ctx.log.info("call_passed_on", call_sid=call_sid, actor="webhook", reason=refusal)
         ctx.metrics.passed_on.labels(request="webhook", reason=refusal.split(" ", 1)[0]).inc()
         return Response("too busy for another call\n", status=503, mimetype="text/plain")

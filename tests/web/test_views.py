@@ -131,6 +131,19 @@ def test_a_draining_node_still_starts_a_call_when_another_node_can_take_its_stre
     assert client.get("/readyz").status_code == 503  # the load balancer still sends it nothing new
 
 
+def test_a_draining_node_passes_a_new_call_on_where_its_proxy_can():
+    admission = Admission(lambda: 0, max_calls=None)
+    admission.draining = True
+    client, calls, metrics = make_client(admission=admission)
+    calls.peers = True
+    params = {"CallSid": CALL_SID}
+    signature = SignatureValidator(TOKEN).sign(PUBLIC + "/voice/incoming", params)
+    response = client.post("/voice/incoming", data=params,
+                           headers={"X-Twilio-Signature": signature, "X-Bridge-Pass-On": "1"})
+    assert response.status_code == 503 and calls.started == []
+    assert metrics.value("bridge_passed_on_total", request="webhook", reason="draining") == 1
+
+
 @pytest.mark.parametrize(
     ("outcome", "hangs_up"),
     [(Outcome.COMPLETED, True), (Outcome.ASSISTANT_ENDED, True), (Outcome.GAVE_UP, False), (None, False)],
