@@ -70,9 +70,12 @@ def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
         assert wait_until(lambda: _holder(fleet, callers[0].call_sid) is free, timeout=5)
         assert busy.child.log().count('"stream_passed_on"') >= 1
         callers[0].close()
-        assert wait_until(lambda: len(fleet.nginx.requests()) > since)
-        (stream,) = [u for m, uri, _, u in fleet.nginx.requests()[since:] if uri.startswith("/media/")]
-        assert stream.startswith(busy.address) and stream.endswith(free.address), stream
+
+        def streams() -> list[str]:  # logged by nginx when the socket closes
+            return [u for _, uri, _, u in fleet.nginx.requests()[since:] if uri.startswith("/media/")]
+
+        assert wait_until(lambda: len(streams()) == 1)
+        assert streams()[0].startswith(busy.address) and streams()[0].endswith(free.address), streams()
     finally:
         line.kill()
         for each in [caller, *callers]:
@@ -87,5 +90,8 @@ def _healthz_upstreams(fleet: Fleet, count: int) -> list[str]:
     since = len(fleet.nginx.requests())
     for _ in range(count):
         requests.get(f"{fleet.public_url}/healthz", headers={"Connection": "close"}, timeout=5)
-    assert wait_until(lambda: len(fleet.nginx.requests()) >= since + count)
-    return [upstream for _, _, _, upstream in fleet.nginx.requests()[since:]]
+    def probes() -> list[str]:
+        return [upstream for _, uri, _, upstream in fleet.nginx.requests()[since:] if uri == "/healthz"]
+
+    assert wait_until(lambda: len(probes()) >= count)
+    return probes()
