@@ -44,7 +44,7 @@ from settings import ConfigError, Settings
 from supervision import ChildSpec, ServiceActor
 from supervision.supervisor import StartChild
 from web import WebContext, create_app
-from web.admission import Admission
+from web.admission import Admission, refusal_kind
 from web.limits import BoundedBodies
 from web.server import make_server
 
@@ -275,7 +275,7 @@ class BridgeService:
         refusal = self.admission.refusal()
         if refusal is not None:
             self.log.info("stream_passed_on", call_sid=call_sid, actor="http", reason=refusal)
-            self.metrics.passed_on.labels(request="stream", reason=refusal.split(" ", 1)[0]).inc()
+            self.metrics.passed_on.labels(request="stream", reason=refusal_kind(refusal)).inc()
         return refusal
 
     def _probed(self, load: CpuLoad, late_s: float) -> None:

@@ -23,10 +23,10 @@ _PASS_ON_MAP = re.compile(r"^(map \$uri \$bridge_pass_on \{)(.*?\n)(\})", re.S |
 def render(nodes: Sequence[str], port: int, text: str | None = None) -> str:
     """The shipped config with its node lines replaced by `nodes` ("host:port") and listening on 127.0.0.1:`port`.
 
-    Every upstream group gets the same nodes (`bridge`, and `bridge_new_calls` for new calls'
-    webhooks). Each node keeps the shipped line's parameters (max_fails, fail_timeout), so what runs
-    is the shipped upstream, only with other addresses. ValueError if the file no longer
-    has the shape this relies on.
+    Every upstream group gets the same nodes (`bridge`, and `bridge_new_calls` for passing a
+    busy node's new calls on). Each node keeps the shipped line's parameters (max_fails,
+    fail_timeout), so what runs is the shipped upstreams, only with other addresses.
+    ValueError if the file no longer has the shape this relies on.
     """
     text = DEPLOY_CONF.read_text() if text is None else text
     if not _UPSTREAM.search(text):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["NEXT_NODE_HEADER", "Admission"]
+__all__ = ["NEXT_NODE_HEADER", "Admission", "refusal_kind"]
 
 # Sent by a proxy that will pass a new call's webhook or media socket on to another node
 # (deploy/nginx.conf). A node too busy for the call then answers 503 instead of taking it
@@ -35,3 +35,9 @@ class Admission:
         if self._overload is not None:
             return self._overload()
         return None
+
+
+def refusal_kind(refusal: str) -> str:
+    """A refusal's kind, for a metric label: "draining", "full" or "overloaded"."""
+    return refusal.split(" ", 1)[0]
+

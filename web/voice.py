@@ -30,7 +30,7 @@ from protocols.twiml import (
     media_stream_url,
 )
 from web import context
-from web.admission import NEXT_NODE_HEADER
+from web.admission import NEXT_NODE_HEADER, refusal_kind
 
 __all__ = ["bp"]
 
@@ -101,7 +101,7 @@ def incoming() -> Response:
         refusal = None
     if refusal is not None and passable:
         ctx.log.info("call_passed_on", call_sid=call_sid, actor="webhook", reason=refusal)
-        ctx.metrics.passed_on.labels(request="webhook", reason=refusal.split(" ", 1)[0]).inc()
+        ctx.metrics.passed_on.labels(request="webhook", reason=refusal_kind(refusal)).inc()
         return Response("too busy for another call\n", status=503, mimetype="text/plain")
     if refusal is not None:
         # The caller hears an apology (or is put through) rather than ringing forever.
