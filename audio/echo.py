@@ -81,7 +81,12 @@ _JITTER_MS = 20
 _REALIGN_OVER = 2.0
 _REALIGN_GAIN = 10.0 ** (1.0 / 10.0)
 # On a frame of echo alone, a move of up to this is taken for good (the filter follows it).
-_STEP_MS = 2
+# Between turns both play clocks start again, so the path can step by several ms at a
+# turn's start; moved 2 ms at a time, the filter cancelled a few dB where the ratio had
+# learnt 30, and the echo passed for the caller 250-700 ms into the turn
+# (bench.bargein_offline, steps of up to 8 ms at each new turn). Moves of up to 20 ms
+# matched a pitch period now and then and let more echo through within turns.
+_STEP_MS = 10
 # A frame that would still pass for the caller has the filter solved again over the last
 # _REFIT_MS, and the new one is kept if it leaves less than _REFIT_LEFT of them: a caller's
 # voice does not correlate with the far end, so it cannot be cancelled that well. Tried at

@@ -13,6 +13,10 @@ controls, so a change to either can be judged in a minute, the same way every ru
 - **first**: a caller at -30 dBFS talking from the assistant's first audio, echo none or
   -10 dB at 40-300 ms, on a quiet line or in the room below: onset latency from that first
   audio (p50 / p95 / worst), over 400 ms.
+- **turns**: a silent caller while the assistant speaks three turns with 0.8-2 s of
+  silence between them; its echo (-10 or -6 dB, 40-300 ms) comes back through a path whose
+  delay steps by up to 8 ms either way at each new turn, as both play clocks start again
+  after a silence: false onsets.
 - **room**: a silent caller in a room (pink noise -45 dBFS, a TV -38 dBFS) from the call's
   first frame, the assistant talking from the start, its echo -10 dB at 40-300 ms (issue
   13's false barge-in condition): false onsets, and how many came in the call's first 1.5 s
@@ -47,6 +51,8 @@ LEAD_MS = 200  # the Twilio actor writes the far end this far ahead of the calle
 ASSISTANT_DBFS = -20.0
 ECHO_DB = -10.0
 STEPS_MS = ((-1, 1), (-2, 3), (-3, 5))  # how far each step of the echo path may go
+TURN_GAP_S = (0.8, 2.0)  # silence between the assistant's turns
+TURN_STEP_MS = 8  # how far the echo path may step at each new turn, either way
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,6 +87,36 @@ def _echo(far: NDArray[np.float64], band: NDArray[np.float64], delay_ms: int, rn
             at = until
             delay = int(np.clip(delay + rng.integers(step_ms[0] * 8, step_ms[1] * 8 + 1), (delay_ms - 25) * 8,
                                 (delay_ms + 25) * 8))
+    source = np.arange(len(far)) - delays
+    return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
+
+
+def _turns_far(sides: _Sides, assistant: list[NDArray[np.float64]], rng: np.random.Generator,
+               turns: int) -> tuple[NDArray[np.float64], list[int]]:
+    """`turns` of the assistant's lines with 0.8-2 s of silence between them (and 1 s after),
+    and the sample where each starts."""
+    parts, starts, at = [], [], 0
+    for k in range(turns):
+        if k:
+            gap = int(8000 * rng.uniform(*TURN_GAP_S))
+            parts.append(np.zeros(gap))
+            at += gap
+        line = assistant[int(rng.integers(len(assistant)))]
+        starts.append(at)
+        parts.append(line)
+        at += len(line)
+    parts.append(np.zeros(8000))
+    return sides.telephone(np.concatenate(parts)), starts
+
+
+def _echo_stepping_at(far: NDArray[np.float64], band: NDArray[np.float64], delay_ms: int, gain_db: float,
+                      starts: list[int], rng: np.random.Generator) -> NDArray[np.float64]:
+    """The far end's echo, `gain_db` down through `band`, `delay_ms` late; the delay steps by up
+    to TURN_STEP_MS either way in the silence before each turn after the first."""
+    echo = np.convolve(far, band)[: len(far)] * 10 ** (gain_db / 20)
+    delays = np.full(len(far), delay_ms * 8, dtype=np.int64)
+    for start in starts[1:]:
+        delays[start - 4000 :] += int(rng.integers(-TURN_STEP_MS * 8, TURN_STEP_MS * 8 + 1))
     source = np.arange(len(far)) - delays
     return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
 
@@ -143,7 +179,7 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
         sounds = pickle.load(source)  # noqa: S301 - our own temp file, written by _corpus in this run
     assistant, callers, band = sounds["assistant"], sounds["callers"], sounds["band"]
     sides = _Sides()
-    result: dict[str, Any] = {"steps": {}, "over": {}, "first": {}, "room": {}}
+    result: dict[str, Any] = {"steps": {}, "turns": {}, "over": {}, "first": {}, "room": {}}
     for step in STEPS_MS:
         count, seconds = 0, 0.0
         for trial in range(trials):
@@ -153,6 +189,15 @@ def _worker(corpus_path: str, trials: int) -> dict[str, Any]:
             count += len(_onsets(sides, far, near))
             seconds += len(far) / 8000
         result["steps"][f"{step[0]:+d}..{step[1]:+d} ms"] = [count, seconds / 60]
+    for gain_db in (-10.0, -6.0):
+        count, seconds = 0, 0.0
+        for trial in range(trials):
+            rng = np.random.default_rng(1500 + trial)
+            far, starts = _turns_far(sides, assistant, rng, 3)
+            near = _echo_stepping_at(far, band, int(rng.integers(40, 301)), gain_db, starts, rng)
+            count += len(_onsets(sides, far, near + _quiet(len(far), trial)))
+            seconds += len(far) / 8000
+        result["turns"][f"echo {gain_db:g} dB"] = [count, seconds / 60]
     for level in (-30.0, -35.0):
         for stepping in (False, True):
             latencies, missed, early = [], 0, 0
@@ -274,6 +319,8 @@ def _print(sides: dict[str, dict[str, Any]], trials: int) -> None:
     tables = [
         ("steps", f"**Echo path stepping, silent caller**: false onsets ({trials} eight-second turns each)",
          "steps every 0.2-1 s", _steps_cell),
+        ("turns", f"**Echo path stepping at each new turn, silent caller**: false onsets ({trials} calls of "
+         f"three turns each, steps of up to {TURN_STEP_MS} ms either way)", "echo 40-300 ms", _steps_cell),
         ("over", f"**Caller over the assistant** (-2..+3 ms steps when stepping; {trials} trials each): onset ms "
          "p50 / p95; missed (trials where the echo had passed for a caller before the caller spoke)",
          "caller", _over_cell),
