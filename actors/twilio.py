@@ -100,6 +100,7 @@ class TwilioActor(CallActor):
         # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
         # frame so clock drift is followed.
         self._stream_origin_ns = self._now_ns()
+        self._origin_known = False  # set by the first media frame; until then the origin is a guess
         self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
@@ -169,6 +170,8 @@ class TwilioActor(CallActor):
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._call.tell_controller(StreamStarted(event.stream_sid))
                 self._stream_origin_ns = self._now_ns()
+                self._origin_known = False
+                self._playback.clock_guessed()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
                 self._log.info("stream_connected", protocol=event.protocol, version=event.version)
@@ -199,7 +202,14 @@ class TwilioActor(CallActor):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         # The frame ends at timestamp + 20 ms; it cannot have been sent before then.
         origin = received_ns - (media.timestamp_ms + FRAME_MS) * 1_000_000
-        self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
+        if self._origin_known:
+            self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
+        else:
+            # The first frame: until now the origin was a guess, and so were the times of
+            # the frames sent meanwhile (media/playback.py).
+            self._playback.clock_known((self._stream_origin_ns - origin) / 1e6)
+            self._stream_origin_ns = origin
+            self._origin_known = True
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)

@@ -14,6 +14,13 @@ assistant is audible while Twilio holds unplayed audio (marks), while frames wai
 or until `hangover_ms` after the last frame sent was due to end (the send clock).
 Frames sent are written, at the stream time they are due to play, to the call's
 far-end track, the echo canceller's reference (audio/echo.py).
+
+The stream's clock is a guess until its first media frame (the `start` message's
+arrival, or an actor's restart): frames sent before then, a greeting waiting for the
+stream, say, are moved once it is known. Left where the guess put them, a burst's whole
+first turn was timed by it (each frame plays from the end of the one before), the next
+turn by the real clock, and the echo's delay seemed to step between them by the guess's
+error (70 ms over sockets in bench.bargein), where the canceller took it for the caller.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ MARK_EVERY_FRAMES = 2
 # audible this long (PLAYBACK_HANGOVER_MS): real-time delivery leaves 20-60 ms gaps
 # between frames, and a caller who talks over the last word still means to interrupt.
 HANGOVER_MS = 300
+# Frames remembered while the clock is a guess: Twilio's first media frame comes within
+# tens of ms of `start`; two seconds' worth is more than the lead will ever send before it.
+_GUESSED_MAX = 100
 
 
 class MarkResult:
@@ -63,6 +73,9 @@ class Playback:
         self.dropped_overflow = 0
         self.marks_played = 0
         self.marks_cancelled = 0
+        # Frames sent while the stream's clock was a guess (before its first media frame):
+        # (stream ms they were timed at, frame), to move once the clock is known. None: known.
+        self._guessed: list[tuple[float, bytes]] | None = []
 
     # Filling -----------------------------------------------------------------------
 
@@ -95,6 +108,8 @@ class Playback:
             self.play_end_ms = starts + len(frame) * FRAME_MS / FRAME_BYTES
             if far_end is not None:
                 far_end.write(starts, frame)
+            if self._guessed is not None and len(self._guessed) < _GUESSED_MAX:
+                self._guessed.append((starts, frame))
             send_media(frame, received_ns)
             self.sent_ms += len(frame) * FRAME_MS // FRAME_BYTES
             self._in_flight.append((self.sent_ms, level))
@@ -104,6 +119,23 @@ class Playback:
                 send_mark(f"{self._epoch}:{self.sent_ms}")
                 self._since_mark = 0
         return sent
+
+    def clock_guessed(self) -> None:
+        """A new stream: its clock is a guess until `clock_known`."""
+        self._guessed = []
+
+    def clock_known(self, moved_ms: float) -> None:
+        """The stream's clock is known (its first media frame said when the stream began): the
+        frames sent before were timed by a guess `moved_ms` early. Move them, on the far-end
+        track too, and the play-out end, so a later turn is timed as this one was."""
+        guessed, self._guessed = self._guessed, None
+        if not guessed or not moved_ms:
+            return
+        self.play_end_ms += moved_ms
+        if self._far_end is not None:
+            self._far_end.cut(guessed[0][0])
+            for at_ms, frame in guessed:
+                self._far_end.write(at_ms + moved_ms, frame)
 
     # Marks and clearing --------------------------------------------------------------
 
@@ -140,6 +172,8 @@ class Playback:
             self.play_end_ms = now_ms
             if self._far_end is not None:
                 self._far_end.cut(now_ms)
+            if self._guessed:
+                self._guessed = [(at_ms, frame) for at_ms, frame in self._guessed if at_ms < now_ms]
         self._queue.clear()
         self._in_flight.clear()
         self._epoch += 1

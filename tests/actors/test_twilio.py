@@ -243,3 +243,21 @@ def test_the_hold_sound_plays_during_an_outage_and_is_cut_when_vapi_is_back(
     parent.settle()
     assert socket.events()[15:] == ["clear", *lead_of(1, 40, 40)]
     assert media_payloads(socket)[10:] == [ulaw[:FRAME], ulaw[FRAME:]]
+
+
+def test_a_greeting_sent_at_start_is_timed_by_the_streams_own_clock_once_its_first_frame_comes(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    # The greeting waited for the stream and goes out at `start`, timed by its arrival. The
+    # first media frame, stamped 60 ms and arriving at once, says the stream began 80 ms
+    # before: the greeting plays from 80 ms on the stream's clock, as the echo canceller
+    # must see it (a later turn is timed by that clock; media/playback.py).
+    ref = parent.start(TwilioActor)
+    assistant(ref, clock, frames=20)
+    frame(ref, clock, twilio_start(STREAM_SID, CALL_SID))
+    parent.settle()
+    assert call.far_end.read(0, FRAME).min() != 0
+    frame(ref, clock, twilio_media(STREAM_SID, 60, SILENT))
+    parent.settle()
+    assert call.far_end.read(0, 80 * 8).max() == 0
+    assert call.far_end.read(80 * 8, 200 * 8).min() != 0

@@ -135,3 +135,41 @@ def test_the_far_end_track_gets_each_frame_at_the_time_it_plays_and_a_clear_cuts
     assert track.read(8000, 800).min() != 0
     assert track.read(8800, 800).max() == 0
     assert playback.play_end_ms == 1100.0
+
+
+def test_frames_timed_by_a_guessed_clock_move_when_the_stream_says_when_it_began():
+    # A greeting goes out at `start`, timed by its arrival; the first media frame then says
+    # the stream began 70 ms before that. Left where they were, the frames (and every frame
+    # of the burst, each playing from the end of the one before) would sit 70 ms early on
+    # the echo canceller's reference, and the next turn, timed by the real clock, would not.
+    from audio.echo import FarEndTrack
+
+    track = FarEndTrack()
+    playback = Playback(lead_ms=200, max_frames=1500, far_end=track)
+    wire = Wire()
+    playback.enqueue(bytes([0x10]) * FRAME_BYTES * 50, -20.0)  # a second of loud mu-law
+    playback.pump(wire.media, wire.mark, 0.0)
+    assert track.read(0, 160).min() != 0
+    playback.clock_known(70.0)
+    assert track.read(0, 560).max() == 0  # nothing played before 70 ms
+    assert track.read(560, 1600).min() != 0  # the ten frames, 70-270 ms
+    assert playback.play_end_ms == 270.0
+    playback.on_mark(wire.marks()[0])
+    playback.pump(wire.media, wire.mark, 110.0)  # the burst goes on from the moved end
+    assert playback.play_end_ms == 310.0
+    assert track.read(2160, 320).min() != 0
+    playback.clock_known(-50.0)  # only the first media frame says when the stream began
+    assert playback.play_end_ms == 310.0
+
+
+def test_frames_sent_once_the_clock_is_known_are_not_moved():
+    from audio.echo import FarEndTrack
+
+    track = FarEndTrack()
+    playback = Playback(lead_ms=200, max_frames=1500, far_end=track)
+    wire = Wire()
+    playback.clock_known(30.0)  # the first media frame came before any audio
+    playback.enqueue(bytes([0x10]) * FRAME_BYTES * 10, -20.0)
+    playback.pump(wire.media, wire.mark, 500.0)
+    assert playback.play_end_ms == 700.0
+    assert track.read(4000, 1600).min() != 0
