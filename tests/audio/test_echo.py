@@ -258,15 +258,19 @@ def test_echo_whose_delay_steps_a_few_ms_is_never_taken_for_the_caller(seed):
     # the second the search takes to follow, the echo must not pass for the caller.
     far = voice(8000, -20.0, seed=20 + seed)
     near = jittered_echo_of(far, 200, -10.0, seed) + pink_noise(8000, 8000, dbfs=-50.0, seed=30 + seed)
+    onsets = silent_caller_onsets(far, near)
+    assert onsets == []
+
+
+def silent_caller_onsets(far: np.ndarray, near: np.ndarray) -> list[int]:
+    """The frames where the VAD, fed what the canceller leaves, starts on a caller who says nothing."""
     track = FarEndTrack()
     canceller = EchoCanceller(track)
     vad = EnergyVad(VadParams())
-    onsets = [
+    return [
         i for i, est in run(far, near, canceller, track, speaking=lambda i: vad.speaking)
         if vad.process(est.residual, echo_dbfs=est.floor_dbfs) is VadTransition.STARTED
     ]
-    assert onsets == []
-
 
 
 def voiced(ms: int, dbfs: float, seed: int) -> np.ndarray:
@@ -306,11 +310,5 @@ def test_echo_whose_path_steps_between_turns_is_never_taken_for_the_caller(seed,
     steps = tuple(float(s) for s in np.random.default_rng(seed).choice([-9, -7, -6, 6, 7, 9], size=2))
     far, echo = turns_with_steps(seed, steps, gain_db)
     near = echo + pink_noise(len(far) // 8, 8000, dbfs=-50.0, seed=50 + seed)
-    track = FarEndTrack()
-    canceller = EchoCanceller(track)
-    vad = EnergyVad(VadParams())
-    onsets = [
-        i for i, est in run(far, near, canceller, track, speaking=lambda i: vad.speaking)
-        if vad.process(est.residual, echo_dbfs=est.floor_dbfs) is VadTransition.STARTED
-    ]
+    onsets = silent_caller_onsets(far, near)
     assert onsets == [], (steps, onsets)
