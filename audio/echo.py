@@ -243,6 +243,12 @@ class _History:
             self._buf[start - self._base : self._end - self._base] = 0.0
             self._end = max(start, self._base)
 
+    def zero(self, start: int, stop: int) -> None:
+        """Forget [start, stop) (it was written at the wrong place)."""
+        start, stop = max(start, self._base), min(stop, self._end)
+        if start < stop:
+            self._buf[start - self._base : stop - self._base] = 0.0
+
     def read(self, start: int, n: int) -> NDArray[np.float32]:
         """Samples [start, start+n); zeros before the kept history or after the end."""
         self._reach(start + n)
@@ -288,6 +294,11 @@ class FarEndTrack:
         at = round(at_ms * _RATE / 1000)
         self._history.zero_from(at)
         self._active_until = min(self._active_until, at)
+
+    def erase(self, start_ms: float, stop_ms: float) -> None:
+        """Forget what was written from `start_ms` to `stop_ms`: it was timed by a wrong clock
+        and is written again where it plays (media/playback.py)."""
+        self._history.zero(round(start_ms * _RATE / 1000), round(stop_ms * _RATE / 1000))
 
     @property
     def active_until(self) -> int:

@@ -133,7 +133,10 @@ class Playback:
             return
         self.play_end_ms += moved_ms
         if self._far_end is not None:
-            self._far_end.cut(guessed[0][0])
+            # Only what this guess wrote: after an actor's restart the track holds the audio
+            # its previous incarnation sent, timed right, still echoing.
+            last_ms, last = guessed[-1]
+            self._far_end.erase(guessed[0][0], last_ms + len(last) * FRAME_MS / FRAME_BYTES)
             for at_ms, frame in guessed:
                 self._far_end.write(at_ms + moved_ms, frame)
 

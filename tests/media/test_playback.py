@@ -173,3 +173,22 @@ def test_frames_sent_once_the_clock_is_known_are_not_moved():
     playback.pump(wire.media, wire.mark, 500.0)
     assert playback.play_end_ms == 700.0
     assert track.read(4000, 1600).min() != 0
+
+
+def test_a_restarted_actors_guess_moves_only_what_it_sent_not_the_audio_before_it():
+    # After the Twilio actor's restart its clock starts from zero until the next media frame;
+    # the track still holds what its previous incarnation sent, timed right and still echoing.
+    from audio.echo import FarEndTrack
+
+    track = FarEndTrack()
+    before = Playback(lead_ms=200, max_frames=1500, far_end=track)
+    before.clock_known(0.0)
+    before.enqueue(bytes([0x10]) * FRAME_BYTES * 10, -20.0)
+    before.pump(Wire().media, Wire().mark, 3000.0)  # 3000-3200 ms, the old incarnation's
+    restarted = Playback(lead_ms=200, max_frames=1500, far_end=track)
+    restarted.enqueue(bytes([0x20]) * FRAME_BYTES * 2, -20.0)
+    restarted.pump(Wire().media, Wire().mark, 0.0)  # timed by a clock that starts at zero
+    restarted.clock_known(3200.0)  # the next media frame: the stream is 3.2 s old
+    assert track.read(3000 * 8, 1600).min() != 0  # the old incarnation's audio is still there
+    assert track.read(3200 * 8, 320).min() != 0  # the new frames, where they play
+    assert track.active_until >= 3240 * 8
