@@ -16,6 +16,7 @@ needs. Who writes what:
 | held_reports | appended by any reporter while no supervisor can take a message; emptied by the controller |
 | recorder | the registry, once, at the call's start (None: recordings off); fed only by TwilioActor |
 | far_end | TwilioActor (its Playback): assistant audio sent, at the time it plays; read by the echo canceller |
+| stream_origin_ns | TwilioActor: when the stream began, as its media frames say; kept for its next incarnation |
 | ended | finish_call, once |
 """
 
@@ -115,6 +116,9 @@ class CallContext:
     recorder: CallRecorder | None = None  # the call's recording (RECORDINGS_DIR), outliving actor restarts
     uplink: UplinkBuffer = field(init=False)
     far_end: FarEndTrack = field(init=False)  # outlives actor restarts, like the uplink
+    # Monotonic ns at the stream's time 0, as its media frames say (None before the first):
+    # a restarted TwilioActor goes on with it instead of guessing until the next frame.
+    stream_origin_ns: int | None = None
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
     children: ChildTable | None = None  # the current CallSupervisor's children, by role
     supervisor: ActorRef[Any] | None = None  # the current CallSupervisor's ref

@@ -99,8 +99,11 @@ class TwilioActor(CallActor):
         # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
         # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
         # frame so clock drift is followed.
-        self._stream_origin_ns = self._now_ns()
-        self._origin_known = False  # set by the first media frame; until then the origin is a guess
+        known = call.stream_origin_ns  # kept across this actor's restarts
+        self._stream_origin_ns = self._now_ns() if known is None else known
+        self._origin_known = known is not None  # until a media frame says, the origin is a guess
+        if self._origin_known:
+            self._playback.clock_known(0.0)
         self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
         self._speech_end_ns: int | None = None  # caller stopped speaking; no answer sent yet
@@ -171,6 +174,7 @@ class TwilioActor(CallActor):
                 self._call.tell_controller(StreamStarted(event.stream_sid))
                 self._stream_origin_ns = self._now_ns()
                 self._origin_known = False
+                self._call.stream_origin_ns = None
                 self._playback.clock_guessed()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
             case Connected():
@@ -210,6 +214,7 @@ class TwilioActor(CallActor):
             self._playback.clock_known((self._stream_origin_ns - origin) / 1e6)
             self._stream_origin_ns = origin
             self._origin_known = True
+        call.stream_origin_ns = self._stream_origin_ns
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)

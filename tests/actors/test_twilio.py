@@ -261,3 +261,20 @@ def test_a_greeting_sent_at_start_is_timed_by_the_streams_own_clock_once_its_fir
     parent.settle()
     assert call.far_end.read(0, 80 * 8).max() == 0
     assert call.far_end.read(80 * 8, 200 * 8).min() != 0
+
+
+def test_a_restarted_twilio_actor_goes_on_with_the_streams_clock(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    # The stream's clock outlives the actor, like the far-end track it times: a new
+    # incarnation sending audio before the next media frame times it right, not from zero.
+    ref = started(parent, clock)
+    frame(ref, clock, twilio_media(STREAM_SID, 0, SILENT))
+    parent.settle()
+    clock.advance(1.0)
+    ref.stop(block=True)
+    ref = parent.start(TwilioActor)
+    assistant(ref, clock, frames=5)
+    parent.settle()
+    assert call.far_end.read(0, 960 * 8).max() == 0
+    assert call.far_end.read(1000 * 8, 100 * 8).min() != 0  # from 1,000 ms: now, on the stream's clock
