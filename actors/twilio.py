@@ -99,10 +99,11 @@ class TwilioActor(CallActor):
         # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
         # that comes late (jitter) does not move it; it creeps later by _STREAM_DRIFT_NS a
         # frame so clock drift is followed.
-        known = call.stream_origin_ns  # kept across this actor's restarts
+        # Until a media frame says (call.stream_origin_ns, kept across this actor's restarts),
+        # the origin is a guess.
+        known = call.stream_origin_ns
         self._stream_origin_ns = self._now_ns() if known is None else known
-        self._origin_known = known is not None  # until a media frame says, the origin is a guess
-        if self._origin_known:
+        if known is not None:
             self._playback.clock_known(0.0)
         self._vapi_speaking = False  # between VAPI's speech-update started and stopped (or our clear)
         self._hangover_ns = call.settings.vad_hangover_ms * 1_000_000
@@ -173,7 +174,6 @@ class TwilioActor(CallActor):
                 self._log.info("stream_started", stream_sid=event.stream_sid, tracks=list(event.tracks))
                 self._call.tell_controller(StreamStarted(event.stream_sid))
                 self._stream_origin_ns = self._now_ns()
-                self._origin_known = False
                 self._call.stream_origin_ns = None
                 self._playback.clock_guessed()
                 self._pump()  # audio that arrived before the stream (hold sound, greeting)
@@ -206,14 +206,13 @@ class TwilioActor(CallActor):
                 self._tell("codec", CallerAudio(_SILENT_FRAME, media.timestamp_ms - n * FRAME_MS, received_ns))
         # The frame ends at timestamp + 20 ms; it cannot have been sent before then.
         origin = received_ns - (media.timestamp_ms + FRAME_MS) * 1_000_000
-        if self._origin_known:
+        if call.stream_origin_ns is not None:
             self._stream_origin_ns = min(origin, self._stream_origin_ns + _STREAM_DRIFT_NS)
         else:
             # The first frame: until now the origin was a guess, and so were the times of
             # the frames sent meanwhile (media/playback.py).
             self._playback.clock_known((self._stream_origin_ns - origin) / 1e6)
             self._stream_origin_ns = origin
-            self._origin_known = True
         call.stream_origin_ns = self._stream_origin_ns
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:

@@ -239,9 +239,8 @@ class _History:
     def zero_from(self, at: int) -> None:
         """Forget everything from `at` on (it will never be played)."""
         if at < self._end:
-            start = max(at, self._base)
-            self._buf[start - self._base : self._end - self._base] = 0.0
-            self._end = max(start, self._base)
+            self.zero(at, self._end)
+            self._end = max(at, self._base)
 
     def zero(self, start: int, stop: int) -> None:
         """Forget [start, stop) (it was written at the wrong place)."""

@@ -77,7 +77,6 @@ def _echo(far: NDArray[np.float64], band: NDArray[np.float64], delay_ms: int, rn
           step_ms: tuple[int, int] = (0, 0)) -> NDArray[np.float64]:
     """The far end's echo, -10 dB, through `band` (the telephone band's taps), `delay_ms` late;
     stepping if `rng` is given."""
-    echo = np.convolve(far, band)[: len(far)] * 10 ** (ECHO_DB / 20)
     delays = np.full(len(far), delay_ms * 8, dtype=np.int64)
     if rng is not None:
         at, delay = 0, delay_ms * 8
@@ -87,6 +86,13 @@ def _echo(far: NDArray[np.float64], band: NDArray[np.float64], delay_ms: int, rn
             at = until
             delay = int(np.clip(delay + rng.integers(step_ms[0] * 8, step_ms[1] * 8 + 1), (delay_ms - 25) * 8,
                                 (delay_ms + 25) * 8))
+    return _through_path(far, band, ECHO_DB, delays)
+
+
+def _through_path(far: NDArray[np.float64], band: NDArray[np.float64], gain_db: float,
+                  delays: NDArray[np.int64]) -> NDArray[np.float64]:
+    """`far` through `band`, `gain_db` down, each sample `delays` samples late."""
+    echo = np.convolve(far, band)[: len(far)] * 10 ** (gain_db / 20)
     source = np.arange(len(far)) - delays
     return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
 
@@ -113,12 +119,10 @@ def _echo_stepping_at(far: NDArray[np.float64], band: NDArray[np.float64], delay
                       starts: list[int], rng: np.random.Generator) -> NDArray[np.float64]:
     """The far end's echo, `gain_db` down through `band`, `delay_ms` late; the delay steps by up
     to TURN_STEP_MS either way in the silence before each turn after the first."""
-    echo = np.convolve(far, band)[: len(far)] * 10 ** (gain_db / 20)
     delays = np.full(len(far), delay_ms * 8, dtype=np.int64)
     for start in starts[1:]:
         delays[start - 4000 :] += int(rng.integers(-TURN_STEP_MS * 8, TURN_STEP_MS * 8 + 1))
-    source = np.arange(len(far)) - delays
-    return np.where(source >= 0, echo[np.clip(source, 0, len(far) - 1)], 0.0)
+    return _through_path(far, band, gain_db, delays)
 
 
 def _onsets(sides: _Sides, far: NDArray[np.float64] | None, near: NDArray[np.float64]) -> list[int]:
