@@ -50,8 +50,13 @@ def test_a_new_call_a_full_node_turns_away_is_taken_by_the_other_node(fleet):
             callers.append(_caller(fleet))
             status, twiml = callers[-1].post_webhook()
             assert status == 200 and "<Stream" in twiml, twiml  # never the fallback
-        webhooks = [upstream for method, uri, _, upstream in fleet.nginx.requests()[since:]
+
+        def logged() -> list[str]:  # nginx logs a request once done with it, maybe after the answer
+            return [upstream for method, uri, _, upstream in fleet.nginx.requests()[since:]
                     if method == "POST" and uri == "/voice/incoming"]
+
+        assert wait_until(lambda: len(logged()) == 4), logged()
+        webhooks = logged()
         # Round robin: half went to the full node first, which turned them away, and nginx
         # passed them on, each to the other node in the end (nginx logs the tries of a webhook
         # as "first : passed on, to the next").
