@@ -453,7 +453,7 @@ def _records(settings: Settings, log: BoundLogger, *, wait_for_database: bool = 
     """The call-records store, open (migrated) and writing; ConfigError names DATABASE_URL or DATABASE_PATH."""
     url = settings.admin.database_url
     if url is not None:
-        records = RecordStore(url, log=log.bind(actor="records"))
+        records = RecordStore(url, log=log.bind(actor="records"), retention_days=settings.admin.records_retention_days)
         try:
             records.start(wait_for_database=wait_for_database)
         except (StoreUnavailable, SchemaTooNew) as exc:
@@ -462,7 +462,7 @@ def _records(settings: Settings, log: BoundLogger, *, wait_for_database: bool = 
         return records
     path = settings.admin.database_path
     _check_database_path(path)
-    records = RecordStore(path, log=log.bind(actor="records"))
+    records = RecordStore(path, log=log.bind(actor="records"), retention_days=settings.admin.records_retention_days)
     try:
         records.start()
     except (StoreUnavailable, SchemaTooNew) as exc:

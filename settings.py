@@ -188,6 +188,7 @@ class AdminSettings:
     database_url: str | None = field(repr=False)  # PostgreSQL for the call records; may hold a password
     cost_twilio_per_min: float
     cost_vapi_per_min: float
+    records_retention_days: float = 0.0  # call records older than this are deleted; 0 keeps them forever
 
     def __repr__(self) -> str:
         return (
@@ -195,7 +196,8 @@ class AdminSettings:
             f"chaos_rate_per_min={self.chaos_rate_per_min}, chaos_seed={self.chaos_seed}, "
             f"drain_timeout_s={self.drain_timeout_s}, max_calls={self.max_calls}, "
             f"overload_cpu_pct={self.overload_cpu_pct}, "
-            f"database_path={self.database_path!r}, database_url={_mask(self.database_url)})"
+            f"database_path={self.database_path!r}, database_url={_mask(self.database_url)}, "
+            f"records_retention_days={self.records_retention_days})"
         )
 
 
@@ -336,6 +338,7 @@ class Settings:
                 database_url=r.database_url("DATABASE_URL"),
                 cost_twilio_per_min=r.number("COST_TWILIO_PER_MIN", 0.0085, low=0.0, high=100.0),
                 cost_vapi_per_min=r.number("COST_VAPI_PER_MIN", 0.03, low=0.0, high=100.0),
+                records_retention_days=r.number("CALL_RECORDS_RETENTION_DAYS", 0.0, low=0.0, high=36500.0),
             ),
             limits=LimitSettings(
                 http_header_timeout_s=r.number("HTTP_HEADER_TIMEOUT_S", 10.0, low=0.5, high=300.0),

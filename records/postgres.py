@@ -183,6 +183,23 @@ class PostgresDatabase:
         Raises:
             psycopg.Error: the write failed and was rolled back (or the server is gone).
         """
+        conn = self._writer_connection()
+        # One statement may not update a row twice: a call's later record wins, as in sqlite.
+        latest = list({row[0]: row for row in rows}.values())
+        params = [value for row in latest for value in row]
+        # One statement in autocommit mode is one transaction: no BEGIN/COMMIT round trips.
+        conn.execute(insert_sql(len(latest)), params)  # built from constants
+
+    def execute(self, sql: str, params: tuple[object, ...]) -> int:
+        """One write statement (with `%s` placeholders), its own transaction; rows it changed.
+
+        Raises:
+            psycopg.Error: the statement failed (or the server is gone).
+        """
+        return self._writer_connection().execute(sql, params).rowcount  # constant SQL built in store.py
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        """The writer's connection, made again (and the schema migrated) if the link was lost."""
         conn = self._writer
         if conn is None or conn.closed:
             self._writer = None
@@ -193,11 +210,7 @@ class PostgresDatabase:
                 conn.close()
                 raise
             self._writer = conn
-        # One statement may not update a row twice: a call's later record wins, as in sqlite.
-        latest = list({row[0]: row for row in rows}.values())
-        params = [value for row in latest for value in row]
-        # One statement in autocommit mode is one transaction: no BEGIN/COMMIT round trips.
-        conn.execute(insert_sql(len(latest)), params)  # built from constants
+        return conn
 
     def read(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Rows of `sql` (written with `%s` placeholders), on the readers' connection.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -59,12 +60,22 @@ class SqliteDatabase:
 
     def write(self, rows: list[tuple[object, ...]]) -> None:
         """One transaction for the whole batch; rolled back before any error leaves."""
+        with self._transaction() as db:
+            db.executemany(INSERT_SQL, rows)
+
+    def execute(self, sql: str, params: tuple[object, ...]) -> int:
+        """One write statement (with `?` placeholders) in a transaction of its own; rows it changed."""
+        with self._transaction() as db:
+            return db.execute(sql, params).rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
         if db is None:  # the writer runs only while the connection is open
             raise StoreUnavailable(f"{self.name}: the call-records store is not open")
         try:
             self._begin(db)
-            db.executemany(INSERT_SQL, rows)
+            yield db
             db.execute("COMMIT")
         except sqlite3.Error:
             if db.in_transaction:

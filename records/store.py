@@ -23,12 +23,18 @@ is an outage, not a failed write: the batch is kept and retried, reconnecting, e
 WARNING when the outage starts (`call_records_unreachable`, counted in `outages`) and one
 INFO when writes succeed again. Calls go on meanwhile: records wait in the bounded queue,
 and only when that is full are new ones dropped and counted, never blocking a call.
+
+With `retention_days` set (CALL_RECORDS_RETENTION_DAYS), the same writer deletes the
+records of calls that ended longer ago than that, once at start and then every
+`retention_every_s`, `RETENTION_CHUNK` rows per statement with live calls running between
+statements: a server left running for months keeps a bounded history. In a fleet every
+node does it against the one database; the deletes are idempotent.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -42,7 +48,7 @@ from records.model import CallRecord
 from records.rows import SELECT_SQL, from_row, to_row
 from records.sqlite import SqliteDatabase
 
-__all__ = ["BATCH_MAX", "Database", "RecordStore"]
+__all__ = ["BATCH_MAX", "RETENTION_CHUNK", "RETENTION_EVERY_S", "Database", "RecordStore"]
 
 # Rows per transaction. 200 rows commit in about 1 ms on a local disk (WAL, NORMAL);
 # larger batches would hold the hub longer, smaller ones pay a commit per handful of rows.
@@ -55,6 +61,11 @@ DEFAULT_RETRY_DELAYS_S = (0.5, 2.0)
 # Reconnection pace through an outage: quick for a server restart, then every 5 s, which
 # costs the database one connection attempt per node and nothing else.
 DEFAULT_OUTAGE_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 5.0)
+
+# Old records are deleted this many per statement: on SQLite a statement holds the hub,
+# and 500 rows with their two index entries go in a few milliseconds.
+RETENTION_CHUNK = 500
+RETENTION_EVERY_S = 3600.0
 
 LATEST_LIMIT_MIN = 1
 LATEST_LIMIT_MAX = 1000
@@ -72,6 +83,7 @@ class Database(Protocol):
 
     def open(self) -> tuple[int, int]: ...
     def write(self, rows: list[tuple[object, ...]]) -> None: ...
+    def execute(self, sql: str, params: tuple[object, ...]) -> int: ...
     def read(self, sql: str, params: tuple[object, ...]) -> list[Any]: ...
     def is_outage(self, exc: BaseException) -> bool: ...
     def error_fields(self, exc: BaseException) -> dict[str, object]: ...
@@ -107,6 +119,9 @@ class RecordStore:
         log: Logger | None = None,
         retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
         outage_delays_s: Sequence[float] = DEFAULT_OUTAGE_DELAYS_S,
+        retention_days: float = 0.0,
+        retention_every_s: float = RETENTION_EVERY_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if queue_limit < 1:
             raise ValueError(f"queue_limit={queue_limit!r} is not valid: expected an integer >= 1")
@@ -114,11 +129,19 @@ class RecordStore:
             raise ValueError(f"retry_delays_s={retry_delays_s!r} is not valid: expected delays >= 0")
         if not outage_delays_s or any(delay <= 0 for delay in outage_delays_s):
             raise ValueError(f"outage_delays_s={outage_delays_s!r} is not valid: expected delays > 0")
+        if retention_days < 0 or retention_every_s <= 0:
+            raise ValueError(
+                f"retention_days={retention_days!r}, retention_every_s={retention_every_s!r} are not valid: "
+                "expected days >= 0 (0 keeps every record) and a period > 0"
+            )
         self._database: Database = open_target(target) if isinstance(target, str) else target
         self._path = self._database.name
         self._log: Logger = log if log is not None else structlog.get_logger("records")
         self._retry_delays_s = tuple(retry_delays_s)
         self._outage_delays_s = tuple(outage_delays_s)
+        self.retention_days = retention_days
+        self._retention_every_s = retention_every_s
+        self._clock = clock
         self._queue: gevent.queue.Queue[CallRecord] = gevent.queue.Queue(maxsize=queue_limit)
         self._open = False
         self._unreachable = False
@@ -134,6 +157,7 @@ class RecordStore:
         self.dropped = 0
         self.write_errors = 0
         self.outages = 0
+        self.deleted = 0  # by retention
         self.healthy = True
 
     @property
@@ -168,7 +192,8 @@ class RecordStore:
             return
         self._open = True
         self._log.info(
-            "call_records_opened", path=self._path, schema_version=reached, migrated_from=found
+            "call_records_opened", path=self._path, schema_version=reached, migrated_from=found,
+            retention_days=self.retention_days,
         )
         self._spawn_writer()
 
@@ -275,9 +300,17 @@ class RecordStore:
     # -- the writer greenlet ----------------------------------------------------------
 
     def _run(self) -> None:
-        """Writer greenlet: drain the queue batch by batch until stop() kills it."""
+        """Writer greenlet: drain the queue batch by batch, and apply retention when due, until stop() kills it."""
+        retain_at = time.monotonic() if self.retention_days > 0 else None
         while True:
-            batch = [self._queue.get()]
+            if retain_at is not None and time.monotonic() >= retain_at:
+                self._retain()
+                retain_at = time.monotonic() + self._retention_every_s
+            try:
+                first = self._queue.get(timeout=None if retain_at is None else retain_at - time.monotonic())
+            except gevent.queue.Empty:
+                continue
+            batch = [first]
             while len(batch) < BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             self._in_flight = len(batch)
@@ -347,6 +380,34 @@ class RecordStore:
                 self.written += len(rows)
                 self.healthy = True
                 return
+
+    def _retain(self) -> None:
+        """Delete the records of calls that ended more than `retention_days` ago, a chunk at a time."""
+        cutoff = self._clock() - self.retention_days * 86400.0
+        p = self._database.placeholder
+        sql = (  # constant SQL: values go in as parameters
+            f"DELETE FROM calls WHERE call_sid IN "  # noqa: S608
+            f"(SELECT call_sid FROM calls WHERE ended_at < {p} ORDER BY ended_at LIMIT {p})"
+        )
+        deleted = 0
+        try:
+            while True:
+                count = self._database.execute(sql, (cutoff, RETENTION_CHUNK))
+                deleted += count
+                self.deleted += count
+                if count < RETENTION_CHUNK:
+                    break
+                gevent.sleep(0)  # a long history goes chunk by chunk; live calls run in between
+        except self._database.errors as exc:
+            if self._database.is_outage(exc):
+                self._on_unreachable(exc, 0)  # tried again at the next period
+            else:
+                self._log.warning(
+                    "call_records_retention_failed", error=str(exc), **self._database.error_fields(exc)
+                )
+        finally:
+            if deleted:
+                self._log.info("call_records_deleted", count=deleted, retention_days=self.retention_days)
 
     def _on_unreachable(self, exc: BaseException, rows: int) -> None:
         """One WARNING per outage, however many reconnections it takes."""

@@ -14,8 +14,10 @@ import pytest
 import requests
 
 from audio.signals import silence
+from records import RecordStore
 from sims.caller import CallerConfig, SimulatedCaller
 from tests.integration.conftest import wait_until
+from tests.records.helpers import make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "run-test-token"
@@ -239,6 +241,24 @@ def test_an_unusable_database_path_stops_start_up_with_one_line(tmp_path, case):
     port = free_port()
     line = assert_refused(run_until_exit(tmp_path, port, DATABASE_PATH=path), "DATABASE_PATH", port)
     assert path in line
+
+
+def test_call_records_older_than_the_retention_period_are_gone_once_the_server_is_up(tmp_path):
+    now = time.time()
+    store = RecordStore(str(tmp_path / "calls.db"))
+    store.start()
+    for call_sid, days in {"CAlastmonth": 31.0, "CAlastweek": 7.0}.items():
+        store.submit(make_record(call_sid, started_at=now - days * 86400 - 60, ended_at=now - days * 86400))
+    store.stop()
+    process, base = start_server(tmp_path, ADMIN_TOKEN="admin-token", CALL_RECORDS_RETENTION_DAYS="30")
+    try:
+        def history() -> list[str]:
+            answer = requests.get(base + "/admin/history", headers={"Authorization": "Bearer admin-token"}, timeout=5)
+            return [record["call_sid"] for record in answer.json()["calls"]]
+
+        assert wait_until(lambda: history() == ["CAlastweek"], timeout=5), history()
+    finally:
+        stop_server(process)
 
 
 def test_an_unreachable_database_url_stops_start_up_with_one_line_without_its_password(tmp_path):

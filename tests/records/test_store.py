@@ -1,13 +1,14 @@
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
 
 from records.errors import SchemaTooNew, StoreUnavailable
 from records.schema import CURRENT_VERSION
-from records.store import BATCH_MAX, RecordStore
+from records.store import BATCH_MAX, RETENTION_CHUNK, RecordStore
 from tests.records.helpers import RecordingLog, live_greenlets, make_record, wait_until
 from tests.records.v1 import write_v1_database
 
@@ -157,7 +158,7 @@ def test_a_v1_database_from_an_earlier_release_opens_and_reads_back(path, log):
             None,
         )
         assert log.fields("call_records_opened") == [
-            {"path": path, "schema_version": CURRENT_VERSION, "migrated_from": 1}
+            {"path": path, "schema_version": CURRENT_VERSION, "migrated_from": 1, "retention_days": 0.0}
         ]
     finally:
         store.stop()
@@ -225,6 +226,21 @@ def sqlite_store(path, log) -> Iterator[RecordStore]:
     store.start()
     yield store
     store.stop()
+
+
+@pytest.fixture
+def sqlite_store_factory(path, log) -> Iterator[Callable[..., RecordStore]]:
+    made: list[RecordStore] = []
+
+    def make(**options: Any) -> RecordStore:
+        store = RecordStore(path, log=log, retry_delays_s=FAST_RETRIES, **options)
+        store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.stop()
 
 
 def test_a_read_only_database_drops_the_batch_after_bounded_retries_and_later_writes_succeed(
@@ -329,6 +345,119 @@ def test_a_backlog_is_written_in_batches_that_let_other_greenlets_run(store):
         other.kill()
     assert store.written == BATCH_MAX * 5
     assert ticks >= 5  # the ticker ran between batches, not only after the backlog
+
+
+# -- retention ----------------------------------------------------------------------------
+
+DAY = 86400.0
+NOW = 1_790_000_000.0
+
+
+def _ended(store: RecordStore, days_ago: dict[str, float]) -> None:
+    for call_sid, days in days_ago.items():
+        store.submit(make_record(call_sid, started_at=NOW - days * DAY - 60, ended_at=NOW - days * DAY))
+    assert store.flush()
+
+
+def _sids(target: str) -> set[str]:
+    reader = RecordStore(target)
+    reader.start()
+    try:
+        return {record.call_sid for record in reader.latest(1000)}
+    finally:
+        reader.stop()
+
+
+def test_records_of_calls_that_ended_before_the_retention_period_are_deleted_at_start(target, log):
+    keeper = RecordStore(target)
+    keeper.start()
+    _ended(keeper, {"CAold": 31, "CAolder": 400, "CAyoung": 29, "CAtoday": 0})
+    keeper.stop()
+
+    store = RecordStore(target, log=log, retention_days=30, clock=lambda: NOW)
+    store.start()
+    try:
+        assert wait_until(lambda: store.deleted == 2)
+        assert {r.call_sid for r in store.latest()} == {"CAyoung", "CAtoday"}
+        assert log.fields("call_records_deleted") == [{"count": 2, "retention_days": 30}]
+        store.submit(make_record("CAnew", ended_at=NOW))  # the writer goes on writing
+        assert store.flush()
+        assert store.get("CAnew") is not None
+    finally:
+        store.stop()
+
+
+def test_without_a_retention_period_every_record_is_kept(target, log):
+    store = RecordStore(target, log=log, clock=lambda: NOW)  # the default: 0 keeps them forever
+    store.start()
+    _ended(store, {"CAancient": 3650, "CAtoday": 0})
+    store.stop()
+    assert _sids(target) == {"CAancient", "CAtoday"}
+    assert store.deleted == 0
+    assert "call_records_deleted" not in log.events()
+
+
+def test_retention_runs_again_each_period_so_records_age_out_while_the_server_runs(target, log):
+    now = [NOW]
+    store = RecordStore(target, log=log, retention_days=1, retention_every_s=0.05, clock=lambda: now[0])
+    store.start()
+    try:
+        _ended(store, {"CAfirst": 0.5, "CAsecond": 0})
+        gevent.sleep(0.15)  # periods pass: both are younger than a day
+        assert {r.call_sid for r in store.latest()} == {"CAfirst", "CAsecond"}
+        now[0] += 0.75 * DAY  # CAfirst is now 1.25 days old, CAsecond 0.75
+        assert wait_until(lambda: store.deleted == 1)
+        assert {r.call_sid for r in store.latest()} == {"CAsecond"}
+    finally:
+        store.stop()
+
+
+def test_a_long_history_is_deleted_in_chunks_with_live_calls_running_between_them(path, log):
+    keeper = RecordStore(path)
+    keeper.start()
+    old = RETENTION_CHUNK * 3 + 7
+    _ended(keeper, {f"CA{i:05d}": 40 + i / 1000 for i in range(old)} | {"CAyoung": 1})
+    keeper.stop()
+    store = RecordStore(path, log=log, retention_days=30, clock=lambda: NOW)
+    seen: set[int] = set()
+
+    def ticker():  # a live call's greenlet, noting how far the deleting had got each time it ran
+        while True:
+            seen.add(store.deleted)
+            gevent.sleep(0)
+
+    other = gevent.spawn(ticker)
+    try:
+        store.start()
+        assert wait_until(lambda: store.deleted == old)
+    finally:
+        other.kill()
+        store.stop()
+    assert {RETENTION_CHUNK, 2 * RETENTION_CHUNK, 3 * RETENTION_CHUNK} <= seen  # it ran between chunks
+    assert _sids(path) == {"CAyoung"}
+    assert log.fields("call_records_deleted") == [{"count": old, "retention_days": 30}]
+
+
+def test_a_failed_delete_is_one_warning_and_neither_stops_the_writer_nor_the_next_period(sqlite_store_factory, log):
+    now = [NOW]
+    store = sqlite_store_factory(retention_days=1, retention_every_s=0.05, clock=lambda: now[0])
+    _ended(store, {"CAold": 0})
+    store._database._db.execute("PRAGMA query_only = ON")  # root ignores file permissions
+    now[0] += 2 * DAY
+    assert wait_until(lambda: "call_records_retention_failed" in log.events("warning"))
+    assert log.fields("call_records_retention_failed")[0]["sqlite_error"] == "SQLITE_READONLY"
+    assert store.get("CAold") is not None and store.deleted == 0
+    store._database._db.execute("PRAGMA query_only = OFF")
+    assert wait_until(lambda: store.deleted == 1)  # the next period deletes it
+    assert store.get("CAold") is None
+    assert "call_record_writer_error" not in log.events()
+
+
+def test_a_negative_retention_period_is_refused(path):
+    with pytest.raises(ValueError, match="retention_days"):
+        RecordStore(path, retention_days=-1)
+    with pytest.raises(ValueError, match="retention_every_s"):
+        RecordStore(path, retention_days=1, retention_every_s=0)
 
 
 # -- lifecycle ----------------------------------------------------------------------------
