@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["BridgeService", "preflight"]
 
 _SIMULATOR_KEY = "simulator-key"
-# How often rate-limited logs report what they held back.
-_SUPPRESSED_FLUSH_S = 10.0
+# How often rate-limited logs report what they held back, and the store counters catch up
+# on /metrics (a scrape brings its own worker's level first; this brings the others').
+_HOUSEKEEPING_S = 10.0
 # Before handing calls off, how long a stopping node waits for nodes stopping with it to say so.
 _PEERS_SETTLE_S = 0.5
 # Connections the kernel holds for us before they are accepted (gevent's default too).
@@ -96,7 +97,7 @@ class BridgeService:
         self.relay_server: WSGIServer | None = None  # a worker's own port for VAPI relays (WORKERS > 1)
         self.records: RecordStore | None = None
         self.recordings: RecordingWriter | None = None
-        self._flusher: gevent.Greenlet[[], None] | None = None
+        self._housekeeper: gevent.Greenlet[[], None] | None = None
         self._load_watch: gevent.Greenlet[..., None] | None = None
 
     @property
@@ -131,6 +132,7 @@ class BridgeService:
         settings = self.settings
         self.records = _records(settings, self.log, wait_for_database=self._wait_for_database)
         self.recordings = _recordings(settings, self.log)
+        self.metrics.watch_stores(self.records, self.recordings)
         if own_listener:
             _listen(listener, settings.host, settings.port)
         base_url, api_key = settings.vapi.base_url, settings.vapi.api_key
@@ -263,7 +265,7 @@ class BridgeService:
         self.server = serve(listener)
         if relay_listener is not None:
             self.relay_server = serve(relay_listener, relay_only=True)
-        self._flusher = gevent.spawn(self._flush_suppressed)
+        self._housekeeper = gevent.spawn(self._housekeeping)
         if load is not None:
             probed = partial(self._probed, load)
             self._load_watch = gevent.spawn(watch_loop, load, probed, partial(self._overload_changed, load))
@@ -292,11 +294,13 @@ class BridgeService:
         else:
             self.log.info("overload_ended", live_calls=live, cpu_pct=share)
 
-    def _flush_suppressed(self) -> None:
-        """Say how many lines a flood's rate limit held back, also once the flood has stopped."""
+    def _housekeeping(self) -> None:
+        """Say how many lines a flood's rate limit held back, also once the flood has stopped;
+        bring the store counters on /metrics level with the stores."""
         while True:
-            gevent.sleep(_SUPPRESSED_FLUSH_S)
+            gevent.sleep(_HOUSEKEEPING_S)
             self.log_limiter.flush()
+            self.metrics.catch_up()
 
     def drain(self, timeout_s: float) -> int:
         """Stop taking calls, let live ones finish for up to `timeout_s`, then end the rest.
@@ -367,8 +371,8 @@ class BridgeService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """End every call, stop the root supervisor, close the listener and the simulator."""
-        if self._flusher is not None:
-            self._flusher.kill(block=False)
+        if self._housekeeper is not None:
+            self._housekeeper.kill(block=False)
         if self._load_watch is not None:
             self._load_watch.kill(block=False)
         self._close_listeners()  # no new connections

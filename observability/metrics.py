@@ -14,10 +14,11 @@ share, see `process_exited`).
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "process_exited", "use_multiprocess_dir"]
+__all__ = ["MULTIPROC_ENV", "Metrics", "RecordCounts", "RecordingCounts", "process_exited", "use_multiprocess_dir"]
 
 # prometheus-client's own variable: where multiprocess mode keeps its files.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -64,6 +65,25 @@ class _Off:
 
     def observe(self, value: float) -> None:
         pass
+
+
+class RecordCounts(Protocol):
+    """What the call-records store counts (records.RecordStore), in plain attributes."""
+
+    written: int
+    dropped: int
+    deleted: int
+    write_errors: int
+    healthy: bool
+
+
+class RecordingCounts(Protocol):
+    """What the recordings writer counts (records.recordings.RecordingWriter), in plain attributes."""
+
+    chunks_written: int
+    chunks_dropped: int
+    write_errors: int
+    files_deleted: int
 
 
 class Metrics:
@@ -155,6 +175,31 @@ class Metrics:
         self.marks = Counter(
             "bridge_marks", "Twilio mark echoes: played, or cancelled by a clear", ["result"], registry=r
         )
+        # The stores count in plain attributes of their own; `catch_up` brings these level.
+        self.call_records = Counter(
+            "bridge_call_records", "Call records written, dropped (lost), or deleted by retention", ["result"],
+            registry=r,
+        )
+        self.call_record_write_errors = Counter(
+            "bridge_call_record_write_errors", "Failed tries to write a batch of call records", registry=r
+        )
+        # livemin: with several workers, 0 while any of them cannot write.
+        self.call_records_healthy = Gauge(
+            "bridge_call_records_healthy", "0 from a failed write of call records until one succeeds, else 1",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.recording_chunks = Counter(
+            "bridge_recording_chunks", "Recording chunks (a call's audio, 5 s at a time) written or dropped",
+            ["result"], registry=r,
+        )
+        self.recording_write_errors = Counter(
+            "bridge_recording_write_errors", "Failed writes of recording chunks", registry=r
+        )
+        self.recordings_deleted = Counter(
+            "bridge_recordings_deleted", "Recording files deleted by retention", registry=r
+        )
+        self._stores: tuple[RecordCounts | None, RecordingCounts | None] = (None, None)
+        self._seen: dict[str, int] = {}
 
         if not enabled:
             off = _Off()
@@ -162,6 +207,33 @@ class Metrics:
                 if isinstance(value, (Counter, Gauge, Histogram)) or name in ("frames_in", "frames_out"):
                     setattr(self, name, off)
             self.registry = CollectorRegistry()  # nothing registered: /metrics is empty
+
+    def watch_stores(self, records: RecordCounts | None, recordings: RecordingCounts | None) -> None:
+        """Report what these stores count, from the next `catch_up` on."""
+        self._stores = (records, recordings)
+
+    def catch_up(self) -> None:
+        """Bring the store counters level with the stores' own (before a scrape, and every few seconds)."""
+        if not self.enabled:
+            return
+        records, recordings = self._stores
+        if records is not None:
+            self._add("records.written", records.written, self.call_records.labels(result="written"))
+            self._add("records.dropped", records.dropped, self.call_records.labels(result="dropped"))
+            self._add("records.deleted", records.deleted, self.call_records.labels(result="deleted"))
+            self._add("records.write_errors", records.write_errors, self.call_record_write_errors)
+            self.call_records_healthy.set(1 if records.healthy else 0)
+        if recordings is not None:
+            self._add("recordings.written", recordings.chunks_written, self.recording_chunks.labels(result="written"))
+            self._add("recordings.dropped", recordings.chunks_dropped, self.recording_chunks.labels(result="dropped"))
+            self._add("recordings.write_errors", recordings.write_errors, self.recording_write_errors)
+            self._add("recordings.deleted", recordings.files_deleted, self.recordings_deleted)
+
+    def _add(self, key: str, total: int, counter: Counter) -> None:
+        grown = total - self._seen.get(key, 0)
+        if grown > 0:
+            counter.inc(grown)
+            self._seen[key] = total
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample, for tests and the admin API (0 when never set)."""

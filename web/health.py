@@ -41,4 +41,5 @@ def metrics() -> Response:
             return Response("unauthorized\n", status=401)
     # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset, and Flask
     # would append a second `; charset=utf-8` to a text/* mimetype.
+    ctx.metrics.catch_up()
     return Response(generate_latest(ctx.metrics.registry), content_type=CONTENT_TYPE_LATEST)

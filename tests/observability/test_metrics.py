@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from observability.metrics import Metrics, process_exited
@@ -74,3 +75,40 @@ def test_every_gauge_says_how_the_workers_values_combine():
     gauges = [value for value in vars(Metrics()).values() if isinstance(value, Gauge)]
     assert gauges
     assert all(gauge._multiprocess_mode != "all" for gauge in gauges)
+
+
+@dataclass
+class Counts:
+    """What the stores count (records.RecordStore, records.recordings.RecordingWriter), as plain data."""
+
+    written: int = 0
+    dropped: int = 0
+    deleted: int = 0
+    write_errors: int = 0
+    healthy: bool = True
+    chunks_written: int = 0
+    chunks_dropped: int = 0
+    files_deleted: int = 0
+
+
+def test_store_counters_catch_up_by_what_grew_and_are_never_counted_twice():
+    metrics = Metrics()
+    records, recordings = Counts(), Counts()
+    metrics.watch_stores(records, recordings)
+    records.written, records.deleted, recordings.chunks_written, recordings.files_deleted = 5, 2, 7, 1
+    metrics.catch_up()
+    metrics.catch_up()  # nothing new: nothing added
+    assert metrics.value("bridge_call_records_total", result="written") == 5
+    assert metrics.value("bridge_call_records_total", result="deleted") == 2
+    assert metrics.value("bridge_recording_chunks_total", result="written") == 7
+    assert metrics.value("bridge_recordings_deleted_total") == 1
+    records.written, records.write_errors, records.dropped, records.healthy = 6, 3, 1, False
+    recordings.write_errors, recordings.chunks_dropped = 2, 4
+    metrics.catch_up()
+    assert metrics.value("bridge_call_records_total", result="written") == 6
+    assert metrics.value("bridge_call_records_total", result="dropped") == 1
+    assert metrics.value("bridge_call_record_write_errors_total") == 3
+    assert metrics.value("bridge_call_records_healthy") == 0
+    assert metrics.value("bridge_recording_write_errors_total") == 2
+    assert metrics.value("bridge_recording_chunks_total", result="dropped") == 4
+

@@ -12,6 +12,7 @@ from audio.signals import silence
 from tests.integration.conftest import wait_until
 from tests.integration.test_call_flow import sim_call_for, speak_and_wait_for_answer, start_call
 from tests.observability.test_overload import _hog
+from tests.records.helpers import make_record
 from tests.web.test_voice import CALL_SID, post
 
 
@@ -57,6 +58,28 @@ def test_metrics_parse_and_move_as_a_call_runs(bridge, vapi_sim, make_caller):
     assert after[("bridge_frames_total", (("direction", "outbound"),))] == call_out
     assert after[("bridge_latency_outbound_seconds_count", ())] >= call_out // 10 - 1
     assert after[("bridge_turn_latency_heard_seconds_count", ())] >= 1
+    assert after[("bridge_call_records_total", (("result", "written"),))] == 1
+    assert after[("bridge_call_records_healthy", ())] == 1
+
+
+def test_a_call_records_database_that_cannot_be_written_shows_on_metrics_until_it_can(bridge):
+    store = bridge.records
+    assert samples(bridge)[("bridge_call_records_healthy", ())] == 1
+    store._database._db.execute("PRAGMA query_only = ON")  # a read-only disk (root ignores file modes)
+    try:
+        store.submit(make_record("CA" + "1" * 32))
+        assert store.flush(10)  # three tries, then given up
+        broken = samples(bridge)
+        assert broken[("bridge_call_records_healthy", ())] == 0
+        assert broken[("bridge_call_record_write_errors_total", ())] == 3
+        assert broken[("bridge_call_records_total", (("result", "dropped"),))] == 1
+    finally:
+        store._database._db.execute("PRAGMA query_only = OFF")
+    store.submit(make_record("CA" + "2" * 32))
+    assert store.flush(5)
+    mended = samples(bridge)
+    assert mended[("bridge_call_records_healthy", ())] == 1
+    assert mended[("bridge_call_records_total", (("result", "written"),))] == 1
 
 
 def test_metrics_content_type_names_its_charset_once(bridge):
