@@ -209,8 +209,9 @@ class Metrics:
             self.registry = CollectorRegistry()  # nothing registered: /metrics is empty
 
     def watch_stores(self, records: RecordCounts | None, recordings: RecordingCounts | None) -> None:
-        """Report what these stores count, from the next `catch_up` on."""
+        """Report what these stores count, from now on."""
         self._stores = (records, recordings)
+        self.catch_up()  # at once: a gauge never set reads 0, which across workers says "cannot write"
 
     def catch_up(self) -> None:
         """Bring the store counters level with the stores' own (before a scrape, and every few seconds)."""
