@@ -259,6 +259,7 @@ class Settings:
     outbound_max_frames: int
     playback_lead_ms: int
     playback_hangover_ms: int
+    barge_in_resume_ms: int
     media_connect_timeout_s: float
     log_format: str
     log_level: str
@@ -370,6 +371,7 @@ class Settings:
             playback_hangover_ms=r.integer(
                 "PLAYBACK_HANGOVER_MS", playback_defaults.HANGOVER_MS, low=0, high=2000
             ),
+            barge_in_resume_ms=r.integer("BARGE_IN_RESUME_MS", playback_defaults.RESUME_AFTER_MS, low=0, high=5000),
             media_connect_timeout_s=r.number("MEDIA_CONNECT_TIMEOUT_S", 30.0, low=1.0, high=600.0),
             log_format=r.choice("LOG_FORMAT", "console", ("json", "console")),
             log_level=r.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),

@@ -37,6 +37,7 @@ from actors.messages import EndCall
 from audio.echo import FarEndTrack, track_keep_ms
 from calls.outcome import EndRequest, Outcome
 from calls.state import CallState
+from media.playback import RESUME_AFTER_MS
 from media.uplink import UplinkBuffer
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class CallSettings:
     echo_canceller: bool = False
     echo_max_delay_ms: int = 400
     playback_hangover_ms: int = 300
+    barge_in_resume_ms: int = RESUME_AFTER_MS
     hold_ulaw: bytes = field(default=b"", repr=False)
 
 

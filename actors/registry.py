@@ -96,6 +96,7 @@ def call_settings(settings: Settings, hold_ulaw: bytes = b"") -> CallSettings:
         echo_canceller=settings.echo.canceller,
         echo_max_delay_ms=settings.echo.max_delay_ms,
         playback_hangover_ms=settings.playback_hangover_ms,
+        barge_in_resume_ms=settings.barge_in_resume_ms,
         media_connect_timeout_s=settings.media_connect_timeout_s,
     )
 

@@ -2,7 +2,9 @@
 
 Inbound it parses each frame, keeps the caller's audio continuous in stream time and
 passes it to the codec. Outbound it queues the assistant's audio, sends a shallow lead
-of it with marks, and on barge-in clears Twilio's buffer and drops the rest of the turn.
+of it with marks, and on barge-in clears Twilio's buffer: the rest of the turn is dropped
+when VAPI says the caller interrupted it, and goes on from where the caller stopped
+hearing it when VAPI lets the caller's speech pass (see _PAUSE_GIVE_UP_NS).
 It is the only writer of the call's Twilio socket; the socket itself belongs to the call.
 """
 
@@ -53,6 +55,14 @@ _SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_BYTES
 # dropped until VAPI starts a new turn. If VAPI never says so, a pause this long in its
 # audio is taken as the end of the old turn, so a reply is never lost for good.
 _DISCARD_GIVE_UP_NS = 1_500_000_000
+# A barge-in of the bridge's own pauses the assistant's turn rather than dropping it. VAPI
+# hears the caller too and decides whether that was an interruption (its stopSpeakingPlan:
+# a backchannel, a cough, a TV or some echo left over may not be one): it says so with
+# `user-interrupted`, and the paused turn is dropped (as a new turn drops it). If it has
+# said nothing BARGE_IN_RESUME_MS after the caller stopped, the turn goes on from where the
+# caller stopped hearing it; dropped, it would leave the caller in silence while VAPI
+# believes they heard every word. A pause this long is dropped whatever happens: stale.
+_PAUSE_GIVE_UP_NS = 5_000_000_000
 # While holding, the hold sound is topped up whenever less than this much is queued.
 _HOLD_REFILL_FRAMES = 25
 # Its level for echo handling: the default chime's, and a fair guess for a WAV.
@@ -94,6 +104,9 @@ class TwilioActor(CallActor):
         self._clock = StreamClock()
         self._discarding = False
         self._last_discard_ns = 0
+        self._resume_ns = settings.barge_in_resume_ms * 1_000_000
+        self._paused_ns = 0  # when the barge-in paused the turn
+        self._pause_ends_ns: int | None = None  # while paused: when to resume (or give up)
         self._far_end: float | None = None
         self._malformed = 0
         # Monotonic ns at stream time 0: the earliest any frame could have been sent. A frame
@@ -142,7 +155,11 @@ class TwilioActor(CallActor):
                 # The VAD decides after its hangover; the caller fell silent that much earlier.
                 self._speech_end_ns = self._now_ns() - self._hangover_ns
                 self._turn_mark = None
+                if self._playback.paused:
+                    self._pause_ends_ns = min(self._now_ns() + self._resume_ns, self._paused_ns + _PAUSE_GIVE_UP_NS)
             case AssistantTurnStarted():
+                if self._playback.paused:
+                    self._drop_paused("new_turn")
                 self._discarding = False
                 self._vapi_speaking = True
             case AssistantTurnEnded():
@@ -214,6 +231,8 @@ class TwilioActor(CallActor):
             self._playback.clock_known((self._stream_origin_ns - origin) / 1e6)
             self._stream_origin_ns = origin
         call.stream_origin_ns = self._stream_origin_ns
+        if self._pause_ends_ns is not None and self._now_ns() >= self._pause_ends_ns:
+            self._end_pause()
         self._tell("codec", CallerAudio(media.payload, media.timestamp_ms, received_ns))
         if call.recorder is not None:
             call.recorder.caller(media.payload, gap)
@@ -299,6 +318,8 @@ class TwilioActor(CallActor):
         self._holding = on
         self._log.info("hold_started" if on else "hold_stopped")
         if on:
+            if self._playback.paused:
+                self._drop_paused("hold")  # the link it came on is gone
             self._pump()
             return
         # The assistant is back: cut the hold sound at once, and let its first words through.
@@ -400,10 +421,15 @@ class TwilioActor(CallActor):
     # Barge-in ------------------------------------------------------------------------
 
     def _on_caller_speech(self, message: CallerSpeechStarted) -> None:
-        if not self._holding and self._audible():  # talking over hold music is no barge-in
+        if self._playback.paused:
+            self._pause_ends_ns = self._paused_ns + _PAUSE_GIVE_UP_NS  # talking again: not yet
+        elif not self._holding and self._audible():  # talking over hold music is no barge-in
             self._barge_in("caller_speech")
 
     def _barge_in(self, cause: str) -> None:
+        if cause != "caller_speech" and self._playback.paused:
+            self._drop_paused(cause)  # VAPI: the turn the bridge paused was interrupted after all
+            return
         if not self._audible():
             return
         socket, stream_sid = self._call.socket, self._call.state.stream_sid
@@ -411,17 +437,47 @@ class TwilioActor(CallActor):
             socket.send_text(encode_clear(stream_sid))
             if self._call.recorder is not None:
                 self._call.recorder.clear()
-        dropped = self._playback.clear(self._stream_now_ms())
+        pause = cause == "caller_speech" and self._resume_ns > 0
+        dropped = self._playback.clear(self._stream_now_ms(), pause=pause)
         self._vapi_speaking = False  # VAPI's turn is over for the caller, whatever VAPI says next
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
             self._unreported_dropped += dropped
-        self._discarding = True
-        self._last_discard_ns = self._now_ns()
+        if pause:
+            self._paused_ns = self._now_ns()
+            self._pause_ends_ns = self._paused_ns + _PAUSE_GIVE_UP_NS
+        else:
+            self._discarding = True
+            self._last_discard_ns = self._now_ns()
         self._turn_mark = None
         self._call.metrics.barge_ins.inc()
         self._unreported_barge_ins += 1
         self._call.tell_controller(EventNoted("barge_in", cause))
         self._report_stats()
-        self._log.info("barge_in", cause=cause, dropped_frames=dropped)
+        self._log.info("barge_in", cause=cause, dropped_frames=dropped, paused=pause)
         self._update_far_end()
+
+    def _end_pause(self) -> None:
+        """The caller stopped and VAPI let it pass: go on with the turn (or, left too long, drop it)."""
+        now = self._now_ns()
+        if now - self._paused_ns >= _PAUSE_GIVE_UP_NS:
+            self._drop_paused("stale")
+            return
+        self._pause_ends_ns = None
+        frames = self._playback.resume()
+        self._call.metrics.barge_ins_resumed.inc()
+        self._call.tell_controller(EventNoted("barge_in_resumed", f"{frames * FRAME_MS} ms of the turn left"))
+        self._log.info("barge_in_resumed", frames=frames, paused_ms=(now - self._paused_ns) // 1_000_000)
+        self._pump()
+
+    def _drop_paused(self, cause: str) -> None:
+        dropped = self._playback.drop_paused()
+        self._pause_ends_ns = None
+        if dropped:
+            self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
+            self._unreported_dropped += dropped
+        if cause != "new_turn":
+            # The rest of the interrupted turn may still be on its way from VAPI.
+            self._discarding = True
+            self._last_discard_ns = self._now_ns()
+        self._log.info("paused_turn_dropped", cause=cause, dropped_frames=dropped)

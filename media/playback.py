@@ -15,6 +15,11 @@ or until `hangover_ms` after the last frame sent was due to end (the send clock)
 Frames sent are written, at the stream time they are due to play, to the call's
 far-end track, the echo canceller's reference (audio/echo.py).
 
+A barge-in may pause the assistant's turn instead of dropping it (`clear(..., pause=True)`):
+Twilio drops what it holds all the same, but what the caller had not yet heard, by the
+send clock, is kept here with what arrives meanwhile, to go on from where the caller
+stopped hearing it (`resume`) or be dropped (`drop_paused`). Why: actors/twilio.py.
+
 The stream's clock is a guess until its first media frame (the `start` message's
 arrival, or an actor's restart): frames sent before then, a greeting waiting for the
 stream, say, are moved once it is known. Left where the guess put them, a burst's whole
@@ -30,7 +35,7 @@ from collections.abc import Callable
 
 from audio.echo import FarEndTrack
 
-__all__ = ["FRAME_BYTES", "HANGOVER_MS", "MarkResult", "Playback"]
+__all__ = ["FRAME_BYTES", "HANGOVER_MS", "RESUME_AFTER_MS", "MarkResult", "Playback"]
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_MS = 20
@@ -42,6 +47,12 @@ MARK_EVERY_FRAMES = 2
 # audible this long (PLAYBACK_HANGOVER_MS): real-time delivery leaves 20-60 ms gaps
 # between frames, and a caller who talks over the last word still means to interrupt.
 HANGOVER_MS = 300
+# A turn a barge-in paused goes on this long after the caller stopped speaking, if VAPI has
+# not said it was interrupted (BARGE_IN_RESUME_MS; why: actors/twilio.py). VAPI decides on
+# the caller's speech as it hears it, and on words once they are transcribed, which may
+# come a few hundred ms after the speech; the VAD says the caller stopped after its
+# hangover, 400 ms after the last sound, so the caller hears about 0.7 s of silence.
+RESUME_AFTER_MS = 300
 # Frames remembered while the clock is a guess: Twilio's first media frame comes within
 # tens of ms of `start`; two seconds' worth is more than the lead will ever send before it.
 _GUESSED_MAX = 100
@@ -69,7 +80,11 @@ class Playback:
         self.sent_ms = 0  # stream of assistant audio handed to Twilio, this epoch
         self.played_ms = 0  # of that, what Twilio's marks say has played
         self._since_mark = 0
-        self._in_flight: deque[tuple[int, float]] = deque()  # (end ms, level) sent, not yet played
+        # Sent, not yet played by the marks: (end ms, level, frame, stream ms it was due to start, received ns).
+        self._in_flight: deque[tuple[int, float, bytes, float, int]] = deque()
+        # A paused turn: what the caller had not heard at the barge-in, and what came after. None: not paused.
+        self._paused: deque[tuple[bytes, float, int]] | None = None
+        self.paused_at_ms = 0.0  # stream time of the pausing clear
         self.dropped_overflow = 0
         self.marks_played = 0
         self.marks_cancelled = 0
@@ -80,14 +95,16 @@ class Playback:
     # Filling -----------------------------------------------------------------------
 
     def enqueue(self, ulaw: bytes, level_dbfs: float, received_ns: int = 0) -> int:
-        """Queue assistant audio in 20 ms frames; returns how many old frames overflowed."""
+        """Queue assistant audio in 20 ms frames (kept aside while paused); returns how many
+        old frames overflowed."""
+        queue = self._queue if self._paused is None else self._paused
         dropped = 0
         for start in range(0, len(ulaw), FRAME_BYTES):
-            self._queue.append((ulaw[start : start + FRAME_BYTES], level_dbfs, received_ns))
+            queue.append((ulaw[start : start + FRAME_BYTES], level_dbfs, received_ns))
         # The bound only protects memory from a peer that never stops sending; a normal
         # reply (tens of seconds) fits. Drop the oldest: the newest is closest to now.
-        while len(self._queue) > self._max_frames:
-            self._queue.popleft()
+        while len(queue) > self._max_frames:
+            queue.popleft()
             dropped += 1
         self.dropped_overflow += dropped
         return dropped
@@ -112,7 +129,7 @@ class Playback:
                 self._guessed.append((starts, frame))
             send_media(frame, received_ns)
             self.sent_ms += len(frame) * FRAME_MS // FRAME_BYTES
-            self._in_flight.append((self.sent_ms, level))
+            self._in_flight.append((self.sent_ms, level, frame, starts, received_ns))
             self._since_mark += 1
             sent += 1
             if self._since_mark >= MARK_EVERY_FRAMES or not self._queue:
@@ -165,12 +182,22 @@ class Playback:
         while self._in_flight and self._in_flight[0][0] <= self.played_ms:
             self._in_flight.popleft()
 
-    def clear(self, now_ms: float | None = None) -> int:
+    def clear(self, now_ms: float | None = None, *, pause: bool = False) -> int:
         """Drop everything queued and start a new epoch; returns the frames dropped.
 
         `now_ms`: the stream time of the `clear`; what was due to play after it never will.
+        `pause`: keep instead what the caller had not heard by `now_ms` (a frame cut part-way
+        is kept whole), and from now on what is queued, until `resume` or `drop_paused`.
         """
         dropped = len(self._queue)
+        if pause and now_ms is not None:
+            kept = self._paused if self._paused is not None else deque()
+            kept.extend((frame, level, received_ns) for _, level, frame, starts, received_ns in self._in_flight
+                        if starts + len(frame) * FRAME_MS / FRAME_BYTES > now_ms)
+            kept.extend(self._queue)
+            self._paused = kept
+            self.paused_at_ms = now_ms
+            dropped = 0
         if now_ms is not None and self.play_end_ms > now_ms:
             self.play_end_ms = now_ms
             if self._far_end is not None:
@@ -185,7 +212,29 @@ class Playback:
         self._since_mark = 0
         return dropped
 
+    def resume(self) -> int:
+        """Go on with the paused turn from where the caller stopped hearing it; returns its frames."""
+        paused, self._paused = self._paused, None
+        if not paused:
+            return 0
+        paused.extend(self._queue)
+        self._queue = paused
+        return len(paused)
+
+    def drop_paused(self) -> int:
+        """Drop the paused turn (VAPI says it was interrupted, or another began); returns its frames."""
+        paused, self._paused = self._paused, None
+        return len(paused) if paused is not None else 0
+
     # State ---------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None
+
+    @property
+    def paused_frames(self) -> int:
+        return len(self._paused) if self._paused is not None else 0
 
     @property
     def audible(self) -> bool:
@@ -205,4 +254,4 @@ class Playback:
         """Loudest level among frames sent but not yet played: what may echo back now."""
         if not self._in_flight:
             return None
-        return max(level for _, level in self._in_flight)
+        return max(entry[1] for entry in self._in_flight)

@@ -118,6 +118,11 @@ class Metrics:
         self.dropped = Counter("bridge_frames_dropped", "Audio frames dropped, by reason", ["reason"], registry=r)
         self.filled = Counter("bridge_gap_frames_filled", "Silent frames inserted for Twilio gaps", registry=r)
         self.barge_ins = Counter("bridge_barge_ins", "Caller speech that cut the assistant off", registry=r)
+        self.barge_ins_resumed = Counter(
+            "bridge_barge_ins_resumed",
+            "Barge-ins after which the assistant's turn went on: VAPI did not take them for an interruption",
+            registry=r,
+        )
         self.vapi_links = Counter("bridge_vapi_links", "VAPI links, by event", ["event"], registry=r)
         self.vapi_events = Counter("bridge_vapi_events", "VAPI JSON events, by type", ["type"], registry=r)
         self.dtmf = Counter("bridge_dtmf_digits", "DTMF digits forwarded to VAPI", registry=r)

@@ -41,6 +41,7 @@ def test_secrets_never_appear_in_the_repr():
         ("TRUSTED_PROXIES", "-1"),
         ("TRUSTED_PROXIES", "all"),
         ("CALL_RECORDS_RETENTION_DAYS", "-1"),
+        ("BARGE_IN_RESUME_MS", "6000"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_is_allowed(name, value):

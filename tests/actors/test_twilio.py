@@ -11,10 +11,12 @@ import pytest
 
 from actors.call import CallContext
 from actors.messages import (
+    AssistantInterrupted,
     AssistantTurnStarted,
     AssistantUlaw,
     CallerAudio,
     CallerSpeechStarted,
+    CallerSpeechStopped,
     EndCall,
     EventNoted,
     FarEndLevel,
@@ -135,6 +137,7 @@ def test_audio_before_the_start_waits_for_it(
 def test_caller_speech_over_audible_assistant_clears_twilio_and_reports_a_barge_in(
     call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
 ) -> None:
+    call.settings = replace(call.settings, barge_in_resume_ms=0)  # a barge-in drops the turn at once
     ref = started(parent, clock)
     ref.tell(CallerSpeechStarted(0))  # nothing playing: no barge-in
     parent.settle()
@@ -164,6 +167,97 @@ def test_caller_speech_over_audible_assistant_clears_twilio_and_reports_a_barge_
     assistant(ref, clock, frames=4)
     parent.settle()
     assert socket.events()[sent_before + 1 :] == lead_of(1, 40, 80)  # a new clear epoch
+
+
+def _paused_turn(
+    parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> tuple[pykka.ActorRef[Any], bytes, int]:
+    """A call 1 s into a 2 s burst, paused by the caller's speech at stream time 1000 ms:
+    (the actor, the turn's audio, how much of the socket's output came before the clear)."""
+    ref = started(parent, clock)
+    turn = assistant(ref, clock, frames=100)
+    for k in range(50):  # a second of the caller's stream, Twilio echoing each mark as it plays
+        frame(ref, clock, twilio_media(STREAM_SID, 20 * k, SILENT))
+        if k % 2:
+            frame(ref, clock, twilio_mark(STREAM_SID, f"0:{20 * (k + 1)}"))
+        parent.settle()
+        clock.advance(0.020)
+    sent_before = len(socket.sent)
+    ref.tell(CallerSpeechStarted(1000))
+    parent.wait_for("supervisor", EventNoted)
+    parent.settle()
+    assert socket.messages[sent_before:] == [{"event": "clear", "streamSid": STREAM_SID}]
+    return ref, turn, sent_before + 1
+
+
+def _tick(ref: pykka.ActorRef[Any], parent: ProbeParent, clock: FakeClock, from_ms: int, ms: int) -> None:
+    for at in range(from_ms, from_ms + ms, 20):
+        frame(ref, clock, twilio_media(STREAM_SID, at, SILENT))
+        parent.settle()
+        clock.advance(0.020)
+
+
+def _media_sent(socket: FakeTwilioSocket, since: int) -> list[bytes]:
+    return [b64decode(m["media"]["payload"]) for m in socket.messages[since:] if m["event"] == "media"]
+
+
+def test_a_turn_paused_by_a_barge_in_vapi_lets_pass_goes_on_from_where_the_caller_stopped_hearing_it(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    ref, turn, since = _paused_turn(parent, clock, socket)
+    assistant(ref, clock, frames=5, fill=0x60)  # VAPI talks on: it did not take it for an interruption
+    _tick(ref, parent, clock, 1000, 400)  # the caller's "mm-hmm"
+    assert _media_sent(socket, since) == []  # the caller hears nothing while the turn is paused
+    ref.tell(CallerSpeechStopped(1400))
+    _tick(ref, parent, clock, 1400, call.settings.barge_in_resume_ms - 20)
+    assert _media_sent(socket, since) == []  # VAPI still has time to say it was an interruption
+    _tick(ref, parent, clock, 1400 + call.settings.barge_in_resume_ms - 20, 40)
+    resumed = _media_sent(socket, since)
+    # From the frame that was playing at the clear (the 50th of the burst), in a new clear epoch.
+    assert resumed[0] == turn[50 * FRAME : 51 * FRAME]
+    assert f"mark:1:{20 * 2}" in socket.events()[since:]
+    assert call.metrics.value("bridge_barge_ins_resumed_total") == 1
+    # 50 frames of the burst the caller had not heard, and the 5 that came during the pause.
+    assert EventNoted("barge_in_resumed", "1100 ms of the turn left") in parent.of("supervisor", EventNoted)
+    assert call.metrics.value("bridge_frames_dropped_total", reason="barge_in") == 0
+
+
+@pytest.mark.parametrize("vapi_says", ["user-interrupted", "a new turn"])
+def test_a_paused_turn_is_dropped_once_vapi_says_it_was_interrupted(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket, vapi_says: str
+) -> None:
+    ref, _, since = _paused_turn(parent, clock, socket)
+    _tick(ref, parent, clock, 1000, 200)
+    ref.tell(AssistantInterrupted() if vapi_says == "user-interrupted" else AssistantTurnStarted(5))
+    ref.tell(CallerSpeechStopped(1400))
+    _tick(ref, parent, clock, 1200, 1000)
+    assert _media_sent(socket, since) == []  # never resumed
+    assert call.metrics.value("bridge_frames_dropped_total", reason="barge_in") == 50
+    assert call.metrics.value("bridge_barge_ins_resumed_total") == 0
+    assistant(ref, clock, frames=2, fill=0x60)
+    parent.settle()
+    if vapi_says == "user-interrupted":  # the rest of the interrupted turn, still on its way
+        assert _media_sent(socket, since) == []
+    else:  # the new turn's audio
+        assert _media_sent(socket, since) == [bytes((0x60 + i) % 0x7F for i in range(2 * FRAME))[:FRAME],
+                                              bytes((0x60 + i) % 0x7F for i in range(2 * FRAME))[FRAME:]]
+
+
+def test_a_caller_who_talks_on_keeps_the_turn_paused_and_a_pause_left_too_long_is_dropped(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    ref, _, since = _paused_turn(parent, clock, socket)
+    ref.tell(CallerSpeechStopped(1200))
+    _tick(ref, parent, clock, 1000, 200)
+    ref.tell(CallerSpeechStarted(1200))  # a pause between two words, not the end
+    _tick(ref, parent, clock, 1200, 1000)
+    assert _media_sent(socket, since) == []
+    _tick(ref, parent, clock, 2200, 4000)  # talking on for 5 s: the old turn is stale
+    ref.tell(CallerSpeechStopped(6200))
+    _tick(ref, parent, clock, 6200, 1000)
+    assert _media_sent(socket, since) == []
+    assert call.metrics.value("bridge_frames_dropped_total", reason="barge_in") == 50
+    assert call.metrics.value("bridge_barge_ins_resumed_total") == 0
 
 
 @pytest.mark.parametrize("hangover_ms", [300])

@@ -38,7 +38,7 @@ def wait_for_assistant_audio(caller, min_bytes=800, timeout=3.0):
 
 
 @pytest.mark.parametrize("sim_config", [STUBBORN, STUBBORN_REALTIME], ids=["burst", "realtime"])
-def test_caller_speech_over_the_assistant_clears_twilio_within_150ms_and_drops_the_turn(
+def test_caller_speech_over_the_assistant_clears_twilio_within_150ms_and_a_turn_vapi_talks_on_in_goes_on(
     bridge, vapi_sim, make_caller, sim_config
 ):
     caller = start_call(make_caller)
@@ -52,22 +52,45 @@ def test_caller_speech_over_the_assistant_clears_twilio_within_150ms_and_drops_t
     print("BARGE_IN_LATENCY_MS", round(latency_ms, 1))
     assert latency_ms < 150, latency_ms
     heard_at_clear = len(caller.received_ulaw)
-    # The assistant is still sending the interrupted greeting: none of it reaches the caller.
-    caller.send_audio(silence(1000, 8000))
+    # The VAD says the caller stopped a hangover (400 ms) after their last sound; VAPI then
+    # has BARGE_IN_RESUME_MS more to say it was an interruption. Until then nothing plays.
+    caller.send_audio(silence(400, 8000))
     assert len(caller.received_ulaw) == heard_at_clear
+    # This VAPI talks on over the caller and never says so: the greeting goes on.
+    caller.send_audio(silence(1000, 8000))
+    assert len(caller.received_ulaw) > heard_at_clear + 8000 * 0.3  # at least 300 ms of it
     assert bridge.metrics.value("bridge_barge_ins_total") == 1
-    if sim_config.send_realtime:
-        # Still arriving from VAPI after the clear: dropped on arrival.
-        assert bridge.metrics.value("bridge_frames_dropped_total", reason="interrupted_turn") > 0
-    else:
-        # Arrived in one burst: what Twilio had not been sent yet was dropped at the clear.
-        assert bridge.metrics.value("bridge_frames_dropped_total", reason="barge_in") > 0
+    assert bridge.metrics.value("bridge_barge_ins_resumed_total") == 1
+    # Nothing of the turn was dropped: what Twilio had not played, and what came meanwhile, waited.
+    assert bridge.metrics.value("bridge_frames_dropped_total", reason="barge_in") == 0
+    assert bridge.metrics.value("bridge_frames_dropped_total", reason="interrupted_turn") == 0
     # Marks echoed after the clear are counted as cancelled, not played (counts reach
     # Prometheus in batches; the call's end flushes them).
     caller.send_stop()
     assert wait_until(lambda: bridge.calls.live() == [])
     assert bridge.metrics.value("bridge_marks_total", result="cancelled") >= 1
     assert bridge.metrics.value("bridge_marks_total", result="played") >= 1
+
+
+@pytest.mark.parametrize(
+    "sim_config", [VapiSimConfig(api_key=API_KEY, greeting_ms=4000, reply_ms=600, reply_delay_ms=200)]
+)
+def test_a_turn_vapi_says_the_caller_interrupted_is_dropped_and_the_answer_plays(bridge, vapi_sim, make_caller):
+    caller = start_call(make_caller)
+    sim = sim_call_for(vapi_sim)
+    caller.send_audio(silence(400, 8000))
+    assert wait_for_assistant_audio(caller)
+    caller.send_audio(speech_like(400, 8000, dbfs=-20.0))
+    assert caller.clears, "no clear was sent"
+    heard_at_clear = len(caller.received_ulaw)
+    caller.send_audio(silence(1500, 8000))  # the answer comes 600 ms after the caller's utterance
+    assert sim.interruptions_sent == 1
+    assert bridge.metrics.value("bridge_barge_ins_resumed_total") == 0
+    # What the caller had not heard of the greeting went with the interruption...
+    assert bridge.metrics.value("bridge_frames_dropped_total", reason="barge_in") > 0
+    # ...and what they hear next is the answer, all 600 ms of it.
+    assert wait_for_assistant_audio(caller, min_bytes=heard_at_clear + 8 * 600)
+    caller.send_stop()
 
 
 @pytest.mark.parametrize("sim_config", [STUBBORN])

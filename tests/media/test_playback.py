@@ -192,3 +192,62 @@ def test_a_restarted_actors_guess_moves_only_what_it_sent_not_the_audio_before_i
     assert track.read(3000 * 8, 1600).min() != 0  # the old incarnation's audio is still there
     assert track.read(3200 * 8, 320).min() != 0  # the new frames, where they play
     assert track.active_until >= 3240 * 8
+
+
+class Frames(Wire):
+    """A wire that keeps each frame sent, to tell which audio went out."""
+
+    def media(self, frame, received_ns=0):
+        self.sent.append(("media", frame))
+
+    def frames(self):
+        return [frame for kind, frame in self.sent if kind == "media"]
+
+
+def numbered(count, first=0):
+    """`count` frames, each filled with its own byte, so a frame says which it is."""
+    return b"".join(bytes([first + n]) * FRAME_BYTES for n in range(count))
+
+
+def test_a_paused_turn_goes_on_from_the_frame_the_caller_was_hearing_when_cut():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Frames()
+    playback.enqueue(numbered(50), -20.0)
+    playback.pump(wire.media, wire.mark, 1000.0)  # frames 0-9 play 1000-1200 ms
+    assert playback.clear(1050.0, pause=True) == 0  # cut while frame 2 plays: nothing dropped
+    assert playback.paused and playback.paused_frames == 48
+    assert not playback.audible_at(1400.0)  # the caller hears nothing while it is paused
+    playback.enqueue(numbered(5, 50), -20.0)  # VAPI talks on meanwhile
+    assert playback.paused_frames == 53 and playback.queued_frames == 0
+    playback.pump(wire.media, wire.mark, 1100.0)
+    assert len(wire.frames()) == 10  # nothing goes out while paused
+    assert playback.resume() == 53
+    playback.pump(wire.media, wire.mark, 1900.0)
+    assert [frame[0] for frame in wire.frames()[10:]] == list(range(2, 12))  # from frame 2 on
+    assert playback.play_end_ms == 1900.0 + 200  # played from now, not from where it was cut
+
+
+def test_a_paused_turn_dropped_is_gone_and_audio_queues_as_before():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Frames()
+    playback.enqueue(numbered(20), -20.0)
+    playback.pump(wire.media, wire.mark, 0.0)
+    playback.clear(100.0, pause=True)
+    playback.enqueue(numbered(3, 20), -20.0)
+    assert playback.drop_paused() == 15 + 3  # frames 5-19, unplayed at 100 ms, and 20-22
+    assert not playback.paused and playback.resume() == 0
+    playback.enqueue(numbered(2, 40), -20.0)  # the next turn
+    playback.pump(wire.media, wire.mark, 500.0)
+    assert [frame[0] for frame in wire.frames()[10:]] == [40, 41]
+
+
+def test_frames_the_marks_say_played_are_not_played_again():
+    playback = Playback(lead_ms=200, max_frames=1500)
+    wire = Frames()
+    playback.enqueue(numbered(20), -20.0)
+    playback.pump(wire.media, wire.mark, 0.0)  # frames 0-9 by the send clock 0-200 ms
+    playback.on_mark(wire.marks()[2])  # Twilio says frames 0-5 played
+    playback.clear(60.0, pause=True)  # the send clock says frame 3 was playing: the marks know better
+    playback.resume()
+    playback.pump(wire.media, wire.mark, 300.0)
+    assert wire.frames()[10][0] == 6
