@@ -105,7 +105,10 @@ def run_case(resume_ms: str, sim_config: VapiSimConfig, calls: int, workdir: Pat
         server.start()
         jobs = [gevent.spawn(_one_call, server.url, server.auth_token) for _ in range(calls)]
         gevent.joinall(jobs, timeout=60, raise_error=True)
-        return [job.value for job in jobs]
+        outcomes = [job.value for job in jobs if job.value is not None]
+        if len(outcomes) < calls:
+            raise RuntimeError(f"{calls - len(outcomes)} of {calls} calls did not finish within 60 s")
+        return outcomes
     finally:
         server.stop()
         sim.stop()
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=6, help="calls per case, at once (default %(default)s)")
     args = parser.parse_args(argv)
     key = secrets.token_hex(8)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="backchannel-") as tmp:
         for delivery, realtime in (("burst", False), ("real time", True)):
             for vapi, interruptible in (("lets it pass", False), ("stops", True)):
