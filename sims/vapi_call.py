@@ -48,6 +48,10 @@ _FRAME_S = FRAME_MS / 1000.0
 _CLIENT_TYPES = frozenset({"say", "add-message", "control", "end-call", "transfer", "send-transport-message"})
 # Two loud frames start an utterance: a single click is not speech.
 _SPEECH_START_MS = 40
+# VAPI's default stopSpeakingPlan: the assistant stops once the caller has voiced this long
+# while it speaks (`voiceSeconds`, 0.2 s), also when the caller was already talking as the
+# turn began, which the start of an utterance alone would miss.
+_VOICE_STOPS_MS = 200
 # In a burst, yield to the reader this often so a barge-in is seen mid-answer.
 _BURST_YIELD_FRAMES = 5
 # After our close frame, how long the peer gets to answer with its own.
@@ -69,6 +73,10 @@ class _Endpointer:
         self._end_frames = max(1, end_of_utterance_ms // FRAME_MS)
         self._speaking = False
         self._run = 0
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._speaking
 
     def push(self, is_speech: bool) -> str | None:
         """Feed one 20 ms frame; returns "started", "ended" or None."""
@@ -184,6 +192,7 @@ class SimCall:
         self._next_turn = 0
         self._answers_completed = 0
         self._speaking = False
+        self._voiced_in_turn = 0  # frames of the caller's voice, mid-utterance, while the assistant speaks
         self._playout_end = 0.0
         self._close_deadline: float | None = None
         self._blackholed = False
@@ -382,14 +391,23 @@ class SimCall:
         while len(self._pending) >= frame_bytes:
             frame = bytes(self._pending[:frame_bytes])
             del self._pending[:frame_bytes]
-            event = self._endpointer.push(level_dbfs(self._decode(frame)) > threshold)
+            voiced = level_dbfs(self._decode(frame)) > threshold
+            event = self._endpointer.push(voiced)
             if event == "started":
                 self._on_speech_started()
             elif event == "ended":
                 self._on_speech_ended()
+            elif voiced and self._endpointer.in_utterance and self._speaking:
+                self._voiced_in_turn += 1
+                if self._voiced_in_turn * FRAME_MS >= _VOICE_STOPS_MS:
+                    self._interrupt()
 
     def _on_speech_started(self) -> None:
         self._utterance_gen += 1
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """The caller talks while the assistant speaks: stop the turn and say so (once a turn)."""
         if self._speaking and not self._cut.is_set() and self._config.interruptible:
             self.interruptions_sent += 1
             self._send_json({"type": "user-interrupted"})
@@ -447,6 +465,7 @@ class SimCall:
         turn = self._next_turn
         self._next_turn += 1
         self._cut.clear()
+        self._voiced_in_turn = 0
         self._speaking = True
         start = time.monotonic()
         try:

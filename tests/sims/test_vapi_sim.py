@@ -283,6 +283,26 @@ def test_speaking_over_an_answer_interrupts_it(sim_factory: Any, connect: Any, r
         assert len(client.audio) == 3 * 16000 * 2  # a burst was all sent before the barge-in
 
 
+@pytest.mark.parametrize("realtime", [False, True], ids=["burst", "realtime"])
+def test_a_caller_already_talking_when_a_turn_begins_interrupts_it_after_voice_seconds(
+    sim_factory: Any, connect: Any, realtime: bool
+) -> None:
+    # The second turn begins while the caller is mid-utterance: no utterance starts during
+    # it, but VAPI's voiceSeconds (0.2 s of voice while it speaks) still stops it.
+    sim = sim_factory(VapiSimConfig(send_realtime=realtime, end_of_utterance_ms=400))
+    turns = [AssistantTurn(pcm=silence(100, 16000)),
+             AssistantTurn(pcm=tone(440.0, 3000, 16000, dbfs=-20.0), pause_s=0.6)]
+    sim.on_call = lambda call: setattr(call, "turns", turns)
+    client, call = connect(sim)
+    client.wait_text("speech-update", status="stopped", turn=0)
+    client.send_pcm(tone(300.0, 400, 16000, dbfs=-20.0))  # the caller starts in the pause...
+    assert call.interruptions_sent == 0
+    client.wait_text("speech-update", status="started", turn=1)
+    client.send_pcm(tone(300.0, 300, 16000, dbfs=-20.0))  # ...and talks on over the turn
+    client.wait_text("user-interrupted")
+    assert call.interruptions_sent == 1
+
+
 def test_answers_pings_until_blackholed(sim: VapiSimulator) -> None:
     _status, created = post_call(sim, create_body(mode="assistant-waits-for-user"))
     ws = websocket.create_connection(created["transport"]["websocketCallUrl"], timeout=1)
