@@ -439,6 +439,10 @@ class TwilioActor(CallActor):
                 self._call.recorder.clear()
         pause = cause == "caller_speech" and self._resume_ns > 0
         dropped = self._playback.clear(self._stream_now_ms(), pause=pause)
+        if pause and not self._playback.paused_frames and not self._vapi_speaking:
+            # The caller spoke in the hangover after the turn's last word: nothing is left to go on with.
+            self._playback.drop_paused()
+            pause = False
         self._vapi_speaking = False  # VAPI's turn is over for the caller, whatever VAPI says next
         if dropped:
             self._call.metrics.dropped.labels(reason="barge_in").inc(dropped)
@@ -465,6 +469,8 @@ class TwilioActor(CallActor):
             return
         self._pause_ends_ns = None
         frames = self._playback.resume()
+        if not frames:
+            return  # VAPI sent nothing more of the turn: it had ended
         self._call.metrics.barge_ins_resumed.inc()
         self._call.tell_controller(EventNoted("barge_in_resumed", f"{frames * FRAME_MS} ms of the turn left"))
         self._log.info("barge_in_resumed", frames=frames, paused_ms=(now - self._paused_ns) // 1_000_000)

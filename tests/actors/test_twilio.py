@@ -260,6 +260,23 @@ def test_a_caller_who_talks_on_keeps_the_turn_paused_and_a_pause_left_too_long_i
     assert call.metrics.value("bridge_barge_ins_resumed_total") == 0
 
 
+def test_a_barge_in_in_the_hangover_after_a_finished_turn_has_nothing_to_pause(
+    call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket
+) -> None:
+    ref = started(parent, clock)
+    frame(ref, clock, twilio_media(STREAM_SID, 0, SILENT))
+    assistant(ref, clock, frames=1)  # the turn's last word; VAPI says nothing more
+    parent.settle()
+    frame(ref, clock, twilio_mark(STREAM_SID, "0:20"))
+    clock.advance(0.100)  # within the hangover: still audible
+    ref.tell(CallerSpeechStarted(120))
+    parent.wait_for("supervisor", EventNoted)
+    ref.tell(CallerSpeechStopped(400))
+    _tick(ref, parent, clock, 120, 1000)
+    assert parent.of("supervisor", EventNoted) == [EventNoted("barge_in", "caller_speech")]  # never "resumed"
+    assert call.metrics.value("bridge_barge_ins_resumed_total") == 0
+
+
 @pytest.mark.parametrize("hangover_ms", [300])
 def test_caller_speech_over_real_time_assistant_audio_clears_by_the_send_clock(
     call: CallContext, parent: ProbeParent, clock: FakeClock, socket: FakeTwilioSocket, hangover_ms: int
