@@ -84,7 +84,6 @@ class Playback:
         self._in_flight: deque[tuple[int, float, bytes, float, int]] = deque()
         # A paused turn: what the caller had not heard at the barge-in, and what came after. None: not paused.
         self._paused: deque[tuple[bytes, float, int]] | None = None
-        self.paused_at_ms = 0.0  # stream time of the pausing clear
         self.dropped_overflow = 0
         self.marks_played = 0
         self.marks_cancelled = 0
@@ -196,7 +195,6 @@ class Playback:
                         if starts + len(frame) * FRAME_MS / FRAME_BYTES > now_ms)
             kept.extend(self._queue)
             self._paused = kept
-            self.paused_at_ms = now_ms
             dropped = 0
         if now_ms is not None and self.play_end_ms > now_ms:
             self.play_end_ms = now_ms
